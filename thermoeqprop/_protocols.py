@@ -1,0 +1,69 @@
+"""The two interfaces the rest of thermoeqprop is written against.
+
+A *model* knows its parameters, how labels become targets and how outputs become labels. An
+*estimator* turns (parameters, inputs, targets) into a :class:`~thermoeqprop.GradientEstimate`
+and can predict outputs. Training, sweeps and the command line only use these two interfaces,
+so a classical energy network and a qubit network train through the same loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from thermoeqprop._result import GradientEstimate
+
+__all__ = ["Estimator", "Model"]
+
+PyTree = Any
+
+
+class Model(abc.ABC):
+    """What the training loop needs to know about any network, classical or quantum."""
+
+    num_inputs: int
+    num_outputs: int
+
+    @abc.abstractmethod
+    def init_params(self, rng_key: jax.Array) -> PyTree:
+        """Fresh trainable parameters (a pytree of arrays)."""
+
+    @abc.abstractmethod
+    def encode_labels(self, labels: jax.Array) -> jax.Array:
+        """Integer class labels, shape (batch,), to targets of shape (batch, num_outputs)."""
+
+    def decode_outputs(self, outputs: jax.Array) -> jax.Array:
+        """Outputs of shape (batch, num_outputs) to predicted integer labels (batch,).
+
+        The default is the arg-max over output units; binary models with one output override it.
+        """
+        return jnp.argmax(outputs, axis=-1)
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes :meth:`encode_labels` accepts (labels 0 … num_classes − 1)."""
+        return self.num_outputs
+
+
+class Estimator(abc.ABC):
+    """A gradient estimator: (params, x, targets, rng_key) → GradientEstimate.
+
+    Subclasses are frozen dataclasses (hashable), so one compiled function serves every call
+    with the same configuration; only arrays are traced.
+    """
+
+    model: Model
+
+    @abc.abstractmethod
+    def __call__(
+        self, params: PyTree, x: jax.Array, targets: jax.Array, rng_key: jax.Array
+    ) -> GradientEstimate:
+        """Estimate ``dL/dθ`` for the batch ``x`` (batch, num_inputs), ``targets``
+        (batch, num_outputs), where ``L`` is the mean cost over the batch."""
+
+    @abc.abstractmethod
+    def predict(self, params: PyTree, x: jax.Array, rng_key: jax.Array) -> jax.Array:
+        """Expected outputs (batch, num_outputs) of the free network for inputs ``x``."""
