@@ -190,7 +190,9 @@ class ZeroTemperatureEP(Estimator):
         model: A continuous :class:`~thermoeqprop.models.EnergyModel`.
         beta: Nudging strength, > 0.
         symmetric: Nudge at ±β (bias O(β²)) instead of 0 and β (bias O(β)).
-        relaxation: Minimiser settings for both phases.
+        relaxation: Minimiser settings for both phases. An unconverged residual r adds an
+            error of order r / β to the estimate: use a tolerance well below β times the
+            precision you need.
 
     Example:
         >>> import jax, jax.numpy as jnp
