@@ -77,7 +77,8 @@ def check_schedule(schedule: Any) -> np.ndarray:
     if np.any(bad):
         k = int(np.argmax(bad))
         raise ValueError(
-            f"every temperature of the schedule must be finite and > 0; schedule[{k}] = {t[k]!r}."
+            "every temperature of the schedule must be finite and > 0; "
+            f"schedule[{k}] = {float(t[k])!r}."
         )
     return t
 

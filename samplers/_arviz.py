@@ -46,7 +46,11 @@ def _as_dataset(x: Any):
 
 
 def _diagnostic(function: str, x: Any, **kwargs) -> np.ndarray:
-    return np.asarray(getattr(_az(), function)(_as_dataset(x), **kwargs)["x"].values)
+    # Chains that never move (zero within-chain variance) give inf/NaN, which is the honest
+    # answer; NumPy's divide warnings for them carry no further information.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = getattr(_az(), function)(_as_dataset(x), **kwargs)
+    return np.asarray(result["x"].values)
 
 
 def ess_bulk(x: Any) -> np.ndarray:

@@ -91,7 +91,8 @@ def check_ladder(temperatures: Any, name: str = "temperatures") -> np.ndarray:
         bad = int(np.argmax(np.diff(t) <= 0))
         raise ValueError(
             f"{name} must be strictly increasing (lowest, target temperature first), but "
-            f"{name}[{bad}]={t[bad]!r} >= {name}[{bad + 1}]={t[bad + 1]!r}; got {t.tolist()}."
+            f"{name}[{bad}]={float(t[bad])!r} >= {name}[{bad + 1}]={float(t[bad + 1])!r}; "
+            f"got {t.tolist()}."
         )
     return t
 
@@ -111,7 +112,8 @@ def check_positions(positions: Any, event_ndim: int = 1) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
         raise ValueError(
-            f"position must be finite; chain {idx[0]} has position{list(idx[1:])} = {x[idx]!r}."
+            f"position must be finite; chain {idx[0]} has "
+            f"position{list(idx[1:])} = {float(x[idx])!r}."
         )
     return x
 

@@ -141,7 +141,8 @@ def prepare(
         idx = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
         where = f"target {idx[0]}, chain {idx[1]}" if batched else f"chain {idx[0]}"
         raise ValueError(
-            f"the start position must be finite; {where} has position{list(idx)} = {x[idx]!r}."
+            f"the start position must be finite; {where} has "
+            f"position{list(idx)} = {float(x[idx])!r}."
         )
     batch_size = x.shape[0] if batched else None
     num_chains = x.shape[1] if batched else x.shape[0]

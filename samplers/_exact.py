@@ -289,7 +289,8 @@ def gaussian_reference(matrix: Any, vector: Any, temperature: Any = 1.0) -> Gaus
         eigenvalues = np.linalg.eigvalsh(a_np)
         if eigenvalues[0] <= 0:
             raise ValueError(
-                f"A must be positive definite; its smallest eigenvalue is {eigenvalues[0]!r}."
+                "A must be positive definite; its smallest eigenvalue is "
+                f"{float(eigenvalues[0])!r}."
             )
     temperature = jnp.asarray(temperature, dtype=jnp.result_type(a, float))
     n = a.shape[0]

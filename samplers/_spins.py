@@ -90,7 +90,9 @@ def _check_spins(positions: Any) -> np.ndarray:
     bad = np.abs(x) != 1.0
     if np.any(bad):
         chain, i = (int(k) for k in np.argwhere(bad)[0])
-        raise ValueError(f"spins must be ±1.0; chain {chain} has position[{i}] = {x[chain, i]!r}.")
+        raise ValueError(
+            f"spins must be ±1.0; chain {chain} has position[{i}] = {float(x[chain, i])!r}."
+        )
     return x
 
 
@@ -157,8 +159,8 @@ def check_spin_energy(
         i = int(units[k])
         raise ValueError(
             "the energy is not multilinear in each spin, so the Gibbs field 2 ∂E/∂s_i is not "
-            f"exact: at unit {i}, E(s_i=+1) − E(s_i=−1) = {difference[k]!r} but 2 ∂E/∂s_i = "
-            f"{2.0 * grad[i]!r}. Remove self-interactions (s_i² terms), or use metropolis()."
+            f"exact: at unit {i}, E(s_i=+1) − E(s_i=−1) = {float(difference[k])!r} but 2 ∂E/∂s_i = "
+            f"{float(2.0 * grad[i])!r}. Remove self-interactions (s_i² terms), or use metropolis()."
         )
     if blocks is None:
         return
