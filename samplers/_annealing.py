@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers._base import Kernel, check_temperature
+from samplers._base import Kernel, check_temperature, set_temperature
 from samplers._driver import Trace, as_typed_key, check_num, prepare, shard
 from samplers._driver import check_finite as _check_finite
 
@@ -92,7 +92,7 @@ def _anneal_chain(kernel: Kernel, num_steps: int, rng_key, position, context, sc
     def stage(carry, xs):
         state, bad, t = carry
         temperature, stage_keys = xs
-        state = state._replace(temperature=temperature.astype(state.temperature.dtype))
+        state = set_temperature(state, temperature)
 
         def one(carry, key):
             state, bad, t = carry
@@ -135,9 +135,10 @@ def anneal(
 
     Compiles on first use (``jax.jit``), cached on ``(kernel, num_steps_per_temperature,
     batched)`` and shapes. Works with any local kernel whose state has a ``temperature`` field
-    (HMC/NUTS, block Gibbs, Metropolis); an HMC/NUTS kernel adapts during its first
-    ``kernel.num_warmup`` steps overall, so build it with ``num_warmup`` no larger than the
-    total number of annealing steps.
+    (HMC/NUTS, block Gibbs, Metropolis). An HMC/NUTS kernel adapts during its first
+    ``kernel.num_warmup`` steps overall (keep that below the total number of steps); at each
+    change of temperature its mass matrix is rescaled by ``T_new / T_old``
+    (:meth:`HMCState.with_temperature`), so the adapted step size stays usable as T → 0.
 
     Layout (``C`` chains, ``K`` stages, a leading ``B`` only when ``batched``): ``position``
     ``([B,] C, n)``; ``Trace.samples`` ``([B,] C, K, n)``, the positions at the end of each

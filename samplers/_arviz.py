@@ -199,4 +199,5 @@ def summary(trace: Any, **kwargs):
     Returns:
         A ``pandas.DataFrame``.
     """
-    return _az().summary(to_inference_data(trace), var_names=["position"], **kwargs)
+    with np.errstate(divide="ignore", invalid="ignore"):  # frozen chains: inf/NaN, see above
+        return _az().summary(to_inference_data(trace), var_names=["position"], **kwargs)

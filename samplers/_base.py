@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["Kernel", "NonFiniteEnergyError"]
@@ -116,6 +117,18 @@ def check_positions(positions: Any, event_ndim: int = 1) -> np.ndarray:
             f"position{list(idx[1:])} = {float(x[idx])!r}."
         )
     return x
+
+
+def set_temperature(state: Any, temperature: Any) -> Any:
+    """Move one chain's state to a new temperature (``state.with_temperature`` if defined).
+
+    Kernels whose adaptation depends on the temperature define ``with_temperature`` on their
+    state (HMC rescales its mass matrix); otherwise only the ``temperature`` field changes.
+    """
+    method = getattr(state, "with_temperature", None)
+    if method is not None:
+        return method(temperature)
+    return state._replace(temperature=jnp.asarray(temperature, dtype=state.temperature.dtype))
 
 
 def no_validation(positions: Any, context: Any, temperature: Any) -> None:

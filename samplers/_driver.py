@@ -163,32 +163,47 @@ def prepare(
     return x, batch_size, num_chains
 
 
-def shard(arrays: dict[str, Any], batched: bool, batch_size: int | None, num_chains: int):
-    """Place chain/target-axis arrays over all devices with a 1-D mesh (no-op on one device).
+def shard(
+    arrays: dict[str, Any],
+    batched: bool,
+    batch_size: int | None,
+    num_chains: int,
+    num_replicas: int | None = None,
+):
+    """Place the inputs over all devices with a 1-D mesh (a no-op on one device).
 
-    The batch axis is sharded when its size is a multiple of the device count, else the chain
-    axis when it is; otherwise everything stays on the default device.
+    The first of these axes whose size is a multiple of the device count is sharded: targets
+    (when batched), else chains, else parallel-tempering replicas (then the keys, which have no
+    replica axis, are replicated). If none divides, everything stays on the default device.
+    Under ``jit`` XLA partitions the vmapped computation along the sharded axis.
     """
     devices = jax.devices()
     if len(devices) == 1:
         return arrays
     mesh = Mesh(np.asarray(devices), ("devices",))
-    if batched and batch_size % len(devices) == 0:
-        axis = 0
-    elif num_chains % len(devices) == 0:
-        axis = 1 if batched else 0
-    else:
+    lead = 1 if batched else 0
+    candidates = []
+    if batched:
+        candidates.append(("batch", 0, batch_size))
+    candidates.append(("chain", lead, num_chains))
+    if num_replicas is not None:
+        candidates.append(("replica", lead + 1, num_replicas))
+    chosen = next((c for c in candidates if c[2] % len(devices) == 0), None)
+    if chosen is None:
         return arrays
-    split = NamedSharding(mesh, PartitionSpec(*([None] * axis), "devices"))
+    kind, axis, _ = chosen
+
+    def spec(axis):
+        return NamedSharding(mesh, PartitionSpec(*([None] * axis), "devices"))
+
     replicated = NamedSharding(mesh, PartitionSpec())
-    out = {}
-    for name, value in arrays.items():
-        if name in ("rng_key", "position"):
-            out[name] = jax.device_put(value, split)
-        elif name == "context" and batched and axis == 0:
-            out[name] = jax.device_put(value, split)
-        else:
-            out[name] = jax.device_put(value, replicated)
+    out = dict(arrays)
+    out["position"] = jax.device_put(arrays["position"], spec(axis))
+    out["rng_key"] = jax.device_put(
+        arrays["rng_key"], replicated if kind == "replica" else spec(axis)
+    )
+    out["context"] = jax.device_put(arrays["context"], spec(0) if kind == "batch" else replicated)
+    out["temperature"] = jax.device_put(arrays["temperature"], replicated)
     return out
 
 
@@ -246,7 +261,9 @@ def sample(
     compiles (``jax.jit``) on first use for a given kernel, ``num_warmup``, ``num_samples``,
     ``batched`` and input shapes; later calls with new values of ``rng_key``, ``position``,
     ``context`` or ``temperature`` reuse the compiled code. With several JAX devices, targets
-    (or else chains) are sharded over all of them.
+    (or else chains, or else parallel-tempering replicas) are sharded over all of them with a
+    ``jax.sharding.Mesh`` and ``NamedSharding``; results do not depend on the device count
+    beyond floating-point reassociation.
 
     Layout (``C`` chains, ``D = num_samples``, event ``E``: ``(n,)`` for a local kernel,
     ``(R, n)`` for parallel tempering; a leading ``B`` only when ``batched``):
@@ -314,6 +331,7 @@ def sample(
         batched,
         batch_size,
         num_chains,
+        x.shape[-2] if event_ndim == 2 else None,
     )
     run = _compiled(kernel, num_warmup, num_samples, bool(batched))
     samples, info, state, bad = run(

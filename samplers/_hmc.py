@@ -54,6 +54,23 @@ class HMCState(NamedTuple):
     trajectory_length: Any
     mean_accept_prob: jax.Array
 
+    def with_temperature(self, temperature: Any) -> HMCState:
+        """The same chain at another temperature, with the mass matrix rescaled to match.
+
+        The target's covariance scales like T, so the inverse mass matrix (an estimate of
+        it) is multiplied by ``T_new / T_old``; for a locally quadratic energy the adapted step
+        size then stays right. Annealing and adaptive ladders move temperatures this way.
+        """
+        temperature = jnp.asarray(temperature, dtype=self.temperature.dtype)
+        ratio = temperature / self.temperature
+        adapt = self.adapt_state
+        adapt = adapt._replace(
+            inverse_mass_matrix=adapt.inverse_mass_matrix * ratio,
+            mass_matrix_sqrt=adapt.mass_matrix_sqrt / jnp.sqrt(ratio),
+            mass_matrix_sqrt_inv=adapt.mass_matrix_sqrt_inv * jnp.sqrt(ratio),
+        )
+        return self._replace(temperature=temperature, adapt_state=adapt)
+
 
 class HMCInfo(NamedTuple):
     """Facts about one HMC or NUTS step (all scalars for one chain).

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers._base import Kernel, check_ladder, check_temperature
+from samplers._base import Kernel, check_ladder, check_temperature, set_temperature
 
 __all__ = [
     "TemperingInfo",
@@ -222,7 +222,7 @@ def _parallel_tempering(
 
         if adapt_ladder:
             new_beta = adapt(state, swap_probability)
-            replicas = replicas._replace(temperature=(1.0 / new_beta).astype(beta.dtype))
+            replicas = jax.vmap(set_temperature)(replicas, 1.0 / new_beta)
         else:
             new_beta = beta
         new_state = TemperingState(
