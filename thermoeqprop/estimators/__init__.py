@@ -1,6 +1,13 @@
 """Gradient estimators. Every one returns a :class:`~thermoeqprop.GradientEstimate`."""
 
 from thermoeqprop.estimators.backprop import FeedforwardBackprop
+from thermoeqprop.estimators.thermal import (
+    Sampling,
+    ThermalCovariance,
+    ThermalExact,
+    ThermalNudged,
+    draw_states,
+)
 from thermoeqprop.estimators.zero_temperature import (
     ImplicitDifferentiation,
     Relaxation,
@@ -14,6 +21,11 @@ __all__ = [
     "ImplicitDifferentiation",
     "Relaxation",
     "RelaxationResult",
+    "Sampling",
+    "ThermalCovariance",
+    "ThermalExact",
+    "ThermalNudged",
     "ZeroTemperatureEP",
+    "draw_states",
     "relax",
 ]
