@@ -26,6 +26,7 @@ from samplers._exact import (
     spin_log_probabilities,
     spin_states,
 )
+from samplers._fast_diagnostics import ess_mean_many, mcse_mean_many, rhat_split_many
 from samplers._hmc import HMCInfo, HMCState, hmc, nuts
 from samplers._spins import (
     GibbsInfo,
@@ -62,6 +63,7 @@ __all__ = [
     "check_schedule",
     "check_spin_energy",
     "enumerate_spins",
+    "ess_mean_many",
     "ess_bulk",
     "ess_tail",
     "gaussian_reference",
@@ -70,10 +72,12 @@ __all__ = [
     "hmc",
     "linear_schedule",
     "mcse_mean",
+    "mcse_mean_many",
     "metropolis",
     "nuts",
     "parallel_tempering",
     "rhat",
+    "rhat_split_many",
     "sample",
     "spin_log_probabilities",
     "spin_states",
