@@ -2,11 +2,13 @@
 
 from thermoeqprop.estimators.backprop import FeedforwardBackprop
 from thermoeqprop.estimators.thermal import (
+    GradientSeries,
     Sampling,
     ThermalCovariance,
     ThermalExact,
     ThermalNudged,
     draw_states,
+    parameter_names,
 )
 from thermoeqprop.estimators.zero_temperature import (
     ImplicitDifferentiation,
@@ -18,6 +20,7 @@ from thermoeqprop.estimators.zero_temperature import (
 
 __all__ = [
     "FeedforwardBackprop",
+    "GradientSeries",
     "ImplicitDifferentiation",
     "Relaxation",
     "RelaxationResult",
@@ -27,5 +30,6 @@ __all__ = [
     "ThermalNudged",
     "ZeroTemperatureEP",
     "draw_states",
+    "parameter_names",
     "relax",
 ]

@@ -40,8 +40,10 @@ __all__ = [
     "ThermalCovariance",
     "ThermalExact",
     "ThermalNudged",
+    "GradientSeries",
     "ThermalSamples",
     "draw_states",
+    "parameter_names",
 ]
 
 SAMPLING_METHODS = ("auto", "nuts", "hmc", "gibbs", "metropolis")
@@ -265,6 +267,45 @@ def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
     return out
 
 
+class GradientSeries(NamedTuple):
+    """The per-draw series behind a sampled estimate.
+
+    Attributes:
+        gradient: (chain, draw, P) series whose mean over draws is the raveled gradient
+            estimate (covariance: the scaled centred products; nudged: the scaled difference
+            of the two phases' ``∂θE``, draw by draw).
+        cost: (chain, draw) batch-mean cost per draw.
+        parameter_names: P names, one per raveled parameter (see :func:`parameter_names`).
+        sampler_traces: The ``samplers.Trace`` of every sampled phase and round.
+    """
+
+    gradient: np.ndarray
+    cost: np.ndarray
+    parameter_names: list[str]
+    sampler_traces: list[Any]
+
+
+def parameter_names(params) -> list[str]:
+    """One readable name per raveled parameter, e.g. ``weights[0][3,5]``, in ravel order."""
+    names = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        stem = "".join(
+            f"[{k.idx}]"
+            if isinstance(k, jax.tree_util.SequenceKey)
+            else f"{k.key}"
+            if isinstance(k, jax.tree_util.DictKey)
+            else str(k)
+            for k in path
+        )
+        shape = np.shape(leaf)
+        if not shape:
+            names.append(stem)
+            continue
+        for index in np.ndindex(*shape):
+            names.append(f"{stem}[{','.join(map(str, index))}]")
+    return names
+
+
 class DrawStatistics(NamedTuple):
     """Per-draw series whose means are the thermal estimates (batch means, raveled params).
 
@@ -388,6 +429,12 @@ class _SampledEstimator(Estimator):
         return x, targets
 
     def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
+        return self.estimate_with_series(params, x, targets, rng_key)[0]
+
+    def estimate_with_series(
+        self, params, x, targets, rng_key
+    ) -> tuple[GradientEstimate, GradientSeries]:
+        """The estimate and the per-draw series whose means it is (for ArviZ diagnostics)."""
         x, targets = self._validated(params, x, targets)
         phases = self._phases()
         _, unravel = ravel_pytree(params)
@@ -430,13 +477,15 @@ class _SampledEstimator(Estimator):
             diagnostics["precision_reached"] = jnp.asarray(reached)
         for key, value in _sampler_diagnostics(traces[-1], bool(self.sampling.tempering)).items():
             diagnostics[key] = value
-        return GradientEstimate(
+        estimate = GradientEstimate(
             grad=unravel(jnp.asarray(grad)),
             loss=jnp.asarray(loss),
             stderr=unravel(jnp.asarray(stderr)),
             loss_stderr=jnp.asarray(loss_stderr),
             diagnostics=diagnostics,
         )
+        cost = np.mean([np.asarray(phase.cost) for phase in merged], axis=0)
+        return estimate, GradientSeries(np.asarray(series), cost, parameter_names(params), traces)
 
     def predict(self, params, x, rng_key) -> jax.Array:
         x, _ = self.model.validate_inputs(x)
