@@ -242,3 +242,30 @@ def test_bad_thermal_configuration_is_named(build, message):
 def test_spin_sampler_mismatch_is_named():
     with pytest.raises(ValueError, match="needs continuous states"):
         ThermalCovariance(SpinNetwork.layered((2, 3, 1)), 0.1, Sampling(method="nuts"))
+
+
+@pytest.mark.parametrize("start", ["relaxed", "annealed", "dispersed"])
+def test_every_chain_start_gives_the_exact_gradient(quadratic_problem, start):
+    net, params, x, targets = quadratic_problem
+    exact = ThermalExact(net, 0.2)(params, x, targets)
+    sampling = dataclasses.replace(NUTS_SAMPLING, start=start, num_warmup=150)
+    estimate = ThermalCovariance(net, 0.2, sampling)(params, x, targets, jax.random.key(40))
+    z = z_scores(estimate, exact.grad)
+    assert np.max(np.abs(z)) < K, z
+
+
+def test_annealed_start_for_spins(spin_problem):
+    net, params, x, targets = spin_problem
+    exact = ThermalExact(net, 0.5)(params, x, targets)
+    sampling = dataclasses.replace(SPIN_SAMPLING, start="annealed")
+    estimate = ThermalCovariance(net, 0.5, sampling)(params, x, targets, jax.random.key(41))
+    assert np.max(np.abs(z_scores(estimate, exact.grad))) < K
+
+
+def test_bad_starts_are_named():
+    with pytest.raises(ValueError, match="unknown start 'hot'"):
+        Sampling(start="hot")
+    with pytest.raises(ValueError, match="cannot be combined with tempering"):
+        Sampling(start="annealed", tempering=3)
+    with pytest.raises(ValueError, match="needs continuous states"):
+        Sampling(start="relaxed").resolve_start(SpinNetwork.layered((2, 3, 1)))

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 SAMPLING_METHODS = ("auto", "nuts", "hmc", "gibbs", "metropolis")
+START_METHODS = ("auto", "relaxed", "annealed", "dispersed")
 MAX_ENUMERATED_SPINS = 20
 
 
@@ -70,8 +71,19 @@ class Sampling:
             error relative to its norm falls under it, or ``max_rounds`` are spent; the
             diagnostics say which (``precision_reached``) and how many draws were used.
         max_rounds: Budget of rounds for ``target_relative_stderr``.
-        init_scale: Spread of the continuous chains' starts around the model's initial state
-            (over-dispersed starts make R-hat meaningful).
+        init_scale: Spread of the chains' starts: in units of √T around the minimum for
+            ``start="relaxed"``, absolute around the model's initial state for
+            ``"dispersed"`` continuous chains (over-dispersed starts make R-hat meaningful).
+        start: Where chains begin. ``"relaxed"``: at the minimum of ``F_β`` found by the
+            T = 0 relaxation, jittered by ``init_scale·√T`` (warm starts that skip the
+            descent from far away; a chain stays in the basin of that minimum unless the
+            temperature lets it cross, so use tempering for multimodal problems);
+            ``"annealed"``: cooled from ``anneal_from × T`` down to T in ``anneal_stages``
+            geometric stages by the local kernel (``samplers.anneal``); ``"dispersed"``:
+            random spins, or ``init_scale`` noise around the initial state. ``"auto"``:
+            relaxed for continuous states, dispersed for spins.
+        anneal_from: Start of the annealing schedule, as a multiple of T (> 1).
+        anneal_stages: Number of annealing stages (two kernel steps each).
     """
 
     method: str = "auto"
@@ -84,6 +96,9 @@ class Sampling:
     target_relative_stderr: float | None = None
     max_rounds: int = 8
     init_scale: float = 0.5
+    start: str = "auto"
+    anneal_from: float = 20.0
+    anneal_stages: int = 20
 
     def __post_init__(self):
         if self.method not in SAMPLING_METHODS:
@@ -109,6 +124,26 @@ class Sampling:
         if self.target_relative_stderr is not None:
             check_positive("target_relative_stderr", self.target_relative_stderr)
         check_positive("init_scale", self.init_scale, allow_zero=True)
+        if self.start not in START_METHODS:
+            raise ValueError(f"unknown start {self.start!r}; valid: {START_METHODS}")
+        if self.start == "annealed" and self.tempering:
+            raise ValueError(
+                "start='annealed' cannot be combined with tempering (the replica ladder already "
+                "carries configurations down from high temperature); use start='relaxed'"
+            )
+        if not self.anneal_from > 1:
+            raise ValueError(f"anneal_from must be > 1, got {self.anneal_from!r}")
+        if not isinstance(self.anneal_stages, int) or self.anneal_stages < 2:
+            raise ValueError(f"anneal_stages must be an integer ≥ 2, got {self.anneal_stages!r}")
+
+    def resolve_start(self, model: EnergyModel) -> str:
+        if self.start == "auto":
+            return "dispersed" if model.is_spin else "relaxed"
+        if self.start == "relaxed" and model.is_spin:
+            raise ValueError(
+                "start='relaxed' needs continuous states; use 'annealed' or 'dispersed' for spins"
+            )
+        return self.start
 
     def resolve_method(self, model: EnergyModel) -> str:
         method = self.method
@@ -142,6 +177,14 @@ def _nudged_energy_fn(model: EnergyModel):
 @functools.lru_cache(maxsize=64)
 def _kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
     """One kernel (hence one compilation) per model and sampling configuration."""
+    kernel = _local_kernel(model, sampling)
+    if sampling.tempering:
+        kernel = samplers.parallel_tempering(kernel)
+    return kernel
+
+
+@functools.lru_cache(maxsize=64)
+def _local_kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
     energy_fn = _nudged_energy_fn(model)
     method = sampling.resolve_method(model)
     if method == "nuts":
@@ -157,8 +200,6 @@ def _kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
         kernel = samplers.block_gibbs(energy_fn, model.blocks)
     else:
         kernel = samplers.metropolis(energy_fn)
-    if sampling.tempering:
-        kernel = samplers.parallel_tempering(kernel)
     return kernel
 
 
@@ -176,17 +217,47 @@ class ThermalSamples(NamedTuple):
     final_positions: jax.Array
 
 
-def _initial_positions(model, sampling, x, rng_key):
+@functools.partial(jax.jit, static_argnums=0)
+def _relaxed_states(model, params, x, targets, beta):
+    from thermoeqprop.estimators.zero_temperature import Relaxation, relax
+
+    start = model.initial_state(x)
+    return relax(model, params, x, targets, beta, start, Relaxation(tolerance=1e-6)).state
+
+
+def _initial_positions(model, sampling, x, rng_key, params, targets, beta, temperature, context):
     batch = x.shape[0]
     shape = (batch, sampling.num_chains)
     if sampling.tempering:
         shape += (sampling.tempering,)
     shape += (model.state_size,)
+    key_noise, key_anneal = jax.random.split(rng_key)
+    start = sampling.resolve_start(model)
     if model.is_spin:
-        return jnp.where(jax.random.bernoulli(rng_key, 0.5, shape), 1.0, -1.0)
-    base = model.initial_state(x)
-    base = base.reshape((batch,) + (1,) * (len(shape) - 2) + (model.state_size,))
-    return base + sampling.init_scale * jax.random.normal(rng_key, shape, dtype=base.dtype)
+        positions = jnp.where(jax.random.bernoulli(key_noise, 0.5, shape), 1.0, -1.0)
+    else:
+        if start == "relaxed":
+            base = _relaxed_states(model, params, x, targets, beta)
+            scale = sampling.init_scale * np.sqrt(temperature)
+        else:
+            base, scale = model.initial_state(x), sampling.init_scale
+        base = base.reshape((batch,) + (1,) * (len(shape) - 2) + (model.state_size,))
+        positions = base + scale * jax.random.normal(key_noise, shape, dtype=base.dtype)
+    if start == "annealed":
+        schedule = samplers.geometric_schedule(
+            sampling.anneal_from * temperature, temperature, sampling.anneal_stages
+        )
+        annealed = samplers.anneal(
+            key_anneal,
+            _local_kernel(model, sampling),
+            positions,
+            context,
+            schedule,
+            num_steps_per_temperature=2,
+            batched=True,
+        )
+        positions = annealed.final_state.position
+    return positions
 
 
 def draw_states(
@@ -218,8 +289,6 @@ def draw_states(
         :class:`ThermalSamples`.
     """
     key_init, key_sample = jax.random.split(rng_key)
-    if initial_positions is None:
-        initial_positions = _initial_positions(model, sampling, x, key_init)
     batch = x.shape[0]
     context = (
         jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), params),
@@ -227,6 +296,10 @@ def draw_states(
         targets,
         jnp.full((batch,), beta, dtype=x.dtype),
     )
+    if initial_positions is None:
+        initial_positions = _initial_positions(
+            model, sampling, x, key_init, params, targets, beta, temperature, context
+        )
     ladder = temperature
     if sampling.tempering:
         ladder = samplers.geometric_ladder(
