@@ -13,7 +13,17 @@ import pytest
 
 from thermoeqprop.cli import main
 
-SMALL = ["--hidden", "16", "--epochs", "2", "--batch-size", "64", "--no-progress"]
+SMALL = [
+    "--estimator",
+    "ep",
+    "--hidden",
+    "16",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--no-progress",
+]
 
 
 def run_cli(*args, cwd=None, timeout=300):
@@ -80,6 +90,22 @@ def test_config_file_sets_values_and_flags_win(tmp_path):
         (["--batch-size", "100000"], None, "batch_size 100000 exceeds the 1437"),
         (["--hidden", "0"], None, "every layer size must be ≥ 1"),
         (["--tolerance", "-1"], None, "tolerance must be finite and > 0"),
+        (["--estimator", "covariance", "--temperature", "-1"], None, "temperature must be"),
+        (["--estimator", "covariance", "--num-chains", "1"], None, "num_chains must be"),
+        (["--estimator", "covariance", "--sampler", "gibbs"], None, "needs spins"),
+        (["--estimator", "exact"], None, "ThermalExact needs a spin network"),
+        (["--anneal-from", "0.1"], None, "--anneal-from needs a thermal estimator"),
+        (
+            ["--estimator", "covariance", "--anneal-from", "0.01", "--temperature", "0.1"],
+            None,
+            "anneal_from must exceed the final temperature 0.1",
+        ),
+        (["--model", "quadratic", "--cost", "cross_entropy"], None, "needs cost 'squared_error'"),
+        (
+            ["--estimator", "covariance", "--activation", "hard_sigmoid"],
+            None,
+            "use a smooth activation",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_without_traceback(tmp_path, capsys, args, config_text, message):
@@ -114,7 +140,8 @@ def _final_params(folder):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
-    args = ["train", "--hidden", "32", "--epochs", "6", "--batch-size", "32", "--no-progress"]
+    args = ["train", "--estimator", "ep", "--hidden", "32", "--epochs", "6", "--batch-size", "32",
+            "--no-progress"]  # fmt: skip
     straight = tmp_path / "straight"
     assert run_cli(*args, "--results-dir", str(straight)).returncode == 0
 
@@ -149,3 +176,29 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_thermal_training_writes_gradient_uncertainty(tmp_path, capsys):
+    folder = tmp_path / "thermal"
+    args = ["train", "--hidden", "8", "--epochs", "1", "--batch-size", "256", "--num-samples",
+            "10", "--num-warmup", "10", "--no-progress", "--results-dir", str(folder)]  # fmt: skip
+    assert main(args) == 0
+    summary = (folder / "summary.txt").read_text()
+    assert "estimator: covariance at T = 0.02" in summary
+    assert "mean relative gradient MCSE" in summary
+    record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["relative_stderr"] > 0
+    assert record["temperature"] == 0.02
+    assert "diag_rhat_max" in record
+
+
+def test_spin_network_and_annealed_temperature(tmp_path):
+    folder = tmp_path / "spin"
+    args = ["train", "--model", "spin", "--dataset", "moons", "--hidden", "6", "--epochs", "2",
+            "--batch-size", "64", "--num-samples", "20", "--num-warmup", "10", "--temperature",
+            "0.5", "--anneal-from", "2.0", "--no-progress",
+            "--results-dir", str(folder)]  # fmt: skip
+    assert main(args) == 0
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["temperature"] for r in records], [2.0, 0.5])
+    assert "SpinNetwork 7 spins" in (folder / "summary.txt").read_text()

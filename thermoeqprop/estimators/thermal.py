@@ -466,9 +466,15 @@ def _ess_rhat(series) -> dict[str, jax.Array]:
     if not np.any(varying):
         return {}
     picked = series[:, :, varying]
+    ess = samplers.ess_mean_many(picked)
+    rhat = samplers.rhat_split_many(picked)
+    # Extremes over thousands of components of short chains are noisy: medians beside them
+    # tell a few slow directions apart from chains that have not mixed at all.
     return {
-        "ess_min": jnp.asarray(np.min(samplers.ess_mean_many(picked))),
-        "rhat_max": jnp.asarray(np.max(samplers.rhat_split_many(picked))),
+        "ess_min": jnp.asarray(np.min(ess)),
+        "ess_median": jnp.asarray(np.median(ess)),
+        "rhat_max": jnp.asarray(np.max(rhat)),
+        "rhat_median": jnp.asarray(np.median(rhat)),
     }
 
 
