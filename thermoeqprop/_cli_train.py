@@ -68,7 +68,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "relaxed", "annealed", "dispersed"),
         help="where chains start (auto: relaxed minimum for continuous states)",
     )
-    add("--epochs", type=int, default=12)
+    add("--epochs", type=int, default=15)
     add("--batch-size", type=int, default=32)
     add("--learning-rate", type=float, default=2e-3)
     add("--optimizer", default="adam", choices=("adam", "sgd", "momentum"))
