@@ -80,7 +80,8 @@ def main() -> None:
         "sampled thermal mean output ⟨ρ(s_out)⟩. `rel. MCSE`: mean over batches of "
         "‖MCSE‖/‖gradient‖; `R-hat (median)`: over gradient components, last batch.",
         "",
-        "| estimator | T | final test acc. (%) | best (%) | s / epoch | rel. MCSE | R-hat (median) |",
+        "| estimator | T | final test acc. (%) | best (%) | s / epoch | rel. MCSE "
+        "| R-hat (median) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, temperature, r in rows:
