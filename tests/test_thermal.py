@@ -269,3 +269,20 @@ def test_bad_starts_are_named():
         Sampling(start="annealed", tempering=3)
     with pytest.raises(ValueError, match="needs continuous states"):
         Sampling(start="relaxed").resolve_start(SpinNetwork.layered((2, 3, 1)))
+
+
+def test_one_tempering_run_serves_every_rung_of_a_ladder(spin_problem):
+    from thermoeqprop.estimators.thermal import draw_states, draw_statistics
+
+    net, params, x, targets = spin_problem
+    ladder = np.array([0.5, 0.8, 1.3])
+    drawn = draw_states(net, SPIN_SAMPLING, params, x, targets, 0.0, ladder, jax.random.key(50))
+    assert drawn.trace.samples.shape[3] == 3
+    for rung, temperature in enumerate(ladder):
+        estimator = ThermalCovariance(net, float(temperature), SPIN_SAMPLING)
+        stats = draw_statistics(net, params, drawn.trace.samples[:, :, :, rung, :], x, targets)
+        grad, stderr, *_ = estimator.combine([stats])
+        exact = flat(ThermalExact(net, float(temperature))(params, x, targets).grad)
+        assert np.max(np.abs((grad - exact) / stderr)) < K
+    with pytest.raises(ValueError, match="strictly increasing"):
+        draw_states(net, SPIN_SAMPLING, params, x, targets, 0.0, ladder[::-1], jax.random.key(0))

@@ -42,6 +42,7 @@ __all__ = [
     "evaluate",
     "load_checkpoint",
     "train",
+    "write_atomic",
 ]
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
@@ -145,7 +146,9 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """Write a file so that a reader never sees it half-written: a temporary file in the same
+    folder, flushed and fsynced, renamed over ``path``; then the folder is fsynced."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as handle:
         write(handle)
@@ -164,7 +167,7 @@ def save_checkpoint(path: Path, epoch: int, params, opt_state) -> None:
     arrays = _tree_to_arrays("params_", params) | _tree_to_arrays("opt_", opt_state)
     arrays["epoch"] = np.asarray(epoch)
     arrays["checksum"] = np.asarray(_checksum(arrays))
-    _write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 def load_checkpoint(path: Path, params_like, opt_state_like) -> tuple[int, Any, Any]:
@@ -274,7 +277,7 @@ def _prepare_results_dir(results_dir, config_record) -> Path:
                 f"configuration ({', '.join(mismatched)} differ); resume with the same "
                 "configuration or choose another folder"
             )
-    _write_atomic(config_path, lambda h: h.write(json.dumps(config_record, indent=2).encode()))
+    write_atomic(config_path, lambda h: h.write(json.dumps(config_record, indent=2).encode()))
     return results_dir
 
 
@@ -350,7 +353,7 @@ def train(
         if latest is not None:
             start_epoch, params, opt_state = load_checkpoint(latest, params, opt_state)
         history = _read_metrics(folder / "metrics.jsonl", start_epoch)
-        _write_atomic(
+        write_atomic(
             folder / "metrics.jsonl",
             lambda h: h.write("".join(json.dumps(r) + "\n" for r in history).encode()),
         )

@@ -41,7 +41,9 @@ __all__ = [
     "ThermalExact",
     "ThermalNudged",
     "GradientSeries",
+    "DrawStatistics",
     "ThermalSamples",
+    "draw_statistics",
     "draw_states",
     "parameter_names",
 ]
@@ -280,7 +282,10 @@ def draw_states(
         x: Inputs (batch, num_inputs).
         targets: Targets (batch, num_outputs) (unused when ``beta`` is 0).
         beta: Nudging strength (0 for the free phase).
-        temperature: T > 0.
+        temperature: T > 0, or an increasing ladder (R,) of temperatures: then one parallel-
+            tempering run samples every rung (``sampling.tempering`` is set to R), the
+            returned ``states`` are those of the first rung and ``trace.samples`` holds all
+            rungs as (batch, chain, draw, R, n), so one run can serve a temperature sweep.
         rng_key: PRNG key.
         initial_positions: Chain starts (batch, chain[, replica], n); default: over-dispersed
             around the model's initial state (random spins for spin models).
@@ -289,6 +294,17 @@ def draw_states(
         :class:`ThermalSamples`.
     """
     key_init, key_sample = jax.random.split(rng_key)
+    ladder = None
+    if np.ndim(temperature) == 1:
+        ladder = np.asarray(temperature, dtype=float)
+        if ladder.size < 2 or not np.all(np.isfinite(ladder)) or not np.all(ladder > 0):
+            raise ValueError(
+                f"a temperature ladder needs ≥ 2 finite temperatures > 0, got {ladder}"
+            )
+        if not np.all(np.diff(ladder) > 0):
+            raise ValueError(f"a temperature ladder must be strictly increasing, got {ladder}")
+        sampling = dataclasses.replace(sampling, tempering=len(ladder))
+        temperature = float(ladder[0])
     batch = x.shape[0]
     context = (
         jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), params),
@@ -300,11 +316,13 @@ def draw_states(
         initial_positions = _initial_positions(
             model, sampling, x, key_init, params, targets, beta, temperature, context
         )
-    ladder = temperature
-    if sampling.tempering:
-        ladder = samplers.geometric_ladder(
-            temperature, sampling.tempering_max_ratio * temperature, sampling.tempering
-        )
+    if ladder is None:
+        ladder = temperature
+        if sampling.tempering:
+            ladder = samplers.geometric_ladder(
+                temperature, sampling.tempering_max_ratio * temperature, sampling.tempering
+            )
+    ladder = jnp.asarray(ladder, dtype=x.dtype)
     trace = samplers.sample(
         key_sample,
         _kernel(model, sampling),
@@ -496,11 +514,14 @@ class _SampledEstimator(Estimator):
     temperature: float
     sampling: Sampling
 
-    def _phases(self) -> tuple[float, ...]:
+    def phases(self) -> tuple[float, ...]:
+        """The nudging strengths β of the phases this estimator samples, in order."""
         raise NotImplementedError
 
-    def _combine(self, stats: list[DrawStatistics]):
-        """(grad series (C, D, P) or list of them, how to combine)."""
+    def combine(self, stats: list[DrawStatistics]):
+        """Turn the :class:`DrawStatistics` of each phase (in :meth:`phases` order) into
+        ``(grad, stderr, loss, loss_stderr, series)``: raveled gradient and its MCSE, loss and
+        its MCSE, and the (chain, draw, P) series whose mean is the gradient."""
         raise NotImplementedError
 
     def _validated(self, params, x, targets):
@@ -515,7 +536,7 @@ class _SampledEstimator(Estimator):
     ) -> tuple[GradientEstimate, GradientSeries]:
         """The estimate and the per-draw series whose means it is (for ArviZ diagnostics)."""
         x, targets = self._validated(params, x, targets)
-        phases = self._phases()
+        phases = self.phases()
         _, unravel = ravel_pytree(params)
         collected: list[list[DrawStatistics]] = [[] for _ in phases]
         positions: list[Any] = [None for _ in phases]
@@ -540,7 +561,7 @@ class _SampledEstimator(Estimator):
                 traces.append(drawn.trace)
                 collected[i].append(draw_statistics(self.model, params, drawn.states, x, targets))
             merged = [_merge_rounds(phase) for phase in collected]
-            grad, stderr, loss, loss_stderr, series = self._combine(merged)
+            grad, stderr, loss, loss_stderr, series = self.combine(merged)
             relative = float(np.linalg.norm(stderr) / max(np.linalg.norm(grad), 1e-300))
             target = self.sampling.target_relative_stderr
             if target is not None and relative < target:
@@ -606,10 +627,10 @@ class ThermalCovariance(_SampledEstimator):
         _check_model(self.model, self.temperature)
         self.sampling.resolve_method(self.model)
 
-    def _phases(self):
+    def phases(self):
         return (0.0,)
 
-    def _combine(self, merged):
+    def combine(self, merged):
         (free,) = merged
         series = -np.asarray(free.covariance) / self.temperature
         grad = series.mean(axis=(0, 1))
@@ -643,10 +664,10 @@ class ThermalNudged(_SampledEstimator):
         check_positive("beta", self.beta)
         self.sampling.resolve_method(self.model)
 
-    def _phases(self):
+    def phases(self):
         return (self.beta, -self.beta) if self.symmetric else (self.beta, 0.0)
 
-    def _combine(self, merged):
+    def combine(self, merged):
         high, low = merged
         scale = 2 * self.beta if self.symmetric else self.beta
         g_high, g_low = np.asarray(high.energy_grad), np.asarray(low.energy_grad)
