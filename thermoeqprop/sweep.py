@@ -208,6 +208,13 @@ def _check_sampling(sampling, specs, raw_names) -> dict[str, Sampling]:
     if isinstance(sampling, Sampling):
         chosen = {spec.label: sampling for spec in specs}
     elif isinstance(sampling, Mapping):
+        known = set(raw_names) | {spec.label for spec in specs}
+        unknown = sorted(str(k) for k in sampling if k not in known)
+        if unknown:
+            raise ValueError(
+                f"sampling names estimators {unknown} that the sweep does not run; its "
+                f"estimators are {raw_names}"
+            )
         chosen = {}
         for spec, raw in zip(specs, raw_names, strict=True):
             value = sampling.get(raw, sampling.get(spec.label))
@@ -777,7 +784,7 @@ def temperature_sweep(
         ...     jnp.ones((2, 1)), [0.1, 1.0], seeds=[0],
         ...     sampling=Sampling(num_chains=2, num_samples=50, num_warmup=50))
         >>> ds.gradient.dims, ds.sizes["parameter"]
-        (('estimator', 'temperature', 'seed', 'parameter'), 10)
+        (('estimator', 'temperature', 'seed', 'parameter'), 9)
     """
     if not isinstance(model, EnergyModel):
         raise ValueError(f"model must be an EnergyModel, got {type(model).__name__}")
