@@ -189,8 +189,10 @@ def test_resume_after_interruption_equals_uninterrupted(spin_problem, tmp_path):
         ({"tempering": True, "sampling": Sampling(tempering=3)}, "must have tempering=0"),
         ({"sampling": Sampling(target_relative_stderr=0.1)}, "fixed budget"),
         ({"sampling": {"covariance": Sampling()}}, "no entry for estimator 'nudged'"),
-        ({"sampling": {"covariance": Sampling(), "nudged": Sampling(), "nudge": Sampling()}},
-         "sampling names estimators \\['nudge'\\]"),  # fmt: skip
+        (
+            {"sampling": {"covariance": Sampling(), "nudged": Sampling(), "nudge": Sampling()}},
+            "sampling names estimators \\['nudge'\\]",
+        ),  # fmt: skip
         ({"sampling": Sampling(method="nuts")}, "needs continuous states"),
         ({"series_parameters": ["weights"]}, "'weights' is not a parameter name"),
         ({"targets": jnp.ones((2, 2))}, "x has 3 examples but targets has 2"),
