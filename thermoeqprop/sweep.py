@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
@@ -55,20 +54,20 @@ from jax.flatten_util import ravel_pytree
 import samplers
 import thermoeqprop
 from thermoeqprop._validation import check_positive
-from thermoeqprop.estimators import thermal
 from thermoeqprop.estimators.thermal import (
     MAX_ENUMERATED_SPINS,
     Sampling,
     ThermalCovariance,
     ThermalExact,
     ThermalNudged,
+    draw_states,
     draw_statistics,
     parameter_names,
 )
 from thermoeqprop.estimators.zero_temperature import ImplicitDifferentiation
 from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.models.quadratic import QuadraticNetwork
-from thermoeqprop.training import _write_atomic, describe
+from thermoeqprop.training import describe, write_atomic
 
 __all__ = [
     "ESTIMATOR_KINDS",
@@ -327,26 +326,8 @@ def _record_from_estimate(estimate, series, wall_time, num_steps) -> dict[str, A
 
 def _ladder_trace(model, sampling, params, x, targets, beta, ladder, rng_key):
     """One parallel-tempering run whose ladder is ``ladder`` (the sweep's temperature grid)."""
-    tempered = dataclasses.replace(sampling, tempering=len(ladder))
-    key_init, key_sample = jax.random.split(rng_key)
-    start = thermal._initial_positions(model, tempered, x, key_init)  # (B, C, R, n)
-    batch = x.shape[0]
-    context = (
-        jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), params),
-        x,
-        targets,
-        jnp.full((batch,), beta, dtype=x.dtype),
-    )
-    return samplers.sample(
-        key_sample,
-        thermal._kernel(model, tempered),
-        start,
-        context,
-        jnp.asarray(ladder, dtype=x.dtype),
-        num_samples=sampling.num_samples,
-        num_warmup=sampling.num_warmup,
-        batched=True,
-    )
+    ladder = np.asarray(ladder, dtype=float)
+    return draw_states(model, sampling, params, x, targets, beta, ladder, rng_key).trace
 
 
 def _rung_statistics(traces, rung: int) -> dict[str, float]:
@@ -383,7 +364,7 @@ def _tempered_records(spec, model, sampling, params, x, targets, ladder, rng_key
         _ladder_trace(
             model, sampling, params, x, targets, beta, ladder, jax.random.fold_in(rng_key, k)
         )
-        for k, beta in enumerate(estimator._phases())
+        for k, beta in enumerate(estimator.phases())
     ]
     jax.block_until_ready([t.samples for t in traces])
     records = []
@@ -392,7 +373,7 @@ def _tempered_records(spec, model, sampling, params, x, targets, ladder, rng_key
             draw_statistics(model, params, t.samples[:, :, :, rung, :], x, targets) for t in traces
         ]
         rung_estimator = dataclasses.replace(estimator, temperature=float(temperature))
-        grad, stderr, loss, loss_stderr, series = rung_estimator._combine(stats)
+        grad, stderr, loss, loss_stderr, series = rung_estimator.combine(stats)
         series = np.asarray(series)
         ess, rhat = _varying_ess_rhat(series)
         records.append(
@@ -475,7 +456,7 @@ def _run_unit(plan: _Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str,
                     )
                     wall = time.perf_counter() - tic
                     steps = (
-                        len(estimator._phases())
+                        len(estimator.phases())
                         * sampling.num_chains
                         * (sampling.num_warmup + sampling.num_samples)
                     )
@@ -641,7 +622,7 @@ def save_sweep(dataset: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write a sweep Dataset as netCDF (h5netcdf engine), atomically."""
     path = Path(path)
     data = bytes(dataset.to_netcdf(engine=NETCDF_ENGINE))
-    _write_atomic(path, lambda handle: handle.write(data))
+    write_atomic(path, lambda handle: handle.write(data))
     return path
 
 
@@ -689,7 +670,7 @@ def _prepare_folder(folder: Path, record: dict[str, Any], checked: set[str]) -> 
                 "folder"
             )
     text = json.dumps(record, indent=2).encode()
-    _write_atomic(config_path, lambda handle: handle.write(text))
+    write_atomic(config_path, lambda handle: handle.write(text))
 
 
 def _load_part(path: Path) -> xr.Dataset:
