@@ -110,7 +110,7 @@ def _build(
         return lambda z: energy_fn(z, context) / temperature
 
     init_kernel, sample_kernel = _numpyro_hmc(potential_fn_gen=potential_fn_gen, algo=algo)
-    initialised = []
+    initialised = [False]
 
     def init(position: jax.Array, context: Any, temperature: Any) -> HMCState:
         position = jnp.asarray(position)
@@ -124,7 +124,7 @@ def _build(
             rng_key=jax.random.key(0),  # only seeds NumPyro's unused step-size search
             **init_options,
         )
-        initialised.append(True)
+        initialised[0] = True
         return HMCState(
             position=state.z,
             energy=state.potential_energy * temperature,
@@ -137,7 +137,7 @@ def _build(
         )
 
     def step(rng_key: jax.Array, state: HMCState, context: Any) -> tuple[HMCState, HMCInfo]:
-        if not initialised:
+        if not initialised[0]:
             raise RuntimeError(f"{algo}: call init(...) before step(...) on this kernel.")
         temperature = state.temperature
         numpyro_state = _NumPyroState(
