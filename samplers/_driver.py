@@ -217,6 +217,16 @@ def check_finite(trace: Trace) -> Trace:
     Raises:
         NonFiniteEnergyError: Naming every failing chain (and target) and the first step at
             which its energy was not finite.
+
+    Example:
+        >>> import numpy as np
+        >>> trace = Trace(None, None, None, np.array([-1, 3]), num_warmup=0)
+        >>> check_finite(trace)
+        Traceback (most recent call last):
+        ...
+        samplers._base.NonFiniteEnergyError: 1 of 2 chains produced a NaN or infinite energy: \
+chain 1: first non-finite energy at step 3 (draw 2). Their samples are not valid; pass \
+check_finite=False to inspect the trace.
     """
     bad = np.asarray(trace.nonfinite_step)
     failing = np.argwhere(bad >= 0)

@@ -138,6 +138,8 @@ def check_spin_energy(
         rtol: Relative tolerance of both checks, relative to the largest field (or to the
             rounding error of the energy in its precision, when that is larger).
 
+    The probe is compiled with ``jax.jit`` (static ``energy_fn``) and reused across calls.
+
     Raises:
         ValueError: Naming the first unit (or block and unit) where the check fails.
 

@@ -140,6 +140,16 @@ def swap_acceptance(info: TemperingInfo) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(rate, mean_probability)``, each of shape ``(..., R−1)``: accepted over proposed
         swaps per pair, and the mean acceptance probability of each pair over the draws.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from samplers import metropolis, sample
+        >>> kernel = parallel_tempering(metropolis(lambda s, c: -s[0] * s[1]))
+        >>> trace = sample(jax.random.key(0), kernel, jnp.ones((2, 3, 2)), (),
+        ...                jnp.array([1.0, 2.0, 4.0]), num_samples=50)
+        >>> rate, probability = swap_acceptance(trace.info)
+        >>> rate.shape, bool(jnp.all((probability > 0) & (probability <= 1)))
+        ((2, 2), True)
     """
     proposed = np.asarray(info.swap_proposed).sum(axis=-2)
     accepted = np.asarray(info.swap_accepted).sum(axis=-2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import integrate, optimize
@@ -46,6 +47,31 @@ def gaussian_energy(position, context):
     """``½ sᵀ A s − bᵀ s`` with ``context = (A, b)``."""
     matrix, vector = context
     return 0.5 * position @ matrix @ position - vector @ position
+
+
+GAUSSIAN_TEMPERATURE = 0.5
+
+
+def batched_gaussian_nuts():
+    """NUTS on two Gaussian targets, (A, b) and (1.5 A, −b), 4 chains each, at T = 0.5.
+
+    Returns:
+        ``(trace, a, b)`` with ``trace.samples`` of shape ``(2, 4, 1000, 3)``.
+    """
+    a = np.stack([GAUSSIAN_A, 1.5 * GAUSSIAN_A])
+    b = np.stack([GAUSSIAN_B, -GAUSSIAN_B])
+    kernel = samplers.nuts(gaussian_energy, num_warmup=300)
+    start = jnp.zeros((2, 4, 3)).at[:, :, 0].set(jnp.array([-2.0, -1.0, 1.0, 2.0]))
+    trace = samplers.sample(
+        jax.random.key(11),
+        kernel,
+        start,
+        (a, b),
+        GAUSSIAN_TEMPERATURE,
+        num_samples=1000,
+        batched=True,
+    )
+    return trace, a, b
 
 
 # --- Ising on a random graph, and a layered (bipartite-chain) network -----------------------

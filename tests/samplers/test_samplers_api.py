@@ -195,16 +195,12 @@ def test_new_temperature_or_context_does_not_recompile():
 # Layouts and ArviZ.
 
 
-def test_layouts_and_inference_data():
-    kernel = samplers.nuts(gaussian_energy, num_warmup=20)
-    context = (jnp.stack([jnp.eye(3)] * 2), jnp.stack([jnp.ones(3), -jnp.ones(3)]))
-    trace = samplers.sample(
-        jax.random.key(3), kernel, jnp.zeros((2, 3, 3)), context, 0.5, num_samples=8, batched=True
-    )
-    assert trace.samples.shape == (2, 3, 8, 3)  # (batch, chain, draw, n)
-    assert trace.info.energy.shape == (2, 3, 8)
-    assert trace.final_state.position.shape == (2, 3, 3)
-    assert trace.nonfinite_step.shape == (2, 3)
+def test_layouts_and_inference_data(nuts_gaussian):
+    trace, _, _ = nuts_gaussian
+    assert trace.samples.shape == (2, 4, 1000, 3)  # (batch, chain, draw, n)
+    assert trace.info.energy.shape == (2, 4, 1000)
+    assert trace.final_state.position.shape == (2, 4, 3)
+    assert trace.nonfinite_step.shape == (2, 4)
     idata = samplers.to_inference_data(trace)
     assert idata.posterior["position"].dims == ("chain", "draw", "target", "unit")
     stats = set(idata.sample_stats.data_vars)
@@ -285,11 +281,11 @@ def test_annealing_reaches_ground_state_and_warm_starts():
     assert energies[0] > energies[-1] + 5
     np.testing.assert_allclose(trace.final_state.temperature, 0.05)
 
-    # Continuous: anneal NUTS in the double well towards T -> 0, then warm-start sampling.
-    nuts = samplers.nuts(double_well_energy, num_warmup=50)
+    # Continuous: anneal HMC in the double well towards T -> 0, then warm-start sampling.
+    hmc = samplers.hmc(double_well_energy, num_warmup=50, num_steps=10)
     cooled = samplers.anneal(
         jax.random.key(8),
-        nuts,
+        hmc,
         jnp.full((3, 2), 3.0),
         0.1,
         samplers.linear_schedule(2.0, 0.01, 10),
@@ -298,7 +294,7 @@ def test_annealing_reaches_ground_state_and_warm_starts():
     x = np.asarray(cooled.final_state.position)
     assert np.all(np.abs(np.abs(x[:, 0]) - 1.0) < 0.1) and np.all(np.abs(x[:, 1]) < 0.3)
     warm = samplers.sample(
-        jax.random.key(9), nuts, cooled.final_state.position, 0.1, 0.01, num_samples=20
+        jax.random.key(9), hmc, cooled.final_state.position, 0.1, 0.01, num_samples=20
     )
     assert np.all(np.sign(warm.samples[..., 0]) == np.sign(x[:, None, 0]))
 
@@ -353,7 +349,7 @@ def test_nonfinite_energy_is_reported_with_chain_and_step():
     with pytest.raises(samplers.NonFiniteEnergyError, match=r"chain 1: .*at its start \(step 0\)"):
         samplers.sample(
             jax.random.key(0),
-            samplers.nuts(nan_start_energy, num_warmup=0),
+            samplers.hmc(nan_start_energy, num_warmup=0, num_steps=2),
             jnp.array([[0.5, 0.0], [-2.0, 0.0]]),
             1.0,
             1.0,

@@ -47,15 +47,10 @@ def check_moments(samples, a, b, what):
         assert_within_mcse(stats, wrong, K, what)
 
 
-def test_nuts_gaussian_moments_batch_of_targets_in_one_call():
-    # Two targets (different A and b: one per "example"), 4 chains each, one compiled call.
-    a = np.stack([GAUSSIAN_A, 1.5 * GAUSSIAN_A])
-    b = np.stack([GAUSSIAN_B, -GAUSSIAN_B])
-    kernel = samplers.nuts(gaussian_energy, num_warmup=300)
-    start = jnp.zeros((2, 4, 3)).at[:, :, 0].set(jnp.array([-2.0, -1.0, 1.0, 2.0]))
-    trace = samplers.sample(
-        jax.random.key(11), kernel, start, (a, b), TEMPERATURE, num_samples=1000, batched=True
-    )
+def test_nuts_gaussian_moments_batch_of_targets_in_one_call(nuts_gaussian):
+    # Two targets (different A and b: one per "example"), 4 chains each, one compiled call
+    # (conftest.batched_gaussian_nuts).
+    trace, a, b = nuts_gaussian
     assert trace.samples.shape == (2, 4, 1000, 3)
     assert trace.info.acceptance_rate.shape == (2, 4, 1000)
     assert not np.any(trace.info.is_divergent)
