@@ -7,7 +7,8 @@ temperature and every data set. Its warm-up adaptation (dual-averaging step size
 diagonal or dense mass matrix over NumPyro's windowed schedule) runs while
 ``state.iteration < num_warmup``.
 
-This module only wraps NumPyro's state into the package's form: the state stores the unscaled
+Positions are computed in JAX's default float dtype (float64 with x64 enabled), which NumPyro's
+adaptation state uses. This module only wraps NumPyro's state into the package's form: the state stores the unscaled
 energy ``E`` and its gradient, and the temperature, and rebuilds NumPyro's scaled
 ``potential_energy = E / T`` and ``z_grad = ∇E / T`` at each step. That makes a change of
 temperature (parallel tempering swaps, ladder adaptation, annealing) a change of one field.
@@ -113,7 +114,9 @@ def _build(
     initialised = [False]
 
     def init(position: jax.Array, context: Any, temperature: Any) -> HMCState:
-        position = jnp.asarray(position)
+        # NumPyro's adaptation state is built in the default float dtype; a position of
+        # another precision (float32 under x64) would mix dtypes inside its lax.cond.
+        position = jnp.asarray(position, dtype=jnp.result_type(float))
         temperature = jnp.asarray(temperature, dtype=position.dtype)
         # NumPyro's init_kernel also configures its sample_kernel (adaptation schedule, tree
         # depth) through closure variables, so it must run before any step is traced.

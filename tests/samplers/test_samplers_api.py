@@ -41,6 +41,13 @@ KERNELS = {
         GAUSS_CONTEXT,
         0.7,
     ),
+    # NumPyro's adaptation works in the default dtype; a float32 start must not break it.
+    "hmc(float32 start)": lambda: (
+        samplers.hmc(gaussian_energy, num_warmup=5, num_steps=3),
+        jnp.zeros(3, dtype=jnp.float32),
+        GAUSS_CONTEXT,
+        0.7,
+    ),
     "block_gibbs": lambda: (
         samplers.block_gibbs(ising_energy, BLOCKS),
         spin_start(1)[0],
@@ -114,7 +121,7 @@ def test_kernel_protocol(name):
         lambda a, b: np.testing.assert_array_equal(as_numpy(a), as_numpy(b)), again, new_state
     )
     # The cached energy is the energy of the position, unscaled by the temperature.
-    energy_fn = gaussian_energy if "nuts" in name or name == "hmc" else ising_energy
+    energy_fn = gaussian_energy if "nuts" in name or "hmc" in name else ising_energy
     flat = new_state.position.reshape(-1, new_state.position.shape[-1])
     energies = jax.vmap(energy_fn, in_axes=(0, None))(flat, context)
     np.testing.assert_allclose(new_state.energy.reshape(-1), energies, rtol=1e-10, atol=1e-12)
