@@ -7,11 +7,12 @@ temperature and every data set. Its warm-up adaptation (dual-averaging step size
 diagonal or dense mass matrix over NumPyro's windowed schedule) runs while
 ``state.iteration < num_warmup``.
 
-Positions are computed in JAX's default float dtype (float64 with x64 enabled), which NumPyro's
-adaptation state uses. This module only wraps NumPyro's state into the package's form: the state stores the unscaled
-energy ``E`` and its gradient, and the temperature, and rebuilds NumPyro's scaled
-``potential_energy = E / T`` and ``z_grad = ∇E / T`` at each step. That makes a change of
-temperature (parallel tempering swaps, ladder adaptation, annealing) a change of one field.
+Positions are computed in JAX's default float dtype (float64 with x64 enabled), which
+NumPyro's adaptation state uses. This module only wraps NumPyro's state into the package's
+form: the state stores the unscaled energy ``E`` and its gradient, and the temperature, and
+rebuilds NumPyro's scaled ``potential_energy = E / T`` and ``z_grad = ∇E / T`` at each step.
+That makes a change of temperature (parallel tempering swaps, ladder adaptation, annealing) a
+change of fields.
 """
 
 from __future__ import annotations

@@ -52,16 +52,21 @@ def gaussian_energy(position, context):
 GAUSSIAN_TEMPERATURE = 0.5
 
 
+GAUSSIAN_SCALES = ((1.0, 1.0), (1.5, -1.0), (2.0, 0.5), (0.8, 2.0))
+
+
 def batched_gaussian_nuts():
-    """NUTS on two Gaussian targets, (A, b) and (1.5 A, −b), 4 chains each, at T = 0.5.
+    """NUTS on four Gaussian targets ``(c A, d b)``, 2 chains each, at T = 0.5, one call.
+
+    ``(c, d)`` runs over :data:`GAUSSIAN_SCALES`. With 4 devices the targets are sharded.
 
     Returns:
-        ``(trace, a, b)`` with ``trace.samples`` of shape ``(2, 4, 1000, 3)``.
+        ``(trace, a, b)`` with ``trace.samples`` of shape ``(4, 2, 1000, 3)``.
     """
-    a = np.stack([GAUSSIAN_A, 1.5 * GAUSSIAN_A])
-    b = np.stack([GAUSSIAN_B, -GAUSSIAN_B])
+    a = np.stack([c * GAUSSIAN_A for c, _ in GAUSSIAN_SCALES])
+    b = np.stack([d * GAUSSIAN_B for _, d in GAUSSIAN_SCALES])
     kernel = samplers.nuts(gaussian_energy, num_warmup=300)
-    start = jnp.zeros((2, 4, 3)).at[:, :, 0].set(jnp.array([-2.0, -1.0, 1.0, 2.0]))
+    start = jnp.zeros((4, 2, 3)).at[:, :, 0].set(jnp.array([-2.0, 2.0]))
     trace = samplers.sample(
         jax.random.key(11),
         kernel,

@@ -204,10 +204,10 @@ def test_new_temperature_or_context_does_not_recompile():
 
 def test_layouts_and_inference_data(nuts_gaussian):
     trace, _, _ = nuts_gaussian
-    assert trace.samples.shape == (2, 4, 1000, 3)  # (batch, chain, draw, n)
-    assert trace.info.energy.shape == (2, 4, 1000)
-    assert trace.final_state.position.shape == (2, 4, 3)
-    assert trace.nonfinite_step.shape == (2, 4)
+    assert trace.samples.shape == (4, 2, 1000, 3)  # (batch, chain, draw, n)
+    assert trace.info.energy.shape == (4, 2, 1000)
+    assert trace.final_state.position.shape == (4, 2, 3)
+    assert trace.nonfinite_step.shape == (4, 2)
     idata = samplers.to_inference_data(trace)
     assert idata.posterior["position"].dims == ("chain", "draw", "target", "unit")
     stats = set(idata.sample_stats.data_vars)

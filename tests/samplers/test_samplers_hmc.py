@@ -5,7 +5,7 @@ Statistics: the 3 means and the 6 distinct covariance entries, estimated from th
 (s_i − μ_i)(s_j − μ_j) with the exact μ, per target.
 
 False-failure budget: every check is |estimate − exact| < 5 MCSE (ArviZ bulk ESS). There are
-27 such checks in this module; under a normal approximation each fails by chance with
+45 such checks in this module; under a normal approximation each fails by chance with
 probability 5.7e-7, so the module's budget is below 1e-4 even allowing for the few percent
 uncertainty of the estimated MCSE. Each test also shows it can fail: the same draws are
 compared with the answer at a 25% higher temperature and must be rejected.
@@ -48,18 +48,18 @@ def check_moments(samples, a, b, what):
 
 
 def test_nuts_gaussian_moments_batch_of_targets_in_one_call(nuts_gaussian):
-    # Two targets (different A and b: one per "example"), 4 chains each, one compiled call
-    # (conftest.batched_gaussian_nuts).
+    # Four targets (different A and b: one per "example"), 2 chains each, one compiled call
+    # (samplers_testing.batched_gaussian_nuts).
     trace, a, b = nuts_gaussian
-    assert trace.samples.shape == (2, 4, 1000, 3)
-    assert trace.info.acceptance_rate.shape == (2, 4, 1000)
+    assert trace.samples.shape == (4, 2, 1000, 3)
+    assert trace.info.acceptance_rate.shape == (4, 2, 1000)
     assert not np.any(trace.info.is_divergent)
     # Adaptation happened: the adapted step size differs from NumPyro's initial 1.0 and is
     # frozen after warm-up.
     step_size = np.asarray(trace.info.step_size)
     assert np.all(step_size == step_size[..., :1])
     assert not np.allclose(step_size, 1.0)
-    for target in range(2):
+    for target in range(4):
         check_moments(trace.samples[target], a[target], b[target], f"NUTS target {target}")
 
 
