@@ -263,6 +263,26 @@ def test_array_diagnostics_match_ar1_theory_and_vectorise():
         samplers.ess_bulk(x[:, :3])
 
 
+def test_num_chains_broadcasts_one_start():
+    kernel = samplers.metropolis(ising_energy)
+    trace = samplers.sample(
+        jax.random.key(2), kernel, jnp.ones(10), SPIN_CONTEXT, 1.0, num_samples=4, num_chains=5
+    )
+    assert trace.samples.shape == (5, 4, 10)
+    assert len({tuple(row) for row in np.asarray(trace.samples[:, -1])}) > 1  # own keys
+    batched = samplers.sample(
+        jax.random.key(2),
+        kernel,
+        jnp.ones((2, 10)),
+        (jnp.stack([SPIN_CONTEXT[0]] * 2), jnp.stack([SPIN_CONTEXT[1]] * 2)),
+        1.0,
+        num_samples=4,
+        num_chains=5,
+        batched=True,
+    )
+    assert batched.samples.shape == (2, 5, 4, 10)
+
+
 # ---------------------------------------------------------------------------------------------
 # Annealing.
 
@@ -353,6 +373,19 @@ def test_nonfinite_energy_is_reported_with_chain_and_step():
     first = np.argmax(~np.isfinite(energies), axis=1)
     np.testing.assert_array_equal(bad[1], first + 1)  # step = draw + 1 with no warm-up
 
+    with pytest.raises(
+        samplers.NonFiniteEnergyError,
+        match=r"chain \d: first non-finite energy at step \d+ \(draw \d\)",
+    ):
+        # Annealing names the kernel step and its stage (3 steps per stage here).
+        samplers.anneal(
+            jax.random.key(0),
+            kernel,
+            jnp.ones((2, 3)),
+            0.0,
+            jnp.ones(30),
+            num_steps_per_temperature=3,
+        )
     with pytest.raises(samplers.NonFiniteEnergyError, match=r"chain 1: .*at its start \(step 0\)"):
         samplers.sample(
             jax.random.key(0),
@@ -384,6 +417,8 @@ GOOD = dict(num_samples=3)
         (dict(num_warmup=2), "num_warmup=2 is shorter than the NUTS kernel's adaptation"),
         (dict(rng_key=jnp.zeros(3)), "rng_key must be a key"),
         (dict(batched=True), "leading batch axis"),
+        (dict(num_chains=4), r"one start shared by all chains.*got shape \(2, 3\)"),
+        (dict(num_chains=0, position=jnp.zeros(3)), "num_chains must be an integer >= 1, got 0"),
     ],
 )
 def test_driver_rejects_bad_input(kwargs, match):
