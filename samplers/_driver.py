@@ -334,8 +334,8 @@ def sample(
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from samplers import nuts
-        >>> kernel = nuts(lambda s, c: 0.5 * jnp.sum((s - c) ** 2), num_warmup=50)
+        >>> from samplers import hmc
+        >>> kernel = hmc(lambda s, c: 0.5 * jnp.sum((s - c) ** 2), num_warmup=50, num_steps=5)
         >>> trace = sample(jax.random.key(0), kernel, jnp.zeros((4, 2)), jnp.ones(2), 0.3,
         ...                num_samples=100)
         >>> trace.samples.shape, trace.info.acceptance_rate.shape

@@ -230,8 +230,8 @@ def nuts(
         >>> import jax, jax.numpy as jnp
         >>> energy_fn = lambda s, c: 0.5 * jnp.sum((s - c) ** 2)
         >>> kernel = nuts(energy_fn, num_warmup=10)
-        >>> state = kernel.init(jnp.zeros(2), jnp.ones(2), 0.5)
-        >>> state, info = kernel.step(jax.random.key(1), state, jnp.ones(2))
+        >>> state = jax.jit(kernel.init)(jnp.zeros(2), jnp.ones(2), 0.5)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(1), state, jnp.ones(2))
         >>> state.position.shape, info.acceptance_rate.shape
         ((2,), ())
     """
@@ -287,8 +287,8 @@ def hmc(
     Example:
         >>> import jax, jax.numpy as jnp
         >>> kernel = hmc(lambda s, c: 0.5 * jnp.sum(s**2), num_warmup=0, num_steps=5)
-        >>> state = kernel.init(jnp.zeros(3), (), 1.0)
-        >>> state, info = kernel.step(jax.random.key(0), state, ())
+        >>> state = jax.jit(kernel.init)(jnp.zeros(3), (), 1.0)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(0), state, ())
         >>> int(info.num_integration_steps)
         5
     """

@@ -279,8 +279,8 @@ def block_gibbs(energy_fn: EnergyFn, blocks: Sequence[Sequence[int]]) -> Kernel:
         >>> import jax, jax.numpy as jnp
         >>> J = jnp.array([[0.0, 1.0], [1.0, 0.0]])
         >>> kernel = block_gibbs(lambda s, c: -0.5 * s @ J @ s, blocks=((0,), (1,)))
-        >>> state = kernel.init(jnp.array([1.0, -1.0]), (), 0.5)
-        >>> state, info = kernel.step(jax.random.key(0), state, ())
+        >>> state = jax.jit(kernel.init)(jnp.array([1.0, -1.0]), (), 0.5)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(0), state, ())
         >>> state.position.shape
         (2,)
     """
@@ -346,8 +346,8 @@ def metropolis(energy_fn: EnergyFn) -> Kernel:
     Example:
         >>> import jax, jax.numpy as jnp
         >>> kernel = metropolis(lambda s, c: -jnp.prod(s))
-        >>> state = kernel.init(jnp.ones(3), (), 1.0)
-        >>> state, info = kernel.step(jax.random.key(0), state, ())
+        >>> state = jax.jit(kernel.init)(jnp.ones(3), (), 1.0)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(0), state, ())
         >>> float(info.acceptance_rate) <= 1.0
         True
     """

@@ -311,8 +311,8 @@ def parallel_tempering(
         >>> from samplers import metropolis
         >>> kernel = parallel_tempering(metropolis(lambda s, c: -jnp.sum(s[1:] * s[:-1])))
         >>> ladder = geometric_ladder(0.5, 4.0, 4)
-        >>> state = kernel.init(jnp.ones((4, 6)), (), ladder)
-        >>> state, info = kernel.step(jax.random.key(0), state, ())
+        >>> state = jax.jit(kernel.init)(jnp.ones((4, 6)), (), ladder)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(0), state, ())
         >>> state.position.shape, info.swap_accepted.shape
         ((4, 6), (3,))
     """

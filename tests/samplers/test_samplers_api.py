@@ -55,8 +55,9 @@ KERNELS = {
         1.3,
     ),
     "metropolis": lambda: (samplers.metropolis(ising_energy), spin_start(1)[0], SPIN_CONTEXT, 1.3),
-    "tempering(nuts)": lambda: (
-        samplers.parallel_tempering(samplers.nuts(gaussian_energy, num_warmup=5)),
+    # NUTS inside tempering runs in benchmarks/samplers_bench.py; HMC compiles faster here.
+    "tempering(hmc)": lambda: (
+        samplers.parallel_tempering(samplers.hmc(gaussian_energy, num_warmup=5, num_steps=3)),
         jnp.zeros((3, 3)),
         GAUSS_CONTEXT,
         jnp.array([0.5, 1.0, 2.0]),
@@ -103,7 +104,7 @@ def test_kernel_protocol(name):
 
     # Two chains, vmapped under the drivers' axis name (adaptive ladders average over it).
     positions = jnp.stack([position, position])
-    init = jax.vmap(kernel.init, in_axes=(0, None, None))
+    init = jax.jit(jax.vmap(kernel.init, in_axes=(0, None, None)))
     step = jax.jit(jax.vmap(kernel.step, in_axes=(0, 0, None), axis_name="chain"))
     state = init(positions, context, temperature)
     for field in ("position", "energy", "temperature"):
@@ -145,7 +146,9 @@ def counting_spin_energy(position, context):
 
 
 def test_new_temperature_or_context_does_not_recompile():
-    nuts = samplers.nuts(counting_energy, num_warmup=10)
+    # NumPyro's HMC goes through the same potential generator as NUTS (samplers._hmc._build)
+    # and compiles several times faster.
+    nuts = samplers.hmc(counting_energy, num_warmup=10, num_steps=3)
     context = (jnp.stack([jnp.eye(3), 2 * jnp.eye(3)]), jnp.ones((2, 3)))
 
     def run_nuts(seed, temperature, scale):

@@ -112,7 +112,7 @@ def test_adaptive_ladder_evens_swap_rates_then_freezes():
         kernel = samplers.parallel_tempering(
             samplers.metropolis(curie_weiss), adapt_ladder=adapt, num_warmup=500
         )
-        trace = samplers.sample(jax.random.key(34), kernel, start, 1.0, ladder, num_samples=500)
+        trace = samplers.sample(jax.random.key(34), kernel, start, 1.0, ladder, num_samples=400)
         results[adapt] = trace
     _, fixed = samplers.swap_acceptance(results[False].info)
     _, adapted = samplers.swap_acceptance(results[True].info)
