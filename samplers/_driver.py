@@ -295,8 +295,9 @@ def sample(
     ``batched`` and input shapes; later calls with new values of ``rng_key``, ``position``,
     ``context`` or ``temperature`` reuse the compiled code. With several JAX devices, targets
     (or else chains, or else parallel-tempering replicas) are sharded over all of them with a
-    ``jax.sharding.Mesh`` and ``NamedSharding``; results do not depend on the device count
-    beyond floating-point reassociation.
+    ``jax.sharding.Mesh`` and ``NamedSharding``; every chain gets the same key whatever the
+    device count, so results agree up to floating-point reassociation (which continuous
+    samplers amplify over many steps).
 
     Layout (``C`` chains, ``D = num_samples``, event ``E``: ``(n,)`` for a local kernel,
     ``(R, n)`` for parallel tempering; a leading ``B`` only when ``batched``):
