@@ -15,6 +15,7 @@ import pytest
 from samplers_testing import double_well_energy, gaussian_energy, ising_energy, layered_network
 
 import samplers
+from samplers._driver import prepare
 
 # ---------------------------------------------------------------------------------------------
 # One parametrised test of every sampler's init/step signature and behaviour.
@@ -273,17 +274,12 @@ def test_num_chains_broadcasts_one_start():
     )
     assert trace.samples.shape == (5, 4, 10)
     assert len({tuple(row) for row in np.asarray(trace.samples[:, -1])}) > 1  # own keys
-    batched = samplers.sample(
-        jax.random.key(2),
-        kernel,
-        jnp.ones((2, 10)),
-        (jnp.stack([SPIN_CONTEXT[0]] * 2), jnp.stack([SPIN_CONTEXT[1]] * 2)),
-        1.0,
-        num_samples=4,
-        num_chains=5,
-        batched=True,
-    )
-    assert batched.samples.shape == (2, 5, 4, 10)
+    # With a batch of targets, one start per target is shared by that target's chains.
+    context = (jnp.stack([SPIN_CONTEXT[0]] * 2), jnp.stack([SPIN_CONTEXT[1]] * 2))
+    starts = np.stack([np.ones(10), -np.ones(10)])
+    x, batch_size, num_chains = prepare(kernel, starts, context, 1.0, True, 1, num_chains=5)
+    assert (x.shape, batch_size, num_chains) == ((2, 5, 10), 2, 5)
+    np.testing.assert_array_equal(x[1, 3], -np.ones(10))
 
 
 # ---------------------------------------------------------------------------------------------
