@@ -78,3 +78,42 @@ def test_hmc_gaussian_moments():
     mean_accept = float(np.mean(trace.info.acceptance_rate))
     assert 0.6 < mean_accept < 0.98, mean_accept
     check_moments(trace.samples, GAUSSIAN_A, GAUSSIAN_B, "HMC")
+
+
+COMPILES = {"active": False, "events": []}
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, seconds, **_: (
+        COMPILES["events"].append(name)
+        if COMPILES["active"] and "backend_compile" in name
+        else None
+    )
+)
+
+
+def test_nuts_new_temperature_and_data_reuse_the_compiled_call(nuts_gaussian):
+    # The session's NUTS run compiled the driver; a new temperature, new targets (context
+    # values), new starts and a new key must run without any XLA compilation.
+    trace, a, b = nuts_gaussian
+    key, start = jax.random.key(99), jnp.ones((4, 2, 3))  # made before counting
+    COMPILES["events"].clear()
+    COMPILES["active"] = True
+    try:
+        again = samplers.sample(
+            key,
+            samplers.nuts(gaussian_energy, num_warmup=300),
+            start,
+            (2.0 * a, -b),
+            1.7,
+            num_samples=1000,
+            batched=True,
+        )
+        jax.block_until_ready(again.samples)
+    finally:
+        COMPILES["active"] = False
+    assert COMPILES["events"] == []
+    # ...and the new values were used: the means moved to (2A)⁻¹(−b).
+    np.testing.assert_allclose(
+        np.asarray(again.samples[0]).mean(axis=(0, 1)),
+        np.linalg.solve(2.0 * a[0], -b[0]),
+        atol=0.2,
+    )
