@@ -8,7 +8,8 @@ False-failure budget: every check is |estimate − exact| < 5 MCSE (ArviZ bulk E
 45 such checks in this module; under a normal approximation each fails by chance with
 probability 5.7e-7, so the module's budget is below 1e-4 even allowing for the few percent
 uncertainty of the estimated MCSE. Each test also shows it can fail: the same draws are
-compared with the answer at a 25% higher temperature and must be rejected.
+compared with the answer at a 25% higher temperature and must be rejected. The
+recompilation test is deterministic (it counts JAX's backend_compile events).
 """
 
 import jax
