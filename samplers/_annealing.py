@@ -145,7 +145,8 @@ def anneal(
     stage; ``Trace.info`` the kernel's info of the last step of each stage, leaves
     ``([B,] C, K, ...)``; ``Trace.final_state`` the states at ``schedule[-1]`` (warm starts:
     pass ``trace.final_state.position`` to :func:`samplers.sample`); ``Trace.nonfinite_step``
-    counts kernel steps from 1; ``Trace.num_warmup`` is 0.
+    counts kernel steps from 1 (an error names the step and its stage as the draw);
+    ``Trace.num_warmup`` is 0.
 
     Args:
         rng_key: A key from ``jax.random.key``.
@@ -198,5 +199,5 @@ def anneal(
     )
     trace = Trace(samples, info, state, bad, 0)
     if check_finite:
-        _check_finite(trace)
+        _check_finite(trace, steps_per_draw=num_steps)
     return trace

@@ -78,6 +78,11 @@ def ess_tail(x: Any) -> np.ndarray:
 
     Returns:
         Array of shape ``event``.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(2, 200))
+        >>> bool(ess_tail(x) > 100)
+        True
     """
     return _diagnostic("ess", x, method="tail")
 
@@ -90,6 +95,12 @@ def rhat(x: Any) -> np.ndarray:
 
     Returns:
         Array of shape ``event``.
+
+    Example:
+        >>> x = np.random.default_rng(0).normal(size=(4, 500, 2))
+        >>> x[0] += 3.0  # one chain elsewhere
+        >>> (rhat(x) > 1.1).tolist()
+        [True, True]
     """
     x = np.asarray(x)
     if x.ndim < 2 or x.shape[0] < 2:
@@ -157,6 +168,15 @@ def to_inference_data(trace: Any, *, unit_names: Any = None):
 
     Returns:
         ``arviz.InferenceData`` with groups ``posterior`` and ``sample_stats``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import samplers
+        >>> kernel = samplers.metropolis(lambda s, c: -s[0] * s[1])
+        >>> trace = samplers.sample(jax.random.key(0), kernel, jnp.ones((2, 2)), num_samples=10)
+        >>> idata = to_inference_data(trace)
+        >>> idata.posterior["position"].dims, "acceptance_rate" in idata.sample_stats
+        (('chain', 'draw', 'unit'), True)
     """
     samples = np.asarray(trace.samples)
     stats = _flatten_info(trace.info)

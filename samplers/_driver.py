@@ -116,9 +116,17 @@ def check_num(value: Any, name: str, minimum: int) -> int:
 
 
 def prepare(
-    kernel: Kernel, position: Any, context: Any, temperature: Any, batched: bool, event_ndim: int
+    kernel: Kernel,
+    position: Any,
+    context: Any,
+    temperature: Any,
+    batched: bool,
+    event_ndim: int,
+    num_chains: int | None = None,
 ):
     """Validate the driver's inputs on concrete values; return them as arrays.
+
+    With ``num_chains`` given, ``position`` has no chain axis and is shared by all chains.
 
     Returns:
         ``(position, batch_size, num_chains)`` with ``batch_size`` None unless batched.
@@ -127,6 +135,17 @@ def prepare(
         raise ValueError(f"kernel must be a samplers.Kernel, got {type(kernel).__name__}.")
     x = np.asarray(position)
     lead = 2 if batched else 1
+    if num_chains is not None:
+        num_chains = check_num(num_chains, "num_chains", 1)
+        if x.ndim != lead - 1 + event_ndim:
+            layout = "(batch, *event)" if batched else "event"
+            raise ValueError(
+                f"with num_chains given, position is one start shared by all chains, of shape "
+                f"{layout} with a {event_ndim}-D event; got shape {x.shape}."
+            )
+        x = np.broadcast_to(
+            np.expand_dims(x, lead - 1), (*x.shape[: lead - 1], num_chains, *x.shape[lead - 1 :])
+        )
     layout = "(batch, chain, *event)" if batched else "(chain, *event)"
     if x.ndim != lead + event_ndim:
         raise ValueError(
@@ -207,16 +226,28 @@ def shard(
     return out
 
 
-def check_finite(trace: Trace) -> Trace:
+def check_finite(trace: Trace, steps_per_draw: int = 1) -> Trace:
     """Raise if any chain produced a NaN or infinite energy; otherwise return ``trace``.
 
     Args:
         trace: A :class:`Trace` from :func:`sample` (or anything with ``nonfinite_step`` and
             ``num_warmup``).
+        steps_per_draw: Kernel steps per recorded draw (for :func:`samplers.anneal`, the
+            steps per temperature; its draws are the stages).
 
     Raises:
         NonFiniteEnergyError: Naming every failing chain (and target) and the first step at
             which its energy was not finite.
+
+    Example:
+        >>> import numpy as np
+        >>> trace = Trace(None, None, None, np.array([-1, 3]), num_warmup=0)
+        >>> check_finite(trace)
+        Traceback (most recent call last):
+        ...
+        samplers._base.NonFiniteEnergyError: 1 of 2 chains produced a NaN or infinite energy: \
+chain 1: first non-finite energy at step 3 (draw 2). Their samples are not valid; pass \
+check_finite=False to inspect the trace.
     """
     bad = np.asarray(trace.nonfinite_step)
     failing = np.argwhere(bad >= 0)
@@ -231,7 +262,8 @@ def check_finite(trace: Trace) -> Trace:
         elif step <= trace.num_warmup:
             when = f"at warm-up step {step} of {trace.num_warmup}"
         else:
-            when = f"at step {step} (draw {step - trace.num_warmup - 1})"
+            draw = (step - trace.num_warmup - 1) // steps_per_draw
+            when = f"at step {step} (draw {draw})"
         lines.append(f"{where}: first non-finite energy {when}")
     more = f" (and {len(failing) - 10} more)" if len(failing) > 10 else ""
     raise NonFiniteEnergyError(
@@ -251,6 +283,7 @@ def sample(
     num_samples: int,
     num_warmup: int | None = None,
     batched: bool = False,
+    num_chains: int | None = None,
     check_finite: bool = True,
 ) -> Trace:
     """Run many chains (optionally for a batch of targets) in one compiled call.
@@ -262,8 +295,9 @@ def sample(
     ``batched`` and input shapes; later calls with new values of ``rng_key``, ``position``,
     ``context`` or ``temperature`` reuse the compiled code. With several JAX devices, targets
     (or else chains, or else parallel-tempering replicas) are sharded over all of them with a
-    ``jax.sharding.Mesh`` and ``NamedSharding``; results do not depend on the device count
-    beyond floating-point reassociation.
+    ``jax.sharding.Mesh`` and ``NamedSharding``; every chain gets the same key whatever the
+    device count, so results agree up to floating-point reassociation (which continuous
+    samplers amplify over many steps).
 
     Layout (``C`` chains, ``D = num_samples``, event ``E``: ``(n,)`` for a local kernel,
     ``(R, n)`` for parallel tempering; a leading ``B`` only when ``batched``):
@@ -286,6 +320,9 @@ def sample(
         num_samples: Number of recorded draws per chain, >= 1.
         num_warmup: Discarded steps, at least ``kernel.num_warmup`` (the default).
         batched: Whether ``position`` and ``context`` carry a leading batch axis of targets.
+        num_chains: If given, ``position`` has no chain axis (``([B,] *E)``) and every one of
+            the ``num_chains`` chains starts from it; by default the chain axis of
+            ``position`` sets the number of chains. Distinct starts make R-hat more telling.
         check_finite: Raise :class:`NonFiniteEnergyError` if any chain's energy became NaN or
             infinite (with its chain, target and step).
 
@@ -298,8 +335,8 @@ def sample(
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from samplers import nuts
-        >>> kernel = nuts(lambda s, c: 0.5 * jnp.sum((s - c) ** 2), num_warmup=50)
+        >>> from samplers import hmc
+        >>> kernel = hmc(lambda s, c: 0.5 * jnp.sum((s - c) ** 2), num_warmup=50, num_steps=5)
         >>> trace = sample(jax.random.key(0), kernel, jnp.zeros((4, 2)), jnp.ones(2), 0.3,
         ...                num_samples=100)
         >>> trace.samples.shape, trace.info.acceptance_rate.shape
@@ -317,7 +354,9 @@ def sample(
             f"use num_warmup >= {kernel.num_warmup}."
         )
     event_ndim = np.ndim(temperature) + 1
-    x, batch_size, num_chains = prepare(kernel, position, context, temperature, batched, event_ndim)
+    x, batch_size, num_chains = prepare(
+        kernel, position, context, temperature, batched, event_ndim, num_chains
+    )
     keys = jax.random.split(
         as_typed_key(rng_key), (batch_size, num_chains) if batched else num_chains
     )

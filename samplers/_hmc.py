@@ -7,10 +7,12 @@ temperature and every data set. Its warm-up adaptation (dual-averaging step size
 diagonal or dense mass matrix over NumPyro's windowed schedule) runs while
 ``state.iteration < num_warmup``.
 
-This module only wraps NumPyro's state into the package's form: the state stores the unscaled
-energy ``E`` and its gradient, and the temperature, and rebuilds NumPyro's scaled
-``potential_energy = E / T`` and ``z_grad = ∇E / T`` at each step. That makes a change of
-temperature (parallel tempering swaps, ladder adaptation, annealing) a change of one field.
+Positions are computed in JAX's default float dtype (float64 with x64 enabled), which
+NumPyro's adaptation state uses. This module only wraps NumPyro's state into the package's
+form: the state stores the unscaled energy ``E`` and its gradient, and the temperature, and
+rebuilds NumPyro's scaled ``potential_energy = E / T`` and ``z_grad = ∇E / T`` at each step.
+That makes a change of temperature (parallel tempering swaps, ladder adaptation, annealing) a
+change of fields.
 """
 
 from __future__ import annotations
@@ -110,10 +112,12 @@ def _build(
         return lambda z: energy_fn(z, context) / temperature
 
     init_kernel, sample_kernel = _numpyro_hmc(potential_fn_gen=potential_fn_gen, algo=algo)
-    initialised = []
+    initialised = [False]
 
     def init(position: jax.Array, context: Any, temperature: Any) -> HMCState:
-        position = jnp.asarray(position)
+        # NumPyro's adaptation state is built in the default float dtype; a position of
+        # another precision (float32 under x64) would mix dtypes inside its lax.cond.
+        position = jnp.asarray(position, dtype=jnp.result_type(float))
         temperature = jnp.asarray(temperature, dtype=position.dtype)
         # NumPyro's init_kernel also configures its sample_kernel (adaptation schedule, tree
         # depth) through closure variables, so it must run before any step is traced.
@@ -124,7 +128,7 @@ def _build(
             rng_key=jax.random.key(0),  # only seeds NumPyro's unused step-size search
             **init_options,
         )
-        initialised.append(True)
+        initialised[0] = True
         return HMCState(
             position=state.z,
             energy=state.potential_energy * temperature,
@@ -137,7 +141,7 @@ def _build(
         )
 
     def step(rng_key: jax.Array, state: HMCState, context: Any) -> tuple[HMCState, HMCInfo]:
-        if not initialised:
+        if not initialised[0]:
             raise RuntimeError(f"{algo}: call init(...) before step(...) on this kernel.")
         temperature = state.temperature
         numpyro_state = _NumPyroState(
@@ -226,8 +230,8 @@ def nuts(
         >>> import jax, jax.numpy as jnp
         >>> energy_fn = lambda s, c: 0.5 * jnp.sum((s - c) ** 2)
         >>> kernel = nuts(energy_fn, num_warmup=10)
-        >>> state = kernel.init(jnp.zeros(2), jnp.ones(2), 0.5)
-        >>> state, info = kernel.step(jax.random.key(1), state, jnp.ones(2))
+        >>> state = jax.jit(kernel.init)(jnp.zeros(2), jnp.ones(2), 0.5)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(1), state, jnp.ones(2))
         >>> state.position.shape, info.acceptance_rate.shape
         ((2,), ())
     """
@@ -283,8 +287,8 @@ def hmc(
     Example:
         >>> import jax, jax.numpy as jnp
         >>> kernel = hmc(lambda s, c: 0.5 * jnp.sum(s**2), num_warmup=0, num_steps=5)
-        >>> state = kernel.init(jnp.zeros(3), (), 1.0)
-        >>> state, info = kernel.step(jax.random.key(0), state, ())
+        >>> state = jax.jit(kernel.init)(jnp.zeros(3), (), 1.0)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(0), state, ())
         >>> int(info.num_integration_steps)
         5
     """

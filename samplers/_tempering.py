@@ -140,6 +140,16 @@ def swap_acceptance(info: TemperingInfo) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(rate, mean_probability)``, each of shape ``(..., R−1)``: accepted over proposed
         swaps per pair, and the mean acceptance probability of each pair over the draws.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from samplers import metropolis, sample
+        >>> kernel = parallel_tempering(metropolis(lambda s, c: -s[0] * s[1]))
+        >>> trace = sample(jax.random.key(0), kernel, jnp.ones((2, 3, 2)), (),
+        ...                jnp.array([1.0, 2.0, 4.0]), num_samples=50)
+        >>> rate, probability = swap_acceptance(trace.info)
+        >>> rate.shape, bool(jnp.all((probability > 0) & (probability <= 1)))
+        ((2, 2), True)
     """
     proposed = np.asarray(info.swap_proposed).sum(axis=-2)
     accepted = np.asarray(info.swap_accepted).sum(axis=-2)
@@ -301,8 +311,8 @@ def parallel_tempering(
         >>> from samplers import metropolis
         >>> kernel = parallel_tempering(metropolis(lambda s, c: -jnp.sum(s[1:] * s[:-1])))
         >>> ladder = geometric_ladder(0.5, 4.0, 4)
-        >>> state = kernel.init(jnp.ones((4, 6)), (), ladder)
-        >>> state, info = kernel.step(jax.random.key(0), state, ())
+        >>> state = jax.jit(kernel.init)(jnp.ones((4, 6)), (), ladder)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(0), state, ())
         >>> state.position.shape, info.swap_accepted.shape
         ((4, 6), (3,))
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import integrate, optimize
@@ -46,6 +47,36 @@ def gaussian_energy(position, context):
     """``½ sᵀ A s − bᵀ s`` with ``context = (A, b)``."""
     matrix, vector = context
     return 0.5 * position @ matrix @ position - vector @ position
+
+
+GAUSSIAN_TEMPERATURE = 0.5
+
+
+GAUSSIAN_SCALES = ((1.0, 1.0), (1.5, -1.0), (2.0, 0.5), (0.8, 2.0))
+
+
+def batched_gaussian_nuts():
+    """NUTS on four Gaussian targets ``(c A, d b)``, 2 chains each, at T = 0.5, one call.
+
+    ``(c, d)`` runs over :data:`GAUSSIAN_SCALES`. With 4 devices the targets are sharded.
+
+    Returns:
+        ``(trace, a, b)`` with ``trace.samples`` of shape ``(4, 2, 1000, 3)``.
+    """
+    a = np.stack([c * GAUSSIAN_A for c, _ in GAUSSIAN_SCALES])
+    b = np.stack([d * GAUSSIAN_B for _, d in GAUSSIAN_SCALES])
+    kernel = samplers.nuts(gaussian_energy, num_warmup=300)
+    start = jnp.zeros((4, 2, 3)).at[:, :, 0].set(jnp.array([-2.0, 2.0]))
+    trace = samplers.sample(
+        jax.random.key(11),
+        kernel,
+        start,
+        (a, b),
+        GAUSSIAN_TEMPERATURE,
+        num_samples=1000,
+        batched=True,
+    )
+    return trace, a, b
 
 
 # --- Ising on a random graph, and a layered (bipartite-chain) network -----------------------

@@ -15,6 +15,7 @@ import pytest
 from samplers_testing import double_well_energy, gaussian_energy, ising_energy, layered_network
 
 import samplers
+from samplers._driver import prepare
 
 # ---------------------------------------------------------------------------------------------
 # One parametrised test of every sampler's init/step signature and behaviour.
@@ -41,6 +42,13 @@ KERNELS = {
         GAUSS_CONTEXT,
         0.7,
     ),
+    # NumPyro's adaptation works in the default dtype; a float32 start must not break it.
+    "hmc(float32 start)": lambda: (
+        samplers.hmc(gaussian_energy, num_warmup=5, num_steps=3),
+        jnp.zeros(3, dtype=jnp.float32),
+        GAUSS_CONTEXT,
+        0.7,
+    ),
     "block_gibbs": lambda: (
         samplers.block_gibbs(ising_energy, BLOCKS),
         spin_start(1)[0],
@@ -48,8 +56,9 @@ KERNELS = {
         1.3,
     ),
     "metropolis": lambda: (samplers.metropolis(ising_energy), spin_start(1)[0], SPIN_CONTEXT, 1.3),
-    "tempering(nuts)": lambda: (
-        samplers.parallel_tempering(samplers.nuts(gaussian_energy, num_warmup=5)),
+    # NUTS inside tempering runs in benchmarks/samplers_bench.py; HMC compiles faster here.
+    "tempering(hmc)": lambda: (
+        samplers.parallel_tempering(samplers.hmc(gaussian_energy, num_warmup=5, num_steps=3)),
         jnp.zeros((3, 3)),
         GAUSS_CONTEXT,
         jnp.array([0.5, 1.0, 2.0]),
@@ -96,7 +105,7 @@ def test_kernel_protocol(name):
 
     # Two chains, vmapped under the drivers' axis name (adaptive ladders average over it).
     positions = jnp.stack([position, position])
-    init = jax.vmap(kernel.init, in_axes=(0, None, None))
+    init = jax.jit(jax.vmap(kernel.init, in_axes=(0, None, None)))
     step = jax.jit(jax.vmap(kernel.step, in_axes=(0, 0, None), axis_name="chain"))
     state = init(positions, context, temperature)
     for field in ("position", "energy", "temperature"):
@@ -114,7 +123,7 @@ def test_kernel_protocol(name):
         lambda a, b: np.testing.assert_array_equal(as_numpy(a), as_numpy(b)), again, new_state
     )
     # The cached energy is the energy of the position, unscaled by the temperature.
-    energy_fn = gaussian_energy if "nuts" in name or name == "hmc" else ising_energy
+    energy_fn = gaussian_energy if "nuts" in name or "hmc" in name else ising_energy
     flat = new_state.position.reshape(-1, new_state.position.shape[-1])
     energies = jax.vmap(energy_fn, in_axes=(0, None))(flat, context)
     np.testing.assert_allclose(new_state.energy.reshape(-1), energies, rtol=1e-10, atol=1e-12)
@@ -138,7 +147,9 @@ def counting_spin_energy(position, context):
 
 
 def test_new_temperature_or_context_does_not_recompile():
-    nuts = samplers.nuts(counting_energy, num_warmup=10)
+    # NumPyro's HMC goes through the same potential generator as NUTS (samplers._hmc._build)
+    # and compiles several times faster.
+    nuts = samplers.hmc(counting_energy, num_warmup=10, num_steps=3)
     context = (jnp.stack([jnp.eye(3), 2 * jnp.eye(3)]), jnp.ones((2, 3)))
 
     def run_nuts(seed, temperature, scale):
@@ -195,16 +206,12 @@ def test_new_temperature_or_context_does_not_recompile():
 # Layouts and ArviZ.
 
 
-def test_layouts_and_inference_data():
-    kernel = samplers.nuts(gaussian_energy, num_warmup=20)
-    context = (jnp.stack([jnp.eye(3)] * 2), jnp.stack([jnp.ones(3), -jnp.ones(3)]))
-    trace = samplers.sample(
-        jax.random.key(3), kernel, jnp.zeros((2, 3, 3)), context, 0.5, num_samples=8, batched=True
-    )
-    assert trace.samples.shape == (2, 3, 8, 3)  # (batch, chain, draw, n)
-    assert trace.info.energy.shape == (2, 3, 8)
-    assert trace.final_state.position.shape == (2, 3, 3)
-    assert trace.nonfinite_step.shape == (2, 3)
+def test_layouts_and_inference_data(nuts_gaussian):
+    trace, _, _ = nuts_gaussian
+    assert trace.samples.shape == (4, 2, 1000, 3)  # (batch, chain, draw, n)
+    assert trace.info.energy.shape == (4, 2, 1000)
+    assert trace.final_state.position.shape == (4, 2, 3)
+    assert trace.nonfinite_step.shape == (4, 2)
     idata = samplers.to_inference_data(trace)
     assert idata.posterior["position"].dims == ("chain", "draw", "target", "unit")
     stats = set(idata.sample_stats.data_vars)
@@ -260,6 +267,21 @@ def test_array_diagnostics_match_ar1_theory_and_vectorise():
         samplers.ess_bulk(x[:, :3])
 
 
+def test_num_chains_broadcasts_one_start():
+    kernel = samplers.metropolis(ising_energy)
+    trace = samplers.sample(
+        jax.random.key(2), kernel, jnp.ones(10), SPIN_CONTEXT, 1.0, num_samples=4, num_chains=5
+    )
+    assert trace.samples.shape == (5, 4, 10)
+    assert len({tuple(row) for row in np.asarray(trace.samples[:, -1])}) > 1  # own keys
+    # With a batch of targets, one start per target is shared by that target's chains.
+    context = (jnp.stack([SPIN_CONTEXT[0]] * 2), jnp.stack([SPIN_CONTEXT[1]] * 2))
+    starts = np.stack([np.ones(10), -np.ones(10)])
+    x, batch_size, num_chains = prepare(kernel, starts, context, 1.0, True, 1, num_chains=5)
+    assert (x.shape, batch_size, num_chains) == ((2, 5, 10), 2, 5)
+    np.testing.assert_array_equal(x[1, 3], -np.ones(10))
+
+
 # ---------------------------------------------------------------------------------------------
 # Annealing.
 
@@ -285,11 +307,11 @@ def test_annealing_reaches_ground_state_and_warm_starts():
     assert energies[0] > energies[-1] + 5
     np.testing.assert_allclose(trace.final_state.temperature, 0.05)
 
-    # Continuous: anneal NUTS in the double well towards T -> 0, then warm-start sampling.
-    nuts = samplers.nuts(double_well_energy, num_warmup=50)
+    # Continuous: anneal HMC in the double well towards T -> 0, then warm-start sampling.
+    hmc = samplers.hmc(double_well_energy, num_warmup=50, num_steps=10)
     cooled = samplers.anneal(
         jax.random.key(8),
-        nuts,
+        hmc,
         jnp.full((3, 2), 3.0),
         0.1,
         samplers.linear_schedule(2.0, 0.01, 10),
@@ -298,7 +320,7 @@ def test_annealing_reaches_ground_state_and_warm_starts():
     x = np.asarray(cooled.final_state.position)
     assert np.all(np.abs(np.abs(x[:, 0]) - 1.0) < 0.1) and np.all(np.abs(x[:, 1]) < 0.3)
     warm = samplers.sample(
-        jax.random.key(9), nuts, cooled.final_state.position, 0.1, 0.01, num_samples=20
+        jax.random.key(9), hmc, cooled.final_state.position, 0.1, 0.01, num_samples=20
     )
     assert np.all(np.sign(warm.samples[..., 0]) == np.sign(x[:, None, 0]))
 
@@ -350,10 +372,23 @@ def test_nonfinite_energy_is_reported_with_chain_and_step():
     first = np.argmax(~np.isfinite(energies), axis=1)
     np.testing.assert_array_equal(bad[1], first + 1)  # step = draw + 1 with no warm-up
 
+    with pytest.raises(
+        samplers.NonFiniteEnergyError,
+        match=r"chain \d: first non-finite energy at step \d+ \(draw \d\)",
+    ):
+        # Annealing names the kernel step and its stage (3 steps per stage here).
+        samplers.anneal(
+            jax.random.key(0),
+            kernel,
+            jnp.ones((2, 3)),
+            0.0,
+            jnp.ones(30),
+            num_steps_per_temperature=3,
+        )
     with pytest.raises(samplers.NonFiniteEnergyError, match=r"chain 1: .*at its start \(step 0\)"):
         samplers.sample(
             jax.random.key(0),
-            samplers.nuts(nan_start_energy, num_warmup=0),
+            samplers.hmc(nan_start_energy, num_warmup=0, num_steps=2),
             jnp.array([[0.5, 0.0], [-2.0, 0.0]]),
             1.0,
             1.0,
@@ -381,6 +416,8 @@ GOOD = dict(num_samples=3)
         (dict(num_warmup=2), "num_warmup=2 is shorter than the NUTS kernel's adaptation"),
         (dict(rng_key=jnp.zeros(3)), "rng_key must be a key"),
         (dict(batched=True), "leading batch axis"),
+        (dict(num_chains=4), r"one start shared by all chains.*got shape \(2, 3\)"),
+        (dict(num_chains=0, position=jnp.zeros(3)), "num_chains must be an integer >= 1, got 0"),
     ],
 )
 def test_driver_rejects_bad_input(kwargs, match):

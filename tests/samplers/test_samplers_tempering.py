@@ -112,7 +112,7 @@ def test_adaptive_ladder_evens_swap_rates_then_freezes():
         kernel = samplers.parallel_tempering(
             samplers.metropolis(curie_weiss), adapt_ladder=adapt, num_warmup=500
         )
-        trace = samplers.sample(jax.random.key(34), kernel, start, 1.0, ladder, num_samples=1000)
+        trace = samplers.sample(jax.random.key(34), kernel, start, 1.0, ladder, num_samples=400)
         results[adapt] = trace
     _, fixed = samplers.swap_acceptance(results[False].info)
     _, adapted = samplers.swap_acceptance(results[True].info)
@@ -131,3 +131,22 @@ def test_adaptive_ladder_evens_swap_rates_then_freezes():
     np.testing.assert_allclose(final[[0, -1]], [0.4, 4.0], rtol=1e-12)
     assert np.all(np.diff(final) > 0)
     assert not np.allclose(final, ladder)
+
+
+def test_round_trips_and_walkers_follow_the_swaps_exactly():
+    # A constant energy makes every proposed swap accepted, so the walkers' moves are known:
+    # with two rungs, k swaps give floor(k/2) round trips of walker 0 (it starts at the bottom)
+    # plus floor((k-1)/2) of walker 1 (it must reach the bottom first).
+    kernel = samplers.parallel_tempering(samplers.metropolis(lambda s, c: 0.0 * jnp.sum(s)))
+    trace = samplers.sample(
+        jax.random.key(35), kernel, jnp.ones((3, 2, 4)), (), jnp.array([1.0, 2.0]), num_samples=41
+    )
+    proposed = np.asarray(trace.info.swap_proposed)[..., 0]
+    np.testing.assert_array_equal(np.asarray(trace.info.swap_accepted)[..., 0], proposed)
+    np.testing.assert_array_equal(np.asarray(trace.info.swap_probability), 1.0)
+    swaps = proposed.cumsum(axis=1)
+    expected = swaps // 2 + np.maximum(swaps - 1, 0) // 2
+    np.testing.assert_array_equal(np.asarray(trace.info.round_trips), expected)
+    walker = np.asarray(trace.final_state.walker)
+    np.testing.assert_array_equal(walker[:, 0], swaps[:, -1] % 2)
+    np.testing.assert_array_equal(np.sort(walker, axis=1), [[0, 1]] * 3)
