@@ -15,7 +15,20 @@ and start positions in; samples of shape ``(chain, draw, ...)`` and per-step dia
 """
 
 from samplers._annealing import anneal, check_schedule, geometric_schedule, linear_schedule
-from samplers._arviz import ess_bulk, ess_tail, mcse_mean, rhat, summary, to_inference_data
+from samplers._arviz import (
+    ess_bulk,
+    ess_tail,
+    gradient_inference_data,
+    load_inference_data,
+    mcse_mean,
+    rhat,
+    save_inference_data,
+    save_rank_plot,
+    save_trace_plot,
+    summary,
+    summary_table,
+    to_inference_data,
+)
 from samplers._base import Kernel, NonFiniteEnergyError
 from samplers._driver import Trace, check_finite, sample
 from samplers._exact import (
@@ -45,6 +58,12 @@ from samplers._tempering import (
 )
 
 __all__ = [
+    "summary_table",
+    "save_trace_plot",
+    "save_rank_plot",
+    "save_inference_data",
+    "load_inference_data",
+    "gradient_inference_data",
     "GaussianReference",
     "GibbsInfo",
     "HMCInfo",

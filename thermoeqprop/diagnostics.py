@@ -14,7 +14,7 @@ and tail ESS and MCSE per gradient component.
   sweep folder; for a training folder, the per-epoch diagnostics its metrics recorded (training
   keeps no per-draw series, so it has no trace or rank plots).
 
-Every ArviZ call lives in :mod:`thermoeqprop._arviz_gradient`.
+Every ArviZ call lives in ``samplers/_arviz.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from thermoeqprop import _arviz_gradient
+import samplers
 
 __all__ = [
     "ESS_PER_CHAIN",
@@ -84,7 +84,7 @@ def gradient_inference_data(
     indices = _series_indices(names, parameters)
     gradient = np.asarray(series.gradient)[:, :, None, None, indices]
     cost = np.asarray(series.cost)[:, :, None, None]
-    return _arviz_gradient.gradient_inference_data(
+    return samplers.gradient_inference_data(
         gradient,
         cost,
         [names[i] for i in indices],
@@ -102,7 +102,7 @@ def gradient_summary(idata):
         ``sd``, ``mcse_mean``, ``mcse_sd``, ``ess_bulk``, ``ess_tail``, ``r_hat`` (NaN for
         components that never change).
     """
-    table = _arviz_gradient.summary_table(idata)["gradient"]
+    table = samplers.summary_table(idata)["gradient"]
     frame = table.sel(metric=list(STATISTICS)).to_dataset("metric").to_dataframe()
     return frame[list(STATISTICS)]
 
@@ -114,7 +114,7 @@ def load_gradient_series(folder) -> list[tuple[Path, Any]]:
     out = []
     for path in files:
         try:
-            out.append((path, _arviz_gradient.load_inference_data(path)))
+            out.append((path, samplers.load_inference_data(path)))
         except Exception as exc:  # h5py/OSError: an unreadable file
             raise ValueError(
                 f"gradient series {str(path)!r} is unreadable ({type(exc).__name__}); delete "
@@ -203,12 +203,8 @@ def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -
             coords = {"temperature": [temperature], "seed": [first_seed], "parameter": chosen}
             stem = f"{path.stem.split('_', 1)[-1]}_T{temperature:g}_seed{first_seed}"
             title = f"{estimator} at T = {temperature:g}, seed {first_seed}"
-            files.append(
-                _arviz_gradient.save_trace_plot(idata, out / f"trace_{stem}.png", coords, title)
-            )
-            files.append(
-                _arviz_gradient.save_rank_plot(idata, out / f"rank_{stem}.png", coords, title)
-            )
+            files.append(samplers.save_trace_plot(idata, out / f"trace_{stem}.png", coords, title))
+            files.append(samplers.save_rank_plot(idata, out / f"rank_{stem}.png", coords, title))
     overview = pd.DataFrame(rows).sort_values(["estimator", "temperature", "seed"])
     overview = overview.reset_index(drop=True)
     table = pd.concat(components, ignore_index=True)

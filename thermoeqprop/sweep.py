@@ -684,12 +684,11 @@ def _load_part(path: Path) -> xr.Dataset:
 
 
 def _save_series(folder: Path, unit: str, plan: _Plan, part: xr.Dataset, series) -> None:
-    from thermoeqprop import _arviz_gradient
 
     names = [plan.names[i] for i in plan.series_indices]
     for spec in plan.specs:
         grads, costs = series[spec.label]
-        idata = _arviz_gradient.gradient_inference_data(
+        idata = samplers.gradient_inference_data(
             grads,
             costs,
             names,
@@ -702,9 +701,7 @@ def _save_series(folder: Path, unit: str, plan: _Plan, part: xr.Dataset, series)
                 "model": type(plan.model).__name__,
             },
         )
-        _arviz_gradient.save_inference_data(
-            idata, folder / "series" / f"{unit}_{_slug(spec.label)}.nc"
-        )
+        samplers.save_inference_data(idata, folder / "series" / f"{unit}_{_slug(spec.label)}.nc")
 
 
 def temperature_sweep(
