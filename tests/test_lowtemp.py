@@ -71,7 +71,8 @@ def test_quadratic_network_expansion_is_exact(quadratic_problem):
     net, params, x, targets = quadratic_problem
     a_inv = jnp.linalg.inv(net.precision(params))
     k = net.num_outputs
-    expansion = laplace_expansion(net, params, x, targets)
+    result = low_temperature_gradient(net, params, x, targets)
+    expansion = result.expansion
     mean, _ = net.gaussian_moments(params, x, 0.0)
     np.testing.assert_allclose(expansion.state, mean, atol=1e-12)
     np.testing.assert_allclose(expansion.inverse_hessian, np.broadcast_to(a_inv, (3, 6, 6)),
@@ -83,16 +84,21 @@ def test_quadratic_network_expansion_is_exact(quadratic_problem):
     def loss(p, temperature):
         return jnp.mean(net.expected_cost(p, x, targets, temperature))
 
-    result = low_temperature_gradient(net, params, x, targets)
-    g0 = flat(jax.grad(loss)(params, 0.0))
-    g1 = flat(jax.grad(lambda p: loss(p, 1.0) - loss(p, 0.0))(params))
+    @jax.jit
+    def references(p):  # L(0), c_1 = L(1) − L(0), and their gradients, all exact
+        (l0, g0), (l1, g1) = (jax.value_and_grad(loss)(p, t) for t in (0.0, 1.0))
+        g0, g1 = ravel_pytree(g0)[0], ravel_pytree(g1)[0]
+        return l0, l1 - l0, g0, g1 - g0
+
+    l0, c1, g0, g1 = (np.asarray(a) for a in references(params))
     assert np.linalg.norm(g1) > 0.1  # the O(T) term is there to be found
+    np.testing.assert_allclose(result.loss, l0, rtol=1e-12)
+    np.testing.assert_allclose(result.loss_first_order, c1, rtol=1e-10)
     np.testing.assert_allclose(flat(result.grad), g0, atol=1e-10 * np.abs(g0).max())
     np.testing.assert_allclose(flat(result.grad_first_order), g1, atol=1e-10 * np.abs(g1).max())
-    np.testing.assert_allclose(result.loss_first_order, loss(params, 1.0) - loss(params, 0.0),
-                               rtol=1e-10)  # fmt: skip
-    for temperature in (0.05, 0.5):  # first order is exact here: at any T
-        exact = flat(jax.grad(loss)(params, temperature))
+    # First order is exact here, at any T: g_0 + T g_1 is the exact gradient.
+    for temperature in (0.05, 0.5):
+        exact = g0 + temperature * g1
         np.testing.assert_allclose(flat(result.predicted_grad(temperature)), exact,
                                    atol=1e-10 * np.abs(exact).max())  # fmt: skip
 
@@ -167,8 +173,10 @@ def test_free_minimum_derivative_in_the_inputs(layered_problem):
 
 
 def test_laplace_average_of_the_cost_is_the_expansion(layered_problem):
-    net, params, x, targets, _ = layered_problem
+    net, params, x, targets, result = layered_problem
     expansion = laplace_expansion(net, params, x, targets)
+    for a, b in zip(expansion, result.expansion, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
     value, first = laplace_average(net, params, x, lambda s: (net.cost_fn(s, targets[0]), s))
     np.testing.assert_allclose(value[0][0], expansion.cost[0], rtol=1e-12)
     np.testing.assert_allclose(first[0][0], expansion.cost_first_order[0], rtol=1e-10)
@@ -224,8 +232,8 @@ def quadrature_averages(params, nodes, temperature):
 @pytest.fixture(scope="module")
 def two_unit_exact():
     """Expansion and quadrature references of the two-unit network, computed once."""
-    expansion = laplace_expansion(TWO_UNITS, TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y)
     result = low_temperature_gradient(TWO_UNITS, TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y)
+    expansion = result.expansion
     value_and_grad = jax.jit(jax.value_and_grad(quadrature_averages, has_aux=True))
     exact = {}
     for temperature in (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01):
@@ -238,19 +246,17 @@ def two_unit_exact():
 def test_quadrature_reference_is_converged(two_unit_exact):
     expansion, _, exact = two_unit_exact
     wider = quadrature_nodes(expansion, 0.01, half_width=13.0, num_points=181)
-    (loss, means), grad = jax.value_and_grad(quadrature_averages, has_aux=True)(
-        TWO_UNIT_PARAMS, wider, 0.01
-    )
+    value_and_grad = jax.jit(jax.value_and_grad(quadrature_averages, has_aux=True))
+    (loss, means), grad = value_and_grad(TWO_UNIT_PARAMS, wider, 0.01)
     assert abs(float(loss) - exact[0.01][0]) < 1e-13
     np.testing.assert_allclose(flat(grad), exact[0.01][2], rtol=0, atol=1e-12)
     # The minimum is unique: relaxations from a grid of starts all end at s*.
     starts = jnp.stack(jnp.meshgrid(*[jnp.linspace(-3, 3, 7)] * 2, indexing="ij"), -1)
-    starts = starts.reshape(-1, 2)
-    dummy = jnp.zeros((starts.shape[0], 1))
-    for b in range(TWO_UNIT_X.shape[0]):
-        inputs = jnp.broadcast_to(TWO_UNIT_X[b], (starts.shape[0], 2))
-        ends = relax(TWO_UNITS, TWO_UNIT_PARAMS, inputs, dummy, 0.0, starts).state
-        assert float(jnp.max(jnp.abs(ends - expansion.state[b]))) < 1e-4
+    starts = jnp.tile(starts.reshape(-1, 2), (3, 1))  # 49 starts for each of the 3 examples
+    inputs = jnp.repeat(TWO_UNIT_X, 49, axis=0)
+    ends = relax(TWO_UNITS, TWO_UNIT_PARAMS, inputs, jnp.zeros((147, 1)), 0.0, starts).state
+    distance = jnp.abs(ends - jnp.repeat(expansion.state, 49, axis=0))
+    assert float(jnp.max(distance)) < 1e-4
 
 
 def test_expected_cost_tends_to_first_order_linearly(two_unit_exact):

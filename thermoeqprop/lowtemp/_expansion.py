@@ -93,13 +93,13 @@ def _minimise(model: EnergyModel, relaxation: Relaxation, params, x):
     grad_fn = jax.grad(model.energy, argnums=1)
 
     def newton(state_b, x_b):
-        for _ in range(NEWTON_STEPS):
-            g = grad_fn(params, state_b, x_b)
-            step = jnp.linalg.solve(_energy_hessian(model, params, state_b, x_b), g)
-            proposal = state_b - step
+        def step(_, s):
+            g = grad_fn(params, s, x_b)
+            proposal = s - jnp.linalg.solve(_energy_hessian(model, params, s, x_b), g)
             better = jnp.linalg.norm(grad_fn(params, proposal, x_b)) < jnp.linalg.norm(g)
-            state_b = jnp.where(better, proposal, state_b)
-        return state_b
+            return jnp.where(better, proposal, s)
+
+        return jax.lax.fori_loop(0, NEWTON_STEPS, step, state_b)
 
     return jax.vmap(newton)(state, x)
 
@@ -184,11 +184,6 @@ def _first_order(observable, inverse, shift, state):
     )
 
 
-def _first_order_cost(model, params, state, x, target):
-    inverse, shift, _ = _moments(model, params, state, x)
-    return _first_order(lambda s: model.cost_fn(s, target), inverse, shift, state)
-
-
 class LaplaceExpansion(NamedTuple):
     r"""The Laplace expansion of the free Gibbs distribution, per example.
 
@@ -217,26 +212,29 @@ class LaplaceExpansion(NamedTuple):
         return jnp.mean(self.cost) + temperature * jnp.mean(self.cost_first_order)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _expansion(model, relaxation, params, x, targets) -> LaplaceExpansion:
-    state = _minimise(model, relaxation, params, x)
-    moments = jax.vmap(_moments, in_axes=(None, None, 0, 0))
-    inverse, shift, lowest = moments(model, params, state, x)
+def _expansion_at(model, params, state, x, targets) -> LaplaceExpansion:
+    """The expansion at given minima (batch, n); differentiable in params and state."""
+    inverse, shift, lowest = jax.vmap(_moments, in_axes=(None, None, 0, 0))(model, params, state, x)
 
     def per_example(s, h_inv, d, target):
         return _first_order(lambda u: model.cost_fn(u, target), h_inv, d, s)
 
-    first = jax.vmap(per_example)(state, inverse, shift, targets)
     grad = jax.vmap(jax.grad(model.energy, argnums=1), in_axes=(None, 0, 0))(params, state, x)
     return LaplaceExpansion(
         state=state,
         cost=model.batch_cost(state, targets),
-        cost_first_order=first,
+        cost_first_order=jax.vmap(per_example)(state, inverse, shift, targets),
         mean_shift=shift,
         inverse_hessian=inverse,
         min_hessian_eigenvalue=lowest,
         residual=jnp.max(jnp.abs(grad), axis=-1),
     )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _expansion(model, relaxation, params, x, targets) -> LaplaceExpansion:
+    state = _minimise(model, relaxation, params, x)
+    return _expansion_at(model, params, state, x, targets)
 
 
 def laplace_expansion(
@@ -329,6 +327,7 @@ class LowTemperatureGradient(NamedTuple):
         loss_first_order: :math:`c_1` (batch mean).
         grad: :math:`g_0`, the T = 0 EP (implicit-function) gradient, a pytree like params.
         grad_first_order: :math:`g_1 = dc_1/dθ` (total derivative), like params.
+        expansion: The per-example :class:`LaplaceExpansion` at the same minima.
         diagnostics: ``free_residual`` (largest ``|∇_sE|`` at s*) and
             ``min_hessian_eigenvalue`` over the batch.
     """
@@ -337,6 +336,7 @@ class LowTemperatureGradient(NamedTuple):
     loss_first_order: jax.Array
     grad: Any
     grad_first_order: Any
+    expansion: LaplaceExpansion
     diagnostics: dict[str, jax.Array]
 
     def predicted_grad(self, temperature) -> Any:
@@ -354,24 +354,20 @@ class LowTemperatureGradient(NamedTuple):
 def _low_temperature_gradient(model, relaxation, params, x, targets):
     def terms(p):
         state = free_minimum(model, relaxation, p, x)
-        cost = jnp.mean(model.batch_cost(state, targets))
-        first = jax.vmap(_first_order_cost, in_axes=(None, None, 0, 0, 0))(
-            model, p, state, x, targets
-        )
-        return jnp.stack([cost, jnp.mean(first)]), state
+        expansion = _expansion_at(model, p, state, x, targets)
+        means = jnp.stack([jnp.mean(expansion.cost), jnp.mean(expansion.cost_first_order)])
+        return means, expansion
 
-    values, pullback, state = jax.vjp(terms, params, has_aux=True)
-    (g0,) = pullback(jnp.array([1.0, 0.0], values.dtype))
-    (g1,) = pullback(jnp.array([0.0, 1.0], values.dtype))
-    grad_state = jax.vmap(jax.grad(model.energy, argnums=1), in_axes=(None, 0, 0))
-    lowest = jax.vmap(
-        lambda s, x_b: jnp.linalg.eigvalsh(_energy_hessian(model, params, s, x_b))[0]
-    )(state, x)
+    values, pullback, expansion = jax.vjp(terms, params, has_aux=True)
+    # Both gradients from one reverse pass, vectorised over the two cotangents.
+    (grads,) = jax.vmap(pullback)(jnp.eye(2, dtype=values.dtype))
+    g0 = jax.tree_util.tree_map(lambda g: g[0], grads)
+    g1 = jax.tree_util.tree_map(lambda g: g[1], grads)
     diagnostics = {
-        "free_residual": jnp.max(jnp.abs(grad_state(params, state, x))),
-        "min_hessian_eigenvalue": jnp.min(lowest),
+        "free_residual": jnp.max(expansion.residual),
+        "min_hessian_eigenvalue": jnp.min(expansion.min_hessian_eigenvalue),
     }
-    return LowTemperatureGradient(values[0], values[1], g0, g1, diagnostics)
+    return LowTemperatureGradient(values[0], values[1], g0, g1, expansion, diagnostics)
 
 
 def low_temperature_gradient(

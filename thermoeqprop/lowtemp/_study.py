@@ -40,7 +40,6 @@ from thermoeqprop.estimators.zero_temperature import Relaxation, ZeroTemperature
 from thermoeqprop.lowtemp._expansion import (
     DEFAULT_RELAXATION,
     check_smooth_model,
-    laplace_expansion,
     low_temperature_gradient,
 )
 from thermoeqprop.models._base import EnergyModel
@@ -158,8 +157,8 @@ def low_temperature_study(
             (:class:`ThermalNudged`, symmetric at ±β).
         sampling: Sampler settings (NUTS by default).
         beta: Nudging strength of the nudged estimator. Its O(β²) bias is recorded as
-            ``nudge_bias`` (the T = 0 EP estimate at this β minus g_0): keep it well under the
-            standard errors.
+            ``nudge_bias`` (the T = 0 EP estimate at this β minus g_0; NaN when the nudged
+            estimator is not run): keep it well under the standard errors.
         relaxation: Settings of the free relaxation for the expansion.
         progress: Print one line per sampled estimate.
 
@@ -211,7 +210,7 @@ def low_temperature_study(
     check_positive("beta", beta)
 
     expansion = low_temperature_gradient(model, params, x, targets, relaxation)
-    laplace = laplace_expansion(model, params, x, targets, relaxation)
+    laplace = expansion.expansion
     g0, g1 = _flat(expansion.grad), _flat(expansion.grad_first_order)
     g1_norm = float(np.linalg.norm(g1))
     if not g1_norm > 0:
@@ -219,8 +218,10 @@ def low_temperature_study(
     direction = g1 / g1_norm
     names = parameter_names(params)
     predicted = g0[None, :] + temperatures[:, None] * g1[None, :]
-    ep = ZeroTemperatureEP(model, beta=beta, symmetric=True, relaxation=relaxation)
-    nudge_bias = _flat(ep(params, x, targets).grad) - g0
+    nudge_bias = np.full_like(g0, np.nan)
+    if "nudged" in estimators:
+        ep = ZeroTemperatureEP(model, beta=beta, symmetric=True, relaxation=relaxation)
+        nudge_bias = _flat(ep(params, x, targets).grad) - g0
 
     shape = (len(estimators), temperatures.size)
     grads = np.zeros(shape + (g0.size,))
