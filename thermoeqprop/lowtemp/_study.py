@@ -57,18 +57,21 @@ ESTIMATORS = ("covariance", "nudged")
 STUDY_SAMPLING = Sampling(num_chains=4, num_samples=1000, num_warmup=500)
 
 
-def weighted_line_fit(t, y, stderr) -> dict[str, np.ndarray]:
-    r"""Weighted least squares ``y ≈ a + b t`` with weights ``1/stderr²``, vectorised.
+def weighted_line_fit(t, y, stderr, degree: int = 1) -> dict[str, np.ndarray]:
+    r"""Weighted least squares ``y ≈ a + b t (+ c t²)`` with weights ``1/stderr²``, vectorised.
 
     Args:
         t: (K,) abscissae.
         y: (K, ...) values, fitted independently along the trailing axes.
-        stderr: Standard errors, shaped like ``y``; entries ≤ 0 make that column NaN.
+        stderr: Standard errors, shaped like ``y``; a column with an entry ≤ 0 gives NaN.
+        degree: 1 (a line) or 2 (a line plus a ``c t²`` term that absorbs curvature, so that
+            the slope ``b`` at t = 0 is unbiased to O(t²) instead of O(t)).
 
     Returns:
-        ``intercept``, ``slope``, their standard errors ``intercept_stderr``,
-        ``slope_stderr`` (from the stated errors, not rescaled by the residuals) and
-        ``chi2`` of the fit (K − 2 degrees of freedom), each shaped like ``y[0]``.
+        ``intercept``, ``slope`` (and ``curvature`` for degree 2), their standard errors
+        ``intercept_stderr``, ``slope_stderr`` (``curvature_stderr``) from the stated errors,
+        not rescaled by the residuals, and ``chi2`` of the fit (K − degree − 1 degrees of
+        freedom), each shaped like ``y[0]``.
 
     Example:
         >>> fit = weighted_line_fit(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0]),
@@ -79,29 +82,34 @@ def weighted_line_fit(t, y, stderr) -> dict[str, np.ndarray]:
     t = np.asarray(t, dtype=float)
     y = np.asarray(y, dtype=float)
     stderr = np.asarray(stderr, dtype=float)
+    if degree not in (1, 2):
+        raise ValueError(f"degree must be 1 or 2, got {degree!r}")
     if t.ndim != 1 or y.shape[0] != t.shape[0] or y.shape != stderr.shape:
         raise ValueError(
             f"need t (K,), y and stderr (K, ...) of one shape; got {t.shape}, {y.shape}, "
             f"{stderr.shape}"
         )
-    if t.shape[0] < 2 or np.ptp(t) == 0:
-        raise ValueError(f"a line needs at least two distinct abscissae, got t={t}")
-    valid = np.all(stderr > 0, axis=0)
-    w = np.where(valid, 1.0 / np.where(stderr > 0, stderr, 1.0) ** 2, np.nan)
-    tt = t.reshape((-1,) + (1,) * (y.ndim - 1))
-    s0, s1, s2 = np.sum(w, 0), np.sum(w * tt, 0), np.sum(w * tt**2, 0)
-    sy, sty = np.sum(w * y, 0), np.sum(w * tt * y, 0)
-    det = s0 * s2 - s1**2
-    slope = (s0 * sty - s1 * sy) / det
-    intercept = (s2 * sy - s1 * sty) / det
-    chi2 = np.sum(w * (y - intercept - slope * tt) ** 2, 0)
-    return {
-        "intercept": intercept,
-        "slope": slope,
-        "intercept_stderr": np.sqrt(s2 / det),
-        "slope_stderr": np.sqrt(s0 / det),
-        "chi2": chi2,
-    }
+    if np.unique(t).size < degree + 1:
+        raise ValueError(
+            f"a degree-{degree} fit needs at least {degree + 1} distinct abscissae, got t={t}"
+        )
+    columns = y.reshape(t.size, -1)
+    errors = stderr.reshape(t.size, -1)
+    valid = np.all(errors > 0, axis=0)
+    w = 1.0 / np.where(errors > 0, errors, 1.0) ** 2  # (K, M)
+    design = np.vander(t, degree + 1, increasing=True)  # (K, D)
+    normal = np.einsum("km,kd,ke->mde", w, design, design)  # (M, D, D)
+    covariance = np.linalg.inv(normal)
+    coefficients = np.einsum("mde,km,ke,km->md", covariance, w, design, columns)
+    chi2 = np.sum(w * (columns - design @ coefficients.T) ** 2, axis=0)
+    names = ("intercept", "slope", "curvature")[: degree + 1]
+    out = {}
+    for i, name in enumerate(names):
+        out[name] = np.where(valid, coefficients[:, i], np.nan).reshape(y.shape[1:])
+        stderr_i = np.sqrt(covariance[:, i, i])
+        out[f"{name}_stderr"] = np.where(valid, stderr_i, np.nan).reshape(y.shape[1:])
+    out["chi2"] = np.where(valid, chi2, np.nan).reshape(y.shape[1:])
+    return out
 
 
 def _flat(tree) -> np.ndarray:
@@ -139,6 +147,8 @@ def low_temperature_study(
     sampling: Sampling = STUDY_SAMPLING,
     beta: float = 0.02,
     relaxation: Relaxation = DEFAULT_RELAXATION,
+    fit_max_temperature: float | None = None,
+    fit_degree: int = 1,
     progress: bool = False,
 ) -> xr.Dataset:
     r"""Thermal gradients over a grid of low temperatures against :math:`g_0 + T g_1`.
@@ -160,6 +170,10 @@ def low_temperature_study(
             ``nudge_bias`` (the T = 0 EP estimate at this β minus g_0; NaN when the nudged
             estimator is not run): keep it well under the standard errors.
         relaxation: Settings of the free relaxation for the expansion.
+        fit_max_temperature: Fit the slopes over temperatures ≤ this only (at least two);
+            default: all. Points above it show where the O(T²) term takes over.
+        fit_degree: 1 fits ``a + bT``; 2 fits ``a + bT + cT²`` (then ``projected_curvature``
+            estimates the O(T²) coefficient, and the slope stays unbiased over a wider grid).
         progress: Print one line per sampled estimate.
 
     Returns:
@@ -179,8 +193,9 @@ def low_temperature_study(
           ``intercept_stderr`` per (estimator, parameter); ``projected_slope``,
           ``projected_slope_stderr``, ``projected_intercept``, ``projected_intercept_stderr``,
           ``projected_chi2``, ``slope_z`` ((projected_slope − ‖g1‖)/stderr) and
-          ``intercept_z`` (projected_intercept/stderr) per estimator; ``projected_chi2`` of the
-          prediction itself ``prediction_chi2`` per estimator;
+          ``intercept_z`` (projected_intercept/stderr) per estimator; the χ² of the prediction
+          ``T‖g1‖`` against the projections, ``prediction_chi2``, per estimator (all over the
+          fitted temperatures, marked by ``in_fit``);
         - attributes: ``g1_norm``, ``g0_norm``, ``loss_zero_temperature``,
           ``loss_first_order``, ``min_hessian_eigenvalue``, ``free_residual``, ``beta``,
           the sampling settings, ``num_examples``.
@@ -208,6 +223,16 @@ def low_temperature_study(
     if not estimators or unknown:
         raise ValueError(f"estimators must be a non-empty subset of {ESTIMATORS}, got {estimators}")
     check_positive("beta", beta)
+    if fit_degree not in (1, 2):
+        raise ValueError(f"fit_degree must be 1 or 2, got {fit_degree!r}")
+    in_fit = np.ones(temperatures.size, dtype=bool)
+    if fit_max_temperature is not None:
+        in_fit = temperatures <= check_positive("fit_max_temperature", fit_max_temperature)
+    if in_fit.sum() < fit_degree + 1:
+        raise ValueError(
+            f"fit_max_temperature={fit_max_temperature} leaves {in_fit.sum()} temperature(s) of "
+            f"{temperatures}; a degree-{fit_degree} fit needs at least {fit_degree + 1}"
+        )
 
     expansion = low_temperature_gradient(model, params, x, targets, relaxation)
     laplace = expansion.expansion
@@ -277,12 +302,20 @@ def low_temperature_study(
                     flush=True,
                 )
 
-    fit = weighted_line_fit(temperatures, np.moveaxis(grads, 1, 0), np.moveaxis(stderrs, 1, 0))
+    fit = weighted_line_fit(
+        temperatures[in_fit],
+        np.moveaxis(grads[:, in_fit], 1, 0),
+        np.moveaxis(stderrs[:, in_fit], 1, 0),
+        fit_degree,
+    )
     projected_fit = weighted_line_fit(
-        temperatures, per_run["projection"].T, per_run["projection_stderr"].T
+        temperatures[in_fit],
+        per_run["projection"][:, in_fit].T,
+        per_run["projection_stderr"][:, in_fit].T,
+        fit_degree,
     )
     residual = per_run["projection"] - temperatures[None, :] * g1_norm
-    prediction_chi2 = np.sum((residual / per_run["projection_stderr"]) ** 2, axis=1)
+    prediction_chi2 = np.sum((residual / per_run["projection_stderr"])[:, in_fit] ** 2, axis=1)
     z = (grads - predicted[None]) / np.where(stderrs > 0, stderrs, np.nan)
     norm = np.linalg.norm
     dims3 = ("estimator", "temperature", "parameter")
@@ -326,7 +359,11 @@ def low_temperature_study(
             projected_fit["intercept"] / projected_fit["intercept_stderr"],
         ),
         "prediction_chi2": (("estimator",), prediction_chi2),
+        "in_fit": (("temperature",), in_fit),
     }
+    if fit_degree == 2:
+        data["projected_curvature"] = (("estimator",), projected_fit["curvature"])
+        data["projected_curvature_stderr"] = (("estimator",), projected_fit["curvature_stderr"])
     attrs: dict[str, Any] = {
         "g0_norm": float(norm(g0)),
         "g1_norm": g1_norm,
@@ -335,6 +372,7 @@ def low_temperature_study(
         "min_hessian_eigenvalue": float(expansion.diagnostics["min_hessian_eigenvalue"]),
         "free_residual": float(expansion.diagnostics["free_residual"]),
         "beta": float(beta),
+        "fit_degree": int(fit_degree),
         "num_examples": int(x.shape[0]),
         "sampling_method": sampling.resolve_method(model),
         "num_chains": sampling.num_chains,
@@ -361,6 +399,7 @@ def plot_low_temperature_study(
     Three panels against T, error bars one standard error: (left) the projection
     :math:`\hat g_1 \cdot G_T` of each estimator with the prediction
     :math:`\hat g_1 \cdot g_0 + T \lVert g_1 \rVert`, the weighted fit, and T = 0 EP at T = 0;
+    points outside the fitted range are hollow;
     (middle) the ``num_components`` components with the largest predicted change
     :math:`|g_{1}| T_{max}` relative to their standard error, with their lines
     :math:`g_0 + T g_1`; (right) the sampled loss :math:`⟨C⟩_T` against
@@ -387,22 +426,28 @@ def plot_low_temperature_study(
     ax = axes[0]
     ax.plot(t_line, base + g1_norm * t_line, c="k", lw=1.2, label=r"Laplace $g_0 + T g_1$")
     ax.plot([0], [base], marker="*", ms=14, c="k", ls="none", label="T = 0 EP")
+    in_fit = dataset["in_fit"].values if "in_fit" in dataset else np.ones(temps.size, bool)
+    t_fit = t_line[t_line <= temps[in_fit].max() * 1.05]
     for e, name in enumerate(estimators):
         sel = dataset.sel(estimator=name)
-        ax.errorbar(
-            temps + offsets[e],
-            base + sel["projection"].values,
-            yerr=sel["projection_stderr"].values,
-            fmt="o",
-            ms=4,
-            capsize=3,
-            c=f"C{e}",
-            label=f"{name} (sampled)",
-        )
+        for mask, fill, label in ((in_fit, f"C{e}", f"{name} (sampled)"), (~in_fit, "none", None)):
+            if mask.any():
+                ax.errorbar(
+                    temps[mask] + offsets[e],
+                    base + sel["projection"].values[mask],
+                    yerr=sel["projection_stderr"].values[mask],
+                    fmt="o",
+                    ms=4,
+                    capsize=3,
+                    c=f"C{e}",
+                    mfc=fill,
+                    label=label,
+                )
         slope, icpt = float(sel["projected_slope"]), float(sel["projected_intercept"])
+        curv = float(sel["projected_curvature"]) if "projected_curvature" in sel else 0.0
         ax.plot(
-            t_line,
-            base + icpt + slope * t_line,
+            t_fit,
+            base + icpt + slope * t_fit + curv * t_fit**2,
             c=f"C{e}",
             ls="--",
             lw=1,
