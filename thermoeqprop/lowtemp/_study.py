@@ -10,10 +10,16 @@ slope in T by weighted least squares. The scalar summary is the projection on
     p(T) = \hat g_1 \cdot (G_T - g_0) = \lVert g_1\rVert\, T + O(T^2),
 
 whose standard error is the MCSE of the projected per-draw series (so correlations between
-gradient components are accounted for). A fit :math:`p = a + bT` should give
-:math:`b = \lVert g_1 \rVert` and :math:`a = 0` (the thermal gradient tends to the T = 0 EP
-gradient) within their standard errors, provided the grid stays where the O(T²) term is
-small against the noise: check the reduced χ² of the prediction, or run a grid of smaller T.
+gradient components are accounted for). For the nudged estimator that series is the
+draw-by-draw difference of two independent phases; its autocovariances are the sums of the
+phases', so its MCSE is the root-sum-square of theirs, as the estimator's ``stderr`` is.
+
+A fit :math:`p = a + bT` should give :math:`b = \lVert g_1 \rVert` and :math:`a = 0` (the
+thermal gradient tends to the T = 0 EP gradient) within their standard errors, provided the
+fitted grid stays where the O(T²) term is small against the noise (check the χ² of the
+prediction, or fit with ``fit_degree=2``, whose T² term absorbs the curvature). How far the
+linear regime reaches depends on the network: T ≲ 0.003 for a (4, 8, 3) sigmoid network at its
+initial parameters (``benchmarks/results/lowtemp.md``).
 """
 
 from __future__ import annotations
@@ -396,13 +402,13 @@ def plot_low_temperature_study(
 ) -> Path:
     r"""Plot a :func:`low_temperature_study` dataset and save it as PNG.
 
-    Three panels against T, error bars one standard error: (left) the projection
-    :math:`\hat g_1 \cdot G_T` of each estimator with the prediction
-    :math:`\hat g_1 \cdot g_0 + T \lVert g_1 \rVert`, the weighted fit, and T = 0 EP at T = 0;
-    points outside the fitted range are hollow;
-    (middle) the ``num_components`` components with the largest predicted change
-    :math:`|g_{1}| T_{max}` relative to their standard error, with their lines
-    :math:`g_0 + T g_1`; (right) the sampled loss :math:`⟨C⟩_T` against
+    Four panels against T, error bars one standard error, T = 0 EP as a star at T = 0:
+    (top) the projection :math:`\hat g_1 \cdot G_T` of each estimator with the prediction
+    :math:`\hat g_1 \cdot g_0 + T \lVert g_1 \rVert` and the weighted fit, over the fitted
+    range (left) and over the whole grid (right; points outside the fit are hollow);
+    (bottom left) the ``num_components`` components with the largest predicted change
+    :math:`|g_1| T` relative to their standard error over the fitted range, with their lines
+    :math:`g_0 + T g_1`; (bottom right) the sampled loss :math:`⟨C⟩_T` against
     :math:`L_0 + T c_1`.
 
     Returns:
@@ -414,99 +420,86 @@ def plot_low_temperature_study(
     import matplotlib.pyplot as plt
 
     temps = dataset["temperature"].values
-    t_line = np.linspace(0.0, temps.max() * 1.05, 50)
+    in_fit = dataset["in_fit"].values if "in_fit" in dataset else np.ones(temps.size, bool)
     g0, g1 = dataset["g0"].values, dataset["g1"].values
     g1_norm = dataset.attrs["g1_norm"]
-    direction = g1 / g1_norm
-    base = float(direction @ g0)
+    base = float(g1 @ g0) / g1_norm
     estimators = list(dataset["estimator"].values)
-    offsets = (np.arange(len(estimators)) - (len(estimators) - 1) / 2) * 0.012 * temps.max()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    spread = np.arange(len(estimators)) - (len(estimators) - 1) / 2
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
 
-    ax = axes[0]
-    ax.plot(t_line, base + g1_norm * t_line, c="k", lw=1.2, label=r"Laplace $g_0 + T g_1$")
-    ax.plot([0], [base], marker="*", ms=14, c="k", ls="none", label="T = 0 EP")
-    in_fit = dataset["in_fit"].values if "in_fit" in dataset else np.ones(temps.size, bool)
-    t_fit = t_line[t_line <= temps[in_fit].max() * 1.05]
-    for e, name in enumerate(estimators):
-        sel = dataset.sel(estimator=name)
-        for mask, fill, label in ((in_fit, f"C{e}", f"{name} (sampled)"), (~in_fit, "none", None)):
-            if mask.any():
-                ax.errorbar(
-                    temps[mask] + offsets[e],
-                    base + sel["projection"].values[mask],
-                    yerr=sel["projection_stderr"].values[mask],
-                    fmt="o",
-                    ms=4,
-                    capsize=3,
-                    c=f"C{e}",
-                    mfc=fill,
-                    label=label,
-                )
-        slope, icpt = float(sel["projected_slope"]), float(sel["projected_intercept"])
-        curv = float(sel["projected_curvature"]) if "projected_curvature" in sel else 0.0
-        ax.plot(
-            t_fit,
-            base + icpt + slope * t_fit + curv * t_fit**2,
-            c=f"C{e}",
-            ls="--",
-            lw=1,
-            label=f"fit: slope {slope:.3g} ± {float(sel['projected_slope_stderr']):.2g}",
-        )
-    ax.set(
-        xlabel="temperature T",
-        ylabel=r"$\hat g_1 \cdot dL_T/d\theta$",
-        title=f"projection on $\\hat g_1$ (predicted slope {g1_norm:.3g})",
-    )
-    ax.legend(fontsize=7)
+    def draw(ax, values, errors, t_max, fitted_curve=None, predicted=None, star=None, **style):
+        """Points (filled inside the fit, hollow outside) up to t_max, with lines."""
+        t_line = np.linspace(0.0, t_max * 1.05, 100)
+        if predicted is not None:
+            ax.plot(t_line, predicted(t_line), c=style.get("line_color", "k"), lw=1.2,
+                    label=style.get("line_label"))  # fmt: skip
+        if star is not None:
+            ax.plot([0], [star], marker="*", ms=14, c=style.get("line_color", "k"), ls="none",
+                    label=style.get("star_label"))  # fmt: skip
+        for e, name in enumerate(estimators):
+            color = style.get("color", f"C{e}")
+            shown = temps <= t_max * 1.001
+            offset = spread[e] * 0.01 * t_max
+            for mask, fill, label in (
+                (shown & in_fit, color, style.get("label", "{name}").format(name=name)),
+                (shown & ~in_fit, "none", None),
+            ):
+                if mask.any():
+                    ax.errorbar(temps[mask] + offset, values[e][mask], yerr=errors[e][mask],
+                                fmt="os"[e % 2], ms=4, capsize=3, c=color, mfc=fill,
+                                label=label)  # fmt: skip
+            if fitted_curve is not None:
+                t_fit = t_line[t_line <= temps[in_fit].max() * 1.02]
+                slope, curve = fitted_curve(e, t_fit)
+                ax.plot(t_fit, curve, c=color, ls="--", lw=1,
+                        label=f"{name} fit: slope {slope}")  # fmt: skip
 
-    ax = axes[1]
-    reference = dataset.sel(estimator=estimators[0])
-    signal = np.abs(g1) * temps.max() / np.maximum(reference["stderr"].values.mean(axis=0), 1e-300)
-    picked = np.argsort(signal)[::-1][:num_components]
-    for k, j in enumerate(picked):
+    projections = [base + dataset.sel(estimator=n)["projection"].values for n in estimators]
+    projection_errors = [dataset.sel(estimator=n)["projection_stderr"].values for n in estimators]
+
+    def fitted(e, t):
+        sel = dataset.sel(estimator=estimators[e])
+        curvature = float(sel["projected_curvature"]) if "projected_curvature" in sel else 0.0
+        curve = base + float(sel["projected_intercept"]) + float(sel["projected_slope"]) * t
+        slope = f"{float(sel['projected_slope']):.3g} ± {float(sel['projected_slope_stderr']):.2g}"
+        return slope, curve + curvature * t**2
+
+    fit_max = temps[in_fit].max()
+    for ax, t_max in ((axes[0, 0], fit_max), (axes[0, 1], temps.max())):
+        draw(ax, projections, projection_errors, t_max, fitted_curve=fitted,
+             predicted=lambda t: base + g1_norm * t, star=base,
+             line_label=r"Laplace $g_0 + T g_1$", star_label="T = 0 EP")  # fmt: skip
+        ax.set(xlabel="temperature T", ylabel=r"$\hat g_1 \cdot dL_T/d\theta$")
+    axes[0, 0].set_title(f"projection on $\\hat g_1$, fitted range (predicted slope {g1_norm:.3g})")
+    axes[0, 1].set_title("projection on $\\hat g_1$, whole grid")
+
+    ax = axes[1, 0]
+    reference = dataset.sel(estimator=estimators[0])["stderr"].values[in_fit].mean(axis=0)
+    picked = np.argsort(np.abs(g1) * fit_max / np.maximum(reference, 1e-300))[::-1]
+    for k, j in enumerate(picked[:num_components]):
         name = str(dataset["parameter"].values[j])
-        ax.plot(t_line, g0[j] + g1[j] * t_line, c=f"C{k}", lw=1)
-        ax.plot([0], [g0[j]], marker="*", ms=12, c=f"C{k}", ls="none")
-        for e, est in enumerate(estimators):
-            sel = dataset.sel(estimator=est)
-            ax.errorbar(
-                temps + offsets[e],
-                sel["grad"].values[:, j],
-                yerr=sel["stderr"].values[:, j],
-                fmt="os"[e % 2],
-                ms=3.5,
-                capsize=2,
-                c=f"C{k}",
-                mfc="none" if e else f"C{k}",
-                label=f"{name} ({est})",
-            )
+        values = [dataset.sel(estimator=n)["grad"].values[:, j] for n in estimators]
+        errors = [dataset.sel(estimator=n)["stderr"].values[:, j] for n in estimators]
+        draw(ax, values, errors, fit_max, predicted=lambda t, j=j: g0[j] + g1[j] * t,
+             star=g0[j], color=f"C{k}", line_color=f"C{k}",
+             label=name + " ({name})")  # fmt: skip
     ax.set(xlabel="temperature T", ylabel="gradient component", title="components")
-    ax.legend(fontsize=7)
 
-    ax = axes[2]
-    ax.plot(t_line, dataset.attrs["loss_zero_temperature"] + dataset.attrs["loss_first_order"]
-            * t_line, c="k", lw=1.2, label=r"Laplace $L_0 + T c_1$")  # fmt: skip
-    ax.plot([0], [dataset.attrs["loss_zero_temperature"]], marker="*", ms=14, c="k", ls="none")
-    for e, name in enumerate(estimators):
-        sel = dataset.sel(estimator=name)
-        ax.errorbar(
-            temps + offsets[e],
-            sel["loss"].values,
-            yerr=sel["loss_stderr"].values,
-            fmt="o",
-            ms=4,
-            capsize=3,
-            c=f"C{e}",
-            label=name + (" (mean of ±β phases)" if name == "nudged" else ""),
-        )
-    ax.set(xlabel="temperature T", ylabel=r"loss $⟨C⟩_T$", title="loss")
-    ax.legend(fontsize=7)
-    for ax in axes:
+    ax = axes[1, 1]
+    losses = [dataset.sel(estimator=n)["loss"].values for n in estimators]
+    loss_errors = [dataset.sel(estimator=n)["loss_stderr"].values for n in estimators]
+    l0, c1 = dataset.attrs["loss_zero_temperature"], dataset.attrs["loss_first_order"]
+    draw(ax, losses, loss_errors, temps.max(), predicted=lambda t: l0 + c1 * t, star=l0,
+         line_label=r"Laplace $L_0 + T c_1$")  # fmt: skip
+    ax.set(xlabel="temperature T", ylabel=r"loss $⟨C⟩_T$ (nudged: mean of ±β phases)",
+           title="loss")  # fmt: skip
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
