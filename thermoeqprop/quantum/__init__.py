@@ -1,0 +1,76 @@
+"""Quantum equilibrium propagation: qubit networks in eigenstates and thermal states.
+
+MATH.md §4–5. The pieces:
+
+* operators: :class:`PauliString`, :func:`pauli`, :class:`PauliSum` (dense, sparse and
+  matrix-free forms, Hermiticity checks), :func:`qubitwise_commuting_groups`;
+* networks: :class:`Hamiltonian` from :func:`fixed`, :func:`input_driven` and
+  :func:`trainable` terms with arbitrary Pauli operators; :class:`QuantumNetwork` (a
+  :class:`~thermoeqprop._protocols.Model`) with output observables and a cost
+  (:class:`SquaredErrorCost` or :class:`ExpectationLoss`); :func:`classifier_network`;
+* estimators (:class:`~thermoeqprop._protocols.Estimator`): :class:`EigenstateEP` (any level,
+  dense ``eigh`` or sparse Lanczos, exact or finite shots) and :class:`ThermalEP` (Kubo–Mori
+  covariance from one ``eigh``, or nudged; exact density matrices);
+* exact references: :func:`linear_response_gradient`, :func:`autodiff_eigenstate_loss`,
+  :func:`autodiff_thermal_loss`, :func:`kubo_mori_covariance`;
+* measurement: :func:`measurement_plan`, :func:`sample_outcomes`, :func:`shot_estimate`.
+
+Quantum work runs in float64/complex128 (importing :mod:`thermoeqprop` enables JAX's x64).
+"""
+
+from thermoeqprop.quantum._estimators import EigenstateEP, ThermalEP
+from thermoeqprop.quantum._kernels import logarithmic_mean
+from thermoeqprop.quantum._network import (
+    ExpectationLoss,
+    Hamiltonian,
+    QuantumNetwork,
+    SquaredErrorCost,
+    Term,
+    classifier_network,
+    fixed,
+    input_driven,
+    trainable,
+)
+from thermoeqprop.quantum._pauli import (
+    PauliString,
+    PauliSum,
+    check_hermitian,
+    pauli,
+    qubitwise_commuting_groups,
+)
+from thermoeqprop.quantum._references import (
+    autodiff_eigenstate_loss,
+    autodiff_thermal_loss,
+    kubo_mori_covariance,
+    linear_response_gradient,
+    symmetrized_covariance,
+)
+from thermoeqprop.quantum._shots import measurement_plan, sample_outcomes, shot_estimate
+
+__all__ = [
+    "EigenstateEP",
+    "ExpectationLoss",
+    "Hamiltonian",
+    "PauliString",
+    "PauliSum",
+    "QuantumNetwork",
+    "SquaredErrorCost",
+    "Term",
+    "ThermalEP",
+    "autodiff_eigenstate_loss",
+    "autodiff_thermal_loss",
+    "check_hermitian",
+    "classifier_network",
+    "fixed",
+    "input_driven",
+    "kubo_mori_covariance",
+    "linear_response_gradient",
+    "logarithmic_mean",
+    "measurement_plan",
+    "pauli",
+    "qubitwise_commuting_groups",
+    "sample_outcomes",
+    "shot_estimate",
+    "symmetrized_covariance",
+    "trainable",
+]
