@@ -335,7 +335,8 @@ class PauliSum:
     def __post_init__(self):
         if len(self.strings) != len(self.coefficients):
             raise ValueError(
-                f"PauliSum has {len(self.strings)} strings but {len(self.coefficients)} coefficients"
+                f"PauliSum has {len(self.strings)} strings but "
+                f"{len(self.coefficients)} coefficients"
             )
         if not self.strings:
             raise ValueError("a PauliSum needs at least one term")
