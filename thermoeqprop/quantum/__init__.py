@@ -16,8 +16,18 @@ MATH.md §4–5. The pieces:
 * measurement: :func:`measurement_plan`, :func:`sample_outcomes`, :func:`shot_estimate`.
 
 Quantum work runs in float64/complex128 (importing :mod:`thermoeqprop` enables JAX's x64).
+
+jaxlib 0.10.2's XLA:CPU runtime can hang for ever (all worker threads idle, the result never
+ready) on programs that batch several ``eigh`` calls with the surrounding EP arithmetic, as
+these estimators do. Its concurrency-optimised scheduler is involved: turning it off removes
+the hang in every case found. Importing this package therefore appends
+``--xla_cpu_enable_concurrency_optimized_scheduler=false`` to ``XLA_FLAGS`` when the CPU
+backend has not started yet and the variable does not already mention that scheduler. Set
+``THERMOEQPROP_KEEP_XLA_FLAGS=1`` to leave ``XLA_FLAGS`` alone. If JAX already ran a
+computation before this import, the flag cannot take effect: set it in the environment.
 """
 
+from thermoeqprop.quantum import _xla  # noqa: F401  (sets XLA_FLAGS, see above)
 from thermoeqprop.quantum._estimators import EigenstateEP, ThermalEP
 from thermoeqprop.quantum._kernels import logarithmic_mean
 from thermoeqprop.quantum._network import (

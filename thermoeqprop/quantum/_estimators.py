@@ -108,8 +108,13 @@ def _eigh(model: QuantumNetwork, coefficients: jax.Array):
 
 
 def _gap_at(energies: jax.Array, index) -> jax.Array:
-    padded = jnp.concatenate([jnp.array([-jnp.inf]), energies, jnp.array([jnp.inf])])
-    return jnp.minimum(padded[index + 2] - padded[index + 1], padded[index + 1] - padded[index])
+    """Distance from level ``index`` to its nearest neighbour (inf for a 1-level system)."""
+    last = energies.shape[0] - 1
+    below = energies[index] - energies[jnp.maximum(index - 1, 0)]
+    above = energies[jnp.minimum(index + 1, last)] - energies[index]
+    below = jnp.where(index > 0, below, jnp.inf)
+    above = jnp.where(index < last, above, jnp.inf)
+    return jnp.minimum(below, above)
 
 
 def _tracked_state(model, coefficients, reference):
@@ -139,6 +144,12 @@ def _measure(model, table_plan, vectors, weights, exact_values, shots, key, jac)
     return shot_estimate(table_plan, outcomes, jac)
 
 
+def _phase_keys(key, num_betas: int, shots):
+    if shots is None:
+        return [key] * (2 * num_betas)
+    return list(jax.random.split(key, 2 * num_betas))
+
+
 def _eigen_example(est: EigenstateEP, params, x, y, key):
     model = est.model
     c = model.coefficients(params, x)
@@ -146,7 +157,7 @@ def _eigen_example(est: EigenstateEP, params, x, y, key):
     energies, vectors = _eigh(model, c)
     psi = vectors[:, est.level]
     gap = _gap_at(energies, est.level)
-    key_free, key_nudged = jax.random.split(key)
+    key_free, key_nudged = (key, key) if est.shots is None else jax.random.split(key)
 
     loss, outputs, gamma, loss_var = _free_outputs(
         model,
@@ -163,7 +174,7 @@ def _eigen_example(est: EigenstateEP, params, x, y, key):
     var = jnp.zeros(jac.shape[1])
     overlap = jnp.ones(())
     phases = _phase_weights(est.beta, est.richardson)
-    keys = jax.random.split(key_nudged, 2 * len(phases))
+    keys = _phase_keys(key_nudged, len(phases), est.shots)
     for i, (b, w) in enumerate(phases):
         for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
             state, ov, g = _tracked_state(model, c + sign * b * nudge, psi)
@@ -218,9 +229,16 @@ def _assemble_estimate(est, per_example, stochastic: bool) -> GradientEstimate:
     )
 
 
+def _example_keys(rng_key, batch: int, shots):
+    """One key per example with shots; exact estimators leave the key unused."""
+    if shots is None:
+        return jnp.zeros((batch,), jnp.uint32)
+    return jax.random.split(rng_key, batch)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _eigen_dense_batch(est, params, x, targets, rng_key):
-    keys = jax.random.split(rng_key, x.shape[0])
+    keys = _example_keys(rng_key, x.shape[0], est.shots)
     per_example = jax.vmap(_eigen_example, in_axes=(None, None, 0, 0, 0))(
         est, params, x, targets, keys
     )
@@ -460,7 +478,7 @@ def _thermal_nudged_example(est, params, x, y, key):
     jac = model.string_jacobian(params, x)
     _, vectors, log_p = _thermal_free(est, c)
     p = jnp.exp(log_p)
-    key_free, key_nudged = jax.random.split(key)
+    key_free, key_nudged = (key, key) if est.shots is None else jax.random.split(key)
     loss, outputs, gamma, loss_var = _free_outputs(
         model,
         vectors,
@@ -475,7 +493,7 @@ def _thermal_nudged_example(est, params, x, y, key):
     grad = jnp.zeros(jac.shape[1])
     var = jnp.zeros(jac.shape[1])
     phases = _phase_weights(est.beta, est.richardson)
-    keys = jax.random.split(key_nudged, 2 * len(phases))
+    keys = _phase_keys(key_nudged, len(phases), est.shots)
     for i, (b, w) in enumerate(phases):
         for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
             _, vecs, lp = _thermal_free(est, c + sign * b * nudge)
@@ -493,7 +511,7 @@ def _thermal_nudged_example(est, params, x, y, key):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _thermal_batch(est, params, x, targets, rng_key):
-    keys = jax.random.split(rng_key, x.shape[0])
+    keys = _example_keys(rng_key, x.shape[0], est.shots)
     fn = _kubo_mori_example if est.method == "kubo_mori" else _thermal_nudged_example
     per_example = jax.vmap(fn, in_axes=(None, None, 0, 0, 0))(est, params, x, targets, keys)
     estimate = _assemble_estimate(est, per_example, est.shots is not None)
