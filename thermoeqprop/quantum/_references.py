@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,6 +85,7 @@ def linear_response_gradient(
     return grad, jnp.mean(jnp.stack(losses))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def _dense_linear_response(model, c, y, level):
     energies, vectors = jnp.linalg.eigh(K.assemble(model.table, c))
     psi = vectors[:, level]
