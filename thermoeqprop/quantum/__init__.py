@@ -17,14 +17,15 @@ MATH.md §4–5. The pieces:
 
 Quantum work runs in float64/complex128 (importing :mod:`thermoeqprop` enables JAX's x64).
 
-jaxlib 0.10.2's XLA:CPU runtime can hang for ever (all worker threads idle, the result never
+jaxlib 0.10.2's XLA:CPU runtime can hang for ever (every worker thread idle, the result never
 ready) on programs that batch several ``eigh`` calls with the surrounding EP arithmetic, as
-these estimators do. Its concurrency-optimised scheduler is involved: turning it off removes
-the hang in every case found. Importing this package therefore appends
-``--xla_cpu_enable_concurrency_optimized_scheduler=false`` to ``XLA_FLAGS`` when the CPU
-backend has not started yet and the variable does not already mention that scheduler. Set
-``THERMOEQPROP_KEEP_XLA_FLAGS=1`` to leave ``XLA_FLAGS`` alone. If JAX already ran a
-computation before this import, the flag cannot take effect: set it in the environment.
+these estimators do; seen here both deterministically and intermittently. Turning off the
+concurrency-optimised scheduler and multi-threaded Eigen removed every hang found. Importing
+this package therefore appends ``--xla_cpu_enable_concurrency_optimized_scheduler=false`` and
+``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS`` (each unless already named there) when
+no JAX backend has started yet. Set ``THERMOEQPROP_KEEP_XLA_FLAGS=1`` to leave ``XLA_FLAGS``
+alone. If JAX ran a computation before this import the flags cannot take effect: set them in
+the environment.
 """
 
 from thermoeqprop.quantum import _xla  # noqa: F401  (sets XLA_FLAGS, see above)
