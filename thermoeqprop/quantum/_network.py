@@ -341,6 +341,16 @@ class ExpectationLoss:
     def __call__(self, expectations: jax.Array, targets: jax.Array) -> jax.Array:
         return self.loss_fn(expectations, targets)
 
+    @classmethod
+    def squared_error(cls) -> ExpectationLoss:
+        """``ℓ = ½ Σ_j (⟨B_j⟩ − y_j)²``: the nudge ``Σ_j (⟨B_j⟩ − y_j) B_j`` vanishes on examples
+        that are already right, unlike the operator cost :class:`SquaredErrorCost`."""
+        return cls(_half_squared_error)
+
+
+def _half_squared_error(expectations: jax.Array, targets: jax.Array) -> jax.Array:
+    return 0.5 * jnp.sum((expectations - targets) ** 2)
+
 
 @dataclasses.dataclass(frozen=True)
 class QuantumNetwork(Model):
