@@ -208,8 +208,8 @@ def _check_dense_size(num_qubits: int, copies: int, itemsize: int = 16) -> None:
             f"a dense request on {num_qubits} qubits needs about {_format_bytes(need)} "
             f"({copies} matrices of {1 << num_qubits}×{1 << num_qubits} entries of {itemsize} "
             f"bytes), more than the {_format_bytes(have)} of memory on this machine; use the "
-            f"sparse path instead (solver='sparse': Lanczos on a sparse matrix, for the ground state "
-            f"and a few low levels), or fewer qubits"
+            f"sparse path instead (solver='sparse': Lanczos on a sparse matrix, for the ground "
+            f"state and a few low levels), or fewer qubits"
         )
 
 
