@@ -87,14 +87,14 @@ def train_classifier(
     params=None,
     callback: Callable[[dict], None] | None = None,
 ):
-    """Train with Adam on the estimator's gradients; evaluate every epoch.
+    """Train with Adam (cosine-decayed step size) on the estimator's gradients.
 
     Args:
         estimator: Any :class:`~thermoeqprop._protocols.Estimator`.
         data: The split.
         epochs: Passes over the training set.
         batch_size: Examples per step (the last partial batch is dropped).
-        learning_rate: Adam step size.
+        learning_rate: Initial Adam step size, decayed by a cosine to a tenth of it.
         rng_key: PRNG key, split into initialisation, shuffling and estimator keys.
         params: Start here instead of ``estimator.model.init_params``.
         callback: Called with each epoch's metrics dictionary.
@@ -108,7 +108,13 @@ def train_classifier(
     key_init, key_loop = jax.random.split(rng_key)
     if params is None:
         params = model.init_params(key_init)
-    optimizer = optax.adam(learning_rate)
+    x_train = jnp.asarray(data.x_train)
+    targets = model.encode_labels(jnp.asarray(data.labels_train))
+    n = x_train.shape[0]
+    steps = max(n // batch_size, 1)
+    # Cosine decay to a tenth: late epochs stop bouncing between nearby minima.
+    schedule = optax.cosine_decay_schedule(learning_rate, epochs * steps, alpha=0.1)
+    optimizer = optax.adam(schedule)
     opt_state = optimizer.init(params)
 
     @jax.jit
@@ -122,10 +128,6 @@ def train_classifier(
         )
         return optax.apply_updates(params, updates), opt_state, estimate.loss, stderr
 
-    x_train = jnp.asarray(data.x_train)
-    targets = model.encode_labels(jnp.asarray(data.labels_train))
-    n = x_train.shape[0]
-    steps = max(n // batch_size, 1)
     history = []
     for epoch in range(epochs):
         start = time.perf_counter()
