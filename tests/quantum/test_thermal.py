@@ -142,3 +142,15 @@ def test_kubo_mori_at_very_low_temperature_is_finite(system_b):
     model, params, x, targets = system_b
     km = ThermalEP(model, temperature=1e-4)(params, x, targets, jax.random.key(0))
     assert bool(jnp.all(jnp.isfinite(km.grad)))
+
+
+def test_factored_traces_match_full_product(system_a):
+    """``tr(L U† P_s)`` read entry-wise (the fast Kubo–Mori path) equals the full product."""
+    model = system_a[0]
+    rng = np.random.default_rng(2)
+    d = model.table.dimension
+    left = jnp.asarray(rng.normal(size=(d, d)) + 1j * rng.normal(size=(d, d)))
+    vectors = jnp.asarray(rng.normal(size=(d, d)) + 1j * rng.normal(size=(d, d)))
+    table = model.trainable_table
+    full = K.traces(table, left @ jnp.conj(vectors).T)
+    np.testing.assert_allclose(K.factored_traces(table, left, vectors), full, atol=1e-12)

@@ -466,8 +466,8 @@ def _kubo_mori_example(est, params, x, y, key):
     e_q = K.mixture_expectations(model.output_table, vectors, p)
     loss, outputs, gamma = model.cost_string_coefficients(e_q, y)
     rotated = K.rotate_cost(vectors, model.output_table, gamma)
-    m, _ = K.kubo_mori_matrix(vectors, log_p, rotated)
-    g = -K.traces(model.trainable_table, m) / est.temperature
+    covariances, _ = K.kubo_mori_traces(model.trainable_table, vectors, log_p, rotated)
+    g = -covariances / est.temperature
     zero = jnp.zeros(jac.shape[1])
     return jac.T @ g, zero, loss, jnp.zeros(()), outputs, jnp.asarray(jnp.inf), jnp.ones(())
 

@@ -172,6 +172,42 @@ def thermal_log_weights(energies: jax.Array, temperature: float) -> jax.Array:
     return logits - jax.scipy.special.logsumexp(logits)
 
 
+def factored_traces(table: StringTable, left: jax.Array, vectors: jax.Array) -> jax.Array:
+    """``Re tr(M P_s)`` for ``M = left · vectors†`` without forming ``M``, shape (S,).
+
+    ``tr(M P_s) = Σ_b phases[s, b] M[b, b ⊕ x_s]`` needs only the entries
+    ``M[b, b ⊕ x] = Σ_n left[b, n] conj(vectors[b ⊕ x, n])``: O(d²) per distinct X/Y mask ``x``
+    instead of the O(d³) product, then O(d) per string.
+    """
+    masks = sorted({p.x_mask for p in table.strings})
+    position = {m: i for i, m in enumerate(masks)}
+    b = np.arange(table.dimension)
+    rows = jnp.stack(
+        [jnp.sum(left * jnp.conj(vectors[b ^ m, :]), axis=1) for m in masks]
+    )  # (num_masks, d)
+    which = np.array([position[p.x_mask] for p in table.strings])
+    return jnp.real(jnp.sum(rows[which] * jnp.asarray(table.phases), axis=-1))
+
+
+def kubo_mori_traces(
+    table: StringTable, vectors: jax.Array, log_p: jax.Array, cost_rotated: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``⟨Ĉ ; P_s⟩_KM = tr(M P_s)`` for every string of ``table``, and ``⟨Ĉ⟩``.
+
+    Forms ``left = U (δC̃ ∘ Λ)`` (one product) and then either finishes ``M = left U†`` (a
+    second product) or, when the strings have few distinct X/Y masks (fewer than d/16, the
+    usual case), reads the needed entries of ``M`` directly (:func:`factored_traces`).
+    """
+    p = jnp.exp(log_p)
+    mean_cost = jnp.real(jnp.diagonal(cost_rotated)) @ p
+    centred = cost_rotated - mean_cost * jnp.eye(cost_rotated.shape[0], dtype=cost_rotated.dtype)
+    left = vectors @ (centred * log_mean_weights(log_p).astype(cost_rotated.dtype))
+    num_masks = len({p.x_mask for p in table.strings})
+    if num_masks * 16 <= table.dimension:
+        return factored_traces(table, left, vectors), mean_cost
+    return traces(table, left @ jnp.conj(vectors).T), mean_cost
+
+
 def kubo_mori_matrix(
     vectors: jax.Array, log_p: jax.Array, cost_rotated: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
