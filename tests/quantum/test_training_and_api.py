@@ -15,7 +15,10 @@ from thermoeqprop.quantum._train import accuracy, load_two_class, train_classifi
 
 @pytest.mark.slow
 def test_ground_state_ep_learns_moons():
-    """4 qubits, 80 training examples, 8 epochs: well above chance (0.5) on 200 held-out ones."""
+    """4 qubits, 80 training examples, 8 epochs: well above chance (0.5) on 200 held-out ones.
+
+    (Observed: 0.16 before training, 0.91 after; the bar is 0.8.)
+    """
     data = load_two_class("moons", num_train=80, num_test=200, seed=1)
     model = classifier_network(
         4, 2, couplings="ring", input_scale=2.0, cost=ExpectationLoss.squared_error()
@@ -24,7 +27,7 @@ def test_ground_state_ep_learns_moons():
     params0 = model.init_params(jax.random.key(0))
     before = accuracy(est, params0, data.x_test, data.labels_test)
     params, history = train_classifier(
-        est, data, epochs=8, batch_size=20, learning_rate=0.05, rng_key=jax.random.key(0)
+        est, data, epochs=8, batch_size=20, learning_rate=0.1, rng_key=jax.random.key(0)
     )
     after = history[-1]["test_accuracy"]
     assert after >= 0.8
