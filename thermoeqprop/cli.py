@@ -113,7 +113,7 @@ def _commands() -> dict[str, tuple[Callable, Callable, str]]:
 
         commands["quantum"] = (
             quantum_cli.configure_parser,
-            quantum_cli.run,
+            lambda settings: quantum_cli.run(argparse.Namespace(**settings)),
             "train a qubit network by quantum EP",
         )
     except ImportError:
