@@ -1,7 +1,106 @@
 """samplers: JAX samplers for Gibbs distributions ``p(s) ∝ exp(−E(s)/T)`` of any energy.
 
-Knows nothing of equilibrium propagation: an energy function and a start state in, samples
-of shape (chain, draw, ...) and per-step diagnostics out.
+Knows nothing of equilibrium propagation: an energy function ``energy_fn(position, context)``
+and start positions in; samples of shape ``(chain, draw, ...)`` and per-step diagnostics out.
+
+- kernels (``init(position, context, temperature)``, ``step(rng_key, state, context)``):
+  :func:`nuts`, :func:`hmc` (NumPyro's), :func:`block_gibbs`, :func:`metropolis`,
+  :func:`parallel_tempering` around any of them;
+- drivers: :func:`sample` (many chains and targets, one compiled call, sharded over devices),
+  :func:`anneal` with :func:`geometric_schedule`, :func:`linear_schedule`;
+- exact references: :func:`enumerate_spins`, :func:`spin_log_probabilities`,
+  :func:`gaussian_reference`;
+- diagnostics (ArviZ): :func:`to_inference_data`, :func:`ess_bulk`, :func:`ess_tail`,
+  :func:`rhat`, :func:`mcse_mean`, :func:`summary`.
 """
 
-__all__: list[str] = []
+from samplers._annealing import anneal, check_schedule, geometric_schedule, linear_schedule
+from samplers._arviz import (
+    ess_bulk,
+    ess_tail,
+    gradient_inference_data,
+    load_inference_data,
+    mcse_mean,
+    rhat,
+    save_inference_data,
+    save_rank_plot,
+    save_trace_plot,
+    summary,
+    summary_table,
+    to_inference_data,
+)
+from samplers._base import Kernel, NonFiniteEnergyError
+from samplers._driver import Trace, check_finite, sample
+from samplers._exact import (
+    GaussianReference,
+    SpinReference,
+    enumerate_spins,
+    gaussian_reference,
+    spin_log_probabilities,
+    spin_states,
+)
+from samplers._fast_diagnostics import ess_mean_many, mcse_mean_many, rhat_split_many
+from samplers._hmc import HMCInfo, HMCState, hmc, nuts
+from samplers._spins import (
+    GibbsInfo,
+    MetropolisInfo,
+    SpinState,
+    block_gibbs,
+    check_spin_energy,
+    metropolis,
+)
+from samplers._tempering import (
+    TemperingInfo,
+    TemperingState,
+    geometric_ladder,
+    parallel_tempering,
+    swap_acceptance,
+)
+
+__all__ = [
+    "GaussianReference",
+    "GibbsInfo",
+    "HMCInfo",
+    "HMCState",
+    "Kernel",
+    "MetropolisInfo",
+    "NonFiniteEnergyError",
+    "SpinReference",
+    "SpinState",
+    "TemperingInfo",
+    "TemperingState",
+    "Trace",
+    "anneal",
+    "block_gibbs",
+    "check_finite",
+    "check_schedule",
+    "check_spin_energy",
+    "enumerate_spins",
+    "ess_bulk",
+    "ess_mean_many",
+    "ess_tail",
+    "gaussian_reference",
+    "geometric_ladder",
+    "geometric_schedule",
+    "gradient_inference_data",
+    "hmc",
+    "linear_schedule",
+    "load_inference_data",
+    "mcse_mean",
+    "mcse_mean_many",
+    "metropolis",
+    "nuts",
+    "parallel_tempering",
+    "rhat",
+    "rhat_split_many",
+    "sample",
+    "save_inference_data",
+    "save_rank_plot",
+    "save_trace_plot",
+    "spin_log_probabilities",
+    "spin_states",
+    "summary",
+    "summary_table",
+    "swap_acceptance",
+    "to_inference_data",
+]

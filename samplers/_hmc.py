@@ -1,0 +1,316 @@
+"""HMC and NUTS on ``exp(−E(s)/T)`` through NumPyro's functional kernels.
+
+NumPyro does the work: :func:`numpyro.infer.hmc.hmc` builds ``init_kernel``/``sample_kernel``
+from a *potential generator* ``(context, temperature) -> (z -> E(z, context) / T)``, so the
+potential is rebuilt from traced arguments on every call and one compiled kernel serves every
+temperature and every data set. Its warm-up adaptation (dual-averaging step size, Welford
+diagonal or dense mass matrix over NumPyro's windowed schedule) runs while
+``state.iteration < num_warmup``.
+
+Positions are computed in JAX's default float dtype (float64 with x64 enabled), which
+NumPyro's adaptation state uses. This module only wraps NumPyro's state into the package's
+form: the state stores the unscaled energy ``E`` and its gradient, and the temperature, and
+rebuilds NumPyro's scaled ``potential_energy = E / T`` and ``z_grad = ∇E / T`` at each step.
+That makes a change of temperature (parallel tempering swaps, ladder adaptation, annealing) a
+change of fields.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from numpyro.infer.hmc import HMCState as _NumPyroState
+from numpyro.infer.hmc import hmc as _numpyro_hmc
+
+from samplers._base import EnergyFn, Kernel, no_validation
+
+__all__ = ["HMCInfo", "HMCState", "hmc", "nuts"]
+
+
+class HMCState(NamedTuple):
+    """State of one HMC or NUTS chain.
+
+    Attributes:
+        position: Current position, shape ``(n,)``.
+        energy: ``E(position, context)``, unscaled by the temperature, shape ``()``.
+        energy_grad: ``∇E(position, context)``, shape ``(n,)``.
+        temperature: Temperature ``T > 0`` of the target ``exp(−E/T)``, shape ``()``.
+        iteration: Number of steps taken so far (adaptation runs while ``< num_warmup``).
+        adapt_state: NumPyro's ``HMCAdaptState`` (step size, inverse mass matrix, dual-averaging
+            and Welford accumulators).
+        trajectory_length: Integration time of plain HMC; unused by NUTS; ``None`` when the
+            number of leapfrog steps is fixed.
+        mean_accept_prob: Running mean acceptance probability (reset after warm-up).
+    """
+
+    position: jax.Array
+    energy: jax.Array
+    energy_grad: jax.Array
+    temperature: jax.Array
+    iteration: jax.Array
+    adapt_state: Any
+    trajectory_length: Any
+    mean_accept_prob: jax.Array
+
+    def with_temperature(self, temperature: Any) -> HMCState:
+        """The same chain at another temperature, with the mass matrix rescaled to match.
+
+        The target's covariance scales like T, so the inverse mass matrix (an estimate of
+        it) is multiplied by ``T_new / T_old``; for a locally quadratic energy the adapted step
+        size then stays right. Annealing and adaptive ladders move temperatures this way.
+        """
+        temperature = jnp.asarray(temperature, dtype=self.temperature.dtype)
+        ratio = temperature / self.temperature
+        adapt = self.adapt_state
+        adapt = adapt._replace(
+            inverse_mass_matrix=adapt.inverse_mass_matrix * ratio,
+            mass_matrix_sqrt=adapt.mass_matrix_sqrt / jnp.sqrt(ratio),
+            mass_matrix_sqrt_inv=adapt.mass_matrix_sqrt_inv * jnp.sqrt(ratio),
+        )
+        return self._replace(temperature=temperature, adapt_state=adapt)
+
+
+class HMCInfo(NamedTuple):
+    """Facts about one HMC or NUTS step (all scalars for one chain).
+
+    Attributes:
+        acceptance_rate: Metropolis acceptance probability (NUTS: mean over the tree).
+        is_divergent: Whether the trajectory diverged (energy error above 1000).
+        energy: ``E(position, context)`` after the step, unscaled.
+        hamiltonian: Total energy ``E/T + kinetic`` of the returned point, in units of T
+            (ArviZ's ``energy``, for BFMI).
+        step_size: Step size used by this step.
+        num_integration_steps: Number of leapfrog steps taken.
+    """
+
+    acceptance_rate: jax.Array
+    is_divergent: jax.Array
+    energy: jax.Array
+    hamiltonian: jax.Array
+    step_size: jax.Array
+    num_integration_steps: jax.Array
+
+
+def _build(
+    energy_fn: EnergyFn,
+    algo: str,
+    num_warmup: int,
+    init_options: dict[str, Any],
+) -> Kernel:
+    if not callable(energy_fn):
+        raise ValueError(
+            f"energy_fn must be callable as energy_fn(position, context), got {energy_fn!r}."
+        )
+    if not isinstance(num_warmup, int) or num_warmup < 0:
+        raise ValueError(f"num_warmup must be an integer >= 0, got {num_warmup!r}.")
+
+    def potential_fn_gen(context: Any, temperature: jax.Array):
+        return lambda z: energy_fn(z, context) / temperature
+
+    init_kernel, sample_kernel = _numpyro_hmc(potential_fn_gen=potential_fn_gen, algo=algo)
+    initialised = [False]
+
+    def init(position: jax.Array, context: Any, temperature: Any) -> HMCState:
+        # NumPyro's adaptation state is built in the default float dtype; a position of
+        # another precision (float32 under x64) would mix dtypes inside its lax.cond.
+        position = jnp.asarray(position, dtype=jnp.result_type(float))
+        temperature = jnp.asarray(temperature, dtype=position.dtype)
+        # NumPyro's init_kernel also configures its sample_kernel (adaptation schedule, tree
+        # depth) through closure variables, so it must run before any step is traced.
+        state = init_kernel(
+            position,
+            num_warmup,
+            model_args=(context, temperature),
+            rng_key=jax.random.key(0),  # only seeds NumPyro's unused step-size search
+            **init_options,
+        )
+        initialised[0] = True
+        return HMCState(
+            position=state.z,
+            energy=state.potential_energy * temperature,
+            energy_grad=state.z_grad * temperature,
+            temperature=temperature,
+            iteration=state.i,
+            adapt_state=state.adapt_state,
+            trajectory_length=state.trajectory_length,
+            mean_accept_prob=state.mean_accept_prob,
+        )
+
+    def step(rng_key: jax.Array, state: HMCState, context: Any) -> tuple[HMCState, HMCInfo]:
+        if not initialised[0]:
+            raise RuntimeError(f"{algo}: call init(...) before step(...) on this kernel.")
+        temperature = state.temperature
+        numpyro_state = _NumPyroState(
+            i=state.iteration,
+            z=state.position,
+            z_grad=state.energy_grad / temperature,
+            potential_energy=state.energy / temperature,
+            energy=jnp.zeros_like(state.energy),
+            r=None,
+            trajectory_length=state.trajectory_length,
+            num_steps=jnp.zeros_like(state.iteration),
+            accept_prob=jnp.zeros_like(state.energy),
+            mean_accept_prob=state.mean_accept_prob,
+            diverging=jnp.array(False),
+            adapt_state=state.adapt_state,
+            rng_key=rng_key,
+        )
+        new = sample_kernel(numpyro_state, model_args=(context, temperature))
+        energy = new.potential_energy * temperature
+        new_state = HMCState(
+            position=new.z,
+            energy=energy,
+            energy_grad=new.z_grad * temperature,
+            temperature=temperature,
+            iteration=new.i,
+            adapt_state=new.adapt_state,
+            trajectory_length=state.trajectory_length,
+            mean_accept_prob=new.mean_accept_prob,
+        )
+        info = HMCInfo(
+            acceptance_rate=new.accept_prob,
+            is_divergent=new.diverging,
+            energy=energy,
+            hamiltonian=new.energy,
+            step_size=state.adapt_state.step_size,
+            num_integration_steps=new.num_steps,
+        )
+        return new_state, info
+
+    return Kernel(
+        init=init,
+        step=step,
+        configuration_fields=("position", "energy", "energy_grad"),
+        num_warmup=num_warmup,
+        validate=no_validation,
+        name=algo,
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def nuts(
+    energy_fn: EnergyFn,
+    *,
+    num_warmup: int,
+    step_size: float = 1.0,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+    adapt_step_size: bool = True,
+    adapt_mass_matrix: bool = True,
+    dense_mass: bool = False,
+) -> Kernel:
+    """The No-U-Turn sampler on ``p(s) ∝ exp(−E(s, context)/T)``, by NumPyro's kernel.
+
+    Warm-up adaptation (NumPyro's: dual-averaging step size towards ``target_accept_prob``,
+    windowed diagonal mass matrix, or dense with ``dense_mass=True``) runs for the first
+    ``num_warmup`` steps of each chain; afterwards the kernel is fixed. Calls with equal
+    arguments return the same kernel object, so the driver's compiled code is reused.
+
+    Args:
+        energy_fn: ``energy_fn(position, context) -> scalar``, ``position`` of shape ``(n,)``,
+            differentiable in ``position``.
+        num_warmup: Number of adaptation steps (static; it fixes NumPyro's window schedule).
+        step_size: Initial step size.
+        target_accept_prob: Target of step-size adaptation.
+        max_tree_depth: Maximum NUTS tree depth (at most ``2**max_tree_depth`` leapfrog steps).
+        adapt_step_size: Adapt the step size during warm-up.
+        adapt_mass_matrix: Adapt the mass matrix during warm-up.
+        dense_mass: Adapt a dense rather than diagonal mass matrix.
+
+    Returns:
+        A :class:`Kernel` whose ``init(position, context, temperature)`` returns an
+        :class:`HMCState` and whose ``step(rng_key, state, context)`` returns
+        ``(HMCState, HMCInfo)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> energy_fn = lambda s, c: 0.5 * jnp.sum((s - c) ** 2)
+        >>> kernel = nuts(energy_fn, num_warmup=10)
+        >>> state = jax.jit(kernel.init)(jnp.zeros(2), jnp.ones(2), 0.5)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(1), state, jnp.ones(2))
+        >>> state.position.shape, info.acceptance_rate.shape
+        ((2,), ())
+    """
+    return _build(
+        energy_fn,
+        "NUTS",
+        num_warmup,
+        dict(
+            step_size=step_size,
+            target_accept_prob=target_accept_prob,
+            max_tree_depth=max_tree_depth,
+            adapt_step_size=adapt_step_size,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+        ),
+    )
+
+
+@functools.lru_cache(maxsize=128)
+def hmc(
+    energy_fn: EnergyFn,
+    *,
+    num_warmup: int,
+    step_size: float = 1.0,
+    num_steps: int | None = None,
+    trajectory_length: float | None = 2 * math.pi,
+    target_accept_prob: float = 0.8,
+    adapt_step_size: bool = True,
+    adapt_mass_matrix: bool = True,
+    dense_mass: bool = False,
+) -> Kernel:
+    """Hamiltonian Monte Carlo on ``p(s) ∝ exp(−E(s, context)/T)``, by NumPyro's kernel.
+
+    The integration time is ``trajectory_length`` (the number of leapfrog steps follows the
+    adapted step size), or exactly ``num_steps`` leapfrog steps when that is given. Warm-up
+    adaptation as in :func:`nuts`.
+
+    Args:
+        energy_fn: ``energy_fn(position, context) -> scalar``, ``position`` of shape ``(n,)``.
+        num_warmup: Number of adaptation steps (static).
+        step_size: Initial step size.
+        num_steps: Fixed number of leapfrog steps per proposal (overrides
+            ``trajectory_length``).
+        trajectory_length: Integration time per proposal when ``num_steps`` is ``None``.
+        target_accept_prob: Target of step-size adaptation.
+        adapt_step_size: Adapt the step size during warm-up.
+        adapt_mass_matrix: Adapt the mass matrix during warm-up.
+        dense_mass: Adapt a dense rather than diagonal mass matrix.
+
+    Returns:
+        A :class:`Kernel` with :class:`HMCState` states and :class:`HMCInfo` infos.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> kernel = hmc(lambda s, c: 0.5 * jnp.sum(s**2), num_warmup=0, num_steps=5)
+        >>> state = jax.jit(kernel.init)(jnp.zeros(3), (), 1.0)
+        >>> state, info = jax.jit(kernel.step)(jax.random.key(0), state, ())
+        >>> int(info.num_integration_steps)
+        5
+    """
+    if num_steps is not None:
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1 or None, got {num_steps!r}.")
+        trajectory_length = None
+    elif trajectory_length is None or not trajectory_length > 0:
+        raise ValueError(
+            f"trajectory_length must be > 0 when num_steps is None, got {trajectory_length!r}."
+        )
+    return _build(
+        energy_fn,
+        "HMC",
+        num_warmup,
+        dict(
+            step_size=step_size,
+            num_steps=num_steps,
+            trajectory_length=trajectory_length,
+            target_accept_prob=target_accept_prob,
+            adapt_step_size=adapt_step_size,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+        ),
+    )

@@ -1,0 +1,204 @@
+"""The command line: help, config files, results folders, resume after a real kill, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thermoeqprop.cli import main
+
+SMALL = [
+    "--estimator",
+    "ep",
+    "--hidden",
+    "16",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "64",
+    "--no-progress",
+]
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.run(
+        [sys.executable, "-m", "thermoeqprop.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def test_every_command_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "train" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--estimator", "--beta", "--config", "--results-dir", "--epochs"):
+        assert flag in out
+
+
+def test_train_writes_a_results_folder(tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert main(["train", *SMALL, "--results-dir", str(folder)]) == 0
+    for name in ("config.json", "metrics.jsonl", "summary.txt", "training_curves.png"):
+        assert (folder / name).is_file(), name
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+    assert "final test accuracy" in (folder / "summary.txt").read_text()
+    assert (folder / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Running again finds the run finished and changes nothing.
+    before = (folder / "metrics.jsonl").read_text()
+    assert main(["train", *SMALL, "--results-dir", str(folder)]) == 0
+    assert (folder / "metrics.jsonl").read_text() == before
+
+
+def test_config_file_sets_values_and_flags_win(tmp_path):
+    config = tmp_path / "settings.toml"
+    config.write_text("hidden = [8]\nepochs = 1\nbatch_size = 128\nbeta = 0.25\nseed = 4\n")
+    folder = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--seed", "5", "--no-progress",
+                 "--results-dir", str(folder)]) == 0  # fmt: skip
+    recorded = json.loads((folder / "config.json").read_text())["command_line"]
+    assert recorded["hidden"] == [8]
+    assert recorded["beta"] == 0.25
+    assert recorded["seed"] == 5  # the flag wins over the file
+    assert recorded["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "config_text", "message"),
+    [
+        ([], '{"epoch": 3}', "unknown config key(s) ['epoch']"),
+        ([], '{"beta": "strong"}', "config key 'beta' has value 'strong'"),
+        ([], '{"estimator": "magic"}', "config key 'estimator' has value 'magic'"),
+        ([], "{not json", "is not valid JSON"),
+        (["--beta", "-0.5"], None, "beta must be finite and > 0, got -0.5"),
+        (["--learning-rate", "0"], None, "learning_rate must be finite and > 0"),
+        (["--epochs", "0"], None, "epochs must be an integer ≥ 1, got 0"),
+        (["--batch-size", "100000"], None, "batch_size 100000 exceeds the 1437"),
+        (["--hidden", "0"], None, "every layer size must be ≥ 1"),
+        (["--tolerance", "-1"], None, "tolerance must be finite and > 0"),
+        (["--estimator", "covariance", "--temperature", "-1"], None, "temperature must be"),
+        (["--estimator", "covariance", "--num-chains", "1"], None, "num_chains must be"),
+        (["--estimator", "covariance", "--sampler", "gibbs"], None, "needs spins"),
+        (["--estimator", "exact"], None, "ThermalExact needs a spin network"),
+        (["--anneal-from", "0.1"], None, "--anneal-from needs a thermal estimator"),
+        (
+            ["--estimator", "covariance", "--anneal-from", "0.01", "--temperature", "0.1"],
+            None,
+            "anneal_from must exceed the final temperature 0.1",
+        ),
+        (["--model", "quadratic", "--cost", "cross_entropy"], None, "needs cost 'squared_error'"),
+        (
+            ["--estimator", "covariance", "--activation", "hard_sigmoid"],
+            None,
+            "use a smooth activation",
+        ),
+    ],
+)
+def test_bad_input_gives_one_line_without_traceback(tmp_path, capsys, args, config_text, message):
+    if config_text is not None:
+        (tmp_path / "c.json").write_text(config_text)
+        args = [*args, "--config", str(tmp_path / "c.json")]
+    code = main(["train", *SMALL, "--results-dir", str(tmp_path / "r"), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_config_file_is_named(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json' does not exist" in capsys.readouterr().err
+
+
+def test_unknown_choice_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--estimator", "magic"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'magic'" in capsys.readouterr().err
+
+
+def _final_params(folder):
+    checkpoint = sorted((folder / "checkpoints").glob("epoch_*.npz"))[-1]
+    with np.load(checkpoint) as data:
+        return {k: data[k] for k in data.files if k.startswith("params_")}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
+    args = ["train", "--estimator", "ep", "--hidden", "32", "--epochs", "6", "--batch-size", "32",
+            "--no-progress"]  # fmt: skip
+    straight = tmp_path / "straight"
+    assert run_cli(*args, "--results-dir", str(straight)).returncode == 0
+
+    folder = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "thermoeqprop.cli", *args, "--results-dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    metrics = folder / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    finished = len(metrics.read_text().splitlines())
+    assert 2 <= finished < 6, "the kill must land mid-run"
+    if sig == signal.SIGTERM:
+        assert process.returncode == 130
+        assert b"Run the same command again to resume" in stderr
+        assert b"Traceback" not in stderr
+
+    resumed = run_cli(*args, "--results-dir", str(folder))
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+    a, b = _final_params(straight), _final_params(folder)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_thermal_training_writes_gradient_uncertainty(tmp_path, capsys):
+    folder = tmp_path / "thermal"
+    args = ["train", "--hidden", "8", "--epochs", "1", "--batch-size", "256", "--num-samples",
+            "10", "--num-warmup", "10", "--no-progress", "--results-dir", str(folder)]  # fmt: skip
+    assert main(args) == 0
+    summary = (folder / "summary.txt").read_text()
+    assert "estimator: covariance at T = 0.02" in summary
+    assert "mean relative gradient MCSE" in summary
+    record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["relative_stderr"] > 0
+    assert record["temperature"] == 0.02
+    assert "diag_rhat_max" in record
+
+
+def test_spin_network_and_annealed_temperature(tmp_path):
+    folder = tmp_path / "spin"
+    args = ["train", "--model", "spin", "--dataset", "moons", "--hidden", "6", "--epochs", "2",
+            "--batch-size", "64", "--num-samples", "20", "--num-warmup", "10", "--temperature",
+            "0.5", "--anneal-from", "2.0", "--no-progress",
+            "--results-dir", str(folder)]  # fmt: skip
+    assert main(args) == 0
+    records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([r["temperature"] for r in records], [2.0, 0.5])
+    assert "SpinNetwork 7 spins" in (folder / "summary.txt").read_text()

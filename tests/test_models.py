@@ -1,0 +1,160 @@
+"""Energy models: closed forms, symmetry, and errors at the boundary."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from thermoeqprop.models import (
+    CrossEntropy,
+    LayeredNetwork,
+    QuadraticNetwork,
+    SpinNetwork,
+    SquaredError,
+    get_cost,
+)
+
+
+def test_quadratic_network_is_exactly_gaussian():
+    net = QuadraticNetwork((3, 4, 2, 2))
+    params = net.init_params(jax.random.key(0))
+    state = jax.random.normal(jax.random.key(1), (net.state_size,))
+    x = jax.random.uniform(jax.random.key(2), (1, 3))
+    a, b = net.precision(params), net.linear_term(params, x)[0]
+    # The energy equals ½ sᵀAs − bᵀs exactly (up to rounding), for any state.
+    np.testing.assert_allclose(net.energy(params, state, x[0]), 0.5 * state @ a @ state - b @ state)
+    np.testing.assert_allclose(jax.hessian(net.energy, argnums=1)(params, state, x[0]), a)
+    net.check_positive_definite(params)
+    mean, cov = net.gaussian_moments(params, x, 0.3)
+    np.testing.assert_allclose(a @ mean[0], b, atol=1e-12)
+    np.testing.assert_allclose(cov @ a, 0.3 * np.eye(net.state_size), atol=1e-12)
+
+
+def test_quadratic_expected_cost_matches_monte_carlo_of_the_gaussian():
+    net = QuadraticNetwork((2, 3, 2))
+    params = net.init_params(jax.random.key(3))
+    x = jnp.array([[0.2, 0.9]])
+    y = jnp.array([[1.0, 0.0]])
+    mean, cov = net.gaussian_moments(params, x, 0.5)
+    draws = jax.random.multivariate_normal(jax.random.key(4), mean[0], cov, (400_000,))
+    costs = jax.vmap(net.cost_fn, in_axes=(0, None))(draws, y[0])
+    mcse = float(jnp.std(costs) / np.sqrt(costs.size))
+    # k = 4 standard errors of iid draws: false-failure probability below 1e-4.
+    assert abs(float(jnp.mean(costs)) - float(net.expected_cost(params, x, y, 0.5)[0])) < 4 * mcse
+
+
+def test_quadratic_rejects_non_positive_definite_couplings():
+    net = QuadraticNetwork((1, 2, 2))
+    params = net.init_params(jax.random.key(0))
+    params["weights"] = (params["weights"][0], 5.0 * jnp.ones((2, 2)))
+    with pytest.raises(ValueError, match="smallest eigenvalue"):
+        net.check_positive_definite(params)
+
+
+def test_layered_energy_matches_its_formula_and_couplings_are_symmetric():
+    net = LayeredNetwork((3, 4, 2), activation="tanh")
+    params = net.init_params(jax.random.key(0))
+    params["biases"] = tuple(
+        jax.random.normal(jax.random.key(5), b.shape) for b in params["biases"]
+    )
+    s = jax.random.normal(jax.random.key(1), (6,))
+    x = jnp.array([0.1, 0.5, 0.9])
+    h, o = jnp.tanh(s[:4]), jnp.tanh(s[4:])
+    w0, w1 = params["weights"]
+    b1, b2 = params["biases"]
+    expected = 0.5 * s @ s - x @ w0 @ h - h @ w1 @ o - b1 @ h - b2 @ o
+    np.testing.assert_allclose(net.energy(params, s, x), expected, rtol=1e-12)
+    # Symmetric couplings: the Hessian of E is symmetric.
+    hess = jax.hessian(net.energy, argnums=1)(params, s, x)
+    np.testing.assert_allclose(hess, hess.T, atol=1e-12)
+    np.testing.assert_allclose(net.output(s), o)
+
+
+def test_spin_energy_matches_explicit_sum_over_edges():
+    net = SpinNetwork(
+        num_inputs=2,
+        num_spins=4,
+        edges=((0, 1), (1, 2), (2, 3), (0, 3)),
+        input_edges=((0, 0), (1, 2)),
+        output_units=(3,),
+    )
+    params = net.init_params(jax.random.key(0))
+    params["fields"] = jnp.array([0.1, -0.2, 0.3, 0.05])
+    x = jnp.array([0.7, -0.4])
+    j, w = params["couplings"], params["input_weights"]
+    for spins in itertools.product([-1.0, 1.0], repeat=4):
+        s = jnp.array(spins)
+        expected = (
+            -(j[0] * s[0] * s[1] + j[1] * s[1] * s[2] + j[2] * s[2] * s[3] + j[3] * s[0] * s[3])
+            - params["fields"] @ s
+            - (w[0] * x[0] * s[0] + w[1] * x[1] * s[2])
+        )
+        np.testing.assert_allclose(net.energy(params, s, x), expected, rtol=1e-12)
+    # Multilinear: flipping spin i changes E by exactly −2 s_i ∂E/∂s_i.
+    s = jnp.array([1.0, -1.0, -1.0, 1.0])
+    grad = jax.grad(net.energy, argnums=1)(params, s, x)
+    for i in range(4):
+        flipped = s.at[i].multiply(-1)
+        delta = net.energy(params, flipped, x) - net.energy(params, s, x)
+        np.testing.assert_allclose(delta, -2 * s[i] * grad[i], atol=1e-12)
+
+
+def test_layered_spin_network_blocks_are_its_layers():
+    net = SpinNetwork.layered((5, 3, 4, 2))
+    assert net.blocks == ((0, 1, 2), (3, 4, 5, 6), (7, 8))
+    assert net.output_units == (7, 8)
+    assert len(net.edges) == 3 * 4 + 4 * 2
+    assert len(net.input_edges) == 5 * 3
+    np.testing.assert_allclose(net.encode_labels(jnp.array([1])), [[-1.0, 1.0]])
+
+
+def test_costs():
+    out, y = jnp.array([0.2, 0.9]), jnp.array([0.0, 1.0])
+    np.testing.assert_allclose(SquaredError()(out, y), 0.5 * (0.04 + 0.01))
+    ce = CrossEntropy(scale=2.0)(out, y)
+    np.testing.assert_allclose(ce, -jax.nn.log_softmax(2.0 * out)[1])
+    with pytest.raises(ValueError, match="unknown cost 'hinge'"):
+        get_cost("hinge")
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: LayeredNetwork((3,)), "at least two integers"),
+        (lambda: LayeredNetwork((3, 0, 2)), "≥ 1"),
+        (lambda: LayeredNetwork((3, 2), activation="relu"), "unknown activation 'relu'"),
+        (lambda: QuadraticNetwork((2, 2), cost=CrossEntropy()), "SquaredError"),
+        (
+            lambda: SpinNetwork(1, 3, ((0, 3),), (), (0,)),
+            r"edges entry \(0, 3\) is out of range",
+        ),
+        (lambda: SpinNetwork(1, 3, ((1, 1),), (), (0,)), "couples a spin to itself"),
+        (lambda: SpinNetwork(1, 3, ((0, 1), (1, 0)), (), (0,)), "twice"),
+        (lambda: SpinNetwork(1, 3, (), (), (0, 0)), "distinct"),
+        (lambda: SpinNetwork(1, 3, ((0, 1),), (), (0,), blocks=((0, 1), (2,))), "coupled pair"),
+        (lambda: SpinNetwork(1, 3, (), (), (0,), blocks=((0,), (2,))), "partition"),
+    ],
+)
+def test_bad_model_configuration_is_named(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("x", "targets", "message"),
+    [
+        (np.ones((4, 2)), np.ones((4, 2)), r"x must have shape \(batch, 3\).*got shape \(4, 2\)"),
+        (np.ones(3), np.ones((1, 2)), r"got shape \(3,\)"),
+        (np.ones((4, 3)), np.ones((4, 3)), r"targets must have shape \(batch, 2\)"),
+        (np.ones((4, 3)), np.ones((5, 2)), "4 examples but targets has 5"),
+        (np.array([[0.0, np.nan, 1.0]]), np.ones((1, 2)), r"x contains 1 non-finite.*\(0, 1\)"),
+        (np.ones((1, 3)), np.array([[np.inf, 0.0]]), "targets contains 1 non-finite"),
+        (np.ones((0, 3)), np.ones((0, 2)), "empty"),
+    ],
+)
+def test_bad_data_is_named(x, targets, message):
+    net = LayeredNetwork((3, 4, 2))
+    with pytest.raises(ValueError, match=message):
+        net.validate_inputs(x, targets)

@@ -1,0 +1,275 @@
+"""Temperature sweeps against exact answers; tempering over the grid; netCDF; resume; the CLI.
+
+References (tests/README.md): the Gaussian closed form of the quadratic network, enumeration
+of the 2^5 states of a 5-spin network, implicit differentiation at T = 0. Sampled gradients
+must lie within K = 4 Monte Carlo standard errors of the exact expectation of their estimator
+(the exact gradient for the covariance estimator, the exact finite-β difference for the nudged
+one), per component, MCSE from the ESS of the per-draw series.
+
+False-failure budget: about 250 components are checked at 4 MCSE over this module
+(quadratic: 2 estimators × 2 T × 2 seeds × 13; spins with tempering: 2 × 3 × 17). With honest
+MCSEs and Gaussian errors P(|z| > 4) = 6.3e-5 each, so about 1.6 % of code versions that change
+sampling would see a false failure (seeds are fixed: a version passes or fails reproducibly).
+The z_rms bounds [0.4, 2.0] per estimate (13–17 components) fail for an honest MCSE with
+probability below 1e-3 each.
+
+Compilation dominates the cost: every test here shares two model configurations and one
+sampling setting each, so each sampler compiles once per session.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+
+from thermoeqprop.cli import main
+from thermoeqprop.estimators import Sampling
+from thermoeqprop.models import QuadraticNetwork, SpinNetwork
+from thermoeqprop.sweep import (
+    load_sweep,
+    matched_budgets,
+    parse_estimator,
+    save_sweep,
+    temperature_sweep,
+)
+
+K = 4.0
+SPIN_SAMPLING = Sampling(num_chains=4, num_samples=1000, num_warmup=100)
+QUADRATIC_SAMPLING = Sampling(num_chains=4, num_samples=400, num_warmup=200)
+RESUME_SAMPLING = Sampling(num_chains=4, num_samples=200, num_warmup=100)
+
+
+@pytest.fixture(scope="module")
+def spin_problem():
+    net = SpinNetwork.layered((2, 3, 2))  # 5 spins, 17 parameters
+    params = net.init_params(jax.random.key(0))
+    params["fields"] = 0.2 * jax.random.normal(jax.random.key(5), (net.num_spins,))
+    x = jax.random.uniform(jax.random.key(1), (3, 2))
+    targets = net.encode_labels(jnp.array([0, 1, 1]))
+    return net, params, x, targets
+
+
+@pytest.fixture(scope="module")
+def quadratic_sweep():
+    net = QuadraticNetwork((2, 3, 1))  # 4 units, 13 parameters
+    params = net.init_params(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (3, 2))
+    targets = jnp.array([[0.8], [-0.3], [0.5]])
+    return temperature_sweep(
+        net, params, x, targets, [0.5, 0.05],
+        estimators=["covariance", "nudged:0.05"], seeds=[0, 1], sampling=QUADRATIC_SAMPLING,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tempered_sweep(spin_problem):
+    net, params, x, targets = spin_problem
+    return temperature_sweep(
+        net, params, x, targets, [0.4, 0.8, 1.6],
+        estimators=["covariance", "nudged:0.1"], seeds=[3], sampling=SPIN_SAMPLING,
+        tempering=True,
+    )  # fmt: skip
+
+
+def check_within_mcse(ds):
+    z = ds.z_score.values
+    assert np.all(np.isfinite(z)), "every component fluctuates, so every MCSE is positive"
+    assert np.max(np.abs(z)) < K, ds.z_score
+    assert np.all((0.4 < ds.z_rms.values) & (ds.z_rms.values < 2.0)), ds.z_rms.values
+    # The error against the exact gradient is the Monte Carlo error plus the estimator's
+    # deterministic bias, nothing else.
+    bound = K * ds.stderr + np.abs(ds.bias)
+    assert bool((np.abs(ds.error) <= bound).all())
+
+
+def test_sweep_matches_exact_references_within_mcse(quadratic_sweep):
+    ds = quadratic_sweep
+    assert ds.gradient.dims == ("estimator", "temperature", "seed", "parameter")
+    assert ds.temperature.values.tolist() == [0.05, 0.5]  # sorted
+    assert ds.estimator.values.tolist() == ["covariance", "nudged:0.05"]
+    check_within_mcse(ds)
+    assert np.all(ds.bias.sel(estimator="covariance").values == 0)
+    loss_z = (ds.loss - ds.exact_loss) / ds.loss_stderr
+    assert float(np.abs(loss_z.sel(estimator="covariance")).max()) < K
+    assert float(ds.rhat_max.max()) < 1.05
+    assert float(ds.divergences.max()) == 0
+    assert np.all(ds.num_steps.sel(estimator="nudged:0.05") == 2 * 4 * 600)
+
+
+def test_quadratic_gradient_leaves_the_zero_temperature_gradient_linearly_in_t(quadratic_sweep):
+    """For the quadratic network L_T = C(μ) + (T/2) tr(A⁻¹)_out exactly, so the exact thermal
+    gradient is g_0 + T c: its distance from the implicit-differentiation gradient at T = 0
+    scales exactly like T, and the sampled gradients align with g_0 at low T."""
+    ds = quadratic_sweep
+    distance = np.sqrt(((ds.exact_gradient - ds.zero_temperature_gradient) ** 2).sum("parameter"))
+    np.testing.assert_allclose(float(distance[1] / distance[0]), 10.0, rtol=1e-6)
+    assert float(ds.exact_cosine_zero_temperature.sel(temperature=0.05)) > 0.99
+    np.testing.assert_allclose(
+        float(ds.zero_temperature_loss),
+        float(ds.exact_loss[0]) - 0.05 * float(ds.exact_loss[1] - ds.exact_loss[0]) / 0.45,
+        rtol=1e-6,
+    )
+    low = ds.cosine_zero_temperature.sel(temperature=0.05, estimator="covariance")
+    assert float(low.min()) > 0.95
+
+
+def test_tempering_sweep_matches_enumeration_at_every_temperature(tempered_sweep):
+    ds = tempered_sweep
+    assert ds.attrs["tempering"] == 1
+    check_within_mcse(ds)
+    assert float(ds.swap_rate_min.min()) > 0.1
+    assert float(ds.rhat_max.max()) < 1.05
+    assert "zero_temperature_gradient" not in ds  # spins have no T = 0 EP gradient
+    # One run per nudge sign serves the grid: each rung costs what a plain run would.
+    steps = ds.num_steps.sel(estimator="nudged:0.1").values
+    assert np.all(steps == 2 * 4 * 1100)
+
+
+def test_netcdf_round_trip(tempered_sweep, tmp_path):
+    path = save_sweep(tempered_sweep, tmp_path / "sweep.nc")
+    loaded = load_sweep(path)
+    xr.testing.assert_identical(loaded, tempered_sweep)
+    assert json.loads(loaded.attrs["config"])["tempering"] is True
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        load_sweep(path)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted(spin_problem, tmp_path):
+    net, params, x, targets = spin_problem
+    kwargs = dict(estimators=["covariance", "nudged"], seeds=[0, 1], sampling=RESUME_SAMPLING)
+    grid = [0.5, 1.0, 2.0]
+    whole = temperature_sweep(net, params, x, targets, grid, **kwargs, results_dir=tmp_path / "a")
+
+    def stop_after_first(unit, part):
+        raise Interrupt(unit)
+
+    folder = tmp_path / "b"
+    with pytest.raises(Interrupt):
+        temperature_sweep(net, params, x, targets, grid, **kwargs, results_dir=folder,
+                          callback=stop_after_first)  # fmt: skip
+    assert sorted(p.name for p in (folder / "parts").iterdir()) == ["T000.nc"]
+    partial = load_sweep(folder)
+    assert partial.temperature.values.tolist() == [0.5]
+    assert partial.attrs["complete"] == 0
+
+    computed = []
+    resumed = temperature_sweep(net, params, x, targets, grid, **kwargs, results_dir=folder,
+                                callback=lambda unit, part: computed.append(unit))  # fmt: skip
+    assert computed == ["T001", "T002"]
+    assert resumed.attrs["complete"] == 1
+    for result in (resumed, load_sweep(folder)):
+        xr.testing.assert_identical(result.drop_vars("wall_time"), whole.drop_vars("wall_time"))
+
+    with pytest.raises(ValueError, match="different configuration \\(seeds differ\\)"):
+        temperature_sweep(net, params, x, targets, grid, **(kwargs | {"seeds": [0]}),
+                          results_dir=folder)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"temperatures": [0.5, -1.0]}, "temperatures must be finite and > 0"),
+        ({"temperatures": [0.5, 0.5]}, "temperatures must be distinct"),
+        ({"temperatures": []}, "temperatures is empty"),
+        ({"estimators": ["magic"]}, "unknown estimator 'magic'"),
+        ({"estimators": ["nudged:strong"]}, "β 'strong' is not a number"),
+        ({"estimators": ["nudged:-0.1"]}, "beta of estimator 'nudged:-0.1' must be finite"),
+        ({"estimators": ["nudged", "nudged:0.1"]}, "name the same estimator twice"),
+        ({"estimators": []}, "estimators is empty"),
+        ({"seeds": [-1]}, "seeds must be integers ≥ 0"),
+        ({"tempering": True, "temperatures": [0.5]}, "tempering needs at least two"),
+        ({"tempering": True, "sampling": Sampling(tempering=3)}, "must have tempering=0"),
+        ({"sampling": Sampling(target_relative_stderr=0.1)}, "fixed budget"),
+        ({"sampling": {"covariance": Sampling()}}, "no entry for estimator 'nudged'"),
+        (
+            {"sampling": {"covariance": Sampling(), "nudged": Sampling(), "nudge": Sampling()}},
+            "sampling names estimators \\['nudge'\\]",
+        ),  # fmt: skip
+        ({"sampling": Sampling(method="nuts")}, "needs continuous states"),
+        ({"series_parameters": ["weights"]}, "'weights' is not a parameter name"),
+        ({"targets": jnp.ones((2, 2))}, "x has 3 examples but targets has 2"),
+    ],
+)
+def test_bad_sweep_input_is_named(spin_problem, change, message):
+    net, params, x, targets = spin_problem
+    args = {"temperatures": [0.5, 1.0], "targets": targets} | change
+    temperatures, targets = args.pop("temperatures"), args.pop("targets")
+    with pytest.raises(ValueError, match=message):
+        temperature_sweep(net, params, x, targets, temperatures, **args)
+
+
+def test_estimator_names_and_budgets():
+    assert parse_estimator("nudged", 0.2).label == "nudged:0.2"
+    assert parse_estimator("nudged-one-sided:0.05").symmetric is False
+    budgets = matched_budgets(["covariance", "nudged:0.05"], RESUME_SAMPLING)
+    assert budgets["covariance"].num_samples == 2 * budgets["nudged:0.05"].num_samples
+    assert budgets["covariance"].num_warmup == 2 * budgets["nudged:0.05"].num_warmup
+
+
+CLI_SPIN = [
+    "sweep", "--model", "spin", "--hidden", "3", "--dataset", "random", "--num-inputs", "2",
+    "--num-classes", "2", "--num-examples", "3", "--seeds", "0", "--num-chains", "4",
+    "--num-samples", "200", "--num-warmup", "100", "--no-progress",
+]  # fmt: skip
+
+
+def test_sweep_command_writes_a_results_folder_and_resumes(tmp_path, capsys):
+    folder = tmp_path / "run"
+    args = [*CLI_SPIN, "--temperatures", "0.5", "1.0", "--results-dir", str(folder)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "nudged:0.1" in out and "z_rms" in out
+    for name in ("config.json", "sweep.nc", "summary.txt", "sweep_error.png", "sweep_loss.png"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "sweep_cosine.png").exists()  # spins: no T = 0 EP gradient
+    assert (folder / "sweep_error.png").read_bytes()[:4] == b"\x89PNG"
+    series = sorted(p.name for p in (folder / "series").iterdir())
+    assert series == [
+        "T000_covariance.nc", "T000_nudged_0.1.nc", "T001_covariance.nc", "T001_nudged_0.1.nc"
+    ]  # fmt: skip
+    ds = load_sweep(folder)
+    assert ds.sizes == {"estimator": 2, "temperature": 2, "seed": 1, "parameter": 17}
+    assert np.max(np.abs(ds.z_score.values)) < K
+    config = json.loads((folder / "config.json").read_text())
+    assert config["command_line"]["temperatures"] == [0.5, 1.0]
+    stamps = {p.name: p.stat().st_mtime_ns for p in (folder / "parts").iterdir()}
+    assert main(args) == 0  # finished: nothing recomputed
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (folder / "parts").iterdir()}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperatures", "-1"], "temperatures must be finite and > 0, got [-1.0]"),
+        (["--estimators", "magic"], "unknown estimator 'magic'"),
+        (["--sampler", "nuts"], "needs continuous states"),
+        (["--tempering", "--temperatures", "0.5"], "tempering needs at least two temperatures"),
+        (["--num-examples", "0"], "num_examples must be an integer ≥ 1, got 0"),
+        (["--num-chains", "1"], "num_chains must be an integer ≥ 2, got 1"),
+        (["--beta", "0"], "beta of estimator 'nudged' must be finite and > 0"),
+        (["--results-dir", "/dev/null/sweep"], "is not writable"),
+    ],
+)
+def test_sweep_command_bad_input_gives_one_line(args, message, capsys):
+    assert main([*CLI_SPIN, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("thermoeqprop sweep: error:")
+    assert message in err
+
+
+def test_sweep_command_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--temperatures", "--estimators", "--tempering", "--results-dir", "--beta"):
+        assert flag in out

@@ -1,0 +1,47 @@
+"""``thermoeqprop diagnose RUN_FOLDER``: ArviZ diagnostics of a folder's gradient estimates.
+
+For a sweep folder: a summary table (worst R-hat, smallest bulk and tail ESS per estimator,
+temperature and seed), the per-component ArviZ summary as CSV, and ArviZ trace and rank plots
+of the least converged components. For a training folder: the per-epoch gradient diagnostics
+its metrics recorded (training keeps no per-draw series, hence no trace or rank plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("run_folder", help="a results folder written by `thermoeqprop sweep` (or `train`)")
+    add("--max-parameters", type=int, default=4,
+        help="gradient components per trace and rank plot (the worst R-hat first)")  # fmt: skip
+    add("--out", default=None, help="folder for tables and plots (default RUN_FOLDER/diagnose)")
+    add("--no-plots", action="store_true", help="tables only")
+
+
+def run(settings: dict[str, Any]) -> int:
+    import pandas as pd
+
+    from thermoeqprop.diagnostics import diagnose
+
+    diagnosis = diagnose(
+        settings["run_folder"],
+        settings["out"],
+        max_parameters=settings["max_parameters"],
+        plots=not settings["no_plots"],
+    )
+    display = {
+        "display.width": 160,
+        "display.max_columns": 20,
+        "display.max_rows": 500,
+        "display.float_format": "{:.4g}".format,
+    }
+    with pd.option_context(*[item for pair in display.items() for item in pair]):
+        print(f"thermoeqprop diagnose: {diagnosis.kind} folder {settings['run_folder']}")
+        print(diagnosis.overview.to_string(index=False))
+    for note in diagnosis.notes:
+        print(note)
+    print("wrote: " + ", ".join(str(path) for path in diagnosis.files))
+    return 0

@@ -1,0 +1,87 @@
+"""Checks at the public boundary: errors that name the bad value and say what is valid.
+
+These run on concrete (host) values before anything is traced; inside compiled code the
+library reports status fields instead of raising (STYLE.md §11).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "check_finite",
+    "check_labels",
+    "check_matrix",
+    "check_positive",
+    "check_probability",
+]
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite positive number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+    if not ok:
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+    return v
+
+
+def check_probability(name: str, value: Any) -> float:
+    """Return ``value`` as a float in the open interval (0, 1), or raise."""
+    v = check_positive(name, value)
+    if not v < 1:
+        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    return v
+
+
+def check_finite(name: str, array: Any) -> np.ndarray:
+    """Return ``array`` as a NumPy array, raising if it holds NaN or infinite entries."""
+    a = np.asarray(array)
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), the first at "
+            f"index {first} = {a[first]!r}; data must be finite"
+        )
+    return a
+
+
+def check_matrix(name: str, array: Any, num_columns: int, what: str) -> np.ndarray:
+    """Check a finite 2-D array of shape (batch, num_columns); ``what`` names the columns."""
+    a = check_finite(name, array)
+    if a.ndim != 2 or a.shape[1] != num_columns:
+        raise ValueError(
+            f"{name} must have shape (batch, {num_columns}) ({what}), got shape {a.shape}"
+        )
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape}); give at least one example")
+    return a
+
+
+def check_labels(name: str, labels: Any, num_classes: int) -> np.ndarray:
+    """Check integer class labels in {0, …, num_classes − 1}."""
+    a = np.asarray(labels)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of class labels, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        if np.issubdtype(a.dtype, np.floating) and np.all(np.isfinite(a)) and np.all(a == a // 1):
+            a = a.astype(np.int64)
+        else:
+            raise ValueError(f"{name} must hold integer class labels, got dtype {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() >= num_classes):
+        bad = a[(a < 0) | (a >= num_classes)][0]
+        raise ValueError(
+            f"{name} holds label {int(bad)}, outside the valid range 0 … {num_classes - 1} "
+            f"({num_classes} classes)"
+        )
+    return a

@@ -1,0 +1,315 @@
+r"""ArviZ diagnostics of the gradient estimates themselves (not only of the sampler's states).
+
+A sampled gradient is the mean over draws of a per-draw series (chain, draw, P)
+(:class:`~thermoeqprop.estimators.GradientSeries`). Its trustworthiness is that of the series:
+chains that disagree (R-hat above 1.01), too few effective draws (bulk or tail ESS below 100
+per chain) or a Monte Carlo standard error large against the mean. These functions put the
+series into ArviZ ``InferenceData`` (``posterior["gradient"]`` with dims
+``(chain, draw, temperature, seed, parameter)``) and read ArviZ's rank-normalised R-hat, bulk
+and tail ESS and MCSE per gradient component.
+
+- :func:`gradient_inference_data`: from one :meth:`estimate_with_series` call;
+- :func:`load_gradient_series`: the series a sweep saved in its results folder;
+- :func:`diagnose`: a summary table, per-component CSV, and ArviZ trace and rank plots for a
+  sweep folder; for a training folder, the per-epoch diagnostics its metrics recorded (training
+  keeps no per-draw series, so it has no trace or rank plots).
+
+Every ArviZ call lives in ``samplers/_arviz.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+import samplers
+
+__all__ = [
+    "ESS_PER_CHAIN",
+    "RHAT_LIMIT",
+    "Diagnosis",
+    "diagnose",
+    "gradient_inference_data",
+    "gradient_summary",
+    "load_gradient_series",
+]
+
+RHAT_LIMIT = 1.01
+ESS_PER_CHAIN = 100
+STATISTICS = ("mean", "sd", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat")
+
+
+def gradient_inference_data(
+    series,
+    *,
+    parameters: int | list[str] | None = None,
+    temperature: float = math.nan,
+    seed: int = 0,
+    estimator: str = "",
+):
+    """InferenceData of one estimate's per-draw gradient series.
+
+    Args:
+        series: The :class:`~thermoeqprop.estimators.GradientSeries` returned by
+            ``estimate_with_series``.
+        parameters: Which components: names, or a count of evenly spaced ones (default all).
+        temperature: Coordinate value of the ``temperature`` dim.
+        seed: Coordinate value of the ``seed`` dim.
+        estimator: Recorded as an attribute.
+
+    Returns:
+        ``arviz.InferenceData``; ``posterior["gradient"]`` has dims
+        ``(chain, draw, temperature, seed, parameter)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from thermoeqprop.estimators import Sampling, ThermalCovariance
+        >>> from thermoeqprop.models import SpinNetwork
+        >>> net = SpinNetwork.layered((2, 2, 1))
+        >>> est = ThermalCovariance(net, 1.0, Sampling(num_chains=2, num_samples=50))
+        >>> _, series = est.estimate_with_series(net.init_params(jax.random.key(0)),
+        ...     jnp.ones((2, 2)), jnp.ones((2, 1)), jax.random.key(1))
+        >>> gradient_inference_data(series).posterior["gradient"].shape
+        (2, 50, 1, 1, 9)
+    """
+    from thermoeqprop.sweep import _series_indices
+
+    names = list(series.parameter_names)
+    if parameters is None:
+        parameters = len(names)
+    indices = _series_indices(names, parameters)
+    gradient = np.asarray(series.gradient)[:, :, None, None, indices]
+    cost = np.asarray(series.cost)[:, :, None, None]
+    return samplers.gradient_inference_data(
+        gradient,
+        cost,
+        [names[i] for i in indices],
+        temperatures=[temperature],
+        seeds=[seed],
+        attrs={"estimator": estimator},
+    )
+
+
+def gradient_summary(idata):
+    """Per-component ArviZ diagnostics of ``posterior["gradient"]`` as a long table.
+
+    Returns:
+        ``pandas.DataFrame`` indexed by (temperature, seed, parameter) with columns ``mean``,
+        ``sd``, ``mcse_mean``, ``mcse_sd``, ``ess_bulk``, ``ess_tail``, ``r_hat`` (NaN for
+        components that never change).
+    """
+    table = samplers.summary_table(idata)["gradient"]
+    frame = table.sel(metric=list(STATISTICS)).to_dataset("metric").to_dataframe()
+    return frame[list(STATISTICS)]
+
+
+def load_gradient_series(folder) -> list[tuple[Path, Any]]:
+    """The (path, InferenceData) pairs of the gradient series saved by a sweep in ``folder``."""
+    folder = Path(folder)
+    files = sorted((folder / "series").glob("*.nc"))
+    out = []
+    for path in files:
+        try:
+            out.append((path, samplers.load_inference_data(path)))
+        except Exception as exc:  # h5py/OSError: an unreadable file
+            raise ValueError(
+                f"gradient series {str(path)!r} is unreadable ({type(exc).__name__}); delete "
+                "it and the matching parts/ file, then re-run the sweep"
+            ) from None
+    return out
+
+
+class Diagnosis(NamedTuple):
+    """What :func:`diagnose` found.
+
+    Attributes:
+        kind: ``"sweep"`` or ``"train"``.
+        overview: ``pandas.DataFrame``, one row per (estimator, temperature, seed) of a sweep
+            (worst R-hat, smallest bulk and tail ESS, flags) or per epoch of a training run.
+        components: Per-component ArviZ summary (sweeps; None for training runs).
+        files: Everything written (CSV tables, PNG plots).
+        notes: Lines worth printing (what was found and what could not be done).
+    """
+
+    kind: str
+    overview: Any
+    components: Any
+    files: list[Path]
+    notes: list[str]
+
+
+def _flags(r_hat_max, ess_bulk_min, ess_tail_min, num_chains) -> str:
+    flags = []
+    if not r_hat_max < RHAT_LIMIT:
+        flags.append(f"R-hat≥{RHAT_LIMIT}" if np.isfinite(r_hat_max) else "R-hat n/a")
+    if min(ess_bulk_min, ess_tail_min) < ESS_PER_CHAIN * num_chains:
+        flags.append(f"ESS<{ESS_PER_CHAIN * num_chains}")
+    return ",".join(flags) or "ok"
+
+
+def _plot_parameters(frame, count: int) -> list[str]:
+    """The ``count`` components with the worst R-hat (then smallest bulk ESS)."""
+    ranked = frame.assign(rank_r=frame.r_hat.fillna(-np.inf), rank_e=-frame.ess_bulk.fillna(np.inf))
+    ranked = ranked.sort_values(["rank_r", "rank_e"], ascending=False)
+    return list(dict.fromkeys(ranked.index.get_level_values("parameter")))[:count]
+
+
+def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -> Diagnosis:
+    import pandas as pd
+
+    loaded = load_gradient_series(folder)
+    if not loaded:
+        raise ValueError(
+            f"sweep folder {str(folder)!r} has no gradient series (series/*.nc); run the sweep "
+            "there until at least one temperature is finished"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    rows, components, files = [], [], []
+    for path, idata in loaded:
+        estimator = str(idata.posterior.attrs.get("estimator", path.stem))
+        num_chains = idata.posterior.sizes["chain"]
+        frame = gradient_summary(idata).reset_index()
+        frame.insert(0, "estimator", estimator)
+        components.append(frame)
+        for (temperature, seed), group in frame.groupby(["temperature", "seed"], sort=True):
+            r_hat = group.r_hat.max() if group.r_hat.notna().any() else np.nan
+            worst = group.loc[group.r_hat.fillna(-np.inf).idxmax(), "parameter"]
+            ess_bulk, ess_tail = group.ess_bulk.min(), group.ess_tail.min()
+            scale = group["mean"].abs().where(group["mean"] != 0)
+            rows.append(
+                {
+                    "estimator": estimator,
+                    "temperature": float(temperature),
+                    "seed": int(seed),
+                    "components": len(group),
+                    "r_hat_max": r_hat,
+                    "ess_bulk_min": ess_bulk,
+                    "ess_tail_min": ess_tail,
+                    "mcse_over_mean_median": float((group.mcse_mean / scale).median()),
+                    "worst_component": worst,
+                    "flags": _flags(r_hat, ess_bulk, ess_tail, num_chains),
+                }
+            )
+        if not plots:
+            continue
+        first_seed = idata.posterior.seed.values[0]
+        for temperature in idata.posterior.temperature.values:
+            group = frame[(frame.temperature == temperature) & (frame.seed == first_seed)]
+            chosen = _plot_parameters(group.set_index("parameter", append=False), max_parameters)
+            coords = {"temperature": [temperature], "seed": [first_seed], "parameter": chosen}
+            stem = f"{path.stem.split('_', 1)[-1]}_T{temperature:g}_seed{first_seed}"
+            title = f"{estimator} at T = {temperature:g}, seed {first_seed}"
+            files.append(samplers.save_trace_plot(idata, out / f"trace_{stem}.png", coords, title))
+            files.append(samplers.save_rank_plot(idata, out / f"rank_{stem}.png", coords, title))
+    overview = pd.DataFrame(rows).sort_values(["estimator", "temperature", "seed"])
+    overview = overview.reset_index(drop=True)
+    table = pd.concat(components, ignore_index=True)
+    table = table.sort_values(["estimator", "temperature", "seed", "parameter"])
+    overview_path, table_path = out / "overview.csv", out / "gradient_summary.csv"
+    overview.to_csv(overview_path, index=False)
+    table.to_csv(table_path, index=False)
+    files = [overview_path, table_path, *files]
+    notes = [
+        f"{len(table)} gradient components in {len(loaded)} series files; flags: R-hat ≥ "
+        f"{RHAT_LIMIT} or bulk/tail ESS < {ESS_PER_CHAIN} per chain (Vehtari et al. 2021)",
+    ]
+    flagged = int((overview["flags"] != "ok").sum())
+    notes.append(f"{flagged} of {len(overview)} (estimator, temperature, seed) rows flagged")
+    return Diagnosis("sweep", overview, table, files, notes)
+
+
+def _diagnose_training(folder: Path, out: Path, plots: bool) -> Diagnosis:
+    import pandas as pd
+
+    metrics = folder / "metrics.jsonl"
+    records = []
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill
+    if not records:
+        raise ValueError(f"training folder {str(folder)!r} has no finished epoch in metrics.jsonl")
+    keys = ["epoch"] + [
+        k for k in records[0] if k.startswith("diag_") or k in ("relative_stderr", "temperature")
+    ]
+    overview = pd.DataFrame([{k: r.get(k, np.nan) for k in keys} for r in records])
+    notes = [
+        "training runs record per-epoch summaries of their gradient estimates, not per-draw "
+        "series: no trace or rank plots"
+    ]
+    sampled = [k for k in ("diag_rhat_max", "diag_ess_min", "relative_stderr") if k in overview]
+    files: list[Path] = []
+    if not sampled:
+        notes.append("its estimator is deterministic (no Monte Carlo diagnostics to show)")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "training_diagnostics.csv"
+    overview.to_csv(path, index=False)
+    files.append(path)
+    if plots and sampled:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(sampled), figsize=(3.6 * len(sampled), 3.2),
+                                 constrained_layout=True, squeeze=False)  # fmt: skip
+        for ax, key in zip(axes[0], sampled, strict=True):
+            ax.plot(overview.epoch, overview[key], "o-", ms=3)
+            ax.set(xlabel="epoch", ylabel=key.removeprefix("diag_"))
+            ax.grid(alpha=0.3)
+        picture = out / "training_diagnostics.png"
+        fig.savefig(picture, dpi=100)
+        plt.close(fig)
+        files.append(picture)
+    return Diagnosis("train", overview, None, files, notes)
+
+
+def diagnose(folder, out_dir=None, *, max_parameters: int = 4, plots: bool = True) -> Diagnosis:
+    """Diagnose the gradient estimates of a results folder.
+
+    Args:
+        folder: A sweep results folder (``thermoeqprop sweep`` or ``temperature_sweep`` with
+            ``results_dir``) or a training results folder.
+        out_dir: Where tables and plots go (default ``folder/diagnose``).
+        max_parameters: Components per trace and rank plot (those with the worst R-hat).
+        plots: Write ArviZ trace and rank plots.
+
+    Returns:
+        A :class:`Diagnosis`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"results folder {str(folder)!r} does not exist or is not a folder")
+    if (
+        isinstance(max_parameters, bool)
+        or not isinstance(max_parameters, int)
+        or max_parameters < 1
+    ):
+        raise ValueError(f"max_parameters must be an integer ≥ 1, got {max_parameters!r}")
+    out = Path(out_dir) if out_dir is not None else folder / "diagnose"
+    config = folder / "config.json"
+    kind = None
+    if config.exists():
+        try:
+            record = json.loads(config.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{str(config)!r} is not valid JSON") from None
+        kind = "sweep" if record.get("kind") == "temperature_sweep" else (
+            "train" if "train" in record else None
+        )  # fmt: skip
+    if kind is None and (folder / "series").is_dir():
+        kind = "sweep"
+    if kind == "sweep":
+        return _diagnose_sweep(folder, out, max_parameters, plots)
+    if kind == "train":
+        return _diagnose_training(folder, out, plots)
+    raise ValueError(
+        f"{str(folder)!r} is neither a sweep nor a training results folder (no config.json "
+        "naming one); give the folder that `thermoeqprop sweep` or `train` wrote"
+    )

@@ -1,0 +1,803 @@
+r"""Equilibrium propagation at finite temperature, as inference (MATH.md §2).
+
+The network's state follows :math:`p_β(s) ∝ \exp(-F_β(s)/T)`, :math:`F_β = E + βC`, and the
+objective is the expected cost :math:`L_T = ⟨C⟩_0`. Two exact identities give its gradient:
+
+- covariance, **no clamping**: :math:`dL_T/dθ = -\frac1T \mathrm{Cov}_0(C, ∂_θE)`, from samples
+  of the free phase only (:class:`ThermalCovariance`);
+- nudged: :math:`dL_T/dθ = ∂_β ⟨∂_θE⟩_β` at β = 0, estimated from sampled phases at ±β (or 0
+  and β) (:class:`ThermalNudged`).
+
+States are drawn by the ``samplers`` package (NUTS/HMC through NumPyro for continuous states,
+block Gibbs or Metropolis for spins, optionally inside parallel tempering), many chains per
+example, all examples of a batch in one compiled call. Every estimate carries a Monte Carlo
+standard error per parameter from ArviZ's effective sample size of the per-draw series whose
+mean is the estimate, and the sampler's diagnostics. :class:`ThermalExact` is the reference:
+enumeration of all spin states, or the Gaussian closed form of the quadratic network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import samplers
+from thermoeqprop._protocols import Estimator
+from thermoeqprop._result import GradientEstimate
+from thermoeqprop._validation import check_positive
+from thermoeqprop.models._base import EnergyModel
+from thermoeqprop.models.quadratic import QuadraticNetwork
+
+__all__ = [
+    "SAMPLING_METHODS",
+    "Sampling",
+    "ThermalCovariance",
+    "ThermalExact",
+    "ThermalNudged",
+    "GradientSeries",
+    "DrawStatistics",
+    "ThermalSamples",
+    "draw_statistics",
+    "draw_states",
+    "parameter_names",
+]
+
+SAMPLING_METHODS = ("auto", "nuts", "hmc", "gibbs", "metropolis")
+START_METHODS = ("auto", "relaxed", "annealed", "dispersed")
+MAX_ENUMERATED_SPINS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How a thermal estimator draws network states.
+
+    Args:
+        method: ``"nuts"`` or ``"hmc"`` (NumPyro's kernels, continuous states), ``"gibbs"``
+            (block heat-bath over the model's blocks) or ``"metropolis"`` (spins, any graph);
+            ``"auto"`` picks NUTS for continuous states, block Gibbs for spin networks with
+            blocks and Metropolis otherwise.
+        num_chains: Chains per example (≥ 2, so that R-hat exists).
+        num_samples: Recorded draws per chain and round.
+        num_warmup: Discarded steps per round (NUTS/HMC adapt step size and mass during them).
+        hmc_steps: Leapfrog steps per HMC trajectory (``"hmc"`` only).
+        tempering: Number of parallel-tempering replicas (0 = off); the ladder is geometric
+            from T up to ``tempering_max_ratio × T`` and only the T replica is used.
+        tempering_max_ratio: Top of the ladder relative to T.
+        target_relative_stderr: If set, keep drawing rounds until the gradient's standard
+            error relative to its norm falls under it, or ``max_rounds`` are spent; the
+            diagnostics say which (``precision_reached``) and how many draws were used.
+        max_rounds: Budget of rounds for ``target_relative_stderr``.
+        init_scale: Spread of the chains' starts: in units of √T around the minimum for
+            ``start="relaxed"``, absolute around the model's initial state for
+            ``"dispersed"`` continuous chains (over-dispersed starts make R-hat meaningful).
+        start: Where chains begin. ``"relaxed"``: at the minimum of ``F_β`` found by the
+            T = 0 relaxation, jittered by ``init_scale·√T`` (warm starts that skip the
+            descent from far away; a chain stays in the basin of that minimum unless the
+            temperature lets it cross, so use tempering for multimodal problems);
+            ``"annealed"``: cooled from ``anneal_from × T`` down to T in ``anneal_stages``
+            geometric stages by the local kernel (``samplers.anneal``); ``"dispersed"``:
+            random spins, or ``init_scale`` noise around the initial state. ``"auto"``:
+            relaxed for continuous states, dispersed for spins.
+        anneal_from: Start of the annealing schedule, as a multiple of T (> 1).
+        anneal_stages: Number of annealing stages (two kernel steps each).
+    """
+
+    method: str = "auto"
+    num_chains: int = 4
+    num_samples: int = 200
+    num_warmup: int = 200
+    hmc_steps: int = 16
+    tempering: int = 0
+    tempering_max_ratio: float = 10.0
+    target_relative_stderr: float | None = None
+    max_rounds: int = 8
+    init_scale: float = 0.5
+    start: str = "auto"
+    anneal_from: float = 20.0
+    anneal_stages: int = 20
+
+    def __post_init__(self):
+        if self.method not in SAMPLING_METHODS:
+            raise ValueError(f"unknown sampling method {self.method!r}; valid: {SAMPLING_METHODS}")
+        for name, minimum in (
+            ("num_chains", 2),
+            ("num_samples", 4),
+            ("num_warmup", 0),
+            ("hmc_steps", 1),
+            ("max_rounds", 1),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+        if self.tempering not in (0,) and (
+            not isinstance(self.tempering, int) or self.tempering < 2
+        ):
+            raise ValueError(
+                f"tempering must be 0 (off) or a number of replicas ≥ 2, got {self.tempering!r}"
+            )
+        if not self.tempering_max_ratio > 1:
+            raise ValueError(f"tempering_max_ratio must be > 1, got {self.tempering_max_ratio!r}")
+        if self.target_relative_stderr is not None:
+            check_positive("target_relative_stderr", self.target_relative_stderr)
+        check_positive("init_scale", self.init_scale, allow_zero=True)
+        if self.start not in START_METHODS:
+            raise ValueError(f"unknown start {self.start!r}; valid: {START_METHODS}")
+        if self.start == "annealed" and self.tempering:
+            raise ValueError(
+                "start='annealed' cannot be combined with tempering (the replica ladder already "
+                "carries configurations down from high temperature); use start='relaxed'"
+            )
+        if not self.anneal_from > 1:
+            raise ValueError(f"anneal_from must be > 1, got {self.anneal_from!r}")
+        if not isinstance(self.anneal_stages, int) or self.anneal_stages < 2:
+            raise ValueError(f"anneal_stages must be an integer ≥ 2, got {self.anneal_stages!r}")
+
+    def resolve_start(self, model: EnergyModel) -> str:
+        if self.start == "auto":
+            return "dispersed" if model.is_spin else "relaxed"
+        if self.start == "relaxed" and model.is_spin:
+            raise ValueError(
+                "start='relaxed' needs continuous states; use 'annealed' or 'dispersed' for spins"
+            )
+        return self.start
+
+    def resolve_method(self, model: EnergyModel) -> str:
+        method = self.method
+        if method == "auto":
+            if not model.is_spin:
+                return "nuts"
+            return "gibbs" if getattr(model, "blocks", None) else "metropolis"
+        if model.is_spin and method in ("nuts", "hmc"):
+            raise ValueError(
+                f"sampling method {method!r} needs continuous states; "
+                f"{type(model).__name__} has spins: use 'gibbs' or 'metropolis'"
+            )
+        if not model.is_spin and method in ("gibbs", "metropolis"):
+            raise ValueError(
+                f"sampling method {method!r} needs spins; {type(model).__name__} has "
+                "continuous states: use 'nuts' or 'hmc'"
+            )
+        if method == "gibbs" and not getattr(model, "blocks", None):
+            raise ValueError("sampling method 'gibbs' needs a model with blocks; use 'metropolis'")
+        return method
+
+
+def _nudged_energy_fn(model: EnergyModel):
+    def energy_fn(position, context):
+        params, x, target, beta = context
+        return model.total_energy(params, position, x, target, beta)
+
+    return energy_fn
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
+    """One kernel (hence one compilation) per model and sampling configuration."""
+    kernel = _local_kernel(model, sampling)
+    if sampling.tempering:
+        kernel = samplers.parallel_tempering(kernel)
+    return kernel
+
+
+@functools.lru_cache(maxsize=64)
+def _local_kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
+    energy_fn = _nudged_energy_fn(model)
+    method = sampling.resolve_method(model)
+    if method == "nuts":
+        kernel = samplers.nuts(energy_fn, num_warmup=sampling.num_warmup)
+    elif method == "hmc":
+        kernel = samplers.hmc(
+            energy_fn,
+            num_warmup=sampling.num_warmup,
+            num_steps=sampling.hmc_steps,
+            trajectory_length=None,
+        )
+    elif method == "gibbs":
+        kernel = samplers.block_gibbs(energy_fn, model.blocks)
+    else:
+        kernel = samplers.metropolis(energy_fn)
+    return kernel
+
+
+class ThermalSamples(NamedTuple):
+    """States drawn at one temperature and nudge, with what the sampler reported.
+
+    Attributes:
+        states: (batch, chain, draw, n) states at the target temperature.
+        trace: The ``samplers.Trace`` (with every replica when tempering).
+        final_positions: Where the chains ended, to continue them in another round.
+    """
+
+    states: jax.Array
+    trace: Any
+    final_positions: jax.Array
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _relaxed_states(model, params, x, targets, beta):
+    from thermoeqprop.estimators.zero_temperature import Relaxation, relax
+
+    start = model.initial_state(x)
+    return relax(model, params, x, targets, beta, start, Relaxation(tolerance=1e-6)).state
+
+
+def _initial_positions(model, sampling, x, rng_key, params, targets, beta, temperature, context):
+    batch = x.shape[0]
+    shape = (batch, sampling.num_chains)
+    if sampling.tempering:
+        shape += (sampling.tempering,)
+    shape += (model.state_size,)
+    key_noise, key_anneal = jax.random.split(rng_key)
+    start = sampling.resolve_start(model)
+    if model.is_spin:
+        positions = jnp.where(jax.random.bernoulli(key_noise, 0.5, shape), 1.0, -1.0)
+    else:
+        if start == "relaxed":
+            base = _relaxed_states(model, params, x, targets, beta)
+            scale = sampling.init_scale * np.sqrt(temperature)
+        else:
+            base, scale = model.initial_state(x), sampling.init_scale
+        base = base.reshape((batch,) + (1,) * (len(shape) - 2) + (model.state_size,))
+        positions = base + scale * jax.random.normal(key_noise, shape, dtype=base.dtype)
+    if start == "annealed":
+        schedule = samplers.geometric_schedule(
+            sampling.anneal_from * temperature, temperature, sampling.anneal_stages
+        )
+        annealed = samplers.anneal(
+            key_anneal,
+            _local_kernel(model, sampling),
+            positions,
+            context,
+            schedule,
+            num_steps_per_temperature=2,
+            batched=True,
+        )
+        positions = annealed.final_state.position
+    return positions
+
+
+def draw_states(
+    model: EnergyModel,
+    sampling: Sampling,
+    params,
+    x,
+    targets,
+    beta: float,
+    temperature: float,
+    rng_key,
+    initial_positions=None,
+) -> ThermalSamples:
+    """Draw states of ``p_β(s | x) ∝ exp(−(E + βC)/T)`` for every example of a batch.
+
+    Args:
+        model: The energy model.
+        sampling: Sampler settings.
+        params: Parameters.
+        x: Inputs (batch, num_inputs).
+        targets: Targets (batch, num_outputs) (unused when ``beta`` is 0).
+        beta: Nudging strength (0 for the free phase).
+        temperature: T > 0, or an increasing ladder (R,) of temperatures: then one parallel-
+            tempering run samples every rung (``sampling.tempering`` is set to R), the
+            returned ``states`` are those of the first rung and ``trace.samples`` holds all
+            rungs as (batch, chain, draw, R, n), so one run can serve a temperature sweep.
+        rng_key: PRNG key.
+        initial_positions: Chain starts (batch, chain[, replica], n); default: over-dispersed
+            around the model's initial state (random spins for spin models).
+
+    Returns:
+        :class:`ThermalSamples`.
+    """
+    key_init, key_sample = jax.random.split(rng_key)
+    ladder = None
+    if np.ndim(temperature) == 1:
+        ladder = np.asarray(temperature, dtype=float)
+        if ladder.size < 2 or not np.all(np.isfinite(ladder)) or not np.all(ladder > 0):
+            raise ValueError(
+                f"a temperature ladder needs ≥ 2 finite temperatures > 0, got {ladder}"
+            )
+        if not np.all(np.diff(ladder) > 0):
+            raise ValueError(f"a temperature ladder must be strictly increasing, got {ladder}")
+        sampling = dataclasses.replace(sampling, tempering=len(ladder))
+        temperature = float(ladder[0])
+    batch = x.shape[0]
+    context = (
+        jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), params),
+        x,
+        targets,
+        jnp.full((batch,), beta, dtype=x.dtype),
+    )
+    if initial_positions is None:
+        initial_positions = _initial_positions(
+            model, sampling, x, key_init, params, targets, beta, temperature, context
+        )
+    if ladder is None:
+        ladder = temperature
+        if sampling.tempering:
+            ladder = samplers.geometric_ladder(
+                temperature, sampling.tempering_max_ratio * temperature, sampling.tempering
+            )
+    ladder = jnp.asarray(ladder, dtype=x.dtype)
+    trace = samplers.sample(
+        key_sample,
+        _kernel(model, sampling),
+        initial_positions,
+        context,
+        ladder,
+        num_samples=sampling.num_samples,
+        num_warmup=sampling.num_warmup,
+        batched=True,
+    )
+    states = trace.samples[..., 0, :] if sampling.tempering else trace.samples
+    return ThermalSamples(states, trace, trace.final_state.position)
+
+
+def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
+    """Means (sums for divergences) of the sampler's per-step facts at the target T."""
+    info = trace.info.local if tempering else trace.info
+    reductions = {
+        "acceptance_rate": ("acceptance_rate", jnp.mean),
+        "is_divergent": ("divergences", jnp.sum),
+        "flip_rate": ("flip_rate", jnp.mean),
+        "num_integration_steps": ("mean_integration_steps", jnp.mean),
+        "step_size": ("mean_step_size", jnp.mean),
+    }
+    out = {}
+    for field, (name, reduce) in reductions.items():
+        if hasattr(info, field):
+            value = getattr(info, field)
+            out[name] = reduce(value[..., 0] if tempering else value)
+    if tempering:
+        out["swap_rate_min"] = jnp.min(jnp.mean(trace.info.swap_probability, axis=(0, 1, 2)))
+        out["round_trips"] = jnp.mean(trace.info.round_trips[..., -1])
+    return out
+
+
+class GradientSeries(NamedTuple):
+    """The per-draw series behind a sampled estimate.
+
+    Attributes:
+        gradient: (chain, draw, P) series whose mean over draws is the raveled gradient
+            estimate (covariance: the scaled centred products; nudged: the scaled difference
+            of the two phases' ``∂θE``, draw by draw).
+        cost: (chain, draw) batch-mean cost per draw.
+        parameter_names: P names, one per raveled parameter (see :func:`parameter_names`).
+        sampler_traces: The ``samplers.Trace`` of every sampled phase and round.
+    """
+
+    gradient: np.ndarray
+    cost: np.ndarray
+    parameter_names: list[str]
+    sampler_traces: list[Any]
+
+
+def parameter_names(params) -> list[str]:
+    """One readable name per raveled parameter, e.g. ``weights[0][3,5]``, in ravel order."""
+    names = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        stem = "".join(
+            f"[{k.idx}]"
+            if isinstance(k, jax.tree_util.SequenceKey)
+            else f"{k.key}"
+            if isinstance(k, jax.tree_util.DictKey)
+            else str(k)
+            for k in path
+        )
+        shape = np.shape(leaf)
+        if not shape:
+            names.append(stem)
+            continue
+        for index in np.ndindex(*shape):
+            names.append(f"{stem}[{','.join(map(str, index))}]")
+    return names
+
+
+class DrawStatistics(NamedTuple):
+    """Per-draw series whose means are the thermal estimates (batch means, raveled params).
+
+    Attributes:
+        energy_grad: (chain, draw, P): ``mean_b ∂θE(s_bcd; x_b)``.
+        covariance: (chain, draw, P): ``mean_b (C_bcd − C̄_b)(∂θE(s_bcd) − ⟨∂θE⟩_b)``; its mean
+            over draws is the batch-mean sample covariance ``Cov(C, ∂θE)``, and as a series
+            it is the covariance's influence function, so its MCSE is the covariance's.
+        cost: (chain, draw): ``mean_b C(s_bcd; y_b)``.
+        output: (batch, num_outputs): ``⟨output⟩`` per example.
+    """
+
+    energy_grad: jax.Array
+    covariance: jax.Array
+    cost: jax.Array
+    output: jax.Array
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def draw_statistics(model: EnergyModel, params, states, x, targets) -> DrawStatistics:
+    """Compute :class:`DrawStatistics` of states (batch, chain, draw, n).
+
+    Per-draw gradients are taken of batch sums of energies, never stored per example and
+    draw, so memory is O(chains × draws × parameters).
+    """
+    flat, unravel = ravel_pytree(params)
+    b, c, d, n = states.shape
+    cost_of = jax.vmap(jax.vmap(jax.vmap(model.cost_fn, in_axes=(0, None)), in_axes=(0, None)))
+    costs = cost_of(states, targets)  # (B, C, D)
+    draws = jnp.transpose(states, (1, 2, 0, 3)).reshape(c * d, b, n)  # (CD, B, n)
+    weights = jnp.transpose(costs - jnp.mean(costs, axis=(1, 2), keepdims=True), (1, 2, 0))
+    weights = weights.reshape(c * d, b)  # (CD, B)
+
+    def batch_energy(flat_params, state, weight):  # state (B, n), weight (B,)
+        energies = jax.vmap(model.energy, in_axes=(None, 0, 0))(unravel(flat_params), state, x)
+        return jnp.sum(weight * energies) / b
+
+    grad_batch_energy = jax.grad(batch_energy)
+    uniform = jnp.ones((b,), flat.dtype)
+    energy_grad = jax.vmap(lambda s: grad_batch_energy(flat, s, uniform))(draws)  # (CD, P)
+    weighted = jax.vmap(lambda s, w: grad_batch_energy(flat, s, w))(draws, weights)
+
+    def example_mean_energies(flat_params):  # (B,): mean over draws of each example's energy
+        per_state = jax.vmap(
+            jax.vmap(model.energy, in_axes=(None, 0, None)), in_axes=(None, 0, None)
+        )
+        return jax.vmap(lambda s_b, x_b: jnp.mean(per_state(unravel(flat_params), s_b, x_b)))(
+            states, x
+        )
+
+    mean_grads = jax.jacrev(example_mean_energies)(flat)  # (B, P): ⟨∂θE⟩_b
+    covariance = weighted - weights @ mean_grads / b
+    outputs = jax.vmap(jax.vmap(jax.vmap(model.output)))(states)
+    return DrawStatistics(
+        energy_grad.reshape(c, d, -1),
+        covariance.reshape(c, d, -1),
+        jnp.mean(costs, axis=0),
+        jnp.mean(outputs, axis=(1, 2)),
+    )
+
+
+def _merge_rounds(rounds: list[DrawStatistics]) -> DrawStatistics:
+    """Join rounds of the same chains along the draw axis (outputs: mean over rounds)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    return DrawStatistics(
+        jnp.concatenate([r.energy_grad for r in rounds], axis=1),
+        jnp.concatenate([r.covariance for r in rounds], axis=1),
+        jnp.concatenate([r.cost for r in rounds], axis=1),
+        jnp.mean(jnp.stack([r.output for r in rounds]), axis=0),
+    )
+
+
+def _mcse(series) -> np.ndarray:
+    """MCSE of the mean of (chain, draw, *event) series; 0 where a series is constant.
+
+    Vectorised over components (``samplers.mcse_mean_many``: ArviZ's algorithm, checked to
+    agree with it to rounding, but all components at once)."""
+    return samplers.mcse_mean_many(series)
+
+
+def _ess_rhat(series) -> dict[str, jax.Array]:
+    series = np.asarray(series)
+    varying = np.std(series, axis=(0, 1)) > 0
+    if not np.any(varying):
+        return {}
+    picked = series[:, :, varying]
+    ess = samplers.ess_mean_many(picked)
+    rhat = samplers.rhat_split_many(picked)
+    # Extremes over thousands of components of short chains are noisy: medians beside them
+    # tell a few slow directions apart from chains that have not mixed at all.
+    return {
+        "ess_min": jnp.asarray(np.min(ess)),
+        "ess_median": jnp.asarray(np.median(ess)),
+        "rhat_max": jnp.asarray(np.max(rhat)),
+        "rhat_median": jnp.asarray(np.median(rhat)),
+    }
+
+
+def _check_model(model, temperature):
+    if not isinstance(model, EnergyModel):
+        raise ValueError(f"model must be an EnergyModel, got {type(model).__name__}")
+    check_positive("temperature", temperature)
+    if getattr(model, "state_bounds", None) is not None and not model.is_spin:
+        raise ValueError(
+            f"{type(model).__name__} confines its states to a box ({model.state_bounds}); "
+            "thermal sampling needs states in R^n: use a smooth activation such as 'sigmoid'"
+        )
+
+
+class _SampledEstimator(Estimator):
+    """Shared machinery: rounds of sampling, statistics, diagnostics."""
+
+    model: EnergyModel
+    temperature: float
+    sampling: Sampling
+
+    def phases(self) -> tuple[float, ...]:
+        """The nudging strengths β of the phases this estimator samples, in order."""
+        raise NotImplementedError
+
+    def combine(self, stats: list[DrawStatistics]):
+        """Turn the :class:`DrawStatistics` of each phase (in :meth:`phases` order) into
+        ``(grad, stderr, loss, loss_stderr, series)``: raveled gradient and its MCSE, loss and
+        its MCSE, and the (chain, draw, P) series whose mean is the gradient."""
+        raise NotImplementedError
+
+    def _validated(self, params, x, targets):
+        x, targets = self.model.validate_inputs(x, targets)
+        return x, targets
+
+    def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
+        return self.estimate_with_series(params, x, targets, rng_key)[0]
+
+    def estimate_with_series(
+        self, params, x, targets, rng_key
+    ) -> tuple[GradientEstimate, GradientSeries]:
+        """The estimate and the per-draw series whose means it is (for ArviZ diagnostics)."""
+        x, targets = self._validated(params, x, targets)
+        phases = self.phases()
+        _, unravel = ravel_pytree(params)
+        collected: list[list[DrawStatistics]] = [[] for _ in phases]
+        positions: list[Any] = [None for _ in phases]
+        traces = []
+        rounds = self.sampling.max_rounds if self.sampling.target_relative_stderr else 1
+        reached = False
+        for round_index in range(rounds):
+            round_key = jax.random.fold_in(rng_key, round_index)
+            for i, beta in enumerate(phases):
+                drawn = draw_states(
+                    self.model,
+                    self.sampling,
+                    params,
+                    x,
+                    targets,
+                    beta,
+                    self.temperature,
+                    jax.random.fold_in(round_key, i),
+                    positions[i],
+                )
+                positions[i] = drawn.final_positions
+                traces.append(drawn.trace)
+                collected[i].append(draw_statistics(self.model, params, drawn.states, x, targets))
+            merged = [_merge_rounds(phase) for phase in collected]
+            grad, stderr, loss, loss_stderr, series = self.combine(merged)
+            relative = float(np.linalg.norm(stderr) / max(np.linalg.norm(grad), 1e-300))
+            target = self.sampling.target_relative_stderr
+            if target is not None and relative < target:
+                reached = True
+                break
+        diagnostics = {
+            "relative_stderr": jnp.asarray(relative),
+            "rounds": jnp.asarray(round_index + 1),
+            "num_draws_per_chain": jnp.asarray(series.shape[1]),
+            **_ess_rhat(series),
+        }
+        if self.sampling.target_relative_stderr is not None:
+            diagnostics["precision_reached"] = jnp.asarray(reached)
+        for key, value in _sampler_diagnostics(traces[-1], bool(self.sampling.tempering)).items():
+            diagnostics[key] = value
+        estimate = GradientEstimate(
+            grad=unravel(jnp.asarray(grad)),
+            loss=jnp.asarray(loss),
+            stderr=unravel(jnp.asarray(stderr)),
+            loss_stderr=jnp.asarray(loss_stderr),
+            diagnostics=diagnostics,
+        )
+        cost = np.mean([np.asarray(phase.cost) for phase in merged], axis=0)
+        return estimate, GradientSeries(np.asarray(series), cost, parameter_names(params), traces)
+
+    def predict(self, params, x, rng_key) -> jax.Array:
+        x, _ = self.model.validate_inputs(x)
+        dummy = jnp.zeros((x.shape[0], self.model.num_outputs), x.dtype)
+        drawn = draw_states(
+            self.model, self.sampling, params, x, dummy, 0.0, self.temperature, rng_key
+        )
+        return jnp.mean(jax.vmap(jax.vmap(jax.vmap(self.model.output)))(drawn.states), axis=(1, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class ThermalCovariance(_SampledEstimator):
+    r"""The unclamped thermal gradient :math:`-rac1T \mathrm{Cov}_0(C, ∂_θE)`.
+
+    Only the free phase is sampled: the output is never clamped or nudged; its thermal
+    fluctuations explore the cost. Noise is O(1/√ESS) nearly independently of T.
+
+    Args:
+        model: A continuous (smooth) or spin energy model.
+        temperature: T > 0.
+        sampling: Sampler settings.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from thermoeqprop.models import QuadraticNetwork
+        >>> net = QuadraticNetwork((2, 3, 1))
+        >>> est = ThermalCovariance(net, temperature=0.1)(
+        ...     net.init_params(jax.random.key(0)), jnp.ones((2, 2)), jnp.ones((2, 1)),
+        ...     jax.random.key(1))
+        >>> est.stderr["weights"][0].shape
+        (2, 3)
+    """
+
+    model: EnergyModel
+    temperature: float = 0.05
+    sampling: Sampling = Sampling()
+
+    def __post_init__(self):
+        _check_model(self.model, self.temperature)
+        self.sampling.resolve_method(self.model)
+
+    def phases(self):
+        return (0.0,)
+
+    def combine(self, merged):
+        (free,) = merged
+        series = -np.asarray(free.covariance) / self.temperature
+        grad = series.mean(axis=(0, 1))
+        cost = np.asarray(free.cost)
+        return grad, _mcse(series), cost.mean(), float(_mcse(cost[..., None])[0]), series
+
+
+@dataclasses.dataclass(frozen=True)
+class ThermalNudged(_SampledEstimator):
+    r"""The nudged thermal gradient :math:`[⟨∂_θE⟩_β − ⟨∂_θE⟩_{−β}]/(2β)` (or one-sided).
+
+    The loss it reports is ``⟨C⟩_0`` from the free phase when one-sided, and the mean of the
+    ±β phases' ``⟨C⟩`` (bias O(β²)) when symmetric. Its noise grows like √T/(β√ESS).
+
+    Args:
+        model: A continuous (smooth) or spin energy model.
+        temperature: T > 0.
+        beta: Nudging strength > 0.
+        symmetric: Sample at ±β (bias O(β²)) instead of 0 and β (bias O(β)).
+        sampling: Sampler settings.
+    """
+
+    model: EnergyModel
+    temperature: float = 0.05
+    beta: float = 0.1
+    symmetric: bool = True
+    sampling: Sampling = Sampling()
+
+    def __post_init__(self):
+        _check_model(self.model, self.temperature)
+        check_positive("beta", self.beta)
+        self.sampling.resolve_method(self.model)
+
+    def phases(self):
+        return (self.beta, -self.beta) if self.symmetric else (self.beta, 0.0)
+
+    def combine(self, merged):
+        high, low = merged
+        scale = 2 * self.beta if self.symmetric else self.beta
+        g_high, g_low = np.asarray(high.energy_grad), np.asarray(low.energy_grad)
+        grad = (g_high.mean(axis=(0, 1)) - g_low.mean(axis=(0, 1))) / scale
+        stderr = np.sqrt(_mcse(g_high) ** 2 + _mcse(g_low) ** 2) / scale
+        if self.symmetric:
+            cost = 0.5 * (np.asarray(high.cost) + np.asarray(low.cost))
+        else:
+            cost = np.asarray(low.cost)
+        # Independent phases: the per-draw difference is the series the diagnostics read.
+        series = (g_high - g_low) / scale
+        return grad, stderr, cost.mean(), float(_mcse(cost[..., None])[0]), series
+
+
+@dataclasses.dataclass(frozen=True)
+class ThermalExact(Estimator):
+    r"""Exact :math:`dL_T/dθ` with :math:`L_T = ⟨C⟩_0`, by autodiff of an exact ``⟨C⟩``.
+
+    Spin networks of up to 20 spins: enumeration of all :math:`2^n` states with weights by
+    logsumexp. :class:`~thermoeqprop.models.QuadraticNetwork`: the Gaussian closed form.
+
+    Args:
+        model: A spin network (≤ 20 spins) or a quadratic network.
+        temperature: T > 0.
+    """
+
+    model: EnergyModel
+    temperature: float = 0.05
+
+    def __post_init__(self):
+        check_positive("temperature", self.temperature)
+        if isinstance(self.model, QuadraticNetwork):
+            return
+        if not self.model.is_spin:
+            raise ValueError(
+                f"ThermalExact needs a spin network or a QuadraticNetwork, got "
+                f"{type(self.model).__name__}; use a sampled estimator"
+            )
+        if self.model.state_size > MAX_ENUMERATED_SPINS:
+            raise ValueError(
+                f"ThermalExact enumerates 2^n states; n = {self.model.state_size} spins exceeds "
+                f"the limit of {MAX_ENUMERATED_SPINS} (2^{self.model.state_size} states)"
+            )
+
+    def __call__(self, params, x, targets, rng_key=None) -> GradientEstimate:
+        x, targets = self.model.validate_inputs(x, targets)
+        loss, grad = _exact_loss_and_grad(self.model, params, x, targets, self.temperature)
+        return GradientEstimate(grad=grad, loss=loss)
+
+    def predict(self, params, x, rng_key=None) -> jax.Array:
+        x, _ = self.model.validate_inputs(x)
+        return _exact_output(self.model, params, x, self.temperature)
+
+    def nudged_energy_grad(self, params, x, targets, beta) -> Any:
+        r"""Exact :math:`⟨∂_θE⟩_β = ∂_θ A(β)` (batch mean), a pytree like ``params``.
+
+        ``(nudged_energy_grad(β) − nudged_energy_grad(−β)) / 2β`` is exactly what
+        :class:`ThermalNudged` estimates: comparing the two isolates its Monte Carlo error
+        from its O(β²) bias.
+        """
+        x, targets = self.model.validate_inputs(x, targets)
+        return _exact_free_energy_grad(self.model, params, x, targets, self.temperature, beta)
+
+    def expected(self, params, x, observable, temperature=None):
+        """Exact ``⟨observable(s)⟩`` (batch, …) under the free Gibbs law (spins only)."""
+        t = self.temperature if temperature is None else temperature
+        return _spin_average(self.model, params, x, t, observable)
+
+
+def _spin_average(model, params, x, temperature, observable):
+    n = model.state_size
+    states = samplers.spin_states(jnp.arange(2**n), n, dtype=x.dtype)  # (2^n, n)
+
+    def per_example(x_b):
+        energies = jax.vmap(model.energy, in_axes=(None, 0, None))(params, states, x_b)
+        weights = jax.nn.softmax(-energies / temperature)
+        values = jax.vmap(observable)(states)
+        return jnp.tensordot(weights, values, axes=1)
+
+    return jax.vmap(per_example)(x)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _exact_output(model, params, x, temperature):
+    if isinstance(model, QuadraticNetwork):
+        mean, _ = model.gaussian_moments(params, x, temperature)
+        return jax.vmap(model.output)(mean)
+    return _spin_average(model, params, x, temperature, model.output)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _exact_loss_and_grad(model, params, x, targets, temperature):
+    def loss(p):
+        if isinstance(model, QuadraticNetwork):
+            return jnp.mean(model.expected_cost(p, x, targets, temperature))
+        n = model.state_size
+        states = samplers.spin_states(jnp.arange(2**n), n, dtype=x.dtype)
+
+        def per_example(x_b, y_b):
+            energies = jax.vmap(model.energy, in_axes=(None, 0, None))(p, states, x_b)
+            costs = jax.vmap(model.cost_fn, in_axes=(0, None))(states, y_b)
+            return jnp.dot(jax.nn.softmax(-energies / temperature), costs)
+
+        return jnp.mean(jax.vmap(per_example)(x, targets))
+
+    return jax.value_and_grad(loss)(params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _exact_free_energy_grad(model, params, x, targets, temperature, beta):
+    def free_energy(p):  # batch mean of A(β) = −T log Σ_s exp(−F_β(s)/T)
+        if isinstance(model, QuadraticNetwork):
+            k = model.num_outputs
+            projector = jnp.zeros((model.state_size,)).at[-k:].set(1.0)
+            precision = model.precision(p) + beta * jnp.diag(projector)
+            pad = jnp.zeros((x.shape[0], model.state_size - k))
+            linear = model.linear_term(p, x) + beta * jnp.concatenate([pad, targets], axis=1)
+            quad = jnp.einsum("bi,bi->b", linear, jnp.linalg.solve(precision, linear.T).T)
+            _, logdet = jnp.linalg.slogdet(precision)
+            values = (
+                0.5 * beta * jnp.sum(targets**2, axis=1) - 0.5 * quad + 0.5 * temperature * logdet
+            )
+            return jnp.mean(values)
+        n = model.state_size
+        states = samplers.spin_states(jnp.arange(2**n), n, dtype=x.dtype)
+
+        def per_example(x_b, y_b):
+            nudged = jax.vmap(model.total_energy, in_axes=(None, 0, None, None, None))
+            return -temperature * jax.nn.logsumexp(-nudged(p, states, x_b, y_b, beta) / temperature)
+
+        return jnp.mean(jax.vmap(per_example)(x, targets))
+
+    return jax.grad(free_energy)(params)

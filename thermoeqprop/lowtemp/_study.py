@@ -1,0 +1,505 @@
+r"""The T → 0 study: sampled thermal gradients against the Laplace prediction (MATH.md §3).
+
+For a model, parameters and a batch, :func:`low_temperature_study` runs the thermal
+covariance and nudged estimators over a grid of low temperatures, each with its Monte Carlo
+standard error, next to the expansion :math:`dL_T/dθ = g_0 + T g_1 + O(T^2)`, and fits the
+slope in T by weighted least squares. The scalar summary is the projection on
+:math:`\hat g_1 = g_1/\lVert g_1\rVert`:
+
+.. math::
+    p(T) = \hat g_1 \cdot (G_T - g_0) = \lVert g_1\rVert\, T + O(T^2),
+
+whose standard error is the MCSE of the projected per-draw series (so correlations between
+gradient components are accounted for). For the nudged estimator that series is the
+draw-by-draw difference of two independent phases; its autocovariances are the sums of the
+phases', so its MCSE is the root-sum-square of theirs, as the estimator's ``stderr`` is.
+
+A fit :math:`p = a + bT` should give :math:`b = \lVert g_1 \rVert` and :math:`a = 0` (the
+thermal gradient tends to the T = 0 EP gradient) within their standard errors, provided the
+fitted grid stays where the O(T²) term is small against the noise (check the χ² of the
+prediction, or fit with ``fit_degree=2``, whose T² term absorbs the curvature). How far the
+linear regime reaches depends on the network: T ≲ 0.003 for a (4, 8, 3) sigmoid network at its
+initial parameters (``benchmarks/results/lowtemp.md``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from jax.flatten_util import ravel_pytree
+
+import samplers
+from thermoeqprop._validation import check_positive
+from thermoeqprop.estimators.thermal import (
+    Sampling,
+    ThermalCovariance,
+    ThermalNudged,
+    parameter_names,
+)
+from thermoeqprop.estimators.zero_temperature import Relaxation, ZeroTemperatureEP
+from thermoeqprop.lowtemp._expansion import (
+    DEFAULT_RELAXATION,
+    check_smooth_model,
+    low_temperature_gradient,
+)
+from thermoeqprop.models._base import EnergyModel
+
+__all__ = [
+    "DEFAULT_TEMPERATURES",
+    "ESTIMATORS",
+    "low_temperature_study",
+    "plot_low_temperature_study",
+    "weighted_line_fit",
+]
+
+DEFAULT_TEMPERATURES = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1)
+ESTIMATORS = ("covariance", "nudged")
+STUDY_SAMPLING = Sampling(num_chains=4, num_samples=1000, num_warmup=500)
+
+
+def weighted_line_fit(t, y, stderr, degree: int = 1) -> dict[str, np.ndarray]:
+    r"""Weighted least squares ``y ≈ a + b t (+ c t²)`` with weights ``1/stderr²``, vectorised.
+
+    Args:
+        t: (K,) abscissae.
+        y: (K, ...) values, fitted independently along the trailing axes.
+        stderr: Standard errors, shaped like ``y``; a column with an entry ≤ 0 gives NaN.
+        degree: 1 (a line) or 2 (a line plus a ``c t²`` term that absorbs curvature, so that
+            the slope ``b`` at t = 0 is unbiased to O(t²) instead of O(t)).
+
+    Returns:
+        ``intercept``, ``slope`` (and ``curvature`` for degree 2), their standard errors
+        ``intercept_stderr``, ``slope_stderr`` (``curvature_stderr``) from the stated errors,
+        not rescaled by the residuals, and ``chi2`` of the fit (K − degree − 1 degrees of
+        freedom), each shaped like ``y[0]``.
+
+    Example:
+        >>> fit = weighted_line_fit(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0]),
+        ...                         np.ones(3))
+        >>> [round(float(fit[k]), 12) for k in ("slope", "intercept", "slope_stderr")]
+        [2.0, 1.0, 0.707106781187]
+    """
+    t = np.asarray(t, dtype=float)
+    y = np.asarray(y, dtype=float)
+    stderr = np.asarray(stderr, dtype=float)
+    if degree not in (1, 2):
+        raise ValueError(f"degree must be 1 or 2, got {degree!r}")
+    if t.ndim != 1 or y.shape[0] != t.shape[0] or y.shape != stderr.shape:
+        raise ValueError(
+            f"need t (K,), y and stderr (K, ...) of one shape; got {t.shape}, {y.shape}, "
+            f"{stderr.shape}"
+        )
+    if np.unique(t).size < degree + 1:
+        raise ValueError(
+            f"a degree-{degree} fit needs at least {degree + 1} distinct abscissae, got t={t}"
+        )
+    columns = y.reshape(t.size, -1)
+    errors = stderr.reshape(t.size, -1)
+    valid = np.all(errors > 0, axis=0)
+    w = 1.0 / np.where(errors > 0, errors, 1.0) ** 2  # (K, M)
+    design = np.vander(t, degree + 1, increasing=True)  # (K, D)
+    normal = np.einsum("km,kd,ke->mde", w, design, design)  # (M, D, D)
+    covariance = np.linalg.inv(normal)
+    coefficients = np.einsum("mde,km,ke,km->md", covariance, w, design, columns)
+    chi2 = np.sum(w * (columns - design @ coefficients.T) ** 2, axis=0)
+    names = ("intercept", "slope", "curvature")[: degree + 1]
+    out = {}
+    for i, name in enumerate(names):
+        out[name] = np.where(valid, coefficients[:, i], np.nan).reshape(y.shape[1:])
+        stderr_i = np.sqrt(covariance[:, i, i])
+        out[f"{name}_stderr"] = np.where(valid, stderr_i, np.nan).reshape(y.shape[1:])
+    out["chi2"] = np.where(valid, chi2, np.nan).reshape(y.shape[1:])
+    return out
+
+
+def _flat(tree) -> np.ndarray:
+    return np.asarray(ravel_pytree(tree)[0])
+
+
+def _estimator(name, model, temperature, beta, sampling):
+    if name == "covariance":
+        return ThermalCovariance(model, temperature, sampling)
+    return ThermalNudged(model, temperature, beta=beta, symmetric=True, sampling=sampling)
+
+
+def _basin_distance(trace, state, inverse_hessian, temperature) -> float:
+    """Largest over examples and chains of ``sqrt((m − s*)ᵀ H (m − s*) / T)``, m a chain mean.
+
+    In the basin of s* it is small (O(√(n/ESS)) plus the O(√T) mean shift, plus the nudge's
+    displacement for the nudged phases); a chain sitting in another basin gives a distance of
+    order (basin separation)/√T, much larger than 1.
+    """
+    means = np.asarray(jnp.mean(trace.samples, axis=2))  # (batch, chain, n)
+    diff = means - np.asarray(state)[:, None, :]
+    hessian = np.linalg.inv(np.asarray(inverse_hessian))
+    quad = np.einsum("bci,bij,bcj->bc", diff, hessian, diff)
+    return float(np.sqrt(np.max(quad) / temperature))
+
+
+def low_temperature_study(
+    model: EnergyModel,
+    params,
+    x,
+    targets,
+    rng_key,
+    temperatures=DEFAULT_TEMPERATURES,
+    estimators=ESTIMATORS,
+    sampling: Sampling = STUDY_SAMPLING,
+    beta: float = 0.02,
+    relaxation: Relaxation = DEFAULT_RELAXATION,
+    fit_max_temperature: float | None = None,
+    fit_degree: int = 1,
+    progress: bool = False,
+) -> xr.Dataset:
+    r"""Thermal gradients over a grid of low temperatures against :math:`g_0 + T g_1`.
+
+    Every sampled estimator reuses one compiled kernel across temperatures (the temperature is
+    a traced argument of the sampler), so the grid costs one compilation per estimator.
+
+    Args:
+        model: A smooth continuous energy model (states in R^n).
+        params: Parameters.
+        x: Inputs (batch, num_inputs).
+        targets: Targets (batch, num_outputs).
+        rng_key: PRNG key; estimator e at temperature i uses ``fold_in(fold_in(key, e), i)``.
+        temperatures: Increasing grid of T > 0, at least two.
+        estimators: Any of ``"covariance"`` (:class:`ThermalCovariance`) and ``"nudged"``
+            (:class:`ThermalNudged`, symmetric at ±β).
+        sampling: Sampler settings (NUTS by default).
+        beta: Nudging strength of the nudged estimator. Its O(β²) bias is recorded as
+            ``nudge_bias`` (the T = 0 EP estimate at this β minus g_0; NaN when the nudged
+            estimator is not run): keep it well under the standard errors.
+        relaxation: Settings of the free relaxation for the expansion.
+        fit_max_temperature: Fit the slopes over temperatures ≤ this only (at least two);
+            default: all. Points above it show where the O(T²) term takes over.
+        fit_degree: 1 fits ``a + bT``; 2 fits ``a + bT + cT²`` (then ``projected_curvature``
+            estimates the O(T²) coefficient, and the slope stays unbiased over a wider grid).
+        progress: Print one line per sampled estimate.
+
+    Returns:
+        An ``xarray.Dataset`` with coordinates ``temperature``, ``estimator`` and
+        ``parameter`` (names from :func:`~thermoeqprop.estimators.parameter_names`) and
+
+        - ``grad``, ``stderr``, ``z_score`` ((grad − prediction)/stderr): (estimator,
+          temperature, parameter);
+        - ``g0``, ``g1``, ``nudge_bias``: (parameter); ``predicted_grad`` = g0 + T g1:
+          (temperature, parameter);
+        - ``loss``, ``loss_stderr``, ``projection`` (:math:`\hat g_1 \cdot (G − g_0)`),
+          ``projection_stderr``, ``cosine_with_g0``, ``relative_error_to_prediction``,
+          ``relative_error_to_g0``, ``mean_squared_z``, ``ess_min``, ``rhat_max``,
+          ``acceptance_rate``, ``divergences``, ``basin_distance``, ``seconds``:
+          (estimator, temperature); ``predicted_loss`` = L0 + T c1: (temperature);
+        - fits by :func:`weighted_line_fit`: ``slope``, ``slope_stderr``, ``intercept``,
+          ``intercept_stderr`` per (estimator, parameter); ``projected_slope``,
+          ``projected_slope_stderr``, ``projected_intercept``, ``projected_intercept_stderr``,
+          ``projected_chi2``, ``slope_z`` ((projected_slope − ‖g1‖)/stderr) and
+          ``intercept_z`` (projected_intercept/stderr) per estimator; the χ² of the prediction
+          ``T‖g1‖`` against the projections, ``prediction_chi2``, per estimator (all over the
+          fitted temperatures, marked by ``in_fit``);
+        - attributes: ``g1_norm``, ``g0_norm``, ``loss_zero_temperature``,
+          ``loss_first_order``, ``min_hessian_eigenvalue``, ``free_residual``, ``beta``,
+          the sampling settings, ``num_examples``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from thermoeqprop.models import LayeredNetwork
+        >>> net = LayeredNetwork((2, 1, 1))
+        >>> params = net.init_params(jax.random.key(0))
+        >>> ds = low_temperature_study(net, params, jnp.ones((2, 2)), jnp.ones((2, 1)),
+        ...     jax.random.key(1), temperatures=(0.01, 0.02), estimators=("covariance",),
+        ...     sampling=Sampling(num_chains=2, num_samples=50, num_warmup=50))
+        >>> ds["grad"].dims
+        ('estimator', 'temperature', 'parameter')
+    """
+    check_smooth_model(model)
+    x, targets = model.validate_inputs(x, targets)
+    temperatures = np.asarray([check_positive("temperature", t) for t in temperatures])
+    if temperatures.size < 2 or np.any(np.diff(temperatures) <= 0):
+        raise ValueError(
+            f"temperatures must be an increasing grid of at least two values, got {temperatures}"
+        )
+    estimators = tuple(estimators)
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if not estimators or unknown:
+        raise ValueError(f"estimators must be a non-empty subset of {ESTIMATORS}, got {estimators}")
+    check_positive("beta", beta)
+    if fit_degree not in (1, 2):
+        raise ValueError(f"fit_degree must be 1 or 2, got {fit_degree!r}")
+    in_fit = np.ones(temperatures.size, dtype=bool)
+    if fit_max_temperature is not None:
+        in_fit = temperatures <= check_positive("fit_max_temperature", fit_max_temperature)
+    if in_fit.sum() < fit_degree + 1:
+        raise ValueError(
+            f"fit_max_temperature={fit_max_temperature} leaves {in_fit.sum()} temperature(s) of "
+            f"{temperatures}; a degree-{fit_degree} fit needs at least {fit_degree + 1}"
+        )
+
+    expansion = low_temperature_gradient(model, params, x, targets, relaxation)
+    laplace = expansion.expansion
+    g0, g1 = _flat(expansion.grad), _flat(expansion.grad_first_order)
+    g1_norm = float(np.linalg.norm(g1))
+    if not g1_norm > 0:
+        raise ValueError("g1 = 0 (for example a network with no nonlinearity in the cost's path)")
+    direction = g1 / g1_norm
+    names = parameter_names(params)
+    predicted = g0[None, :] + temperatures[:, None] * g1[None, :]
+    nudge_bias = np.full_like(g0, np.nan)
+    if "nudged" in estimators:
+        ep = ZeroTemperatureEP(model, beta=beta, symmetric=True, relaxation=relaxation)
+        nudge_bias = _flat(ep(params, x, targets).grad) - g0
+
+    shape = (len(estimators), temperatures.size)
+    grads = np.zeros(shape + (g0.size,))
+    stderrs = np.zeros_like(grads)
+    per_run: dict[str, np.ndarray] = {
+        key: np.full(shape, np.nan)
+        for key in (
+            "loss",
+            "loss_stderr",
+            "projection",
+            "projection_stderr",
+            "ess_min",
+            "rhat_max",
+            "acceptance_rate",
+            "divergences",
+            "basin_distance",
+            "seconds",
+        )
+    }
+    for e, name in enumerate(estimators):
+        for i, temperature in enumerate(temperatures):
+            key = jax.random.fold_in(jax.random.fold_in(rng_key, e), i)
+            start = time.perf_counter()
+            estimate, series = _estimator(
+                name, model, float(temperature), beta, sampling
+            ).estimate_with_series(params, x, targets, key)
+            grads[e, i], stderrs[e, i] = _flat(estimate.grad), _flat(estimate.stderr)
+            projected = np.asarray(series.gradient) @ direction  # (chain, draw)
+            values = {
+                "loss": estimate.loss,
+                "loss_stderr": estimate.loss_stderr,
+                "projection": direction @ (grads[e, i] - g0),
+                "projection_stderr": samplers.mcse_mean_many(projected[..., None])[0],
+                "basin_distance": max(
+                    _basin_distance(
+                        trace, laplace.state, laplace.inverse_hessian, float(temperature)
+                    )
+                    for trace in series.sampler_traces
+                ),
+            }
+            for diag in ("ess_min", "rhat_max", "acceptance_rate", "divergences"):
+                if diag in estimate.diagnostics:
+                    values[diag] = estimate.diagnostics[diag]
+            for k, v in values.items():
+                per_run[k][e, i] = float(v)
+            per_run["seconds"][e, i] = time.perf_counter() - start
+            if progress:
+                print(
+                    f"{name:10s} T={temperature:<8.4g} projection "
+                    f"{per_run['projection'][e, i]:+.4g} ± {per_run['projection_stderr'][e, i]:.2g}"
+                    f" (predicted {temperature * g1_norm:+.4g}), "
+                    f"{per_run['seconds'][e, i]:.1f} s",
+                    flush=True,
+                )
+
+    fit = weighted_line_fit(
+        temperatures[in_fit],
+        np.moveaxis(grads[:, in_fit], 1, 0),
+        np.moveaxis(stderrs[:, in_fit], 1, 0),
+        fit_degree,
+    )
+    projected_fit = weighted_line_fit(
+        temperatures[in_fit],
+        per_run["projection"][:, in_fit].T,
+        per_run["projection_stderr"][:, in_fit].T,
+        fit_degree,
+    )
+    residual = per_run["projection"] - temperatures[None, :] * g1_norm
+    prediction_chi2 = np.sum((residual / per_run["projection_stderr"])[:, in_fit] ** 2, axis=1)
+    z = (grads - predicted[None]) / np.where(stderrs > 0, stderrs, np.nan)
+    norm = np.linalg.norm
+    dims3 = ("estimator", "temperature", "parameter")
+    dims2 = ("estimator", "temperature")
+    dims_fit = ("estimator", "parameter")
+    data = {
+        "grad": (dims3, grads),
+        "stderr": (dims3, stderrs),
+        "z_score": (dims3, z),
+        "g0": (("parameter",), g0),
+        "g1": (("parameter",), g1),
+        "nudge_bias": (("parameter",), nudge_bias),
+        "predicted_grad": (("temperature", "parameter"), predicted),
+        "predicted_loss": (
+            ("temperature",),
+            float(expansion.loss) + temperatures * float(expansion.loss_first_order),
+        ),
+        "cosine_with_g0": (dims2, grads @ g0 / (norm(grads, axis=-1) * norm(g0))),
+        "relative_error_to_prediction": (
+            dims2,
+            norm(grads - predicted[None], axis=-1) / norm(predicted, axis=-1)[None],
+        ),
+        "relative_error_to_g0": (dims2, norm(grads - g0, axis=-1) / norm(g0)),
+        "mean_squared_z": (dims2, np.nanmean(z**2, axis=-1)),
+        **{k: (dims2, v) for k, v in per_run.items()},
+        "slope": (dims_fit, fit["slope"]),
+        "slope_stderr": (dims_fit, fit["slope_stderr"]),
+        "intercept": (dims_fit, fit["intercept"]),
+        "intercept_stderr": (dims_fit, fit["intercept_stderr"]),
+        "projected_slope": (("estimator",), projected_fit["slope"]),
+        "projected_slope_stderr": (("estimator",), projected_fit["slope_stderr"]),
+        "projected_intercept": (("estimator",), projected_fit["intercept"]),
+        "projected_intercept_stderr": (("estimator",), projected_fit["intercept_stderr"]),
+        "projected_chi2": (("estimator",), projected_fit["chi2"]),
+        "slope_z": (
+            ("estimator",),
+            (projected_fit["slope"] - g1_norm) / projected_fit["slope_stderr"],
+        ),
+        "intercept_z": (
+            ("estimator",),
+            projected_fit["intercept"] / projected_fit["intercept_stderr"],
+        ),
+        "prediction_chi2": (("estimator",), prediction_chi2),
+        "in_fit": (("temperature",), in_fit),
+    }
+    if fit_degree == 2:
+        data["projected_curvature"] = (("estimator",), projected_fit["curvature"])
+        data["projected_curvature_stderr"] = (("estimator",), projected_fit["curvature_stderr"])
+    attrs: dict[str, Any] = {
+        "g0_norm": float(norm(g0)),
+        "g1_norm": g1_norm,
+        "loss_zero_temperature": float(expansion.loss),
+        "loss_first_order": float(expansion.loss_first_order),
+        "min_hessian_eigenvalue": float(expansion.diagnostics["min_hessian_eigenvalue"]),
+        "free_residual": float(expansion.diagnostics["free_residual"]),
+        "beta": float(beta),
+        "fit_degree": int(fit_degree),
+        "num_examples": int(x.shape[0]),
+        "sampling_method": sampling.resolve_method(model),
+        "num_chains": sampling.num_chains,
+        "num_samples": sampling.num_samples,
+        "num_warmup": sampling.num_warmup,
+        "model": repr(model),
+    }
+    return xr.Dataset(
+        data,
+        coords={
+            "estimator": list(estimators),
+            "temperature": temperatures,
+            "parameter": names,
+        },
+        attrs=attrs,
+    )
+
+
+def plot_low_temperature_study(
+    dataset: xr.Dataset, path: str | Path, num_components: int = 3, title: str = ""
+) -> Path:
+    r"""Plot a :func:`low_temperature_study` dataset and save it as PNG.
+
+    Four panels against T, error bars one standard error, T = 0 EP as a star at T = 0:
+    (top) the projection :math:`\hat g_1 \cdot G_T` of each estimator with the prediction
+    :math:`\hat g_1 \cdot g_0 + T \lVert g_1 \rVert` and the weighted fit, over the fitted
+    range (left) and over the whole grid (right; points outside the fit are hollow);
+    (bottom left) the ``num_components`` components with the largest predicted change
+    :math:`|g_1| T` relative to their standard error over the fitted range, with their lines
+    :math:`g_0 + T g_1`; (bottom right) the sampled loss :math:`⟨C⟩_T` against
+    :math:`L_0 + T c_1`.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    temps = dataset["temperature"].values
+    in_fit = dataset["in_fit"].values if "in_fit" in dataset else np.ones(temps.size, bool)
+    g0, g1 = dataset["g0"].values, dataset["g1"].values
+    g1_norm = dataset.attrs["g1_norm"]
+    base = float(g1 @ g0) / g1_norm
+    estimators = list(dataset["estimator"].values)
+    spread = np.arange(len(estimators)) - (len(estimators) - 1) / 2
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+
+    def draw(ax, values, errors, t_max, fitted_curve=None, predicted=None, star=None, **style):
+        """Points (filled inside the fit, hollow outside) up to t_max, with lines."""
+        t_line = np.linspace(0.0, t_max * 1.05, 100)
+        if predicted is not None:
+            ax.plot(t_line, predicted(t_line), c=style.get("line_color", "k"), lw=1.2,
+                    label=style.get("line_label"))  # fmt: skip
+        if star is not None:
+            ax.plot([0], [star], marker="*", ms=14, c=style.get("line_color", "k"), ls="none",
+                    label=style.get("star_label"))  # fmt: skip
+        for e, name in enumerate(estimators):
+            color = style.get("color", f"C{e}")
+            shown = temps <= t_max * 1.001
+            offset = spread[e] * 0.01 * t_max
+            for mask, fill, label in (
+                (shown & in_fit, color, style.get("label", "{name}").format(name=name)),
+                (shown & ~in_fit, "none", None),
+            ):
+                if mask.any():
+                    ax.errorbar(temps[mask] + offset, values[e][mask], yerr=errors[e][mask],
+                                fmt="os"[e % 2], ms=4, capsize=3, c=color, mfc=fill,
+                                label=label)  # fmt: skip
+            if fitted_curve is not None:
+                t_fit = t_line[t_line <= temps[in_fit].max() * 1.02]
+                slope, curve = fitted_curve(e, t_fit)
+                ax.plot(t_fit, curve, c=color, ls="--", lw=1,
+                        label=f"{name} fit: slope {slope}")  # fmt: skip
+
+    projections = [base + dataset.sel(estimator=n)["projection"].values for n in estimators]
+    projection_errors = [dataset.sel(estimator=n)["projection_stderr"].values for n in estimators]
+
+    def fitted(e, t):
+        sel = dataset.sel(estimator=estimators[e])
+        curvature = float(sel["projected_curvature"]) if "projected_curvature" in sel else 0.0
+        curve = base + float(sel["projected_intercept"]) + float(sel["projected_slope"]) * t
+        slope = f"{float(sel['projected_slope']):.3g} ± {float(sel['projected_slope_stderr']):.2g}"
+        return slope, curve + curvature * t**2
+
+    fit_max = temps[in_fit].max()
+    for ax, t_max in ((axes[0, 0], fit_max), (axes[0, 1], temps.max())):
+        draw(ax, projections, projection_errors, t_max, fitted_curve=fitted,
+             predicted=lambda t: base + g1_norm * t, star=base,
+             line_label=r"Laplace $g_0 + T g_1$", star_label="T = 0 EP")  # fmt: skip
+        ax.set(xlabel="temperature T", ylabel=r"$\hat g_1 \cdot dL_T/d\theta$")
+    axes[0, 0].set_title(f"projection on $\\hat g_1$, fitted range (predicted slope {g1_norm:.3g})")
+    axes[0, 1].set_title("projection on $\\hat g_1$, whole grid")
+
+    ax = axes[1, 0]
+    reference = dataset.sel(estimator=estimators[0])["stderr"].values[in_fit].mean(axis=0)
+    picked = np.argsort(np.abs(g1) * fit_max / np.maximum(reference, 1e-300))[::-1]
+    for k, j in enumerate(picked[:num_components]):
+        name = str(dataset["parameter"].values[j])
+        values = [dataset.sel(estimator=n)["grad"].values[:, j] for n in estimators]
+        errors = [dataset.sel(estimator=n)["stderr"].values[:, j] for n in estimators]
+        draw(ax, values, errors, fit_max, predicted=lambda t, j=j: g0[j] + g1[j] * t,
+             star=g0[j], color=f"C{k}", line_color=f"C{k}",
+             label=name + " ({name})")  # fmt: skip
+    ax.set(xlabel="temperature T", ylabel="gradient component", title="components")
+
+    ax = axes[1, 1]
+    losses = [dataset.sel(estimator=n)["loss"].values for n in estimators]
+    loss_errors = [dataset.sel(estimator=n)["loss_stderr"].values for n in estimators]
+    l0, c1 = dataset.attrs["loss_zero_temperature"], dataset.attrs["loss_first_order"]
+    draw(ax, losses, loss_errors, temps.max(), predicted=lambda t: l0 + c1 * t, star=l0,
+         line_label=r"Laplace $L_0 + T c_1$")  # fmt: skip
+    ax.set(xlabel="temperature T", ylabel=r"loss $⟨C⟩_T$ (nudged: mean of ±β phases)",
+           title="loss")  # fmt: skip
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
