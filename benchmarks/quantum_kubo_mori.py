@@ -9,7 +9,7 @@ real, random parameters) at T = 0.5, one example, it times, side by side in one 
 * ``autodiff``: ``jax.grad`` of ``tr(ρ Ĉ)`` with ``ρ`` from ``eigh`` (JAX's eigh JVP).
 
 Each is jit-compiled and warmed up once (excluded), then timed ``--repeats`` times with
-``block_until_ready``; the median is reported. Usage::
+``block_until_ready``, the three interleaved; the median is reported. Usage::
 
     PYTHONPATH=. python benchmarks/quantum_kubo_mori.py [--repeats 5] [--qubits 8 10 12]
         [--markdown benchmarks/results/quantum.md]
@@ -32,14 +32,18 @@ from thermoeqprop.quantum import ThermalEP, classifier_network
 from thermoeqprop.quantum import _kernels as K
 
 
-def median_seconds(fn, repeats):
-    jax.block_until_ready(fn())  # warm-up: compilation and first run, excluded
-    times = []
+def median_seconds(fns, repeats):
+    """Median time of each function; repeats are interleaved so that load drift on a shared
+    machine hits every method alike."""
+    for fn in fns:
+        jax.block_until_ready(fn())  # warm-up: compilation and first run, excluded
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, record in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            record.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def bench(n, repeats, temperature=0.5):
@@ -62,9 +66,10 @@ def bench(n, repeats, temperature=0.5):
     reference = autodiff(params)
     diff = jnp.max(jnp.abs(est(params, x, y, None).grad - reference))
     err = float(diff / jnp.max(jnp.abs(reference)))
-    t_eigh = median_seconds(lambda: eigh(h), repeats)
-    t_km = median_seconds(lambda: est(params, x, y, None).grad, repeats)
-    t_ad = median_seconds(lambda: autodiff(params), repeats)
+    t_eigh, t_km, t_ad = median_seconds(
+        [lambda: eigh(h), lambda: est(params, x, y, None).grad, lambda: autodiff(params)],
+        repeats,
+    )
     return {
         "qubits": n,
         "d": 1 << n,

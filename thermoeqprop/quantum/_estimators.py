@@ -389,12 +389,13 @@ class EigenstateEP(Estimator):
         lanczos_tol: ARPACK tolerance for the sparse solver (0: machine precision).
 
     Example:
+        >>> from thermoeqprop.quantum import classifier_network
         >>> net = classifier_network(num_qubits=3, num_inputs=2)
         >>> est = EigenstateEP(net, beta=1e-3)
         >>> params = net.init_params(jax.random.key(0))
         >>> x = jnp.array([[0.3, -0.5]]); y = net.encode_labels(jnp.array([1]))
         >>> est(params, x, y, jax.random.key(1)).grad.shape
-        (36,)
+        (18,)
     """
 
     model: QuantumNetwork
@@ -562,6 +563,7 @@ class ThermalEP(Estimator):
             estimator reports the same diagnostics.
 
     Example:
+        >>> from thermoeqprop.quantum import classifier_network
         >>> net = classifier_network(num_qubits=3, num_inputs=2)
         >>> est = ThermalEP(net, temperature=0.5)
         >>> params = net.init_params(jax.random.key(0))

@@ -326,7 +326,7 @@ class PauliSum:
     Example:
         >>> h = PauliSum.from_terms([(1.0, "ZZ"), (0.5, "XI"), (0.5, "IX")])
         >>> float(np.linalg.eigvalsh(h.to_dense())[0])  # doctest: +ELLIPSIS
-        -1.11803...
+        -1.41421...
     """
 
     strings: tuple[PauliString, ...]

@@ -63,11 +63,12 @@ def linear_response_gradient(
         ``(grad (num_params,), loss)`` averaged over the batch.
 
     Example:
+        >>> from thermoeqprop.quantum import classifier_network
         >>> net = classifier_network(num_qubits=3, num_inputs=2)
         >>> p = net.init_params(jax.random.key(0))
         >>> g, loss = linear_response_gradient(net, p, jnp.ones((1, 2)), -jnp.ones((1, 1)))
         >>> g.shape
-        (36,)
+        (18,)
     """
     params = jnp.asarray(params)
     per_string, losses = [], []

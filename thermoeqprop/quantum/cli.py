@@ -137,10 +137,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"thermoeqprop quantum: error: {err}", file=sys.stderr)
         return 2
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = args.results_dir or Path("results") / f"quantum-{args.estimator}-{stamp}"
+    folder = (
+        Path(args.results_dir)
+        if args.results_dir
+        else Path("results") / f"quantum-{args.estimator}-{stamp}"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     config = {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if not k.startswith("_") and isinstance(v, str | int | float | bool | Path | type(None))
     }
     config.update(
         estimator_repr=repr(estimator).split("(model=")[0],
