@@ -18,12 +18,14 @@ sampling setting each, so each sampler compiles once per session.
 """
 
 import json
+import signal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
+from cli_testing import interrupt_cli, run_cli
 
 from thermoeqprop.cli import main
 from thermoeqprop.estimators import Sampling
@@ -243,6 +245,32 @@ def test_sweep_command_writes_a_results_folder_and_resumes(tmp_path, capsys):
     stamps = {p.name: p.stat().st_mtime_ns for p in (folder / "parts").iterdir()}
     assert main(args) == 0  # finished: nothing recomputed
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (folder / "parts").iterdir()}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_sweep_resumes_to_the_same_result(tmp_path, sig):
+    # About a second per temperature, so the signal lands while later ones are still to do.
+    args = [*CLI_SPIN, "--num-samples", "3000", "--temperatures", "0.5", "0.7", "1.0", "1.4",
+            "2.0"]  # fmt: skip
+    straight, folder = tmp_path / "straight", tmp_path / "killed"
+    assert main([*args, "--results-dir", str(straight)]) == 0
+    parts = folder / "parts"
+    status, stderr = interrupt_cli(
+        *args, "--results-dir", str(folder), when=lambda: (parts / "T000.nc").exists(), sig=sig
+    )
+    finished = sorted(p.name for p in parts.glob("T*.nc"))
+    assert 1 <= len(finished) < 5, "the signal must land mid-sweep"
+    if sig == signal.SIGINT:
+        assert status == 130 and "Run the same command again to resume" in stderr, stderr
+        assert "Traceback" not in stderr
+    stamps = {name: (parts / name).stat().st_mtime_ns for name in finished}
+    resumed = run_cli(*args, "--results-dir", str(folder))
+    assert resumed.returncode == 0, resumed.stderr
+    assert stamps == {name: (parts / name).stat().st_mtime_ns for name in finished}
+    a, b = load_sweep(straight), load_sweep(folder)
+    assert b.attrs["complete"] == 1
+    # Values, coordinates and variable attributes alike; the config attribute names the folder.
+    xr.testing.assert_equal(a.drop_vars("wall_time"), b.drop_vars("wall_time"))
 
 
 @pytest.mark.parametrize(
