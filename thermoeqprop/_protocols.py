@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from thermoeqprop._result import GradientEstimate
+from thermoeqprop._validation import check_labels
 
 __all__ = ["Estimator", "Model"]
 
@@ -46,6 +47,16 @@ class Model(abc.ABC):
     def num_classes(self) -> int:
         """How many classes :meth:`encode_labels` accepts (labels 0 … num_classes − 1)."""
         return self.num_outputs
+
+    def _checked_labels(self, labels) -> jax.Array:
+        """``labels`` as an array, raising if concrete ones lie outside 0 … num_classes − 1.
+
+        ``encode_labels`` implementations start with this; traced labels pass unchecked (a
+        one-hot code of an out-of-range label would silently be all zeros).
+        """
+        if isinstance(labels, jax.core.Tracer):
+            return labels
+        return jnp.asarray(check_labels("labels", labels, self.num_classes))
 
 
 class Estimator(abc.ABC):

@@ -155,4 +155,4 @@ class LayeredNetwork(EnergyModel):
         return self.rho(state[..., self.state_size - self.num_outputs :])
 
     def encode_labels(self, labels):
-        return jax.nn.one_hot(jnp.asarray(labels), self.num_outputs, dtype=float)
+        return jax.nn.one_hot(self._checked_labels(labels), self.num_outputs, dtype=float)

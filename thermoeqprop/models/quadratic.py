@@ -76,7 +76,7 @@ class QuadraticNetwork(EnergyModel):
         return state[..., self.state_size - self.num_outputs :]
 
     def encode_labels(self, labels):
-        return jax.nn.one_hot(jnp.asarray(labels), self.num_outputs, dtype=float)
+        return jax.nn.one_hot(self._checked_labels(labels), self.num_outputs, dtype=float)
 
     def precision(self, params) -> jax.Array:
         """The matrix ``A = I − K`` (n, n) of the energy ``½ sᵀAs − bᵀs``."""

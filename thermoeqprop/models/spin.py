@@ -195,7 +195,7 @@ class SpinNetwork(EnergyModel):
         return jnp.ones((x.shape[0], self.state_size), dtype=x.dtype)
 
     def encode_labels(self, labels):
-        labels = jnp.asarray(labels)
+        labels = self._checked_labels(labels)
         if self.num_outputs == 1:
             return (2.0 * labels - 1.0)[:, None]
         return 2.0 * jax.nn.one_hot(labels, self.num_outputs, dtype=float) - 1.0
