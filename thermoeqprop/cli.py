@@ -18,6 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from thermoeqprop import _cli_diagnose, _cli_quantum, _cli_sweep, _cli_train
+from thermoeqprop.training import CheckpointError
+
 __all__ = ["main"]
 
 
@@ -89,46 +92,29 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def _commands() -> dict[str, tuple[Callable, Callable, str]]:
-    from thermoeqprop import _cli_train
-
-    commands = {
+    """Each sub-command: how it configures its parser, how it runs (on the settings dict)."""
+    return {
         "train": (
             _cli_train.configure_parser,
             _cli_train.run,
             "train a network by equilibrium propagation (the main job)",
-        )
-    }
-    try:
-        from thermoeqprop import _cli_sweep
-
-        commands["sweep"] = (
+        ),
+        "sweep": (
             _cli_sweep.configure_parser,
             _cli_sweep.run,
             "run estimators across temperatures and seeds",
-        )
-    except ImportError:
-        pass
-    try:
-        from thermoeqprop.quantum import cli as quantum_cli
-
-        commands["quantum"] = (
-            quantum_cli.configure_parser,
-            lambda settings: quantum_cli.run(argparse.Namespace(**settings)),
+        ),
+        "quantum": (
+            _cli_quantum.configure_parser,
+            _cli_quantum.run,
             "train a qubit network by quantum EP",
-        )
-    except ImportError:
-        pass
-    try:
-        from thermoeqprop import _cli_diagnose
-
-        commands["diagnose"] = (
+        ),
+        "diagnose": (
             _cli_diagnose.configure_parser,
             _cli_diagnose.run,
             "summarise a results folder with ArviZ diagnostics",
-        )
-    except ImportError:
-        pass
-    return commands
+        ),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         settings = resolve_settings(args._parser, args, argv)
         return int(args._run(settings) or 0)
@@ -164,16 +150,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (CommandError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (
+        CommandError,
+        CheckpointError,
+        ValueError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as exc:
         print(f"thermoeqprop {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from thermoeqprop.training import CheckpointError
-
-        if isinstance(exc, CheckpointError):
-            print(f"thermoeqprop {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    finally:
+        if previous_handler is not None:  # None: installed outside Python, cannot restore
+            signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ __all__ = ["DATASETS", "Dataset", "load_dataset"]
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Features scaled to [0, 1] and integer labels, split once into train and test.
+    """Features scaled to a fixed range ([0, 1] by default) and integer labels, split once
+    into train and test.
 
     Attributes:
         name: Data set name.
@@ -87,25 +88,51 @@ DATASETS = {"digits": _digits, "moons": _moons, "circles": _circles}
 
 
 def load_dataset(
-    name: str = "digits", *, test_fraction: float = 0.2, seed: int = 0, num_examples: int = 400
+    name: str = "digits",
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    num_examples: int = 400,
+    feature_range: tuple[float, float] = (0.0, 1.0),
 ) -> Dataset:
     """Load a bundled data set with a fixed, stratified train/test split.
 
     Args:
         name: ``"digits"`` (8×8 images, 10 classes, 1797 examples, pixels scaled to [0, 1]),
-            ``"moons"`` or ``"circles"`` (two classes in 2-D, scaled to [0, 1]).
+            ``"moons"`` or ``"circles"`` (two classes in 2-D, each feature scaled to [0, 1]
+            over all examples).
         test_fraction: Fraction held out for testing, in (0, 1).
         seed: Seed of the split (and of the generated two-class sets).
         num_examples: Size of the generated two-class sets (ignored for digits).
+        feature_range: ``(low, high)``: the [0, 1] scale above is mapped affinely onto it, for
+            models whose inputs are meant to be centred, such as qubit fields in [−1, 1].
 
     Example:
         >>> data = load_dataset("digits")
         >>> data.x_train.shape, data.x_test.shape, data.num_classes
         ((1437, 64), (360, 64), 10)
+        >>> moons = load_dataset("moons", feature_range=(-1.0, 1.0))
+        >>> float(moons.x_train.min()), float(moons.x_train.max())
+        (-1.0, 1.0)
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets are {sorted(DATASETS)}")
     check_probability("test_fraction", test_fraction)
     if int(num_examples) < 10:
         raise ValueError(f"num_examples must be ≥ 10, got {num_examples!r}")
-    return DATASETS[name](test_fraction, int(seed), int(num_examples))
+    try:
+        low, high = (float(v) for v in feature_range)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"feature_range must be a pair (low, high) of numbers, got {feature_range!r}"
+        ) from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"feature_range must be finite with low < high, got {feature_range!r}")
+    data = DATASETS[name](test_fraction, int(seed), int(num_examples))
+    if (low, high) == (0.0, 1.0):
+        return data
+    return dataclasses.replace(
+        data,
+        x_train=low + (high - low) * data.x_train,
+        x_test=low + (high - low) * data.x_test,
+    )

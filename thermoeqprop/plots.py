@@ -14,13 +14,21 @@ __all__ = ["plot_training"]
 
 
 def plot_training(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Training loss and test accuracy against epoch, side by side, saved as PNG."""
+    """Training loss and accuracy against epoch, side by side, saved as PNG.
+
+    The accuracy panel shows ``test_accuracy``, and ``train_accuracy`` where the records have
+    it (``train(..., train_accuracy=True)``)."""
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="training loss (mean cost)", yscale="log")
-    ax_acc.plot(epochs, [100 * h["test_accuracy"] for h in history], marker="o", ms=3, c="C2")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)")
+    if all("train_accuracy" in h for h in history):
+        ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], marker="s", ms=3,
+                    c="C1", label="train")  # fmt: skip
+    ax_acc.plot(epochs, [100 * h["test_accuracy"] for h in history], marker="o", ms=3, c="C2",
+                label="test")  # fmt: skip
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     ax_loss.grid(alpha=0.3)
     if title:

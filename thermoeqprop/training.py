@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,7 +114,8 @@ class TrainResult(NamedTuple):
 
 
 def describe(obj: Any) -> Any:
-    """A JSON-friendly description of a configuration object (dataclasses, recursively)."""
+    """A JSON-friendly description of a configuration object (dataclasses, recursively;
+    functions by their qualified name), the same in every process."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out = {"type": type(obj).__name__}
         for field in dataclasses.fields(obj):
@@ -129,7 +131,10 @@ def describe(obj: Any) -> Any:
         return obj if math.isfinite(obj) else str(obj)
     if isinstance(obj, np.ndarray | jax.Array):
         return np.asarray(obj).tolist()
-    return repr(obj)
+    if callable(obj) and hasattr(obj, "__qualname__"):  # functions and classes: by name
+        return f"{obj.__module__}.{obj.__qualname__}"
+    # The description is compared when a run resumes in another process: no memory addresses.
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
 
 
 def _tree_to_arrays(prefix: str, tree) -> dict[str, np.ndarray]:
@@ -217,10 +222,13 @@ def evaluate(estimator: Estimator, params, x, labels, rng_key, batch_size: int =
 
 
 def _summarise_diagnostics(estimates) -> dict[str, float]:
+    """The worst case over an epoch's batches: the smallest converged fraction and minimum
+    (``ess_min``, ``min_gap``, ``min_hessian_eigenvalue``), the largest of the rest."""
     out = {}
     for key in estimates[0].diagnostics:
         values = np.asarray([float(e.diagnostics[key]) for e in estimates])
-        reduce = np.min if "converged" in key else np.max
+        lowest = "converged" in key or key.startswith("min_") or key.endswith("_min")
+        reduce = np.min if lowest else np.max
         out[f"diag_{key}"] = float(reduce(values))
     if estimates[0].is_stochastic:
         out["relative_stderr"] = float(np.mean([float(e.relative_stderr()) for e in estimates]))
@@ -291,6 +299,8 @@ def train(
     schedule: Callable[[Estimator, int], Estimator] | None = None,
     progress: bool = False,
     extra_config: dict[str, Any] | None = None,
+    train_accuracy: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train ``estimator.model`` on ``dataset`` with gradients from ``estimator``.
 
@@ -305,6 +315,11 @@ def train(
             for example to anneal the temperature.
         progress: Show a progress bar over batches.
         extra_config: More JSON-friendly facts to record in ``config.json``.
+        train_accuracy: Also record the accuracy on the training set after each epoch
+            (``train_accuracy``; one more pass of predictions, with a key of its own, so the
+            rest of the run is unchanged).
+        callback: Called with each epoch's metrics record once it is saved (for example to
+            print it); an exception raised there stops the run with that epoch kept.
 
     Returns:
         A :class:`TrainResult`.
@@ -363,7 +378,8 @@ def train(
     for epoch in epochs:
         tic = time.perf_counter()
         current = schedule(estimator, epoch) if schedule is not None else estimator
-        key_steps, key_eval = jax.random.split(jax.random.fold_in(key_epochs, epoch))
+        key_epoch = jax.random.fold_in(key_epochs, epoch)
+        key_steps, key_eval = jax.random.split(key_epoch)
         order = np.random.default_rng([config.seed, epoch]).permutation(num_train)
         batches = range(steps_per_epoch)
         if progress:
@@ -397,6 +413,17 @@ def train(
             "epoch": epoch,
             "train_loss": float(losses.mean()),
             "test_accuracy": test_accuracy,
+        }
+        if train_accuracy:
+            record["train_accuracy"] = evaluate(
+                current,
+                params,
+                dataset.x_train,
+                dataset.labels_train,
+                jax.random.fold_in(key_epoch, 1),
+                config.eval_batch_size,
+            )
+        record |= {
             "grad_norm": float(grad_norm),
             "epoch_seconds": train_seconds,
             **_summarise_diagnostics(estimates),
@@ -406,12 +433,16 @@ def train(
             record["temperature"] = float(temperature)
         history.append(record)
         if folder is not None:
-            checkpoint = folder / "checkpoints" / f"epoch_{epoch:04d}.npz"
-            save_checkpoint(checkpoint, epoch, params, opt_state)
+            # Metrics first: a kill between the two writes leaves a line past the last
+            # checkpoint, which resuming drops and redoes, never a checkpoint without its line.
             with open(folder / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+            checkpoint = folder / "checkpoints" / f"epoch_{epoch:04d}.npz"
+            save_checkpoint(checkpoint, epoch, params, opt_state)
             for old in sorted((folder / "checkpoints").glob("epoch_*.npz"))[:-2]:
                 old.unlink()
+        if callback is not None:
+            callback(record)
     return TrainResult(params, history, folder)

@@ -12,7 +12,6 @@ MODULES = [
     "thermoeqprop.quantum._estimators",
     "thermoeqprop.quantum._references",
     "thermoeqprop.quantum._shots",
-    "thermoeqprop.quantum._train",
 ]
 
 

@@ -424,7 +424,7 @@ class QuantumNetwork(Model):
         return base + self.init_scale * jax.random.normal(rng_key, base.shape, base.dtype)
 
     def encode_labels(self, labels: jax.Array) -> jax.Array:
-        labels = jnp.asarray(labels)
+        labels = self._checked_labels(labels)
         if self.num_outputs == 1:
             return (2.0 * labels - 1.0).astype(jnp.float64)[:, None]
         return 2.0 * jax.nn.one_hot(labels, self.num_outputs, dtype=jnp.float64) - 1.0
