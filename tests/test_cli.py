@@ -1,15 +1,13 @@
-"""The command line: help, config files, results folders, resume after a real kill, errors."""
+"""The command line: help, config files, results folders, resume after a real kill.
+
+Bad input on the command line is in test_bad_input.py."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_testing import interrupt_cli, run_cli
 
 from thermoeqprop.cli import main
 
@@ -24,18 +22,6 @@ SMALL = [
     "64",
     "--no-progress",
 ]
-
-
-def run_cli(*args, cwd=None, timeout=300):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    return subprocess.run(
-        [sys.executable, "-m", "thermoeqprop.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-    )
 
 
 def test_every_command_has_help(capsys):
@@ -77,61 +63,6 @@ def test_config_file_sets_values_and_flags_win(tmp_path):
     assert recorded["epochs"] == 1
 
 
-@pytest.mark.parametrize(
-    ("args", "config_text", "message"),
-    [
-        ([], '{"epoch": 3}', "unknown config key(s) ['epoch']"),
-        ([], '{"beta": "strong"}', "config key 'beta' has value 'strong'"),
-        ([], '{"estimator": "magic"}', "config key 'estimator' has value 'magic'"),
-        ([], "{not json", "is not valid JSON"),
-        (["--beta", "-0.5"], None, "beta must be finite and > 0, got -0.5"),
-        (["--learning-rate", "0"], None, "learning_rate must be finite and > 0"),
-        (["--epochs", "0"], None, "epochs must be an integer ≥ 1, got 0"),
-        (["--batch-size", "100000"], None, "batch_size 100000 exceeds the 1437"),
-        (["--hidden", "0"], None, "every layer size must be ≥ 1"),
-        (["--tolerance", "-1"], None, "tolerance must be finite and > 0"),
-        (["--estimator", "covariance", "--temperature", "-1"], None, "temperature must be"),
-        (["--estimator", "covariance", "--num-chains", "1"], None, "num_chains must be"),
-        (["--estimator", "covariance", "--sampler", "gibbs"], None, "needs spins"),
-        (["--estimator", "exact"], None, "ThermalExact needs a spin network"),
-        (["--anneal-from", "0.1"], None, "--anneal-from needs a thermal estimator"),
-        (
-            ["--estimator", "covariance", "--anneal-from", "0.01", "--temperature", "0.1"],
-            None,
-            "anneal_from must exceed the final temperature 0.1",
-        ),
-        (["--model", "quadratic", "--cost", "cross_entropy"], None, "needs cost 'squared_error'"),
-        (
-            ["--estimator", "covariance", "--activation", "hard_sigmoid"],
-            None,
-            "use a smooth activation",
-        ),
-    ],
-)
-def test_bad_input_gives_one_line_without_traceback(tmp_path, capsys, args, config_text, message):
-    if config_text is not None:
-        (tmp_path / "c.json").write_text(config_text)
-        args = [*args, "--config", str(tmp_path / "c.json")]
-    code = main(["train", *SMALL, "--results-dir", str(tmp_path / "r"), *args])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert message in err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-
-
-def test_missing_config_file_is_named(tmp_path, capsys):
-    assert main(["train", "--config", str(tmp_path / "nope.json")]) == 2
-    assert "nope.json' does not exist" in capsys.readouterr().err
-
-
-def test_unknown_choice_is_refused_by_the_parser(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--estimator", "magic"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'magic'" in capsys.readouterr().err
-
-
 def _final_params(folder):
     checkpoint = sorted((folder / "checkpoints").glob("epoch_*.npz"))[-1]
     with np.load(checkpoint) as data:
@@ -146,27 +77,20 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
     assert run_cli(*args, "--results-dir", str(straight)).returncode == 0
 
     folder = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "thermoeqprop.cli", *args, "--results-dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
     metrics = folder / "metrics.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.05)
-    process.send_signal(sig)
-    _, stderr = process.communicate(timeout=60)
+    status, stderr = interrupt_cli(
+        *args,
+        "--results-dir",
+        str(folder),
+        when=lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+        sig=sig,
+    )
     finished = len(metrics.read_text().splitlines())
     assert 2 <= finished < 6, "the kill must land mid-run"
     if sig == signal.SIGTERM:
-        assert process.returncode == 130
-        assert b"Run the same command again to resume" in stderr
-        assert b"Traceback" not in stderr
+        assert status == 130
+        assert "Run the same command again to resume" in stderr
+        assert "Traceback" not in stderr
 
     resumed = run_cli(*args, "--results-dir", str(folder))
     assert resumed.returncode == 0, resumed.stderr

@@ -8,8 +8,6 @@ Gibbs chains of 4 × 200 draws (observed at most 1.06, on the slowest component:
 output spin).
 """
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,24 +121,3 @@ def test_diagnose_a_training_folder(problem, tmp_path, capsys):
     assert (folder / "diagnose" / "training_diagnostics.png").read_bytes()[:4] == b"\x89PNG"
     recorded = (folder / "diagnose" / "training_diagnostics.csv").read_text().splitlines()
     assert len(recorded) == 3  # header and two epochs
-
-
-@pytest.mark.parametrize(
-    ("setup", "args", "message"),
-    [
-        (None, [], "does not exist or is not a folder"),
-        ("empty", [], "neither a sweep nor a training results folder"),
-        ("sweep-config", [], "has no gradient series"),
-        ("empty", ["--max-parameters", "0"], "max_parameters must be an integer ≥ 1, got 0"),
-    ],
-)
-def test_diagnose_bad_folder_gives_one_line(tmp_path, capsys, setup, args, message):
-    folder = tmp_path / "run"
-    if setup is not None:
-        folder.mkdir()
-    if setup == "sweep-config":
-        (folder / "config.json").write_text(json.dumps({"kind": "temperature_sweep"}))
-    assert main(["diagnose", str(folder), *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("thermoeqprop diagnose: error:") and message in err

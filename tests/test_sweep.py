@@ -273,27 +273,6 @@ def test_killed_sweep_resumes_to_the_same_result(tmp_path, sig):
     xr.testing.assert_equal(a.drop_vars("wall_time"), b.drop_vars("wall_time"))
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--temperatures", "-1"], "temperatures must be finite and > 0, got [-1.0]"),
-        (["--estimators", "magic"], "unknown estimator 'magic'"),
-        (["--sampler", "nuts"], "needs continuous states"),
-        (["--tempering", "--temperatures", "0.5"], "tempering needs at least two temperatures"),
-        (["--num-examples", "0"], "num_examples must be an integer ≥ 1, got 0"),
-        (["--num-chains", "1"], "num_chains must be an integer ≥ 2, got 1"),
-        (["--beta", "0"], "beta of estimator 'nudged' must be finite and > 0"),
-        (["--results-dir", "/dev/null/sweep"], "is not writable"),
-    ],
-)
-def test_sweep_command_bad_input_gives_one_line(args, message, capsys):
-    assert main([*CLI_SPIN, *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("thermoeqprop sweep: error:")
-    assert message in err
-
-
 def test_sweep_command_has_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--help"])

@@ -28,6 +28,13 @@ class CommandError(Exception):
     """A user error detected by the command line itself."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the one-line form of every other error here."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a JSON or TOML config file into a flat dict."""
     file = Path(path)
@@ -118,7 +125,7 @@ def _commands() -> dict[str, tuple[Callable, Callable, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="thermoeqprop",
         description="Equilibrium propagation at zero and finite temperature, classical and "
         "quantum.",

@@ -87,23 +87,6 @@ def test_cli_writes_a_results_folder(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--qubits", "40"], "--qubits must be in 2 … 12"),
-        (["--estimator", "thermal", "--shots", "100"], "shots are not available with method"),
-        (["--batch-size", "500"], "batch_size 500 exceeds the 20 training examples"),
-        (["--test-fraction", "1.5"], "test_fraction must lie in (0, 1)"),
-    ],
-)
-def test_bad_input_gives_one_line(tmp_path, capsys, args, message):
-    assert main([*SMALL, *args, "--results-dir", str(tmp_path / "bad")]) == 2
-    err = capsys.readouterr().err
-    assert message in err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-
-
 def _final_params(folder):
     checkpoint = sorted((folder / "checkpoints").glob("epoch_*.npz"))[-1]
     with np.load(checkpoint) as data:

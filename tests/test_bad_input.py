@@ -1,0 +1,522 @@
+"""Bad input end to end: one table across the command line and the Python API.
+
+Every row is a mistake a user can make. On the command line it must end the program with exit
+status 2 and ONE line on standard error, ``thermoeqprop COMMAND: error: …``, that names the bad
+value and what would be valid, never a traceback (from inside JAX or anywhere else). In Python
+it must raise ``ValueError`` (or a subclass) with a one-line message that does the same. Each
+row gives a fragment of the expected message, which includes the offending value.
+
+Module-specific refusals (model structures, sampler states, Pauli strings…) are tested beside
+their modules; this table is the front door.
+"""
+
+import json
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from thermoeqprop.cli import main
+
+TRAIN = ["train", "--estimator", "ep", "--hidden", "16", "--epochs", "2", "--batch-size", "64",
+         "--no-progress"]  # fmt: skip
+SWEEP = ["sweep", "--model", "spin", "--hidden", "3", "--dataset", "random", "--num-inputs", "2",
+         "--num-classes", "2", "--num-examples", "3", "--seeds", "0", "--num-chains", "4",
+         "--num-samples", "200", "--num-warmup", "100", "--no-progress"]  # fmt: skip
+QUANTUM = ["quantum", "--qubits", "3", "--num-examples", "40", "--test-fraction", "0.5",
+           "--batch-size", "5", "--epochs", "1", "--quiet"]  # fmt: skip
+
+
+def _config(text, suffix=".json"):
+    """A setup that writes a config file and passes it with ``--config``."""
+
+    def setup(tmp_path):
+        path = tmp_path / f"settings{suffix}"
+        path.write_text(text)
+        return ["--config", str(path)]
+
+    return setup
+
+
+def _under_a_file(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    return ["--results-dir", str(blocker / "run")]
+
+
+def _corrupted_checkpoint(tmp_path):
+    folder = tmp_path / "run"
+    assert main([*TRAIN, "--results-dir", str(folder)]) == 0
+    checkpoint = folder / "checkpoints" / "epoch_0002.npz"  # the one a rerun resumes from
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])  # cut short, as by a full disk
+    return ["--results-dir", str(folder)]
+
+
+def _tampered_checkpoint(tmp_path):
+    folder = tmp_path / "run"
+    assert main([*TRAIN, "--results-dir", str(folder)]) == 0
+    checkpoint = folder / "checkpoints" / "epoch_0002.npz"
+    with np.load(checkpoint) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["params_0"] = arrays["params_0"] + 1.0  # a valid archive whose contents changed
+    np.savez(checkpoint, **arrays)
+    return ["--results-dir", str(folder)]
+
+
+def _corrupted_sweep_part(tmp_path):
+    folder = tmp_path / "run"
+    assert main([*SWEEP, "--temperatures", "0.5", "1.0", "--results-dir", str(folder)]) == 0
+    (folder / "parts" / "T000.nc").write_bytes(b"\x89HDF\r\n garbage")
+    return ["--temperatures", "0.5", "1.0", "--results-dir", str(folder)]
+
+
+def _empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return [str(tmp_path / "empty")]
+
+
+def _sweep_config_only(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"kind": "temperature_sweep"}))
+    return [str(folder)]
+
+
+# (command line before the setup's arguments, setup or None, fragment of the message)
+CLI_CASES = {
+    # train: flags
+    "train negative beta": (
+        TRAIN + ["--beta", "-0.5"],
+        None,
+        "beta must be finite and > 0, got -0.5",
+    ),
+    "train NaN beta": (TRAIN + ["--beta", "nan"], None, "beta must be finite and > 0, got nan"),
+    "train zero learning rate": (
+        TRAIN + ["--learning-rate", "0"],
+        None,
+        "learning_rate must be finite and > 0, got 0",
+    ),
+    "train zero epochs": (TRAIN + ["--epochs", "0"], None, "epochs must be an integer ≥ 1, got 0"),
+    "train batch larger than data": (
+        TRAIN + ["--batch-size", "100000"],
+        None,
+        "batch_size 100000 exceeds the 1437 training examples",
+    ),
+    "train empty hidden layer": (
+        TRAIN + ["--hidden", "0"],
+        None,
+        "every layer size must be ≥ 1, got layer_sizes=(64, 0, 10)",
+    ),
+    "train negative tolerance": (
+        TRAIN + ["--tolerance", "-1"],
+        None,
+        "tolerance must be finite and > 0, got -1",
+    ),
+    "train negative temperature": (
+        TRAIN + ["--estimator", "covariance", "--temperature", "-1"],
+        None,
+        "temperature must be finite and > 0, got -1",
+    ),
+    "train one chain": (
+        TRAIN + ["--estimator", "covariance", "--num-chains", "1"],
+        None,
+        "num_chains must be an integer ≥ 2, got 1",
+    ),
+    "train spin sampler on continuous states": (
+        TRAIN + ["--estimator", "covariance", "--sampler", "gibbs"],
+        None,
+        "'gibbs' needs spins",
+    ),
+    "train exact without a reference": (
+        TRAIN + ["--estimator", "exact"],
+        None,
+        "ThermalExact needs a spin network",
+    ),
+    "train annealing at T = 0": (
+        TRAIN + ["--anneal-from", "0.1"],
+        None,
+        "--anneal-from needs a thermal estimator",
+    ),
+    "train annealing upwards": (
+        TRAIN + ["--estimator", "covariance", "--anneal-from", "0.01", "--temperature", "0.1"],
+        None,
+        "anneal_from must exceed the final temperature 0.1, got 0.01",
+    ),
+    "train quadratic with cross-entropy": (
+        TRAIN + ["--model", "quadratic", "--cost", "cross_entropy"],
+        None,
+        "needs cost 'squared_error', got 'cross_entropy'",
+    ),
+    "train thermal hard sigmoid": (
+        TRAIN + ["--estimator", "covariance", "--activation", "hard_sigmoid"],
+        None,
+        "use a smooth activation",
+    ),
+    "train unknown estimator flag": (
+        TRAIN + ["--estimator", "magic"],
+        None,
+        "invalid choice: 'magic' (choose from",
+    ),
+    "train unknown sampler flag": (
+        TRAIN + ["--sampler", "slice"],
+        None,
+        "invalid choice: 'slice' (choose from",
+    ),
+    "train not a number": (TRAIN + ["--temperature", "warm"], None, "invalid float value: 'warm'"),
+    # train: config files
+    "train unknown config key": (TRAIN, _config('{"epoch": 3}'), "unknown config key(s) ['epoch']"),
+    "train config value of the wrong type": (
+        TRAIN,
+        _config('{"beta": "strong"}'),
+        "config key 'beta' has value 'strong'",
+    ),
+    "train unknown estimator in config": (
+        TRAIN,
+        _config('{"estimator": "magic"}'),
+        "config key 'estimator' has value 'magic'; valid: ['covariance'",
+    ),
+    "train unknown sampler in config": (
+        TRAIN,
+        _config('sampler = "slice"\n', ".toml"),
+        "config key 'sampler' has value 'slice'; valid: ['auto'",
+    ),
+    "train broken JSON": (TRAIN, _config("{not json"), "is not valid JSON"),
+    "train broken TOML": (TRAIN, _config("epochs = = 3", ".toml"), "is not valid TOML"),
+    "train missing config file": (
+        TRAIN + ["--config", "/nonexistent/settings.json"],
+        None,
+        "config file '/nonexistent/settings.json' does not exist",
+    ),
+    # train: results folders and checkpoints
+    "train results folder under a file": (TRAIN, _under_a_file, "is not writable"),
+    "train truncated checkpoint": (
+        TRAIN,
+        _corrupted_checkpoint,
+        "epoch_0002.npz is truncated or corrupted",
+    ),
+    "train tampered checkpoint": (TRAIN, _tampered_checkpoint, "epoch_0002.npz fails its checksum"),
+    # sweep
+    "sweep negative temperature": (
+        SWEEP + ["--temperatures", "-1"],
+        None,
+        "temperatures must be finite and > 0, got [-1.0]",
+    ),
+    "sweep unknown estimator": (
+        SWEEP + ["--estimators", "magic"],
+        None,
+        "unknown estimator 'magic'",
+    ),
+    "sweep NUTS on spins": (SWEEP + ["--sampler", "nuts"], None, "needs continuous states"),
+    "sweep tempering over one temperature": (
+        SWEEP + ["--tempering", "--temperatures", "0.5"],
+        None,
+        "tempering needs at least two temperatures",
+    ),
+    "sweep no examples": (
+        SWEEP + ["--num-examples", "0"],
+        None,
+        "num_examples must be an integer ≥ 1, got 0",
+    ),
+    "sweep one chain": (
+        SWEEP + ["--num-chains", "1"],
+        None,
+        "num_chains must be an integer ≥ 2, got 1",
+    ),
+    "sweep zero beta": (
+        SWEEP + ["--beta", "0"],
+        None,
+        "beta of estimator 'nudged' must be finite and > 0",
+    ),
+    "sweep unwritable folder": (
+        SWEEP + ["--results-dir", "/dev/null/sweep"],
+        None,
+        "is not writable",
+    ),
+    "sweep unknown config key": (
+        SWEEP,
+        _config('{"temperature": 0.5}'),
+        "unknown config key(s) ['temperature']",
+    ),
+    "sweep corrupted part": (SWEEP, _corrupted_sweep_part, "T000.nc' is unreadable"),
+    # quantum
+    "quantum too many qubits": (
+        QUANTUM + ["--qubits", "40"],
+        None,
+        "--qubits must be in 2 … 12 for training (dense eigh), got 40",
+    ),
+    "quantum shots with Kubo–Mori": (
+        QUANTUM + ["--estimator", "thermal", "--shots", "100"],
+        None,
+        "shots are not available with method",
+    ),
+    "quantum negative temperature": (
+        QUANTUM + ["--estimator", "thermal", "--temperature", "-0.1"],
+        None,
+        "temperature must be a finite number > 0, got -0.1",
+    ),
+    "quantum level beyond the spectrum": (
+        QUANTUM + ["--estimator", "excited", "--level", "8"],
+        None,
+        "level must be an integer in 0 … 7 for 3 qubits, got 8",
+    ),
+    "quantum batch larger than data": (
+        QUANTUM + ["--batch-size", "500"],
+        None,
+        "batch_size 500 exceeds the 20 training examples",
+    ),
+    "quantum test fraction above one": (
+        QUANTUM + ["--test-fraction", "1.5"],
+        None,
+        "test_fraction must lie in (0, 1), got 1.5",
+    ),
+    "quantum unknown dataset in config": (
+        QUANTUM,
+        _config('{"dataset": "spirals"}'),
+        "config key 'dataset' has value 'spirals'; valid: ['moons', 'circles']",
+    ),
+    "quantum results folder under a file": (QUANTUM, _under_a_file, "is not writable"),
+    # diagnose
+    "diagnose missing folder": (
+        ["diagnose", "/nonexistent/run"],
+        None,
+        "'/nonexistent/run' does not exist or is not a folder",
+    ),
+    "diagnose empty folder": (
+        ["diagnose"],
+        _empty_folder,
+        "neither a sweep nor a training results folder",
+    ),
+    "diagnose sweep without series": (["diagnose"], _sweep_config_only, "has no gradient series"),
+    "diagnose zero parameters": (
+        ["diagnose", "--max-parameters", "0"],
+        _empty_folder,
+        "max_parameters must be an integer ≥ 1, got 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_command_line_gives_one_line_naming_the_value(case, tmp_path, capsys):
+    argv, setup, fragment = CLI_CASES[case]
+    argv = [*argv, *(setup(tmp_path) if setup else [])]
+    if argv[0] in ("train", "sweep", "quantum") and "--results-dir" not in argv:
+        argv += ["--results-dir", str(tmp_path / "results")]
+    capsys.readouterr()  # what a setup printed
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse refuses before main's own handling
+        code = exit_info.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"thermoeqprop {argv[0]}: error: "), err
+    assert fragment in err, err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- Python API
+
+
+def _spin():
+    from thermoeqprop.models import SpinNetwork
+
+    return SpinNetwork.layered((2, 3, 1))
+
+
+def _layered():
+    from thermoeqprop.models import LayeredNetwork
+
+    return LayeredNetwork((4, 5, 3))
+
+
+def _ep(**kwargs):
+    from thermoeqprop.estimators import ZeroTemperatureEP
+
+    return ZeroTemperatureEP(_layered(), **({"beta": 0.1} | kwargs))
+
+
+def _ep_call(x, targets):
+    estimator = _ep()
+    params = estimator.model.init_params(jax.random.key(0))
+    return estimator(params, x, targets, jax.random.key(1))
+
+
+def _sample(**change):
+    import samplers
+
+    def energy_fn(position, context):
+        return 0.5 * jnp.sum(position**2)
+
+    local = samplers.hmc(energy_fn, num_warmup=0, num_steps=2)
+    args = {"rng_key": jax.random.key(0), "kernel": local, "position": jnp.zeros((2, 3)),
+            "temperature": 1.0, "num_samples": 2} | change  # fmt: skip
+    if change.pop("tempered", False):
+        args["kernel"] = samplers.parallel_tempering(local)
+        args["position"] = jnp.zeros((2, 3, 3))
+    return samplers.sample(**{k: v for k, v in args.items() if k != "tempered"})
+
+
+def _sweep(**change):
+    from thermoeqprop.sweep import temperature_sweep
+
+    net = _spin()
+    args = {"temperatures": [0.5, 1.0], "x": jnp.ones((2, 2)),
+            "targets": net.encode_labels(jnp.array([0, 1]))} | change  # fmt: skip
+    return temperature_sweep(net, net.init_params(jax.random.key(0)), args.pop("x"),
+                             args.pop("targets"), args.pop("temperatures"), **args)  # fmt: skip
+
+
+def _quantum(name, *args, **kwargs):
+    import thermoeqprop.quantum as quantum
+
+    return lambda: getattr(quantum, name)(*args, **kwargs)
+
+
+def _train_with(config=None, **kwargs):
+    from thermoeqprop.data import load_dataset
+    from thermoeqprop.estimators import ZeroTemperatureEP
+    from thermoeqprop.models import LayeredNetwork
+    from thermoeqprop.training import TrainConfig, train
+
+    config = TrainConfig(epochs=1) if config is None else config
+    net = kwargs.pop("net", LayeredNetwork((64, 8, 10)))
+    return train(ZeroTemperatureEP(net), load_dataset("digits"), config, **kwargs)
+
+
+def _thermal(**kwargs):
+    from thermoeqprop.estimators import ThermalCovariance
+
+    return ThermalCovariance(_layered(), **({"temperature": 0.1} | kwargs))
+
+
+def _sampling(**kwargs):
+    from thermoeqprop.estimators import Sampling
+
+    return Sampling(**kwargs)
+
+
+def _training_config(**kwargs):
+    from thermoeqprop.training import TrainConfig
+
+    return TrainConfig(**kwargs)
+
+
+def _dataset(*args, **kwargs):
+    from thermoeqprop.data import load_dataset
+
+    return load_dataset(*args, **kwargs)
+
+
+# name: (call, fragment of the message)
+API_CASES = {
+    "NaN in the inputs": (
+        lambda: _ep_call(jnp.full((2, 4), jnp.nan), jnp.zeros((2, 3))),
+        "x contains 8 non-finite value(s) (NaN or inf), the first at index (0, 0)",
+    ),
+    "infinite target": (
+        lambda: _ep_call(jnp.zeros((1, 4)), jnp.array([[0.0, jnp.inf, 0.0]])),
+        "targets contains 1 non-finite value(s)",
+    ),
+    "inputs of the wrong width": (
+        lambda: _ep_call(jnp.zeros((2, 5)), jnp.zeros((2, 3))),
+        "x must have shape (batch, 4) (examples × input features), got shape (2, 5)",
+    ),
+    "inputs and targets of different lengths": (
+        lambda: _ep_call(jnp.zeros((2, 4)), jnp.zeros((3, 3))),
+        "x has 2 examples but targets has 3",
+    ),
+    "label out of range": (
+        lambda: _layered().encode_labels(jnp.array([0, 3])),
+        "label 3, outside the valid range 0 … 2 (3 classes)",
+    ),
+    "layer sizes that do not fit the data": (
+        lambda: _train_with(net=_layered()),
+        "the model takes 4 inputs but dataset 'digits' has 64 features",
+    ),
+    "zero nudging": (lambda: _ep(beta=0.0), "beta must be finite and > 0, got 0.0"),
+    "negative temperature": (
+        lambda: _thermal(temperature=-1.0),
+        "temperature must be finite and > 0, got -1.0",
+    ),
+    "unknown sampler name": (
+        lambda: _sampling(method="slice"),
+        "unknown sampling method 'slice'; valid: ('auto', 'nuts', 'hmc', 'gibbs', 'metropolis')",
+    ),
+    "unknown optimizer name": (
+        lambda: _training_config(optimizer="rmsprop"),
+        "unknown optimizer 'rmsprop'; valid: ['adam', 'sgd', 'momentum']",
+    ),
+    "unknown dataset name": (
+        lambda: _dataset("mnist"),
+        "unknown dataset 'mnist'; valid datasets are ['circles', 'digits', 'moons']",
+    ),
+    "results folder under a file": (None, "is not writable"),  # built in the test (needs tmp_path)
+    "sampler at T = 0": (
+        lambda: _sample(temperature=0.0),
+        "temperature must be a finite number > 0, got 0.0",
+    ),
+    "non-finite sampler start": (
+        lambda: _sample(position=jnp.zeros((2, 3)).at[1, 2].set(jnp.nan)),
+        "chain 1 has position[1, 2] = nan",
+    ),
+    "ladder that is not monotone": (
+        lambda: _sample(tempered=True, temperature=jnp.array([1.0, 3.0, 2.0])),
+        "strictly increasing",
+    ),
+    "sweep with a repeated temperature": (
+        lambda: _sweep(temperatures=[0.5, 0.5]),
+        "temperatures must be distinct",
+    ),
+    "sweep with an unknown estimator": (
+        lambda: _sweep(estimators=["magic"]),
+        "unknown estimator 'magic'",
+    ),
+    "non-Hermitian term": (
+        _quantum("trainable", [(0.5j, "XY")], 0.1),
+        "not Hermitian: the coefficient of XY is 0.5j",
+    ),
+    "qubit index out of range": (
+        _quantum("pauli", "X0 Z4", num_qubits=4),
+        "qubit index 4 in 'X0 Z4' is out of range; valid indices are 0 … 3",
+    ),
+    "repeated qubit index": (_quantum("pauli", "X1 Y1", num_qubits=3), "qubit index 1 is repeated"),
+    "dense request too large for memory": (
+        lambda: _quantum("pauli", {0: "X"}, 24)().to_dense(),
+        "24 qubits needs about",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_python_api_raises_one_line_naming_the_value(case, tmp_path):
+    call, fragment = API_CASES[case]
+    if call is None:  # the results folder case
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a folder")
+
+        def call():
+            return _train_with(results_dir=blocker / "run")
+
+    with pytest.raises(ValueError) as error:
+        call()
+    message = str(error.value)
+    assert fragment in message, message
+    assert "\n" not in message, message
+
+
+def test_the_table_is_large_enough():
+    assert len(CLI_CASES) + len(API_CASES) >= 25
+
+
+def test_a_corrupted_checkpoint_is_named_in_python_too(tmp_path):
+    from thermoeqprop.training import CheckpointError
+
+    folder = tmp_path / "run"
+    _train_with(results_dir=folder)
+    checkpoint = folder / "checkpoints" / "epoch_0001.npz"
+    with zipfile.ZipFile(checkpoint, "a") as archive:  # a stray member: no longer our file
+        archive.writestr("params_99.npy", b"junk")
+    with pytest.raises(CheckpointError, match="epoch_0001.npz"):
+        _train_with(_training_config(epochs=2), results_dir=folder)
