@@ -1,5 +1,6 @@
 """Training loop: learning, results folder, interruption and bit-exact resume, bad input."""
 
+import dataclasses
 import json
 import os
 
@@ -104,8 +105,28 @@ def test_corrupted_checkpoint_is_detected_and_named(small_digits, estimator, tmp
 
 def test_results_folder_of_another_configuration_is_refused(small_digits, estimator, tmp_path):
     train(estimator, small_digits, TrainConfig(epochs=1, batch_size=64), tmp_path / "run")
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(
+        ValueError, match="different configuration \\(train.batch_size: 64 there, 32 now\\)"
+    ):
         train(estimator, small_digits, TrainConfig(epochs=1, batch_size=32), tmp_path / "run")
+    # Under the cosine schedule more epochs would change every later step: refused too.
+    with pytest.raises(ValueError, match="train.epochs: 1 there, 2 now"):
+        train(estimator, small_digits, TrainConfig(epochs=2, batch_size=64), tmp_path / "run")
+
+
+def test_a_constant_rate_run_extends_to_the_longer_run(small_digits, estimator, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=128, lr_schedule="constant", seed=1)
+    longer = train(estimator, small_digits, config, tmp_path / "straight")
+    short = dataclasses.replace(config, epochs=1)
+    train(estimator, small_digits, short, tmp_path / "extended")
+    extended = train(estimator, small_digits, config, tmp_path / "extended")
+    assert [h["epoch"] for h in extended.history] == [1, 2]
+    for a, b in zip(
+        jax.tree_util.tree_leaves(longer.params),
+        jax.tree_util.tree_leaves(extended.params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

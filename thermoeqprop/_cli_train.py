@@ -208,7 +208,11 @@ def run(settings: dict[str, Any]) -> int:
         results_dir,
         schedule=schedule,
         progress=not settings["no_progress"],
-        extra_config={"command_line": {k: v for k, v in settings.items() if k != "no_progress"}},
+        extra_config={
+            "command_line": {
+                k: v for k, v in settings.items() if k not in ("no_progress", "results_dir")
+            }
+        },
     )
     history = result.history
     plot_training(

@@ -250,6 +250,17 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     return history
 
 
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one dict with dotted keys (``train.epochs``)."""
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
     files = sorted(folder.glob("epoch_*.npz"))
     return files[-1] if files else None
@@ -269,21 +280,28 @@ def _prepare_results_dir(results_dir, config_record) -> Path:
         ) from None
     config_path = results_dir / "config.json"
     if config_path.exists():
-        previous = json.loads(config_path.read_text())
+        previous = _flatten(json.loads(config_path.read_text()))
+        current = _flatten(config_record)
+        # More epochs extend a constant-rate run exactly (epoch e's batches and keys derive
+        # from (seed, e) alone); under a cosine schedule they would change every later step.
+        extendable = all(
+            record.get("train.lr_schedule") == "constant" for record in (previous, current)
+        )
         mismatched = sorted(
             key
-            for key in set(previous) | set(config_record)
-            if key != "train" and previous.get(key) != config_record.get(key)
+            for key in set(previous) | set(current)
+            if previous.get(key) != current.get(key)
+            and not (extendable and key.rpartition(".")[2] == "epochs")
         )
-        prev_train = {k: v for k, v in previous.get("train", {}).items() if k != "epochs"}
-        new_train = {k: v for k, v in config_record["train"].items() if k != "epochs"}
-        if prev_train != new_train:
-            mismatched.append("train")
         if mismatched:
+            shown = ", ".join(
+                f"{key}: {previous.get(key, 'absent')!r} there, {current.get(key, 'absent')!r} now"
+                for key in mismatched[:4]
+            ) + (f" and {len(mismatched) - 4} more" if len(mismatched) > 4 else "")
             raise ValueError(
                 f"results folder {str(results_dir)!r} holds a run with a different "
-                f"configuration ({', '.join(mismatched)} differ); resume with the same "
-                "configuration or choose another folder"
+                f"configuration ({shown}); resume with the same configuration or choose "
+                "another folder"
             )
     write_atomic(config_path, lambda h: h.write(json.dumps(config_record, indent=2).encode()))
     return results_dir
