@@ -208,6 +208,52 @@ def test_new_temperature_or_data_does_not_recompile():
     assert len(TRACES) == traced
 
 
+def counting_copy(model, method):
+    """An equal copy of ``model`` whose class is new, so that no code compiled for another
+    model is reused, and whose ``method`` records every trace in the returned list."""
+    traces = []
+
+    def counted(self, *args):
+        traces.append(1)  # runs when traced, never when compiled code runs
+        return getattr(super(counting, self), method)(*args)
+
+    counting = dataclasses.dataclass(frozen=True)(
+        type("Counting" + type(model).__name__, (type(model),), {method: counted})
+    )
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    return counting(**fields), traces
+
+
+@pytest.mark.parametrize(("problem", "method"), [("spin_problem", "energy"),
+                                                 ("quadratic_problem", "precision")])  # fmt: skip
+def test_exact_reference_new_temperature_or_beta_does_not_recompile(problem, method, request):
+    """A temperature sweep of the exact reference reuses its compiled code, with the results
+    of code compiled afresh for the new temperature."""
+    net, params, x, targets = request.getfixturevalue(problem)
+
+    def results(model, temperature, beta):
+        est = ThermalExact(model, temperature)
+        return (
+            est(params, x, targets),
+            est.predict(params, x),
+            est.nudged_energy_grad(params, x, targets, beta),
+        )
+
+    model, traces = counting_copy(net, method)
+    before = results(model, 0.5, 0.1)
+    traced = len(traces)
+    assert traced > 0
+    after = results(model, 0.3, 0.05)
+    assert len(traces) == traced, "a new temperature or beta recompiled"
+    assert not np.allclose(flat(after[0].grad), flat(before[0].grad))  # T was used
+    fresh_model, fresh_traces = counting_copy(net, method)
+    fresh = results(fresh_model, 0.3, 0.05)
+    assert len(fresh_traces) > 0  # really compiled afresh
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(after), leaves(fresh), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_predictions_are_thermal_averages_of_the_outputs(spin_problem):
     net, params, x, _ = spin_problem
     exact = ThermalExact(net, 0.5).predict(params, x)

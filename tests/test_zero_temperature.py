@@ -4,6 +4,8 @@ All deterministic: tolerances come from float64 rounding and relaxation residual
 Monte Carlo error.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,3 +160,63 @@ def test_bad_relaxation_settings_are_named():
         Relaxation(momentum=1.0)
     with pytest.raises(ValueError, match="max_iterations must be"):
         Relaxation(max_iterations=0)
+
+
+def counting_copy(model):
+    """An equal copy of ``model`` whose class is new, so that no code compiled for another
+    model is reused, and whose ``energy`` records every trace in the returned list."""
+    traces = []
+
+    def energy(self, params, state, x):
+        traces.append(1)  # runs when traced, never when compiled code runs
+        return super(counting, self).energy(params, state, x)
+
+    counting = dataclasses.dataclass(frozen=True)(
+        type("Counting" + type(model).__name__, (type(model),), {"energy": energy})
+    )
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    return counting(**fields), traces
+
+
+def _results(est, params, x, y):
+    extra = (est.relax_free(params, x),) if isinstance(est, ZeroTemperatureEP) else ()
+    return (est(params, x, y), est.predict(params, x), *extra)
+
+
+NEW_RELAXATION = Relaxation(1e-9, 3000, step_size=0.4, momentum=0.5)
+
+
+@pytest.mark.parametrize(
+    ("build", "new"),
+    [
+        (
+            lambda m: [ZeroTemperatureEP(m, 0.05, s, Relaxation(1e-8)) for s in (True, False)],
+            {"beta": 0.02, "relaxation": NEW_RELAXATION},
+        ),
+        (lambda m: [ImplicitDifferentiation(m, Relaxation(1e-8))], {"relaxation": NEW_RELAXATION}),
+    ],
+    ids=["ep", "implicit"],
+)
+def test_new_beta_or_relaxation_does_not_recompile(build, new):
+    """A β scan or new minimiser settings reuse the compiled code, with the results of code
+    compiled afresh for the new values."""
+    net, params, x, y = random_problem(0, layer_sizes=(3, 4, 2))
+    model, traces = counting_copy(net)
+    estimators = build(model)
+    before = [_results(est, params, x, y) for est in estimators]
+    traced = len(traces)
+    assert traced > 0
+    changed = [dataclasses.replace(est, **new) for est in estimators]
+    after = [_results(est, params, x, y) for est in changed]
+    assert len(traces) == traced, f"{new} recompiled"
+    for old, result in zip(before, after, strict=True):  # the new settings were used
+        assert int(result[0].diagnostics["free_iterations"]) != int(
+            old[0].diagnostics["free_iterations"]
+        )
+        assert not np.allclose(flat(result[0].grad), flat(old[0].grad), rtol=1e-9, atol=0)
+    fresh_model, fresh_traces = counting_copy(net)
+    fresh = dataclasses.replace(build(fresh_model)[0], **new)(params, x, y)
+    assert len(fresh_traces) > 0  # really compiled afresh
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(after[0][0]), leaves(fresh), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,6 +1,7 @@
 """Learning on held-out data through the shared loop, the command line (results folder,
 errors, interruption and bit-for-bit resume), and the Model/Estimator interfaces."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -153,3 +154,86 @@ def test_interfaces_hashable_and_no_recompilation():
     assert len(traces) == 1
     assert not np.allclose(g1, g2)
     np.testing.assert_allclose(g1, est(params, x, y, jax.random.key(0)).grad, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# A new β, temperature or tolerance reuses the compiled code (STYLE.md items 6 and 14).
+
+
+def counting_copy(model):
+    """An equal copy of ``model`` whose class is new, so that no code compiled for another
+    model is reused, and whose ``coefficients`` records every trace in the returned list."""
+    traces = []
+
+    def coefficients(self, params, x):
+        traces.append(1)  # runs when traced, never when compiled code runs
+        return super(counting, self).coefficients(params, x)
+
+    counting = dataclasses.dataclass(frozen=True)(
+        type("Counting" + type(model).__name__, (type(model),), {"coefficients": coefficients})
+    )
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    return counting(**fields), traces
+
+
+def assert_same_result(a, b, rtol):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        if rtol == 0:
+            np.testing.assert_array_equal(u, v)
+        else:
+            np.testing.assert_allclose(u, v, rtol=rtol, atol=1e-14)
+
+
+def new_values_reuse_the_compilation(build, first, second, rtol=0.0, num_qubits=2):
+    """Call ``build(model, **first)``, then ``dataclasses.replace(·, **second)``: no retrace,
+    different numbers, and the same numbers as an estimator compiled afresh for ``second``."""
+    model, traces = counting_copy(classifier_network(num_qubits, 2))
+    params, x = model.init_params(jax.random.key(0)), jnp.array([[0.1, 0.2], [0.3, -0.1]])
+    y, key = model.encode_labels(jnp.array([0, 1])), jax.random.key(1)
+    est = build(model, **first)
+    before = (est(params, x, y, key), est.predict(params, x))
+    traced = len(traces)
+    assert traced > 0
+    changed = dataclasses.replace(est, **second)
+    after = (changed(params, x, y, key), changed.predict(params, x))
+    assert len(traces) == traced, f"{second} recompiled"
+    assert not np.allclose(after[0].grad, before[0].grad, rtol=1e-9, atol=0)  # values were used
+    fresh_model, fresh_traces = counting_copy(classifier_network(num_qubits, 2))
+    fresh = build(fresh_model, **{**first, **second})
+    assert_same_result(after, (fresh(params, x, y, key), fresh.predict(params, x)), rtol)
+    assert len(fresh_traces) > 0  # really compiled afresh
+
+
+EIGENSTATE = {
+    "exact_richardson": ({"richardson": True}, 0.0, 2),
+    "shots": ({"shots": 64}, 0.0, 2),
+    # ARPACK starts the free solve from a random vector: equal to rounding, not bit for bit.
+    # (It computes level + 2 < d − 1 levels: 3 qubits at least.)
+    "sparse": ({"solver": "sparse"}, 1e-8, 3),
+}
+
+
+@pytest.mark.parametrize(("settings", "rtol", "num_qubits"), EIGENSTATE.values(), ids=EIGENSTATE)
+def test_eigenstate_ep_new_beta_does_not_recompile(settings, rtol, num_qubits):
+    new = {"beta": 2e-2, "gap_tolerance": 1e-9}
+    if settings.get("solver") == "sparse":
+        new["lanczos_tol"] = 1e-13
+    new_values_reuse_the_compilation(
+        lambda m, **kw: EigenstateEP(m, **settings, **kw), {"beta": 1e-2}, new, rtol, num_qubits
+    )
+
+
+THERMAL = {
+    "kubo_mori": {},
+    "nudged_richardson": {"method": "nudged", "richardson": True},
+    "nudged_shots": {"method": "nudged", "shots": 64},
+}
+
+
+@pytest.mark.parametrize("settings", THERMAL.values(), ids=THERMAL)
+def test_thermal_ep_new_temperature_or_beta_does_not_recompile(settings):
+    new_values_reuse_the_compilation(
+        lambda m, **kw: ThermalEP(m, **settings, **kw),
+        {"temperature": 0.5, "beta": 1e-2},
+        {"temperature": 0.8, "beta": 2e-2, "gap_tolerance": 1e-9},
+    )

@@ -63,6 +63,28 @@ class Relaxation:
             raise ValueError(f"max_iterations must be ≥ 1, got {self.max_iterations!r}")
 
 
+class _RelaxationValues(NamedTuple):
+    """The numbers of a :class:`Relaxation` as a pytree, passed to compiled code as dynamic
+    arguments so that a new tolerance, budget or step reuses the compilation (none of them
+    changes the program: ``max_iterations`` only bounds a ``lax.while_loop``)."""
+
+    tolerance: float
+    max_iterations: int
+    step_size: float
+    momentum: float
+
+    @classmethod
+    def of(cls, relaxation: Relaxation) -> _RelaxationValues:
+        # Plain Python numbers (weakly typed once traced, like the constants they replace);
+        # int and float versions of one setting would otherwise compile twice.
+        return cls(
+            float(relaxation.tolerance),
+            int(relaxation.max_iterations),
+            float(relaxation.step_size),
+            float(relaxation.momentum),
+        )
+
+
 class RelaxationResult(NamedTuple):
     """Outcome of :func:`relax`, one entry per example.
 
@@ -110,7 +132,8 @@ def relax(
         targets: Targets (batch, num_outputs); unused when ``beta`` is 0.
         beta: Nudging strength (may be traced, of either sign).
         initial_state: Start (batch, n).
-        relaxation: Minimiser settings.
+        relaxation: Minimiser settings (a :class:`Relaxation`, or anything with its four
+            attributes; they may be traced).
 
     Returns:
         A :class:`RelaxationResult`.
@@ -183,8 +206,9 @@ def _check_model(model):
 class ZeroTemperatureEP(Estimator):
     """Equilibrium propagation at T = 0, one-sided or symmetric.
 
-    Calls are compiled with ``jax.jit`` (the estimator itself is static: one compilation per
-    configuration and batch shape).
+    Calls are compiled with ``jax.jit``: one compilation per model, ``symmetric`` and batch
+    shape. ``beta`` and the :class:`Relaxation` numbers are traced arguments, so a β scan or a
+    new tolerance reuses the compiled code.
 
     Args:
         model: A continuous :class:`~thermoeqprop.models.EnergyModel`.
@@ -216,37 +240,39 @@ class ZeroTemperatureEP(Estimator):
 
     def __call__(self, params, x, targets, rng_key=None) -> GradientEstimate:
         x, targets = self.model.validate_inputs(x, targets)
-        return _ep_estimate(self, params, x, targets)
+        relaxation = _RelaxationValues.of(self.relaxation)
+        return _ep_estimate(
+            self.model, self.symmetric, params, x, targets, float(self.beta), relaxation
+        )
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
         x, _ = self.model.validate_inputs(x)
-        return _free_output(self.model, self.relaxation, params, x)
+        return _free_output(self.model, params, x, _RelaxationValues.of(self.relaxation))
 
     def relax_free(self, params, x) -> RelaxationResult:
         """The free phase alone (batch of relaxed states with residuals)."""
         x, _ = self.model.validate_inputs(x)
-        return _free_phase(self.model, self.relaxation, params, x)
+        return _free_phase(self.model, params, x, _RelaxationValues.of(self.relaxation))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _free_phase(model, relaxation, params, x):
+@functools.partial(jax.jit, static_argnums=0)
+def _free_phase(model, params, x, relaxation: _RelaxationValues):
     dummy = jnp.zeros((x.shape[0], model.num_outputs), x.dtype)
     return relax(model, params, x, dummy, 0.0, model.initial_state(x), relaxation)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _free_output(model, relaxation, params, x):
-    return model.batch_output(_free_phase(model, relaxation, params, x).state)
-
-
 @functools.partial(jax.jit, static_argnums=0)
-def _ep_estimate(estimator: ZeroTemperatureEP, params, x, targets):
-    model, beta = estimator.model, estimator.beta
-    free = relax(model, params, x, targets, 0.0, model.initial_state(x), estimator.relaxation)
-    plus = relax(model, params, x, targets, beta, free.state, estimator.relaxation)
+def _free_output(model, params, x, relaxation: _RelaxationValues):
+    return model.batch_output(_free_phase(model, params, x, relaxation).state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _ep_estimate(model, symmetric: bool, params, x, targets, beta, relaxation: _RelaxationValues):
+    free = relax(model, params, x, targets, 0.0, model.initial_state(x), relaxation)
+    plus = relax(model, params, x, targets, beta, free.state, relaxation)
     diagnostics = _phase_diagnostics("free", free) | _phase_diagnostics("nudged_plus", plus)
-    if estimator.symmetric:
-        minus = relax(model, params, x, targets, -beta, free.state, estimator.relaxation)
+    if symmetric:
+        minus = relax(model, params, x, targets, -beta, free.state, relaxation)
         diagnostics |= _phase_diagnostics("nudged_minus", minus)
         low, scale = minus.state, 2 * beta
     else:
@@ -272,6 +298,8 @@ class ImplicitDifferentiation(Estimator):
     bifurcation a nudge of size β can even carry the state into another basin, and only a
     smaller β recovers the gradient.
 
+    Compiled once per model and batch shape (the :class:`Relaxation` numbers are traced).
+
     Args:
         model: A continuous energy model.
         relaxation: Minimiser settings for the free phase (use a tight tolerance).
@@ -285,11 +313,13 @@ class ImplicitDifferentiation(Estimator):
 
     def __call__(self, params, x, targets, rng_key=None) -> GradientEstimate:
         x, targets = self.model.validate_inputs(x, targets)
-        return _implicit_estimate(self, params, x, targets)
+        return _implicit_estimate(
+            self.model, params, x, targets, _RelaxationValues.of(self.relaxation)
+        )
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
         x, _ = self.model.validate_inputs(x)
-        return _free_output(self.model, self.relaxation, params, x)
+        return _free_output(self.model, params, x, _RelaxationValues.of(self.relaxation))
 
 
 def _free_mask(model: EnergyModel, state, grad):
@@ -302,9 +332,8 @@ def _free_mask(model: EnergyModel, state, grad):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _implicit_estimate(estimator: ImplicitDifferentiation, params, x, targets):
-    model = estimator.model
-    free = relax(model, params, x, targets, 0.0, model.initial_state(x), estimator.relaxation)
+def _implicit_estimate(model, params, x, targets, relaxation: _RelaxationValues):
+    free = relax(model, params, x, targets, 0.0, model.initial_state(x), relaxation)
     grad_state = jax.grad(model.energy, argnums=1)
 
     def adjoint(state, xi, target):

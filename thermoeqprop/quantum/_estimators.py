@@ -7,8 +7,12 @@ Every estimator first measures ``g_s = dL/dc_s`` for each Pauli string ``P_s`` w
 coefficient depends on θ, then applies the chain rule ``dL/dθ = Σ_s g_s ∂c_s/∂θ`` through the
 classical coefficient map (for a plain trainable term, ``∂_θ H = P_s``).
 
-The numerical kernels are jit-compiled once per estimator configuration (the estimator is a
-hashable frozen dataclass and a static argument). ``__call__`` raises ``ValueError`` on a
+The numerical kernels are jit-compiled once per *structural* configuration (model, level,
+solver, shots, method, Richardson on or off) and batch shape: those change the program (array
+shapes, loops, which kernel), so they are static. The numbers ``beta``, ``temperature``,
+``gap_tolerance`` and ``lanczos_tol`` are traced arguments (the sparse solver's host callback
+receives them as operands), so a β or temperature scan, or a new temperature every epoch,
+reuses the compiled code. ``__call__`` raises ``ValueError`` on a
 degenerate level or lost level tracking when called on concrete values; inside a user's
 ``jit`` it cannot raise, so it returns NaN gradients and reports ``min_gap`` and
 ``min_overlap`` in ``diagnostics`` instead.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -101,6 +106,47 @@ def _raise_if_invalid(estimate: GradientEstimate, level: int, gap_tolerance: flo
 
 
 # --------------------------------------------------------------------------------------------
+# what is compiled in (static) and what is traced (dynamic)
+# --------------------------------------------------------------------------------------------
+def _static_shots(shots) -> int | None:
+    return None if shots is None else int(shots)
+
+
+class _EigenStatic(NamedTuple):
+    """The settings of :class:`EigenstateEP` that shape the program (hashable, static)."""
+
+    model: QuantumNetwork
+    level: int
+    richardson: bool
+    shots: int | None
+
+
+class _EigenNumbers(NamedTuple):
+    """The settings of :class:`EigenstateEP` that are plain numbers (traced)."""
+
+    beta: float
+    gap_tolerance: float
+    lanczos_tol: float
+
+
+class _ThermalStatic(NamedTuple):
+    """The settings of :class:`ThermalEP` that shape the program (hashable, static)."""
+
+    model: QuantumNetwork
+    method: str
+    richardson: bool
+    shots: int | None
+
+
+class _ThermalNumbers(NamedTuple):
+    """The settings of :class:`ThermalEP` that are plain numbers (traced)."""
+
+    temperature: float
+    beta: float
+    gap_tolerance: float
+
+
+# --------------------------------------------------------------------------------------------
 # dense kernels
 # --------------------------------------------------------------------------------------------
 def _eigh(model: QuantumNetwork, coefficients: jax.Array):
@@ -125,11 +171,12 @@ def _tracked_state(model, coefficients, reference):
     return vectors[:, j], overlaps[j], _gap_at(energies, j)
 
 
-def _phase_weights(beta: float, richardson: bool) -> tuple[tuple[float, float], ...]:
+def _phase_weights(beta, richardson: bool) -> tuple[tuple[float, float], ...]:
     """``(β_i, w_i)``: ``dL/dc ≈ Σ_i w_i [⟨P⟩_{+β_i} − ⟨P⟩_{−β_i}]``.
 
     Symmetric difference ``1/(2β)``; with Richardson extrapolation
-    ``(4 g(β/2) − g(β))/3``, which cancels the O(β²) term.
+    ``(4 g(β/2) − g(β))/3``, which cancels the O(β²) term. ``beta`` is a float on the host
+    (sparse path) or a traced scalar (dense path); the arithmetic is the same.
     """
     if not richardson:
         return ((beta, 1.0 / (2 * beta)),)
@@ -150,7 +197,7 @@ def _phase_keys(key, num_betas: int, shots):
     return list(jax.random.split(key, 2 * num_betas))
 
 
-def _eigen_example(est: EigenstateEP, params, x, y, key):
+def _eigen_example(est: _EigenStatic, numbers: _EigenNumbers, params, x, y, key):
     model = est.model
     c = model.coefficients(params, x)
     jac = model.string_jacobian(params, x)
@@ -173,7 +220,7 @@ def _eigen_example(est: EigenstateEP, params, x, y, key):
     grad = jnp.zeros(jac.shape[1])
     var = jnp.zeros(jac.shape[1])
     overlap = jnp.ones(())
-    phases = _phase_weights(est.beta, est.richardson)
+    phases = _phase_weights(numbers.beta, est.richardson)
     keys = _phase_keys(key_nudged, len(phases), est.shots)
     for i, (b, w) in enumerate(phases):
         for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
@@ -208,24 +255,25 @@ def _free_outputs(model, vectors, weights, exact_fn, y, shots, key):
     return loss, outputs, gamma, loss_var[0]
 
 
-def _assemble_estimate(est, per_example, stochastic: bool) -> GradientEstimate:
+def _assemble_estimate(per_example, gap_tolerance, shots: int | None) -> GradientEstimate:
+    """Batch means and diagnostics; ``shots`` is None for exact (non-stochastic) estimates."""
     grad, var, loss, loss_var, outputs, gap, overlap = per_example
     batch = grad.shape[0]
-    bad = jnp.logical_or(jnp.min(gap) < est.gap_tolerance, jnp.min(overlap) < _MIN_OVERLAP)
+    bad = jnp.logical_or(jnp.min(gap) < gap_tolerance, jnp.min(overlap) < _MIN_OVERLAP)
     g = jnp.where(bad, jnp.nan, jnp.mean(grad, axis=0))
     diagnostics = {
         "min_gap": jnp.min(gap),
         "min_overlap": jnp.min(overlap),
-        "worst_example": jnp.argmin(jnp.where(gap < est.gap_tolerance, gap, overlap)),
+        "worst_example": jnp.argmin(jnp.where(gap < gap_tolerance, gap, overlap)),
     }
-    if not stochastic:
+    if shots is None:
         return GradientEstimate(g, jnp.mean(loss), diagnostics=diagnostics)
     return GradientEstimate(
         g,
         jnp.mean(loss),
         stderr=jnp.sqrt(jnp.sum(var, axis=0)) / batch,
         loss_stderr=jnp.sqrt(jnp.sum(loss_var)) / batch,
-        diagnostics={**diagnostics, "shots": jnp.asarray(est.shots)},
+        diagnostics={**diagnostics, "shots": jnp.asarray(shots)},
     )
 
 
@@ -237,16 +285,17 @@ def _example_keys(rng_key, batch: int, shots):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eigen_dense_batch(est, params, x, targets, rng_key):
+def _eigen_dense_batch(est: _EigenStatic, numbers: _EigenNumbers, params, x, targets, rng_key):
     keys = _example_keys(rng_key, x.shape[0], est.shots)
-    per_example = jax.vmap(_eigen_example, in_axes=(None, None, 0, 0, 0))(
-        est, params, x, targets, keys
+    per_example = jax.vmap(_eigen_example, in_axes=(None, None, None, 0, 0, 0))(
+        est, numbers, params, x, targets, keys
     )
-    return _assemble_estimate(est, per_example, est.shots is not None)
+    return _assemble_estimate(per_example, numbers.gap_tolerance, est.shots)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eigen_predict_dense(est, params, x):
+def _eigen_predict_dense(est: _EigenStatic, numbers: _EigenNumbers, params, x):
+    del numbers  # the free eigenstate depends on no traced setting
     model = est.model
 
     def one(xi):
@@ -260,25 +309,26 @@ def _eigen_predict_dense(est, params, x):
 # --------------------------------------------------------------------------------------------
 # sparse (Lanczos) path, on the host through pure_callback
 # --------------------------------------------------------------------------------------------
-def _sparse_free_host(est, c):
+def _sparse_free_host(est: _EigenStatic, c, lanczos_tol):
     model = est.model
     h = sparse_from_table(model.table, np.asarray(c))
-    energies, vectors = lowest_levels(h, est.level + 2, tol=est.lanczos_tol)
+    energies, vectors = lowest_levels(h, est.level + 2, tol=float(lanczos_tol))
     psi = vectors[:, est.level]
     gap = np.min(np.diff(energies)[max(est.level - 1, 0) : est.level + 1])
     e_q = state_expectations_np(model.output_table, psi)
     return psi.astype(_state_dtype(model)), np.float64(gap), e_q.astype(np.float64)
 
 
-def _sparse_nudged_host(est, c, nudge, psi):
+def _sparse_nudged_host(est: _EigenStatic, c, nudge, psi, beta, lanczos_tol):
     model = est.model
     c, nudge, psi = np.asarray(c), np.asarray(nudge), np.asarray(psi)
     g = np.zeros(len(model.hamiltonian.trainable_strings))
     min_gap, min_overlap = np.inf, 1.0
-    for b, w in _phase_weights(est.beta, est.richardson):
+    tol = float(lanczos_tol)
+    for b, w in _phase_weights(float(beta), est.richardson):
         for sign in (1.0, -1.0):
             h = sparse_from_table(model.table, c + sign * b * nudge)
-            energies, vectors = lowest_levels(h, est.level + 2, start=psi, tol=est.lanczos_tol)
+            energies, vectors = lowest_levels(h, est.level + 2, start=psi, tol=tol)
             overlaps = np.abs(vectors.conj().T @ psi) ** 2
             j = int(np.argmax(overlaps))
             padded = np.concatenate([[-np.inf], energies, [np.inf]])
@@ -294,7 +344,7 @@ def _state_dtype(model):
     return np.float64 if model.is_real else np.complex128
 
 
-def _sparse_example(est, params, x, y, key):
+def _sparse_example(est: _EigenStatic, numbers: _EigenNumbers, params, x, y, key):
     del key
     model = est.model
     d = 1 << model.num_qubits
@@ -308,6 +358,7 @@ def _sparse_example(est, params, x, y, key):
             jax.ShapeDtypeStruct((len(model.output_strings),), jnp.float64),
         ),
         c,
+        numbers.lanczos_tol,
         vmap_method="sequential",
     )
     loss, outputs, gamma = model.cost_string_coefficients(e_q, y)
@@ -321,6 +372,8 @@ def _sparse_example(est, params, x, y, key):
         c,
         model.embed_cost(gamma),
         psi,
+        numbers.beta,
+        numbers.lanczos_tol,
         vmap_method="sequential",
     )
     zero = jnp.zeros(jac.shape[1])
@@ -328,16 +381,16 @@ def _sparse_example(est, params, x, y, key):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eigen_sparse_batch(est, params, x, targets, rng_key):
+def _eigen_sparse_batch(est: _EigenStatic, numbers: _EigenNumbers, params, x, targets, rng_key):
     keys = jax.random.split(rng_key, x.shape[0])
-    per_example = jax.vmap(_sparse_example, in_axes=(None, None, 0, 0, 0))(
-        est, params, x, targets, keys
+    per_example = jax.vmap(_sparse_example, in_axes=(None, None, None, 0, 0, 0))(
+        est, numbers, params, x, targets, keys
     )
-    return _assemble_estimate(est, per_example, False)
+    return _assemble_estimate(per_example, numbers.gap_tolerance, None)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eigen_predict_sparse(est, params, x):
+def _eigen_predict_sparse(est: _EigenStatic, numbers: _EigenNumbers, params, x):
     model = est.model
     d = 1 << model.num_qubits
 
@@ -350,6 +403,7 @@ def _eigen_predict_sparse(est, params, x):
                 jax.ShapeDtypeStruct((len(model.output_strings),), jnp.float64),
             ),
             model.coefficients(params, xi),
+            numbers.lanczos_tol,
             vmap_method="sequential",
         )
         return jnp.asarray(model.output_weights) @ e_q
@@ -374,6 +428,10 @@ class EigenstateEP(Estimator):
 
     A gap below ``gap_tolerance`` at the free or a nudged point raises ``ValueError`` (see the
     module docstring for behaviour under ``jit``).
+
+    Compiled once per ``model``, ``level``, ``richardson``, ``solver``, ``shots`` and batch
+    shape; ``beta``, ``gap_tolerance`` and ``lanczos_tol`` are traced, so a new value (e.g.
+    ``dataclasses.replace(est, beta=1e-4)``) reuses the compiled code.
 
     Attributes:
         model: The :class:`QuantumNetwork`.
@@ -432,11 +490,21 @@ class EigenstateEP(Estimator):
         if not self.gap_tolerance >= 0:
             raise ValueError(f"gap_tolerance must be ≥ 0, got {self.gap_tolerance!r}")
 
+    def _split(self) -> tuple[_EigenStatic, _EigenNumbers]:
+        static = _EigenStatic(
+            self.model, int(self.level), bool(self.richardson), _static_shots(self.shots)
+        )
+        # Python floats: traced as weakly typed scalars, like the constants they replace.
+        numbers = _EigenNumbers(
+            float(self.beta), float(self.gap_tolerance), float(self.lanczos_tol)
+        )
+        return static, numbers
+
     def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
         """Gradient of the mean cost over the batch ``x`` (batch, num_inputs)."""
         _check_batch(self.model, params, x, targets)
         run = _eigen_dense_batch if self.solver == "dense" else _eigen_sparse_batch
-        estimate = run(self, params, x, targets, rng_key)
+        estimate = run(*self._split(), params, x, targets, rng_key)
         _raise_if_invalid(estimate, self.level, self.gap_tolerance)
         return estimate
 
@@ -444,40 +512,40 @@ class EigenstateEP(Estimator):
         """Exact outputs ``⟨B_j⟩`` in level ``k``, shape (batch, num_outputs)."""
         _check_batch(self.model, params, x)
         if self.solver == "dense":
-            return _eigen_predict_dense(self, params, x)
-        return _eigen_predict_sparse(self, params, x)
+            return _eigen_predict_dense(*self._split(), params, x)
+        return _eigen_predict_sparse(*self._split(), params, x)
 
 
 # --------------------------------------------------------------------------------------------
 # quantum thermal EP
 # --------------------------------------------------------------------------------------------
-def _thermal_free(est, c):
-    energies, vectors = _eigh(est.model, c)
-    log_p = K.thermal_log_weights(energies, est.temperature)
+def _thermal_free(model, temperature, c):
+    energies, vectors = _eigh(model, c)
+    log_p = K.thermal_log_weights(energies, temperature)
     return energies, vectors, log_p
 
 
-def _kubo_mori_example(est, params, x, y, key):
+def _kubo_mori_example(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, y, key):
     del key
     model = est.model
     c = model.coefficients(params, x)
     jac = model.string_jacobian(params, x)
-    _, vectors, log_p = _thermal_free(est, c)
+    _, vectors, log_p = _thermal_free(model, numbers.temperature, c)
     p = jnp.exp(log_p)
     e_q = K.mixture_expectations(model.output_table, vectors, p)
     loss, outputs, gamma = model.cost_string_coefficients(e_q, y)
     rotated = K.rotate_cost(vectors, model.output_table, gamma)
     covariances, _ = K.kubo_mori_traces(model.trainable_table, vectors, log_p, rotated)
-    g = -covariances / est.temperature
+    g = -covariances / numbers.temperature
     zero = jnp.zeros(jac.shape[1])
     return jac.T @ g, zero, loss, jnp.zeros(()), outputs, jnp.asarray(jnp.inf), jnp.ones(())
 
 
-def _thermal_nudged_example(est, params, x, y, key):
+def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, y, key):
     model = est.model
     c = model.coefficients(params, x)
     jac = model.string_jacobian(params, x)
-    _, vectors, log_p = _thermal_free(est, c)
+    _, vectors, log_p = _thermal_free(model, numbers.temperature, c)
     p = jnp.exp(log_p)
     key_free, key_nudged = (key, key) if est.shots is None else jax.random.split(key)
     loss, outputs, gamma, loss_var = _free_outputs(
@@ -493,11 +561,11 @@ def _thermal_nudged_example(est, params, x, y, key):
     plan = measurement_plan(model.hamiltonian.trainable_strings)
     grad = jnp.zeros(jac.shape[1])
     var = jnp.zeros(jac.shape[1])
-    phases = _phase_weights(est.beta, est.richardson)
+    phases = _phase_weights(numbers.beta, est.richardson)
     keys = _phase_keys(key_nudged, len(phases), est.shots)
     for i, (b, w) in enumerate(phases):
         for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
-            _, vecs, lp = _thermal_free(est, c + sign * b * nudge)
+            _, vecs, lp = _thermal_free(model, numbers.temperature, c + sign * b * nudge)
             weights = jnp.exp(lp)
 
             def exact(vecs=vecs, weights=weights):
@@ -511,11 +579,13 @@ def _thermal_nudged_example(est, params, x, y, key):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _thermal_batch(est, params, x, targets, rng_key):
+def _thermal_batch(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, targets, rng_key):
     keys = _example_keys(rng_key, x.shape[0], est.shots)
     fn = _kubo_mori_example if est.method == "kubo_mori" else _thermal_nudged_example
-    per_example = jax.vmap(fn, in_axes=(None, None, 0, 0, 0))(est, params, x, targets, keys)
-    estimate = _assemble_estimate(est, per_example, est.shots is not None)
+    per_example = jax.vmap(fn, in_axes=(None, None, None, 0, 0, 0))(
+        est, numbers, params, x, targets, keys
+    )
+    estimate = _assemble_estimate(per_example, numbers.gap_tolerance, est.shots)
     diagnostics = {
         k: v for k, v in estimate.diagnostics.items() if k not in ("min_gap", "min_overlap")
     }
@@ -524,11 +594,12 @@ def _thermal_batch(est, params, x, targets, rng_key):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _thermal_predict(est, params, x):
+def _thermal_predict(est: _ThermalStatic, numbers: _ThermalNumbers, params, x):
     model = est.model
 
     def one(xi):
-        _, vectors, log_p = _thermal_free(est, model.coefficients(params, xi))
+        c = model.coefficients(params, xi)
+        _, vectors, log_p = _thermal_free(model, numbers.temperature, c)
         e_q = K.mixture_expectations(model.output_table, vectors, jnp.exp(log_p))
         return jnp.asarray(model.output_weights) @ e_q
 
@@ -561,6 +632,11 @@ class ThermalEP(Estimator):
             has no projective-measurement estimator; ``shots`` with it is an error.
         gap_tolerance: Unused by thermal states (degenerate levels are fine); kept so every
             estimator reports the same diagnostics.
+
+    Compiled once per ``model``, ``method``, ``richardson``, ``shots`` and batch shape;
+    ``temperature``, ``beta`` and ``gap_tolerance`` are traced, so a temperature sweep or an
+    annealed training run (``dataclasses.replace(est, temperature=T)`` every epoch) reuses
+    the compiled code.
 
     Example:
         >>> from thermoeqprop.quantum import classifier_network
@@ -596,12 +672,21 @@ class ThermalEP(Estimator):
             )
         _check_dense_size(self.model.num_qubits, 4, 8 if self.model.is_real else 16)
 
+    def _split(self) -> tuple[_ThermalStatic, _ThermalNumbers]:
+        static = _ThermalStatic(
+            self.model, self.method, bool(self.richardson), _static_shots(self.shots)
+        )
+        numbers = _ThermalNumbers(
+            float(self.temperature), float(self.beta), float(self.gap_tolerance)
+        )
+        return static, numbers
+
     def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
         """Gradient of the mean thermal cost over the batch ``x`` (batch, num_inputs)."""
         _check_batch(self.model, params, x, targets)
-        return _thermal_batch(self, params, x, targets, rng_key)
+        return _thermal_batch(*self._split(), params, x, targets, rng_key)
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
         """Exact thermal outputs ``tr(ρ B_j)``, shape (batch, num_outputs)."""
         _check_batch(self.model, params, x)
-        return _thermal_predict(self, params, x)
+        return _thermal_predict(*self._split(), params, x)
