@@ -62,8 +62,10 @@ class Model(abc.ABC):
 class Estimator(abc.ABC):
     """A gradient estimator: (params, x, targets, rng_key) → GradientEstimate.
 
-    Subclasses are frozen dataclasses (hashable), so one compiled function serves every call
-    with the same configuration; only arrays are traced.
+    Subclasses are frozen dataclasses (hashable). What sets the program (the model, a level,
+    a shot count, symmetric or one-sided) is static; numbers that do not (β, the
+    temperature, tolerances) are passed to compiled code as traced values, so a new value
+    reuses the compilation.
     """
 
     model: Model
