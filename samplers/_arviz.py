@@ -7,7 +7,11 @@ Two kinds of functions:
   ``(chain, draw, *event)`` and return NumPy arrays of shape ``event`` (ArviZ's rank-normalised
   split R-hat, bulk/tail ESS, and MCSE of the mean, which uses the bulk ESS);
 - :func:`to_inference_data`, which turns a :class:`samplers.Trace` into ArviZ
-  ``InferenceData`` with the kernel's Info as ``sample_stats``.
+  ``InferenceData`` with the kernel's Info as ``sample_stats``, and :func:`summary`;
+- :func:`save_trace_plot`, :func:`save_rank_plot`: ArviZ's plots of any posterior variable,
+  drawn on a ``matplotlib.figure.Figure`` made without pyplot and saved as PNG, so they never
+  switch the user's backend (a notebook's ``%matplotlib inline`` stays) nor leave a figure
+  open in pyplot, and need no display.
 
 ArviZ is imported lazily, so ``import samplers`` stays fast.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import warnings
 from pathlib import Path
@@ -153,6 +158,21 @@ def _flatten_info(info: Any, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+def _unit_names(unit_names: Any, shape: tuple[int, ...]) -> list:
+    if isinstance(unit_names, str):
+        raise ValueError(f"unit_names must be a sequence of names, got the string {unit_names!r}.")
+    names = list(unit_names)
+    if len(shape) < 3 or len(names) != shape[-1]:
+        units = shape[-1] if len(shape) >= 3 else 0
+        raise ValueError(
+            f"unit_names must name each of the {units} units of a position (the last axis of "
+            f"samples of shape {shape}), got {len(names)} names."
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"unit_names must be distinct, got {names!r}.")
+    return names
+
+
 def to_inference_data(trace: Any, *, unit_names: Any = None):
     """Convert a :class:`samplers.Trace` to ArviZ ``InferenceData``.
 
@@ -167,7 +187,8 @@ def to_inference_data(trace: Any, *, unit_names: Any = None):
 
     Args:
         trace: A :class:`samplers.Trace` from :func:`samplers.sample`.
-        unit_names: Optional coordinate values for the ``unit`` dimension.
+        unit_names: Optional coordinate values for the ``unit`` dimension (the last axis of
+            a position), one distinct name per unit, e.g. ``["x", "y"]``.
 
     Returns:
         ``arviz.InferenceData`` with groups ``posterior`` and ``sample_stats``.
@@ -192,7 +213,7 @@ def to_inference_data(trace: Any, *, unit_names: Any = None):
     base = (*lead, "temperature", "unit") if tempering else (*lead, "unit")
     coords: dict[str, Any] = {}
     if unit_names is not None:
-        coords["unit"] = list(unit_names)
+        coords["unit"] = _unit_names(unit_names, samples.shape)
     if tempering:
         ladder = np.asarray(trace.final_state.inverse_temperatures)
         ladder = 1.0 / ladder.reshape(-1, ladder.shape[-1])
@@ -212,18 +233,32 @@ def to_inference_data(trace: Any, *, unit_names: Any = None):
     )
 
 
-def summary(trace: Any, **kwargs):
+def summary(trace: Any, *, unit_names: Any = None, **kwargs):
     """ArviZ's summary table (means, sd, MCSE, ESS, R-hat) of a trace's positions.
+
+    Rows are named by the coordinates of :func:`to_inference_data`: ``position[x]`` with
+    ``unit_names=["x", ...]``, else ``position[0]``; with a batch of targets or parallel
+    tempering, ``position[target, unit]`` or ``position[temperature, unit]``.
 
     Args:
         trace: A :class:`samplers.Trace`.
-        **kwargs: Passed to ``arviz.summary``.
+        unit_names: Optional names of the units, as in :func:`to_inference_data`.
+        **kwargs: Passed to ``arviz.summary`` (e.g. ``coords={"unit": ["x"]}``, ``kind``).
 
     Returns:
         A ``pandas.DataFrame``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import samplers
+        >>> kernel = samplers.metropolis(lambda s, c: -s[0] * s[1])
+        >>> trace = samplers.sample(jax.random.key(0), kernel, jnp.ones((2, 2)), num_samples=20)
+        >>> list(summary(trace, unit_names=["a", "b"]).index)
+        ['position[a]', 'position[b]']
     """
+    idata = to_inference_data(trace, unit_names=unit_names)
     with np.errstate(divide="ignore", invalid="ignore"):  # frozen chains: inf/NaN, see above
-        return _az().summary(to_inference_data(trace), var_names=["position"], **kwargs)
+        return _az().summary(idata, var_names=["position"], **kwargs)
 
 
 # Gradient-estimate series (moved from thermoeqprop so that every ArviZ call lives here).
@@ -327,40 +362,157 @@ def _quiet_plotting():
         yield
 
 
-def _save_figure(axes, path: str | os.PathLike, title: str) -> Path:
-    import matplotlib.pyplot as plt
+def _plotted(idata, var_names: Any, coords: dict[str, Any] | None, limit: int) -> tuple:
+    """``(var_names, coords, count)``: the posterior variables checked, and how many panels
+    ArviZ draws for them (one per variable and selected element of its event dims)."""
+    if isinstance(var_names, str):
+        var_names = [var_names]
+    var_names = list(var_names)
+    posterior = getattr(idata, "posterior", None)
+    if posterior is None:
+        raise ValueError("idata has no posterior group; make it with to_inference_data.")
+    missing = [name for name in var_names if name not in posterior.data_vars]
+    if not var_names or missing:
+        raise ValueError(
+            f"var_names must name variables of idata.posterior {sorted(posterior.data_vars)}, "
+            f"got {var_names!r}."
+        )
+    coords = dict(coords or {})
+    unknown = sorted(set(coords) - set(posterior.dims) - {"chain", "draw"})
+    if unknown:
+        raise ValueError(
+            f"coords has dimensions {unknown} that idata.posterior lacks; its dimensions are "
+            f"{sorted(posterior.dims)}."
+        )
+    try:  # on the whole posterior, as ArviZ selects: a variable without a dim keeps all of it
+        selected = posterior.sel(coords)
+    except KeyError as error:
+        raise ValueError(f"coords select values idata.posterior lacks: {error}") from None
+    sizes = [selected[name].sizes for name in var_names]
+    count = sum(math.prod(n for dim, n in s.items() if dim not in ("chain", "draw")) for s in sizes)
+    if not 1 <= count <= limit:
+        raise ValueError(
+            f"var_names {var_names} with coords {coords} select {count} panels; select between "
+            f"1 and {limit} with coords (e.g. {{'parameter': [...]}})."
+        )
+    return var_names, coords, count
 
-    figure = np.ravel(axes)[0].figure
+
+def _panel_limit(az) -> int:
+    # ArviZ's own cap (rcParams["plot.max_subplots"], None for none); beyond it ArviZ would
+    # warn and draw only the first panels.
+    limit = az.rcParams["plot.max_subplots"]
+    return 10**9 if limit is None else max(int(limit), 2)
+
+
+def _figure(figsize: tuple[float, float]):
+    # A Figure of the object-oriented API, never pyplot's: no backend switch, nothing left
+    # open in pyplot's list of figures, no display needed; ArviZ draws on its axes.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _save_figure(figure, path: str | os.PathLike, title: str) -> Path:
     if title:
         figure.suptitle(title)
-    figure.set_layout_engine("constrained")
     path = Path(path)
     figure.savefig(path, dpi=90)
-    plt.close(figure)
     return path
 
 
 def save_trace_plot(
-    idata, path: str | os.PathLike, coords: dict[str, Any], title: str = ""
+    idata,
+    path: str | os.PathLike,
+    coords: dict[str, Any] | None = None,
+    title: str = "",
+    *,
+    var_names: str | list[str] = "gradient",
 ) -> Path:
-    """ArviZ trace plot (density and trace per chain) of selected gradient components."""
+    """ArviZ trace plot (density and trace per chain) of selected posterior elements, as PNG.
+
+    One row per variable and selected element, e.g. per gradient component of
+    :func:`gradient_inference_data`, or per unit of a sampler's positions from
+    :func:`to_inference_data` (``var_names="position"``).
+
+    Args:
+        idata: ``arviz.InferenceData`` with a ``posterior`` group.
+        path: The PNG file to write.
+        coords: Selection of each dimension's coordinates, e.g.
+            ``{"parameter": ["weights[0][1,2]"]}`` or ``{"unit": ["x"]}``; None keeps all.
+        title: Figure title.
+        var_names: The posterior variable(s) to plot.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> import tempfile
+        >>> import jax, jax.numpy as jnp
+        >>> import samplers
+        >>> kernel = samplers.metropolis(lambda s, c: -s[0] * s[1])
+        >>> trace = samplers.sample(jax.random.key(0), kernel, jnp.ones((2, 2)), num_samples=20)
+        >>> idata = to_inference_data(trace, unit_names=["a", "b"])
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> save_trace_plot(idata, folder / "a.png", {"unit": ["a"]}, var_names="position").name
+        'a.png'
+    """
     az = _az()
+    var_names, coords, rows = _plotted(idata, var_names, coords, _panel_limit(az) // 2)
+    figsize = (12.0, 2.0 * rows + 0.6)
+    figure = _figure(figsize)
     with _quiet_plotting():
-        axes = az.plot_trace(
+        az.plot_trace(
             idata,
-            var_names=["gradient"],
+            var_names=var_names,
             coords=coords,
             compact=False,
             labeller=az.labels.DimCoordLabeller(),
+            figsize=figsize,
+            axes=figure.subplots(rows, 2, squeeze=False),
+            show=False,
         )
-    return _save_figure(axes, path, title)
+    return _save_figure(figure, path, title)
 
 
-def save_rank_plot(idata, path: str | os.PathLike, coords: dict[str, Any], title: str = "") -> Path:
-    """ArviZ rank plot (rank histograms per chain) of selected gradient components."""
+def save_rank_plot(
+    idata,
+    path: str | os.PathLike,
+    coords: dict[str, Any] | None = None,
+    title: str = "",
+    *,
+    var_names: str | list[str] = "gradient",
+) -> Path:
+    """ArviZ rank plot (rank histograms per chain) of selected posterior elements, as PNG.
+
+    One panel per variable and selected element, in rows of at most three; arguments as
+    :func:`save_trace_plot`.
+
+    Returns:
+        The path written.
+    """
     az = _az()
+    var_names, coords, count = _plotted(idata, var_names, coords, _panel_limit(az))
+    cols = min(count, 3)
+    rows = -(-count // cols)
+    figsize = (4.5 * cols, 3.2 * rows)
+    figure = _figure(figsize)
+    axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    for unused in axes[count:]:
+        unused.set_axis_off()
     with _quiet_plotting():
-        axes = az.plot_rank(
-            idata, var_names=["gradient"], coords=coords, labeller=az.labels.DimCoordLabeller()
+        az.plot_rank(
+            idata,
+            var_names=var_names,
+            coords=coords,
+            labeller=az.labels.DimCoordLabeller(),
+            figsize=figsize,
+            ax=axes[:count],
+            show=False,
         )
-    return _save_figure(axes, path, title)
+    for ax in axes[:count]:  # ArviZ sizes its text for 7-inch panels; these are 4.5 wide
+        ax.title.set_fontsize(10)
+        ax.xaxis.label.set_fontsize(10)
+        ax.yaxis.label.set_fontsize(10)
+        ax.tick_params(labelsize=9)
+    return _save_figure(figure, path, title)

@@ -54,7 +54,8 @@ class GibbsInfo(NamedTuple):
 
     Attributes:
         energy: Energy after the sweep, unscaled.
-        flip_rate: Fraction of spins whose value changed during the sweep.
+        flip_rate: Fraction of spins whose value changed during the sweep, in the dtype of
+            the energy.
     """
 
     energy: jax.Array
@@ -234,7 +235,9 @@ def _block_gibbs(energy_fn: EnergyFn, blocks: tuple[tuple[int, ...], ...]) -> Ke
             up = jax.random.uniform(key, idx.shape, dtype=position.dtype) < p_up
             position = position.at[idx].set(jnp.where(up, 1.0, -1.0).astype(position.dtype))
         energy = energy_fn(position, context)
-        info = GibbsInfo(energy=energy, flip_rate=jnp.mean(position != start))
+        # The mean of booleans is float32 whatever the x64 setting; follow the energy's dtype.
+        flip_rate = jnp.mean(position != start, dtype=energy.dtype)
+        info = GibbsInfo(energy=energy, flip_rate=flip_rate)
         return state._replace(position=position, energy=energy), info
 
     def validate(positions: Any, context: Any, temperature: Any) -> None:
@@ -313,7 +316,7 @@ def _metropolis(energy_fn: EnergyFn) -> Kernel:
         (position, energy), accepted = jax.lax.scan(
             propose, (state.position, state.energy), (sites, log_u)
         )
-        info = MetropolisInfo(energy=energy, acceptance_rate=jnp.mean(accepted))
+        info = MetropolisInfo(energy=energy, acceptance_rate=jnp.mean(accepted, dtype=energy.dtype))
         return state._replace(position=position, energy=energy), info
 
     def validate(positions: Any, context: Any, temperature: Any) -> None:

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from plot_testing import foreign_backend
 
 from thermoeqprop.cli import main
 from thermoeqprop.data import load_dataset
@@ -44,7 +45,8 @@ def sweep_folder(problem, tmp_path_factory):
 
 
 def test_diagnose_command_on_a_sweep_folder(sweep_folder, capsys):
-    assert main(["diagnose", str(sweep_folder), "--max-parameters", "3"]) == 0
+    with foreign_backend():  # ArviZ's plots go on figures of our own, not pyplot's
+        assert main(["diagnose", str(sweep_folder), "--max-parameters", "3"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == f"thermoeqprop diagnose: sweep folder {sweep_folder}"
@@ -114,7 +116,8 @@ def test_diagnose_a_training_folder(problem, tmp_path, capsys):
     folder = tmp_path / "train"
     train(ThermalCovariance(net, 1.0, SAMPLING), data, TrainConfig(epochs=2, batch_size=3),
           folder)  # fmt: skip
-    assert main(["diagnose", str(folder)]) == 0
+    with foreign_backend():
+        assert main(["diagnose", str(folder)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"thermoeqprop diagnose: train folder {folder}")
     assert "diag_rhat_max" in out and "no trace or rank plots" in out

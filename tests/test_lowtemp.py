@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from jax.flatten_util import ravel_pytree
+from plot_testing import foreign_backend
 
 from thermoeqprop.estimators import ImplicitDifferentiation, Sampling, relax
 from thermoeqprop.lowtemp import (
@@ -381,7 +382,8 @@ def test_study_dataset_contents(study, two_unit_exact):
 
 
 def test_plot_low_temperature_study(study, tmp_path):
-    path = plot_low_temperature_study(study, tmp_path / "study.png", title="two units")
+    with foreign_backend():  # it used to switch matplotlib to Agg, breaking notebooks
+        path = plot_low_temperature_study(study, tmp_path / "study.png", title="two units")
     assert path.exists() and path.stat().st_size > 10_000
 
 

@@ -26,10 +26,17 @@ import numpy as np
 import pytest
 import xarray as xr
 from cli_testing import interrupt_cli, run_cli
+from plot_testing import foreign_backend, overlapping_tick_labels, tick_labels
 
 from thermoeqprop.cli import main
 from thermoeqprop.estimators import Sampling
 from thermoeqprop.models import QuadraticNetwork, SpinNetwork
+from thermoeqprop.plots import (
+    plot_sweep,
+    sweep_cosine_figure,
+    sweep_error_figure,
+    sweep_loss_figure,
+)
 from thermoeqprop.sweep import (
     load_sweep,
     matched_budgets,
@@ -116,6 +123,21 @@ def test_quadratic_gradient_leaves_the_zero_temperature_gradient_linearly_in_t(q
     )
     low = ds.cosine_zero_temperature.sel(temperature=0.05, estimator="covariance")
     assert float(low.min()) > 0.95
+
+
+def test_sweep_figures_keep_the_backend_and_have_readable_ticks(quadratic_sweep, tmp_path):
+    with foreign_backend():
+        paths = plot_sweep(quadratic_sweep, tmp_path)
+    assert [p.name for p in paths] == ["sweep_error.png", "sweep_cosine.png", "sweep_loss.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    # T = 0.05 and 0.5 hold one power of ten: matplotlib alone labels its minor ticks there,
+    # 3×10⁻¹ over 4×10⁻¹. The grid temperatures are labelled instead.
+    for make in (sweep_error_figure, sweep_cosine_figure, sweep_loss_figure):
+        figure = make(quadratic_sweep)
+        assert overlapping_tick_labels(figure) == [], make.__name__
+        for ax in figure.axes:
+            assert tick_labels(ax.xaxis) == ["0.05", "0.5"], make.__name__
+            assert tick_labels(ax.xaxis, minor=True) == [], make.__name__
 
 
 def test_tempering_sweep_matches_enumeration_at_every_temperature(tempered_sweep):

@@ -223,17 +223,17 @@ def run(settings: dict[str, Any]) -> int:
 
 
 def _plot_decision(path: Path, estimator, params, dataset) -> None:
-    from thermoeqprop.plots import plt
+    from matplotlib.figure import Figure  # no pyplot: the user's backend stays
 
     grid = np.linspace(-1.2, 1.2, 41)
     gx, gy = np.meshgrid(grid, grid)
     points = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1))
     outputs = np.asarray(estimator.predict(params, points))[:, 0].reshape(gx.shape)
-    fig, ax = plt.subplots(figsize=(4.5, 4), constrained_layout=True)
+    fig = Figure(figsize=(4.5, 4), layout="constrained")
+    ax = fig.subplots()
     mesh = ax.contourf(gx, gy, outputs, levels=20, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.contour(gx, gy, outputs, levels=[0.0], colors="k")
     ax.scatter(*dataset.x_test.T, c=dataset.labels_test, cmap="bwr", edgecolors="k", s=14)
     fig.colorbar(mesh, ax=ax, label="⟨Z0⟩")
     ax.set(title="decision function (test points)", xlabel="x0", ylabel="x1")
     fig.savefig(path, dpi=110)
-    plt.close(fig)

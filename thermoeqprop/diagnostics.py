@@ -252,20 +252,16 @@ def _diagnose_training(folder: Path, out: Path, plots: bool) -> Diagnosis:
     overview.to_csv(path, index=False)
     files.append(path)
     if plots and sampled:
-        import matplotlib
+        from matplotlib.figure import Figure  # no pyplot: the user's backend stays
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(sampled), figsize=(3.6 * len(sampled), 3.2),
-                                 constrained_layout=True, squeeze=False)  # fmt: skip
+        fig = Figure(figsize=(3.6 * len(sampled), 3.2), layout="constrained")
+        axes = fig.subplots(1, len(sampled), squeeze=False)
         for ax, key in zip(axes[0], sampled, strict=True):
             ax.plot(overview.epoch, overview[key], "o-", ms=3)
             ax.set(xlabel="epoch", ylabel=key.removeprefix("diag_"))
             ax.grid(alpha=0.3)
         picture = out / "training_diagnostics.png"
         fig.savefig(picture, dpi=100)
-        plt.close(fig)
         files.append(picture)
     return Diagnosis("train", overview, None, files, notes)
 

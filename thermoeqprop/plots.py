@@ -1,25 +1,109 @@
-"""Figures written into results folders (matplotlib, non-interactive backend)."""
+"""Figures written into results folders, drawn with matplotlib's object-oriented API.
+
+Every figure is a :class:`matplotlib.figure.Figure` made directly, never through pyplot, and
+written with ``Figure.savefig``: this module neither selects nor switches matplotlib's backend
+and leaves no pyplot figure open, so a notebook with ``%matplotlib inline`` keeps its backend,
+and a machine without a display needs nothing (PNG files go through Agg whatever the backend).
+
+Temperature axes are logarithmic. With fewer than two powers of ten in view, matplotlib would
+label the minor ticks (``2×10⁻²``, ``3×10⁻²``, …), and on a narrow grid those labels overlap;
+:func:`readable_log_axis` labels the grid temperatures instead.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 __all__ = ["plot_training"]
 
+# Tick-label sizes in units of the font size (DejaVu Sans digits are 0.64 em wide), and the
+# fraction of a panel's initial size left after constrained layout: enough to keep labels
+# from colliding without measuring rendered text.
+_CHARACTER_WIDTH = 0.64
+_LINE_HEIGHT = 1.3
+_LABEL_GAP = 0.6
+_LAYOUT_SHRINK = 0.85
 
-def plot_training(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Training loss and accuracy against epoch, side by side, saved as PNG.
 
-    The accuracy panel shows ``test_accuracy``, and ``train_accuracy`` where the records have
-    it (``train(..., train_accuracy=True)``)."""
+def _tick_label(value: float) -> str:
+    return f"{value:g}"
+
+
+def readable_log_axis(axis, preferred: Any = None) -> None:
+    """Tick labels that cannot overlap on a log-scaled axis; call it once the data are drawn.
+
+    With two or more powers of ten in view, the decade labels stay (``10⁻²``, ``10⁻¹``) and
+    the minor ticks go unlabelled. With fewer, the labels go to the ``preferred`` values (a
+    sweep's temperatures), else to 1, 2 and 5 times powers of ten, else to 1 to 9 times them,
+    written plainly (``0.02``), keeping from the lowest value up only labels that do not
+    collide with the one before.
+
+    Args:
+        axis: A matplotlib ``XAxis`` or ``YAxis`` on a log scale (``ax.xaxis``).
+        preferred: Optional values to label first, e.g. the grid of temperatures.
+    """
+    axis.set_minor_formatter(NullFormatter())
+    low, high = sorted(axis.get_view_interval())
+    if not (low > 0 and math.isfinite(high) and high > low):
+        return
+    log_low, log_high = math.log10(low), math.log10(high)
+    if math.floor(log_high) - math.ceil(log_low) >= 1:
+        return
+    vertical = axis.axis_name == "y"
+    ax = axis.axes
+    width, height = ax.get_position().size * ax.figure.get_size_inches()
+    length = 72.0 * _LAYOUT_SHRINK * (height if vertical else width)  # points
+    size = matplotlib.rcParams[f"{axis.axis_name}tick.labelsize"]
+    font = FontProperties(size=size).get_size_in_points()
+
+    def extent(value: float) -> float:
+        text = _tick_label(value)
+        return _LINE_HEIGHT * font if vertical else len(text) * _CHARACTER_WIDTH * font
+
+    def thin(values) -> list[float]:
+        kept: list[float] = []
+        for value in sorted({float(v) for v in np.ravel(values) if low <= v <= high}):
+            if kept:
+                gap = math.log10(value / kept[-1]) / (log_high - log_low) * length
+                if gap < (extent(kept[-1]) + extent(value)) / 2 + _LABEL_GAP * font:
+                    continue
+            kept.append(value)
+        return kept
+
+    decades = 10.0 ** np.arange(math.floor(log_low), math.ceil(log_high) + 1)
+    candidates = [] if preferred is None else [np.asarray(preferred, dtype=float)]
+    candidates += [np.outer(decades, subs) for subs in ((1, 2, 5), range(1, 10))]
+    labelled: list[float] = []
+    for values in candidates:
+        kept = thin(values)
+        if len(kept) > len(labelled):
+            labelled = kept
+        if len(labelled) >= 2:
+            break
+    if labelled:
+        axis.set_major_locator(FixedLocator(labelled))
+        axis.set_major_formatter(FuncFormatter(lambda value, _: _tick_label(value)))
+
+
+def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def training_figure(history: list[dict[str, Any]], title: str = "") -> Figure:
+    """The figure of :func:`plot_training`, unsaved (it displays in a notebook)."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3)
     ax_loss.set(xlabel="epoch", ylabel="training loss (mean cost)", yscale="log")
     if all("train_accuracy" in h for h in history):
@@ -33,10 +117,15 @@ def plot_training(history: list[dict[str, Any]], path: str | Path, title: str = 
     ax_loss.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_training(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Training loss and accuracy against epoch, side by side, saved as PNG.
+
+    The accuracy panel shows ``test_accuracy``, and ``train_accuracy`` where the records have
+    it (``train(..., train_accuracy=True)``)."""
+    return _save(training_figure(history, title), path, dpi=110)
 
 
 def _sweep_lines(ax, dataset, name, *, style="-", marker="o", label_suffix="", scale=None):
@@ -58,12 +147,20 @@ def _sweep_lines(ax, dataset, name, *, style="-", marker="o", label_suffix="", s
         )
 
 
-def plot_sweep_error(dataset, path: str | Path) -> Path:
-    """Gradient error against the exact answer and the Monte Carlo standard error against T
-    (log-log, mean over seeds), absolute and relative to the exact gradient's norm.
+def _finish_sweep_axes(axes, dataset) -> None:
+    """Readable log axes, grid and legend on every panel of a sweep figure."""
+    for ax in axes:
+        readable_log_axis(ax.xaxis, preferred=dataset.temperature.values)
+        if ax.get_yscale() == "log":
+            readable_log_axis(ax.yaxis)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
 
-    Without an exact reference only the standard errors are drawn."""
-    fig, (ax_abs, ax_rel) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+
+def sweep_error_figure(dataset) -> Figure:
+    """The figure of :func:`plot_sweep_error`, unsaved (it displays in a notebook)."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_abs, ax_rel = fig.subplots(1, 2)
     exact = "exact_gradient" in dataset
     if exact:
         _sweep_lines(ax_abs, dataset, "error_norm", label_suffix=": ‖error‖")
@@ -82,21 +179,24 @@ def plot_sweep_error(dataset, path: str | Path) -> Path:
                title=f"gradient error {what}")  # fmt: skip
     ax_rel.set(xscale="log", yscale="log", xlabel="temperature T", ylabel="relative to ‖g‖",
                title="relative error and MCSE")  # fmt: skip
-    for ax in (ax_abs, ax_rel):
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _finish_sweep_axes((ax_abs, ax_rel), dataset)
+    return fig
 
 
-def plot_sweep_cosine(dataset, path: str | Path) -> Path:
-    """Cosine between the thermal gradient and the T = 0 EP gradient against T, and the
-    distance ``‖g_T − g_0‖/‖g_0‖`` (log-log), which the Laplace expansion predicts is O(T)."""
+def plot_sweep_error(dataset, path: str | Path) -> Path:
+    """Gradient error against the exact answer and the Monte Carlo standard error against T
+    (log-log, mean over seeds), absolute and relative to the exact gradient's norm.
+
+    Without an exact reference only the standard errors are drawn."""
+    return _save(sweep_error_figure(dataset), path, dpi=110)
+
+
+def sweep_cosine_figure(dataset) -> Figure:
+    """The figure of :func:`plot_sweep_cosine`, unsaved (it displays in a notebook)."""
     if "zero_temperature_gradient" not in dataset:
         raise ValueError("the sweep has no T = 0 EP gradient (spin networks have none)")
-    fig, (ax_cos, ax_dist) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_cos, ax_dist = fig.subplots(1, 2)
     zero = dataset.zero_temperature_gradient
     zero_norm = float((zero**2).sum() ** 0.5)
     distance = ((dataset.gradient - zero) ** 2).sum("parameter") ** 0.5 / zero_norm
@@ -118,19 +218,20 @@ def plot_sweep_cosine(dataset, path: str | Path) -> Path:
                title="alignment with T = 0 EP")  # fmt: skip
     ax_dist.set(xscale="log", yscale="log", xlabel="temperature T",
                 ylabel="‖g_T − g_0‖ / ‖g_0‖", title="distance from the T = 0 gradient")  # fmt: skip
-    for ax in (ax_cos, ax_dist):
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _finish_sweep_axes((ax_cos, ax_dist), dataset)
+    return fig
 
 
-def plot_sweep_loss(dataset, path: str | Path) -> Path:
-    """The sampled loss ⟨C⟩ against T with MCSE error bars, the exact ⟨C⟩_0 and the T = 0
-    loss C(s*) where they exist."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), constrained_layout=True)
+def plot_sweep_cosine(dataset, path: str | Path) -> Path:
+    """Cosine between the thermal gradient and the T = 0 EP gradient against T, and the
+    distance ``‖g_T − g_0‖/‖g_0‖`` (log-log), which the Laplace expansion predicts is O(T)."""
+    return _save(sweep_cosine_figure(dataset), path, dpi=110)
+
+
+def sweep_loss_figure(dataset) -> Figure:
+    """The figure of :func:`plot_sweep_loss`, unsaved (it displays in a notebook)."""
+    fig = Figure(figsize=(5.5, 3.8), layout="constrained")
+    ax = fig.subplots()
     temperatures = dataset.temperature.values
     for k, estimator in enumerate(dataset.estimator.values):
         loss = dataset.loss.sel(estimator=estimator)
@@ -145,12 +246,14 @@ def plot_sweep_loss(dataset, path: str | Path) -> Path:
                    label="T = 0: C(s*)")  # fmt: skip
     ax.set(xscale="log", xlabel="temperature T", ylabel="loss ⟨C⟩ (batch mean)",
            title="loss against temperature")  # fmt: skip
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _finish_sweep_axes((ax,), dataset)
+    return fig
+
+
+def plot_sweep_loss(dataset, path: str | Path) -> Path:
+    """The sampled loss ⟨C⟩ against T with MCSE error bars, the exact ⟨C⟩_0 and the T = 0
+    loss C(s*) where they exist."""
+    return _save(sweep_loss_figure(dataset), path, dpi=110)
 
 
 def plot_sweep(dataset, folder: str | Path, prefix: str = "sweep_") -> list[Path]:
@@ -164,4 +267,14 @@ def plot_sweep(dataset, folder: str | Path, prefix: str = "sweep_") -> list[Path
     return paths
 
 
-__all__ += ["plot_sweep", "plot_sweep_cosine", "plot_sweep_error", "plot_sweep_loss"]
+__all__ += [
+    "plot_sweep",
+    "plot_sweep_cosine",
+    "plot_sweep_error",
+    "plot_sweep_loss",
+    "readable_log_axis",
+    "sweep_cosine_figure",
+    "sweep_error_figure",
+    "sweep_loss_figure",
+    "training_figure",
+]

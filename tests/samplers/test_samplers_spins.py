@@ -119,3 +119,21 @@ def test_spin_energy_checks_reject_unsuitable_energies():
             context,
             num_samples=5,
         )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("sampler", ["gibbs", "metropolis"])
+def test_rates_follow_the_energy_dtype(dtype, sampler):
+    # The mean of a boolean array is float32 in JAX even with x64 on (conftest.py turns it on).
+    couplings, fields, blocks = layered_network()
+    context = (jnp.asarray(couplings, dtype), jnp.asarray(fields, dtype))
+    if sampler == "gibbs":
+        kernel, rate = samplers.block_gibbs(ising_energy, blocks), "flip_rate"
+    else:
+        kernel, rate = samplers.metropolis(ising_energy), "acceptance_rate"
+    start = random_start(jax.random.key(3), (2, 10)).astype(dtype)
+    trace = samplers.sample(jax.random.key(4), kernel, start, context, TEMPERATURE, num_samples=5)
+    values = getattr(trace.info, rate)
+    assert trace.info.energy.dtype == dtype
+    assert values.dtype == dtype
+    assert np.all((0 <= values) & (values <= 1))

@@ -414,10 +414,8 @@ def plot_low_temperature_study(
     Returns:
         The path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The object-oriented API only: no pyplot, so the user's backend and figures stay as they were.
+    from matplotlib.figure import Figure
 
     temps = dataset["temperature"].values
     in_fit = dataset["in_fit"].values if "in_fit" in dataset else np.ones(temps.size, bool)
@@ -426,7 +424,8 @@ def plot_low_temperature_study(
     base = float(g1 @ g0) / g1_norm
     estimators = list(dataset["estimator"].values)
     spread = np.arange(len(estimators)) - (len(estimators) - 1) / 2
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
+    fig = Figure(figsize=(12, 8.5), layout="constrained")
+    axes = fig.subplots(2, 2)
 
     def draw(ax, values, errors, t_max, fitted_curve=None, predicted=None, star=None, **style):
         """Points (filled inside the fit, hollow outside) up to t_max, with lines."""
@@ -501,5 +500,4 @@ def plot_low_temperature_study(
         fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

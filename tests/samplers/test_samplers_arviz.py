@@ -1,0 +1,130 @@
+"""ArviZ plots and summary of any posterior variable (deterministic: no statistical checks).
+
+The plots draw on figures of matplotlib's object-oriented API: they must leave the user's
+backend selected and no pyplot figure open (checked under a backend that is not Agg, as a
+notebook's inline backend is not).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from plot_testing import foreign_backend
+from samplers_testing import ising_energy, layered_network
+
+import samplers
+
+COUPLINGS, FIELDS, BLOCKS = layered_network()
+UNITS = [f"s{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def gibbs_trace():
+    kernel = samplers.block_gibbs(ising_energy, BLOCKS)
+    start = jax.random.rademacher(jax.random.key(0), (3, 10), dtype=float)
+    context = (jnp.asarray(COUPLINGS), jnp.asarray(FIELDS))
+    return samplers.sample(jax.random.key(1), kernel, start, context, 1.0, num_samples=60)
+
+
+@pytest.fixture(scope="module")
+def gradient_idata():
+    rng = np.random.default_rng(0)
+    return samplers.gradient_inference_data(
+        rng.normal(size=(4, 50, 2, 1, 3)),
+        rng.normal(size=(4, 50, 2, 1)),
+        ["a", "b", "c"],
+        temperatures=[0.5, 1.0],
+        seeds=[0],
+    )
+
+
+def png_size(path):
+    """(width, height) in pixels, from the PNG header."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def rows_of(path, row_inches, extra_inches, dpi=90):
+    """Rows of panels in a saved plot, from its height in pixels."""
+    return (png_size(path)[1] / dpi - extra_inches) / row_inches
+
+
+def test_trace_and_rank_plots_of_sampler_positions(gibbs_trace, tmp_path):
+    idata = samplers.to_inference_data(gibbs_trace, unit_names=UNITS)
+    coords = {"unit": ["s0", "s4"]}
+    with foreign_backend():
+        trace = samplers.save_trace_plot(
+            idata, tmp_path / "trace.png", coords, "positions", var_names="position"
+        )
+        rank = samplers.save_rank_plot(idata, tmp_path / "rank.png", coords, var_names=["position"])
+    assert rows_of(trace, 2.0, 0.6) == pytest.approx(2, abs=0.02)  # one row per unit
+    assert png_size(rank) == (2 * 4.5 * 90, 3.2 * 90)  # two panels side by side
+
+
+def test_gradient_plots_stay_the_default(gradient_idata, tmp_path):
+    coords = {"temperature": [0.5], "seed": [0], "parameter": ["a", "c"]}
+    with foreign_backend():
+        path = samplers.save_trace_plot(gradient_idata, tmp_path / "trace.png", coords, "title")
+        samplers.save_rank_plot(gradient_idata, tmp_path / "rank.png", coords)
+        # Several variables at once: two gradient components and the cost.
+        both = samplers.save_trace_plot(
+            gradient_idata, tmp_path / "both.png", coords, var_names=["gradient", "cost"]
+        )
+    assert rows_of(path, 2.0, 0.6) == pytest.approx(2, abs=0.02)
+    assert rows_of(both, 2.0, 0.6) == pytest.approx(3, abs=0.02)
+    # A selection of parameters leaves the cost, which has no such dimension, whole.
+    cost = samplers.save_rank_plot(gradient_idata, tmp_path / "cost.png", coords, var_names="cost")
+    assert png_size(cost) == (4.5 * 90, 3.2 * 90)
+
+
+@pytest.mark.parametrize(
+    "var_names, coords, message",
+    [
+        ("velocity", None, "var_names must name variables of idata.posterior"),
+        ([], None, "var_names must name variables"),
+        ("gradient", {"layer": [0]}, "coords has dimensions ['layer']"),
+        ("gradient", {"parameter": ["z"]}, "coords select values idata.posterior lacks"),
+        ("gradient", {"parameter": []}, "select 0 panels"),
+    ],
+)
+def test_bad_plot_selection_is_named(gradient_idata, tmp_path, var_names, coords, message):
+    for save in (samplers.save_trace_plot, samplers.save_rank_plot):
+        with pytest.raises(ValueError) as error:
+            save(gradient_idata, tmp_path / "x.png", coords, var_names=var_names)
+        assert message in str(error.value)
+        assert not (tmp_path / "x.png").exists()
+
+
+def test_too_many_panels_is_refused(gradient_idata, tmp_path):
+    rng = np.random.default_rng(1)
+    idata = samplers.gradient_inference_data(
+        rng.normal(size=(2, 10, 1, 1, 50)), rng.normal(size=(2, 10, 1, 1)),
+        [f"p{i}" for i in range(50)], temperatures=[1.0], seeds=[0],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="select 50 panels; select between 1 and 20"):
+        samplers.save_trace_plot(idata, tmp_path / "x.png")
+
+
+def test_summary_names_the_units(gibbs_trace):
+    table = samplers.summary(gibbs_trace, unit_names=UNITS)
+    assert list(table.index) == [f"position[{name}]" for name in UNITS]
+    assert list(samplers.summary(gibbs_trace).index)[:2] == ["position[0]", "position[1]"]
+    # Other arguments still reach arviz.summary.
+    picked = samplers.summary(gibbs_trace, unit_names=UNITS, coords={"unit": ["s3"]})
+    assert list(picked.index) == ["position[s3]"]
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (UNITS[:3], "name each of the 10 units"),
+        ("s0", "a sequence of names, got the string"),
+        (["a"] * 10, "must be distinct"),
+    ],
+)
+def test_bad_unit_names_are_named(gibbs_trace, names, message):
+    with pytest.raises(ValueError, match=message):
+        samplers.to_inference_data(gibbs_trace, unit_names=names)
+    with pytest.raises(ValueError, match=message):
+        samplers.summary(gibbs_trace, unit_names=names)
