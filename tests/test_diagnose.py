@@ -11,6 +11,7 @@ output spin).
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from jax.flatten_util import ravel_pytree
 from plot_testing import foreign_backend
@@ -114,13 +115,33 @@ def test_diagnose_a_training_folder(problem, tmp_path, capsys):
     net = problem[0]
     data = load_dataset("moons", num_examples=15)  # 12 train, 3 test: the sweep's batch shape
     folder = tmp_path / "train"
-    train(ThermalCovariance(net, 1.0, SAMPLING), data, TrainConfig(epochs=2, batch_size=3),
-          folder)  # fmt: skip
+    config = TrainConfig(epochs=2, batch_size=3)
+    result = train(ThermalCovariance(net, 1.0, SAMPLING), data, config, folder)
+    # Saving each epoch's last-batch series takes the same estimate (same key), so the run is
+    # the run without series, bit for bit.
+    plain = train(ThermalCovariance(net, 1.0, SAMPLING), data, config, tmp_path / "plain",
+                  series_parameters=0)  # fmt: skip
+    np.testing.assert_array_equal(ravel_pytree(result.params)[0], ravel_pytree(plain.params)[0])
+    assert sorted(p.name for p in (folder / "series").iterdir()) == [
+        "epoch_0001.nc", "epoch_0002.nc"
+    ]  # fmt: skip
+    assert not (tmp_path / "plain" / "series").exists()
+
     with foreign_backend():
-        assert main(["diagnose", str(folder)]) == 0
+        assert main(["diagnose", str(folder), "--max-parameters", "3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"thermoeqprop diagnose: train folder {folder}")
-    assert "diag_rhat_max" in out and "no trace or rank plots" in out
-    assert (folder / "diagnose" / "training_diagnostics.png").read_bytes()[:4] == b"\x89PNG"
-    recorded = (folder / "diagnose" / "training_diagnostics.csv").read_text().splitlines()
+    assert "diag_rhat_max" in out and "series_r_hat_max" in out
+    assert "per-draw gradient series of each epoch's last batch: 2 epochs, 17 components" in out
+    report = folder / "diagnose"
+    for name in ("training_diagnostics.png", "trace_epoch_0002.png", "rank_epoch_0002.png"):
+        assert (report / name).read_bytes()[:4] == b"\x89PNG", name
+    recorded = (report / "training_diagnostics.csv").read_text().splitlines()
     assert len(recorded) == 3  # header and two epochs
+    table = pd.read_csv(report / "gradient_summary.csv")
+    assert sorted(set(table.epoch)) == [1, 2] and len(table) == 2 * 17
+    assert np.all(table.r_hat < 1.1)  # 5 spins, 4 × 200 Gibbs draws (see the module docstring)
+
+    # Without series: the per-epoch summaries only, and the note says why.
+    assert main(["diagnose", str(tmp_path / "plain")]) == 0
+    assert "no trace or rank plots" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 For a sweep folder: a summary table (worst R-hat, smallest bulk and tail ESS per estimator,
 temperature and seed), the per-component ArviZ summary as CSV, and ArviZ trace and rank plots
 of the least converged components. For a training folder: the per-epoch gradient diagnostics
-its metrics recorded (training keeps no per-draw series, hence no trace or rank plots).
+its metrics recorded, the ArviZ summary of the per-draw gradient series saved for each epoch's
+last batch (sampled estimators), and trace and rank plots of the latest.
 """
 
 from __future__ import annotations

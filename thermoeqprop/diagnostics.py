@@ -11,8 +11,9 @@ and tail ESS and MCSE per gradient component.
 - :func:`gradient_inference_data`: from one :meth:`estimate_with_series` call;
 - :func:`load_gradient_series`: the series a sweep saved in its results folder;
 - :func:`diagnose`: a summary table, per-component CSV, and ArviZ trace and rank plots for a
-  sweep folder; for a training folder, the per-epoch diagnostics its metrics recorded (training
-  keeps no per-draw series, so it has no trace or rank plots).
+  sweep folder; for a training folder, the per-epoch diagnostics its metrics recorded and the
+  ArviZ summary of the per-draw series it saved of each epoch's last batch, with trace and
+  rank plots of the latest.
 
 Every ArviZ call lives in ``samplers/_arviz.py``.
 """
@@ -130,7 +131,7 @@ class Diagnosis(NamedTuple):
         kind: ``"sweep"`` or ``"train"``.
         overview: ``pandas.DataFrame``, one row per (estimator, temperature, seed) of a sweep
             (worst R-hat, smallest bulk and tail ESS, flags) or per epoch of a training run.
-        components: Per-component ArviZ summary (sweeps; None for training runs).
+        components: Per-component ArviZ summary (None for a training run without series).
         files: Everything written (CSV tables, PNG plots).
         notes: Lines worth printing (what was found and what could not be done).
     """
@@ -222,7 +223,21 @@ def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -
     return Diagnosis("sweep", overview, table, files, notes)
 
 
-def _diagnose_training(folder: Path, out: Path, plots: bool) -> Diagnosis:
+def _series_overview(frame) -> dict[str, Any]:
+    """Worst R-hat, smallest ESS and median relative MCSE over one estimate's components."""
+    r_hat = frame.r_hat.max() if frame.r_hat.notna().any() else np.nan
+    scale = frame["mean"].abs().where(frame["mean"] != 0)
+    return {
+        "components": len(frame),
+        "r_hat_max": r_hat,
+        "ess_bulk_min": frame.ess_bulk.min(),
+        "ess_tail_min": frame.ess_tail.min(),
+        "mcse_over_mean_median": float((frame.mcse_mean / scale).median()),
+        "worst_component": frame.loc[frame.r_hat.fillna(-np.inf).idxmax(), "parameter"],
+    }
+
+
+def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool) -> Diagnosis:
     import pandas as pd
 
     metrics = folder / "metrics.jsonl"
@@ -239,15 +254,50 @@ def _diagnose_training(folder: Path, out: Path, plots: bool) -> Diagnosis:
         k for k in records[0] if k.startswith("diag_") or k in ("relative_stderr", "temperature")
     ]
     overview = pd.DataFrame([{k: r.get(k, np.nan) for k in keys} for r in records])
-    notes = [
-        "training runs record per-epoch summaries of their gradient estimates, not per-draw "
-        "series: no trace or rank plots"
-    ]
-    sampled = [k for k in ("diag_rhat_max", "diag_ess_min", "relative_stderr") if k in overview]
+    finished = set(overview.epoch)
+    loaded = [
+        (int(path.stem.removeprefix("epoch_")), path, idata)
+        for path, idata in load_gradient_series(folder)
+        if path.stem.startswith("epoch_") and int(path.stem.removeprefix("epoch_")) in finished
+    ]  # a series past the last finished epoch belongs to an epoch that will be redone
+    notes: list[str] = []
     files: list[Path] = []
+    components = None
+    out.mkdir(parents=True, exist_ok=True)
+    if loaded:
+        frames = []
+        for epoch, _, idata in loaded:
+            frame = gradient_summary(idata).reset_index()
+            frame.insert(0, "epoch", epoch)
+            frames.append(frame)
+        components = pd.concat(frames, ignore_index=True)
+        per_epoch = pd.DataFrame(
+            [{"epoch": f.epoch.iloc[0]} | _series_overview(f) for f in frames]
+        ).rename(columns=lambda c: c if c == "epoch" else f"series_{c}")
+        overview = overview.merge(per_epoch, on="epoch", how="left")
+        path = out / "gradient_summary.csv"
+        components.to_csv(path, index=False)
+        files.append(path)
+        num_chains = loaded[-1][2].posterior.sizes["chain"]
+        flagged = sum(
+            _flags(r, b, t, num_chains) != "ok"
+            for r, b, t in per_epoch[
+                ["series_r_hat_max", "series_ess_bulk_min", "series_ess_tail_min"]
+            ].itertuples(index=False)
+        )
+        notes.append(
+            f"per-draw gradient series of each epoch's last batch: {len(loaded)} epochs, "
+            f"{per_epoch.series_components.iloc[-1]} components each; {flagged} flagged "
+            f"(R-hat ≥ {RHAT_LIMIT} or bulk/tail ESS < {ESS_PER_CHAIN} per chain)"
+        )
+    sampled = [k for k in ("diag_rhat_max", "diag_ess_min", "relative_stderr") if k in overview]
     if not sampled:
         notes.append("its estimator is deterministic (no Monte Carlo diagnostics to show)")
-    out.mkdir(parents=True, exist_ok=True)
+    elif not loaded:
+        notes.append(
+            "no per-draw gradient series saved (series/epoch_*.nc): per-epoch summaries only, "
+            "no trace or rank plots"
+        )
     path = out / "training_diagnostics.csv"
     overview.to_csv(path, index=False)
     files.append(path)
@@ -263,7 +313,16 @@ def _diagnose_training(folder: Path, out: Path, plots: bool) -> Diagnosis:
         picture = out / "training_diagnostics.png"
         fig.savefig(picture, dpi=100)
         files.append(picture)
-    return Diagnosis("train", overview, None, files, notes)
+    if plots and loaded:
+        epoch, _, idata = loaded[-1]
+        frame = components[components.epoch == epoch].set_index("parameter")
+        chosen = _plot_parameters(frame, max_parameters)
+        title = f"epoch {epoch}, last batch"
+        coords = {"parameter": chosen}
+        stem = f"epoch_{epoch:04d}"
+        files.append(samplers.save_trace_plot(idata, out / f"trace_{stem}.png", coords, title))
+        files.append(samplers.save_rank_plot(idata, out / f"rank_{stem}.png", coords, title))
+    return Diagnosis("train", overview, components, files, notes)
 
 
 def diagnose(folder, out_dir=None, *, max_parameters: int = 4, plots: bool = True) -> Diagnosis:
@@ -304,7 +363,7 @@ def diagnose(folder, out_dir=None, *, max_parameters: int = 4, plots: bool = Tru
     if kind == "sweep":
         return _diagnose_sweep(folder, out, max_parameters, plots)
     if kind == "train":
-        return _diagnose_training(folder, out, plots)
+        return _diagnose_training(folder, out, max_parameters, plots)
     raise ValueError(
         f"{str(folder)!r} is neither a sweep nor a training results folder (no config.json "
         "naming one); give the folder that `thermoeqprop sweep` or `train` wrote"

@@ -6,7 +6,9 @@ A run writes ``RESULTS_DIR/``:
 - ``config.json``: the training configuration and a description of the estimator;
 - ``metrics.jsonl``: one JSON line per finished epoch;
 - ``checkpoints/epoch_NNNN.npz``: parameters, optimiser state and epoch, written atomically
-  (temporary file, fsync, rename) with a SHA-256 checksum of their contents.
+  (temporary file, fsync, rename) with a SHA-256 checksum of their contents;
+- ``series/epoch_NNNN.nc`` (sampled estimators): the per-draw gradient series of the epoch's
+  last batch as ArviZ InferenceData, for ``thermoeqprop diagnose``.
 
 Calling :func:`train` again on the same folder resumes after the last checkpoint. Every
 random choice of epoch ``e`` derives from ``(seed, e)`` alone, so a resumed run ends with
@@ -250,6 +252,22 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     return history
 
 
+def _save_series(path: Path, series, estimator, config: TrainConfig, count: int) -> None:
+    """The per-draw gradient series of one estimate as netCDF InferenceData (atomically)."""
+    import samplers
+    from thermoeqprop.diagnostics import gradient_inference_data
+
+    idata = gradient_inference_data(
+        series,
+        parameters=int(count),
+        temperature=float(getattr(estimator, "temperature", math.nan)),
+        seed=config.seed,
+        estimator=type(estimator).__name__,
+    )
+    path.parent.mkdir(exist_ok=True)
+    samplers.save_inference_data(idata, path)
+
+
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dicts as one dict with dotted keys (``train.epochs``)."""
     flat = {}
@@ -319,6 +337,7 @@ def train(
     extra_config: dict[str, Any] | None = None,
     train_accuracy: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    series_parameters: int | None = 64,
 ) -> TrainResult:
     """Train ``estimator.model`` on ``dataset`` with gradients from ``estimator``.
 
@@ -338,6 +357,10 @@ def train(
             rest of the run is unchanged).
         callback: Called with each epoch's metrics record once it is saved (for example to
             print it); an exception raised there stops the run with that epoch kept.
+        series_parameters: With a sampled estimator and a results folder, the per-draw
+            gradient series of each epoch's last batch is saved for ArviZ
+            (``series/epoch_NNNN.nc``, read by ``thermoeqprop diagnose``): this many evenly
+            spaced gradient components (all when fewer); 0 or None saves none.
 
     Returns:
         A :class:`TrainResult`.
@@ -405,10 +428,19 @@ def train(
 
             batches = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False)
         estimates = []
+        series = None
+        keep_series = (
+            folder is not None and series_parameters and hasattr(current, "estimate_with_series")
+        )
         for step in batches:
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             step_key = jax.random.fold_in(key_steps, step)
-            estimate = current(params, dataset.x_train[idx], targets_train[idx], step_key)
+            batch = (params, dataset.x_train[idx], targets_train[idx], step_key)
+            if keep_series and step == steps_per_epoch - 1:
+                # The same estimate as current(...) (same key), with the draws behind it.
+                estimate, series = current.estimate_with_series(*batch)
+            else:
+                estimate = current(*batch)
             params, opt_state = apply(params, opt_state, estimate.grad)
             estimates.append(estimate)
         train_seconds = time.perf_counter() - tic
@@ -450,6 +482,9 @@ def train(
         if temperature is not None:
             record["temperature"] = float(temperature)
         history.append(record)
+        if series is not None:
+            _save_series(folder / "series" / f"epoch_{epoch:04d}.nc", series, current, config,
+                         series_parameters)  # fmt: skip
         if folder is not None:
             # Metrics first: a kill between the two writes leaves a line past the last
             # checkpoint, which resuming drops and redoes, never a checkpoint without its line.
