@@ -12,7 +12,8 @@ NumPyro's adaptation state uses. This module only wraps NumPyro's state into the
 form: the state stores the unscaled energy ``E`` and its gradient, and the temperature, and
 rebuilds NumPyro's scaled ``potential_energy = E / T`` and ``z_grad = ∇E / T`` at each step.
 That makes a change of temperature (parallel tempering swaps, ladder adaptation, annealing) a
-change of fields.
+change of fields. Plain HMC jitters its step size (or integration time) after warm-up, around
+NumPyro's transition, to avoid the resonances of a fixed trajectory length (:func:`hmc`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class HMCState(NamedTuple):
         temperature: Temperature ``T > 0`` of the target ``exp(−E/T)``, shape ``()``.
         iteration: Number of steps taken so far (adaptation runs while ``< num_warmup``).
         adapt_state: NumPyro's ``HMCAdaptState`` (step size, inverse mass matrix, dual-averaging
-            and Welford accumulators).
+            and Welford accumulators); its step size is the adapted one, never a jittered one.
         trajectory_length: Integration time of plain HMC; unused by NUTS; ``None`` when the
             number of leapfrog steps is fixed.
         mean_accept_prob: Running mean acceptance probability (reset after warm-up).
@@ -83,7 +84,8 @@ class HMCInfo(NamedTuple):
         energy: ``E(position, context)`` after the step, unscaled.
         hamiltonian: Total energy ``E/T + kinetic`` of the returned point, in units of T
             (ArviZ's ``energy``, for BFMI).
-        step_size: Step size used by this step.
+        step_size: Step size the integrator used in this step (HMC: jittered after warm-up,
+            and ``integration time / num_integration_steps`` for a ``trajectory_length``).
         num_integration_steps: Number of leapfrog steps taken.
     """
 
@@ -100,6 +102,7 @@ def _build(
     algo: str,
     num_warmup: int,
     init_options: dict[str, Any],
+    jitter: float | None = None,
 ) -> Kernel:
     if not callable(energy_fn):
         raise ValueError(
@@ -112,6 +115,7 @@ def _build(
         return lambda z: energy_fn(z, context) / temperature
 
     init_kernel, sample_kernel = _numpyro_hmc(potential_fn_gen=potential_fn_gen, algo=algo)
+    fixed_num_steps = init_options.get("num_steps") is not None
     initialised = [False]
 
     def init(position: jax.Array, context: Any, temperature: Any) -> HMCState:
@@ -144,6 +148,28 @@ def _build(
         if not initialised[0]:
             raise RuntimeError(f"{algo}: call init(...) before step(...) on this kernel.")
         temperature = state.temperature
+        adapt_state, trajectory_length = state.adapt_state, state.trajectory_length
+        step_size = adapt_state.step_size
+        if jitter is None:  # NUTS: NumPyro's transition, untouched
+            key_transition = rng_key
+        else:
+            key_transition, key_jitter = jax.random.split(rng_key)
+            # Drawn independently of the state, so every transition is a mixture of HMC
+            # kernels that each leave the target invariant. During warm-up the factor is
+            # exactly 1, and NumPyro's adaptation sees what it would without jitter.
+            adapting = state.iteration < num_warmup
+            factor = jnp.where(
+                adapting,
+                1.0,
+                1.0
+                + jitter
+                * jax.random.uniform(key_jitter, (), step_size.dtype, minval=-1.0, maxval=1.0),
+            )
+            if fixed_num_steps:
+                step_size = step_size * factor
+                adapt_state = adapt_state._replace(step_size=step_size)
+            else:
+                trajectory_length = trajectory_length * factor
         numpyro_state = _NumPyroState(
             i=state.iteration,
             z=state.position,
@@ -151,23 +177,35 @@ def _build(
             potential_energy=state.energy / temperature,
             energy=jnp.zeros_like(state.energy),
             r=None,
-            trajectory_length=state.trajectory_length,
+            trajectory_length=trajectory_length,
             num_steps=jnp.zeros_like(state.iteration),
             accept_prob=jnp.zeros_like(state.energy),
             mean_accept_prob=state.mean_accept_prob,
             diverging=jnp.array(False),
-            adapt_state=state.adapt_state,
-            rng_key=rng_key,
+            adapt_state=adapt_state,
+            rng_key=key_transition,
         )
         new = sample_kernel(numpyro_state, model_args=(context, temperature))
         energy = new.potential_energy * temperature
+        new_adapt_state = new.adapt_state
+        if jitter is not None and fixed_num_steps:
+            # After warm-up NumPyro hands back the adapt state it was given, whose step size
+            # was jittered: keep the adapted one.
+            new_adapt_state = new_adapt_state._replace(
+                step_size=jnp.where(
+                    adapting, new_adapt_state.step_size, state.adapt_state.step_size
+                )
+            )
+        if jitter is not None and not fixed_num_steps:
+            # NumPyro integrates the time exactly: num_steps = ⌈L/ε⌉ steps of L/num_steps.
+            step_size = trajectory_length / new.num_steps
         new_state = HMCState(
             position=new.z,
             energy=energy,
             energy_grad=new.z_grad * temperature,
             temperature=temperature,
             iteration=new.i,
-            adapt_state=new.adapt_state,
+            adapt_state=new_adapt_state,
             trajectory_length=state.trajectory_length,
             mean_accept_prob=new.mean_accept_prob,
         )
@@ -176,7 +214,7 @@ def _build(
             is_divergent=new.diverging,
             energy=energy,
             hamiltonian=new.energy,
-            step_size=state.adapt_state.step_size,
+            step_size=step_size,
             num_integration_steps=new.num_steps,
         )
         return new_state, info
@@ -262,12 +300,39 @@ def hmc(
     adapt_step_size: bool = True,
     adapt_mass_matrix: bool = True,
     dense_mass: bool = False,
+    jitter: float = 0.5,
 ) -> Kernel:
     """Hamiltonian Monte Carlo on ``p(s) ∝ exp(−E(s, context)/T)``, by NumPyro's kernel.
 
     The integration time is ``trajectory_length`` (the number of leapfrog steps follows the
     adapted step size), or exactly ``num_steps`` leapfrog steps when that is given. Warm-up
     adaptation as in :func:`nuts`.
+
+    **Jitter (on by default).** A fixed step size ε and a fixed number of steps make a fixed
+    integration time τ. On a near-Gaussian target a direction whose half-period is close to
+    a multiple of τ is flipped or brought back at every transition: its draws barely
+    decorrelate while the acceptance rate looks excellent (the energy error of a harmonic
+    direction vanishes when its trajectory closes a half-period, so step-size adaptation
+    gives no warning). So after warm-up every transition draws
+    ``u ~ Uniform(−1, 1)`` from its own key, independently of the state, and integrates
+    with step size ``ε (1 + jitter·u)`` (fixed ``num_steps``) or for a time
+    ``trajectory_length · (1 + jitter·u)`` (then NumPyro takes ``⌈time/ε⌉`` steps). Each
+    transition is an HMC kernel that leaves the target invariant, so their mixture does
+    too. Warm-up is untouched: there the factor is exactly 1, NumPyro's adaptation runs as
+    without jitter (bit for bit, for the same keys), and the adapted ε in the state is never
+    replaced by a jittered one. Measured with 8 leapfrog steps, jitter 0 against 0.5
+    (``benchmarks/results/samplers.md``, "HMC step-size jitter"; 3 seeds each): on a 10-D
+    diagonal Gaussian the smallest bulk ESS per draw over means and second moments went
+    from 0.003 to 0.245 and the largest R-hat from 1.27 to 1.01 (NUTS: 0.34, 1.005); for
+    the covariance estimator on a (3, 4, 2) quadratic network at T = 1 the gradient's
+    smallest ESS per draw went from 0.010 to 0.30 and R-hat from 1.07 to 1.003, and its
+    worst error from 5.6 to 2.1 MCSE; on the main job's (64, 128, 10) network at T = 0.02
+    the gradient's median ESS per draw went from 0.48 to 0.62 and its median R-hat from
+    1.029 to 1.010 (NUTS: 0.70, 1.005), at the same cost per estimate. The price: where a
+    fixed length happened to suit the target the median ESS can be up to about 20 % lower,
+    and the acceptance rate falls by 0–0.04. Of 0.1–0.8, ``jitter = 0.5`` had the best worst
+    case for 5 and 16 steps and was close to 0.8 for 8. ``jitter=0`` turns it off (the
+    step's key is split as with jitter, so such runs differ from those of earlier versions).
 
     Args:
         energy_fn: ``energy_fn(position, context) -> scalar``, ``position`` of shape ``(n,)``.
@@ -280,9 +345,12 @@ def hmc(
         adapt_step_size: Adapt the step size during warm-up.
         adapt_mass_matrix: Adapt the mass matrix during warm-up.
         dense_mass: Adapt a dense rather than diagonal mass matrix.
+        jitter: Relative jitter ``a`` in ``[0, 1)`` of the step size (``num_steps``) or of the
+            integration time (``trajectory_length``) after warm-up, see above; 0 turns it off.
 
     Returns:
-        A :class:`Kernel` with :class:`HMCState` states and :class:`HMCInfo` infos.
+        A :class:`Kernel` with :class:`HMCState` states and :class:`HMCInfo` infos
+        (``HMCInfo.step_size`` is the step the integrator took: jittered after warm-up).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -292,6 +360,11 @@ def hmc(
         >>> int(info.num_integration_steps)
         5
     """
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+        raise ValueError(
+            f"jitter must be a number in [0, 1) (0 turns it off), got {jitter!r}; a factor "
+            "1 − jitter ≤ 0 would make step sizes vanish or change sign."
+        )
     if num_steps is not None:
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be an integer >= 1 or None, got {num_steps!r}.")
@@ -313,4 +386,5 @@ def hmc(
             adapt_mass_matrix=adapt_mass_matrix,
             dense_mass=dense_mass,
         ),
+        jitter=jitter,
     )

@@ -66,6 +66,10 @@ class Sampling:
         num_samples: Recorded draws per chain and round.
         num_warmup: Discarded steps per round (NUTS/HMC adapt step size and mass during them).
         hmc_steps: Leapfrog steps per HMC trajectory (``"hmc"`` only).
+        hmc_jitter: Relative jitter of the HMC step size after warm-up (``"hmc"`` only): each
+            transition uses the adapted step size times a uniform factor in
+            ``[1 − hmc_jitter, 1 + hmc_jitter]``, which breaks the resonances of a fixed
+            trajectory length (``samplers.hmc``'s ``jitter``); 0 turns it off.
         tempering: Number of parallel-tempering replicas (0 = off); the ladder is geometric
             from T up to ``tempering_max_ratio × T`` and only the T replica is used.
         tempering_max_ratio: Top of the ladder relative to T.
@@ -93,6 +97,7 @@ class Sampling:
     num_samples: int = 200
     num_warmup: int = 200
     hmc_steps: int = 16
+    hmc_jitter: float = 0.5
     tempering: int = 0
     tempering_max_ratio: float = 10.0
     target_relative_stderr: float | None = None
@@ -115,6 +120,12 @@ class Sampling:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+        if (
+            isinstance(self.hmc_jitter, bool)
+            or not isinstance(self.hmc_jitter, (int, float))
+            or not 0 <= self.hmc_jitter < 1
+        ):
+            raise ValueError(f"hmc_jitter must be a number in [0, 1), got {self.hmc_jitter!r}")
         if self.tempering not in (0,) and (
             not isinstance(self.tempering, int) or self.tempering < 2
         ):
@@ -197,6 +208,7 @@ def _local_kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
             num_warmup=sampling.num_warmup,
             num_steps=sampling.hmc_steps,
             trajectory_length=None,
+            jitter=float(sampling.hmc_jitter),
         )
     elif method == "gibbs":
         kernel = samplers.block_gibbs(energy_fn, model.blocks)
@@ -689,6 +701,9 @@ class ThermalExact(Estimator):
     Spin networks of up to 20 spins: enumeration of all :math:`2^n` states with weights by
     logsumexp. :class:`~thermoeqprop.models.QuadraticNetwork`: the Gaussian closed form.
 
+    Compiled once per model and batch shape: the temperature (and the ``beta`` of
+    :meth:`nudged_energy_grad`) is a traced argument, so a temperature sweep reuses the code.
+
     Args:
         model: A spin network (≤ 20 spins) or a quadratic network.
         temperature: T > 0.
@@ -714,12 +729,13 @@ class ThermalExact(Estimator):
 
     def __call__(self, params, x, targets, rng_key=None) -> GradientEstimate:
         x, targets = self.model.validate_inputs(x, targets)
-        loss, grad = _exact_loss_and_grad(self.model, params, x, targets, self.temperature)
+        temperature = float(self.temperature)  # an int T would compile a second time
+        loss, grad = _exact_loss_and_grad(self.model, params, x, targets, temperature)
         return GradientEstimate(grad=grad, loss=loss)
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
         x, _ = self.model.validate_inputs(x)
-        return _exact_output(self.model, params, x, self.temperature)
+        return _exact_output(self.model, params, x, float(self.temperature))
 
     def nudged_energy_grad(self, params, x, targets, beta) -> Any:
         r"""Exact :math:`⟨∂_θE⟩_β = ∂_θ A(β)` (batch mean), a pytree like ``params``.
@@ -729,7 +745,8 @@ class ThermalExact(Estimator):
         from its O(β²) bias.
         """
         x, targets = self.model.validate_inputs(x, targets)
-        return _exact_free_energy_grad(self.model, params, x, targets, self.temperature, beta)
+        temperature = float(self.temperature)
+        return _exact_free_energy_grad(self.model, params, x, targets, temperature, beta)
 
     def expected(self, params, x, observable, temperature=None):
         """Exact ``⟨observable(s)⟩`` (batch, …) under the free Gibbs law (spins only)."""
