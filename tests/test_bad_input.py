@@ -164,6 +164,11 @@ CLI_CASES = {
         None,
         "invalid choice: 'slice' (choose from",
     ),
+    "train HMC jitter of one": (
+        TRAIN + ["--estimator", "covariance", "--hmc-jitter", "1"],
+        None,
+        "hmc_jitter must be a number in [0, 1), got 1.0",
+    ),
     "train not a number": (TRAIN + ["--temperature", "warm"], None, "invalid float value: 'warm'"),
     # train: config files
     "train unknown config key": (TRAIN, _config('{"epoch": 3}'), "unknown config key(s) ['epoch']"),

@@ -61,6 +61,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--num-samples", type=int, default=50, help="draws per chain and estimate")
     add("--num-warmup", type=int, default=50, help="discarded steps per chain")
     add("--hmc-steps", type=int, default=8, help="leapfrog steps per HMC trajectory")
+    add("--hmc-jitter", type=float, default=0.5,
+        help="relative step-size jitter of HMC after warm-up (0: off); breaks the resonances "
+        "of a fixed trajectory length")  # fmt: skip
     add("--tempering", type=int, default=0, help="parallel-tempering replicas (0: off)")
     add(
         "--start",
@@ -127,6 +130,7 @@ def build_estimator(settings: dict[str, Any], num_inputs: int, num_classes: int)
             num_samples=settings["num_samples"],
             num_warmup=settings["num_warmup"],
             hmc_steps=settings["hmc_steps"],
+            hmc_jitter=settings["hmc_jitter"],
             tempering=settings["tempering"],
             start=settings["start"],
         )
