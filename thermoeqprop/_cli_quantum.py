@@ -135,9 +135,10 @@ def run(settings: dict[str, Any]) -> int:
     Bad settings raise ``ValueError``; the ``thermoeqprop`` command turns that into one line
     and exit status 2.
     """
+    from thermoeqprop._cli_train import train_config
     from thermoeqprop.data import load_dataset
     from thermoeqprop.plots import plot_training
-    from thermoeqprop.training import TrainConfig, train
+    from thermoeqprop.training import train
 
     tic = time.perf_counter()
     estimator = build_estimator(settings)
@@ -148,14 +149,7 @@ def run(settings: dict[str, Any]) -> int:
         seed=0,
         feature_range=(-1.0, 1.0),
     )
-    config = TrainConfig(
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        learning_rate=settings["learning_rate"],
-        optimizer=settings["optimizer"],
-        lr_schedule=settings["lr_schedule"],
-        seed=settings["seed"],
-    )
+    config = train_config(settings)
     results_dir = Path(settings["results_dir"])
     model = estimator.model
     name = settings["estimator"]

@@ -177,23 +177,24 @@ def temperature_schedule(settings: dict[str, Any], epochs: int):
     return schedule
 
 
+def train_config(settings: dict[str, Any]):
+    """The :class:`~thermoeqprop.training.TrainConfig` of a command's training settings."""
+    from thermoeqprop.training import TrainConfig
+
+    names = ("epochs", "batch_size", "learning_rate", "optimizer", "lr_schedule", "seed")
+    return TrainConfig(**{name: settings[name] for name in names})
+
+
 def run(settings: dict[str, Any]) -> int:
     import numpy as np
 
     from thermoeqprop.data import load_dataset
     from thermoeqprop.plots import plot_training
-    from thermoeqprop.training import TrainConfig, train
+    from thermoeqprop.training import train
 
     dataset = load_dataset(settings["dataset"], seed=0)
     estimator = build_estimator(settings, dataset.num_features, dataset.num_classes)
-    config = TrainConfig(
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        learning_rate=settings["learning_rate"],
-        optimizer=settings["optimizer"],
-        lr_schedule=settings["lr_schedule"],
-        seed=settings["seed"],
-    )
+    config = train_config(settings)
     schedule = temperature_schedule(settings, config.epochs)
     results_dir = Path(settings["results_dir"])
     model = estimator.model
