@@ -51,7 +51,9 @@ def lowest_levels(
     Args:
         matrix: Hermitian sparse matrix (d, d).
         num_levels: How many levels (``< d``).
-        start: Optional start vector (d,), e.g. the unperturbed eigenvector.
+        start: Optional start vector (d,), e.g. the unperturbed eigenvector. Without one a
+            fixed generic vector is used (ARPACK's own default is a random one, which made
+            repeated solves differ in the last digits and broke bit-for-bit resumption).
         tol: ARPACK relative tolerance (0 means machine precision).
 
     Returns:
@@ -64,7 +66,9 @@ def lowest_levels(
             f"asked for {num_levels}; use solver='dense' for small systems"
         )
     ncv = min(d, max(2 * num_levels + 1, 24))
-    v0 = None if start is None else np.asarray(start, dtype=matrix.dtype)
+    if start is None:  # generic (no symmetry sector is missed) and the same on every call
+        start = np.random.default_rng(0x5EED).standard_normal(d)
+    v0 = np.asarray(start, dtype=matrix.dtype)
     energies, vectors = scipy.sparse.linalg.eigsh(
         matrix, k=num_levels, which="SA", v0=v0, tol=tol, ncv=ncv
     )
