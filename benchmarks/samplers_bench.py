@@ -234,7 +234,7 @@ def main():
     report = [
         f"## Run of {datetime.datetime.now().isoformat(timespec='minutes')}",
         "",
-        "Command: `PYTHONPATH=. /work/venv/bin/python benchmarks/samplers_bench.py`",
+        "Command: `PYTHONPATH=. python benchmarks/samplers_bench.py`",
         "",
         f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
         f"shared with other jobs (load average {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} at "
