@@ -225,9 +225,12 @@ def evaluate(estimator: Estimator, params, x, labels, rng_key, batch_size: int =
 
 def _summarise_diagnostics(estimates) -> dict[str, float]:
     """The worst case over an epoch's batches: the smallest converged fraction and minimum
-    (``ess_min``, ``min_gap``, ``min_hessian_eigenvalue``), the largest of the rest."""
+    (``ess_min``, ``min_gap``, ``min_hessian_eigenvalue``), the largest of the rest; indices
+    of an example within a batch (``worst_example``) are left out."""
     out = {}
     for key in estimates[0].diagnostics:
+        if key.endswith("_example"):  # an index into one batch: no meaning across batches
+            continue
         values = np.asarray([float(e.diagnostics[key]) for e in estimates])
         lowest = "converged" in key or key.startswith("min_") or key.endswith("_min")
         reduce = np.min if lowest else np.max
