@@ -52,7 +52,9 @@ def test_train_writes_a_results_folder(tmp_path, capsys):
 
 def test_config_file_sets_values_and_flags_win(tmp_path):
     config = tmp_path / "settings.toml"
-    config.write_text("hidden = [8]\nepochs = 1\nbatch_size = 128\nbeta = 0.25\nseed = 4\n")
+    config.write_text(
+        'estimator = "ep"\nhidden = [8]\nepochs = 1\nbatch_size = 128\nbeta = 0.25\nseed = 4\n'
+    )
     folder = tmp_path / "run"
     assert main(["train", "--config", str(config), "--seed", "5", "--no-progress",
                  "--results-dir", str(folder)]) == 0  # fmt: skip
@@ -69,12 +71,21 @@ def _final_params(folder):
         return {k: data[k] for k in data.files if k.startswith("params_")}
 
 
+KILLED_RUN = ["train", "--estimator", "ep", "--hidden", "32", "--epochs", "6", "--batch-size",
+              "32", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run, in a subprocess like the interrupted ones."""
+    folder = tmp_path_factory.mktemp("straight")
+    assert run_cli(*KILLED_RUN, "--results-dir", str(folder)).returncode == 0
+    return folder
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_run_resumes_to_the_same_result(tmp_path, sig):
-    args = ["train", "--estimator", "ep", "--hidden", "32", "--epochs", "6", "--batch-size", "32",
-            "--no-progress"]  # fmt: skip
-    straight = tmp_path / "straight"
-    assert run_cli(*args, "--results-dir", str(straight)).returncode == 0
+def test_killed_run_resumes_to_the_same_result(tmp_path, straight, sig):
+    args = KILLED_RUN
 
     folder = tmp_path / "killed"
     metrics = folder / "metrics.jsonl"
