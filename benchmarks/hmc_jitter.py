@@ -146,18 +146,19 @@ def section_gaussian(seeds):
                 )
         for label, kernel in kernels:
             r = np.array([gaussian_run(kernel, matrix, vector, seed) for seed in seeds])
-            rows.append(
-                [
-                    name,
-                    label,
-                    f"{r[:, 0].min():.3f} ({np.median(r[:, 0]):.3f})",
-                    f"{np.median(r[:, 1]):.3f}",
-                    f"{r[:, 2].max():.3f}",
-                    f"{r[:, 3].mean():.3f}",
-                ]
-            )
+            rows.append([name, label, *gaussian_cells(r, median_of_min=True)])
             print(rows[-1], flush=True)
     table(["target", "kernel", "min ESS/draw", "median ESS/draw", "max R-hat", "acceptance"], rows)
+
+
+def gaussian_cells(r, median_of_min=False):
+    """Table cells of :func:`gaussian_run` results over runs (rows of r): the smallest min-ESS/
+    draw (and its median), the median of the median-ESS/draw, the largest R-hat, the mean
+    acceptance."""
+    smallest = f"{r[:, 0].min():.3f}"
+    if median_of_min:
+        smallest += f" ({np.median(r[:, 0]):.3f})"
+    return [smallest, f"{np.median(r[:, 1]):.3f}", f"{r[:, 2].max():.3f}", f"{r[:, 3].mean():.3f}"]
 
 
 def section_jitter_sweep(seeds):
@@ -181,16 +182,7 @@ def section_jitter_sweep(seeds):
                     for seed in seeds
                 ]
             )
-            rows.append(
-                [
-                    str(num_steps),
-                    f"{jitter}",
-                    f"{r[:, 0].min():.3f}",
-                    f"{np.median(r[:, 1]):.3f}",
-                    f"{r[:, 2].max():.3f}",
-                    f"{r[:, 3].mean():.3f}",
-                ]
-            )
+            rows.append([str(num_steps), f"{jitter}", *gaussian_cells(r)])
             print(rows[-1], flush=True)
     table(["steps", "jitter", "min ESS/draw", "median ESS/draw", "max R-hat", "acceptance"], rows)
 
