@@ -4,14 +4,17 @@ Knows nothing of equilibrium propagation: an energy function ``energy_fn(positio
 and start positions in; samples of shape ``(chain, draw, ...)`` and per-step diagnostics out.
 
 - kernels (``init(position, context, temperature)``, ``step(rng_key, state, context)``):
-  :func:`nuts`, :func:`hmc` (NumPyro's), :func:`block_gibbs`, :func:`metropolis`,
+  :func:`nuts`, :func:`hmc` (NumPyro's), :func:`block_gibbs`, :func:`layered_gibbs` (layered
+  Ising energies as matrix products), :func:`metropolis`,
   :func:`parallel_tempering` around any of them;
 - drivers: :func:`sample` (many chains and targets, one compiled call, sharded over devices),
   :func:`anneal` with :func:`geometric_schedule`, :func:`linear_schedule`;
 - exact references: :func:`enumerate_spins`, :func:`spin_log_probabilities`,
   :func:`gaussian_reference`;
 - diagnostics (ArviZ): :func:`to_inference_data`, :func:`ess_bulk`, :func:`ess_tail`,
-  :func:`rhat`, :func:`mcse_mean`, :func:`summary`.
+  :func:`rhat`, :func:`mcse_mean`, :func:`summary`; vectorised in JAX over many quantities:
+  :func:`mean_diagnostics_many`, :func:`ess_mean_many`, :func:`mcse_mean_many`,
+  :func:`rhat_split_many`.
 """
 
 from samplers._annealing import anneal, check_schedule, geometric_schedule, linear_schedule
@@ -39,8 +42,15 @@ from samplers._exact import (
     spin_log_probabilities,
     spin_states,
 )
-from samplers._fast_diagnostics import ess_mean_many, mcse_mean_many, rhat_split_many
+from samplers._fast_diagnostics import (
+    MeanDiagnostics,
+    ess_mean_many,
+    mcse_mean_many,
+    mean_diagnostics_many,
+    rhat_split_many,
+)
 from samplers._hmc import HMCInfo, HMCState, hmc, nuts
+from samplers._layered import LayeredSpinState, layered_gibbs, layered_ising_energy
 from samplers._spins import (
     GibbsInfo,
     MetropolisInfo,
@@ -63,6 +73,8 @@ __all__ = [
     "HMCInfo",
     "HMCState",
     "Kernel",
+    "LayeredSpinState",
+    "MeanDiagnostics",
     "MetropolisInfo",
     "NonFiniteEnergyError",
     "SpinReference",
@@ -84,10 +96,13 @@ __all__ = [
     "geometric_schedule",
     "gradient_inference_data",
     "hmc",
+    "layered_gibbs",
+    "layered_ising_energy",
     "linear_schedule",
     "load_inference_data",
     "mcse_mean",
     "mcse_mean_many",
+    "mean_diagnostics_many",
     "metropolis",
     "nuts",
     "parallel_tempering",

@@ -112,11 +112,11 @@ def _anneal_chain(kernel: Kernel, num_steps: int, rng_key, position, context, sc
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(kernel: Kernel, num_steps: int, batched: bool):
+def _compiled(kernel: Kernel, num_steps: int, batched: bool, axes):
     run = functools.partial(_anneal_chain, kernel, num_steps)
     run = jax.vmap(run, in_axes=(0, 0, None, None), axis_name="chain")
     if batched:
-        run = jax.vmap(run, in_axes=(0, 0, 0, None))
+        run = jax.vmap(run, in_axes=(0, 0, axes.tree(), None))
     return jax.jit(run)
 
 
@@ -129,6 +129,7 @@ def anneal(
     *,
     num_steps_per_temperature: int = 1,
     batched: bool = False,
+    context_axes: Any = 0,
     check_finite: bool = True,
 ) -> Trace:
     """Carry chains through a cooling schedule and return their final states.
@@ -156,6 +157,7 @@ def anneal(
         schedule: Temperatures, shape ``(K,)``, e.g. :func:`geometric_schedule`.
         num_steps_per_temperature: Kernel steps at each temperature, >= 1.
         batched: Whether ``position`` and ``context`` carry a leading batch axis.
+        context_axes: Which context leaves carry the batch axis, as in :func:`sample`.
         check_finite: Raise :class:`NonFiniteEnergyError` if an energy became NaN or infinite.
 
     Returns:
@@ -178,7 +180,9 @@ def anneal(
         raise ValueError(f"kernel must be a samplers.Kernel, got {type(kernel).__name__}.")
     if kernel.name.startswith("parallel tempering"):
         raise ValueError("anneal needs a local kernel; parallel tempering holds a whole ladder.")
-    x, batch_size, num_chains = prepare(kernel, position, context, float(t[0]), batched, 1)
+    x, batch_size, num_chains, axes = prepare(
+        kernel, position, context, float(t[0]), batched, 1, context_axes=context_axes
+    )
     keys = jax.random.split(
         as_typed_key(rng_key), (batch_size, num_chains) if batched else num_chains
     )
@@ -192,8 +196,9 @@ def anneal(
         batched,
         batch_size,
         num_chains,
+        axes=axes,
     )
-    run = _compiled(kernel, num_steps, bool(batched))
+    run = _compiled(kernel, num_steps, bool(batched), axes)
     samples, info, state, bad = run(
         args["rng_key"], args["position"], args["context"], args["temperature"]
     )

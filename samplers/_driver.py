@@ -83,12 +83,47 @@ def _run_chain(
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(kernel: Kernel, num_warmup: int, num_samples: int, batched: bool):
+def _compiled(kernel: Kernel, num_warmup: int, num_samples: int, batched: bool, axes):
     run = functools.partial(_run_chain, kernel, num_warmup, num_samples)
     run = jax.vmap(run, in_axes=(0, 0, None, None), axis_name="chain")
     if batched:
-        run = jax.vmap(run, in_axes=(0, 0, 0, None))
+        run = jax.vmap(run, in_axes=(0, 0, axes.tree(), None))
     return jax.jit(run)
+
+
+class ContextAxes(NamedTuple):
+    """The batch axis (0 or None) of every context leaf, in a hashable form (a cache key)."""
+
+    leaves: tuple[int | None, ...]
+    treedef: Any
+
+    def tree(self):
+        return jax.tree_util.tree_unflatten(self.treedef, self.leaves)
+
+
+def context_axes_of(context: Any, context_axes: Any) -> ContextAxes:
+    """Expand ``context_axes`` (0, None, or a pytree prefix of ``context`` of them) per leaf."""
+
+    def expand(axis, subtree):
+        if axis not in (0, None) or isinstance(axis, bool):
+            raise ValueError(
+                f"context_axes entries must be 0 (one value per target) or None (shared by "
+                f"all targets), got {axis!r}."
+            )
+        return jax.tree_util.tree_map(lambda _: axis, subtree)
+
+    try:
+        full = jax.tree_util.tree_map(expand, context_axes, context, is_leaf=lambda a: a is None)
+    except ValueError as error:
+        if "context_axes entries" in str(error):
+            raise
+        raise ValueError(
+            "context_axes must be 0, None, or a pytree prefix of the context with 0 or None "
+            f"at its leaves; got {context_axes!r} for a context of structure "
+            f"{jax.tree_util.tree_structure(context)}."
+        ) from None
+    leaves, treedef = jax.tree_util.tree_flatten(full, is_leaf=lambda a: a is None)
+    return ContextAxes(tuple(leaves), treedef)
 
 
 def as_typed_key(rng_key: Any) -> jax.Array:
@@ -123,13 +158,16 @@ def prepare(
     batched: bool,
     event_ndim: int,
     num_chains: int | None = None,
+    context_axes: Any = 0,
 ):
     """Validate the driver's inputs on concrete values; return them as arrays.
 
     With ``num_chains`` given, ``position`` has no chain axis and is shared by all chains.
+    ``context_axes`` (batched only) marks context leaves shared by all targets (None).
 
     Returns:
-        ``(position, batch_size, num_chains)`` with ``batch_size`` None unless batched.
+        ``(position, batch_size, num_chains, axes)`` with ``batch_size`` None unless batched
+        and ``axes`` the :class:`ContextAxes` of the context.
     """
     if not isinstance(kernel, Kernel):
         raise ValueError(f"kernel must be a samplers.Kernel, got {type(kernel).__name__}.")
@@ -166,20 +204,27 @@ def prepare(
     batch_size = x.shape[0] if batched else None
     num_chains = x.shape[1] if batched else x.shape[0]
     context_0 = context
+    axes = context_axes_of(context, context_axes if batched else None)
     if batched:
         leaves = jax.tree_util.tree_leaves(context)
         if not leaves:
             raise ValueError("batched=True needs a context with a leading batch axis; got none.")
-        for leaf in leaves:
+        for leaf, axis in zip(leaves, axes.leaves, strict=True):
             shape = np.shape(leaf)
-            if len(shape) == 0 or shape[0] != batch_size:
+            if axis == 0 and (len(shape) == 0 or shape[0] != batch_size):
                 raise ValueError(
                     f"with batched=True every context leaf needs a leading batch axis of size "
-                    f"{batch_size} (position.shape[0]); got a leaf of shape {shape}."
+                    f"{batch_size} (position.shape[0]), unless context_axes marks it shared "
+                    f"(None); got a leaf of shape {shape}."
                 )
-        context_0 = jax.tree_util.tree_map(lambda leaf: leaf[0], context)
+        context_0 = jax.tree_util.tree_map(
+            lambda leaf, axis: leaf if axis is None else leaf[0],
+            context,
+            axes.tree(),
+            is_leaf=lambda a: a is None,
+        )
     kernel.validate(x.reshape(-1, *x.shape[lead:]), context_0, temperature)
-    return x, batch_size, num_chains
+    return x, batch_size, num_chains, axes
 
 
 def shard(
@@ -188,14 +233,19 @@ def shard(
     batch_size: int | None,
     num_chains: int,
     num_replicas: int | None = None,
+    axes: ContextAxes | None = None,
 ):
     """Place the inputs over all devices with a 1-D mesh (a no-op on one device).
 
     The first of these axes whose size is a multiple of the device count is sharded: targets
     (when batched), else chains, else parallel-tempering replicas (then the keys, which have no
     replica axis, are replicated). If none divides, everything stays on the default device.
-    Under ``jit`` XLA partitions the vmapped computation along the sharded axis.
+    Under ``jit`` XLA partitions the vmapped computation along the sharded axis. ``axes``
+    (from :func:`prepare`) says which context leaves follow the targets; the others, and the
+    whole context when targets are not sharded, are replicated.
     """
+    if axes is None:
+        axes = context_axes_of(arrays["context"], 0 if batched else None)
     devices = jax.devices()
     if len(devices) == 1:
         return arrays
@@ -221,7 +271,16 @@ def shard(
     out["rng_key"] = jax.device_put(
         arrays["rng_key"], replicated if kind == "replica" else spec(axis)
     )
-    out["context"] = jax.device_put(arrays["context"], spec(0) if kind == "batch" else replicated)
+    if kind == "batch":
+        # Per-target leaves follow the targets; shared ones (context_axes None) are replicated.
+        leaves, treedef = jax.tree_util.tree_flatten(arrays["context"])
+        placed = [
+            jax.device_put(leaf, spec(0) if axis == 0 else replicated)
+            for leaf, axis in zip(leaves, axes.leaves, strict=True)
+        ]
+        out["context"] = jax.tree_util.tree_unflatten(treedef, placed)
+    else:
+        out["context"] = jax.device_put(arrays["context"], replicated)
     out["temperature"] = jax.device_put(arrays["temperature"], replicated)
     return out
 
@@ -284,6 +343,7 @@ def sample(
     num_warmup: int | None = None,
     batched: bool = False,
     num_chains: int | None = None,
+    context_axes: Any = 0,
     check_finite: bool = True,
 ) -> Trace:
     """Run many chains (optionally for a batch of targets) in one compiled call.
@@ -323,6 +383,12 @@ def sample(
         num_chains: If given, ``position`` has no chain axis (``([B,] *E)``) and every one of
             the ``num_chains`` chains starts from it; by default the chain axis of
             ``position`` sets the number of chains. Distinct starts make R-hat more telling.
+        context_axes: With ``batched``, which context leaves carry the batch axis: ``0`` (all,
+            the default), ``None`` (none), or a pytree prefix of ``context`` holding 0 or None
+            per subtree, e.g. ``(None, 0)`` for ``(params, x)``. Shared leaves (None) are
+            passed to every target's chains as they are, so a weight matrix shared by all
+            targets stays one matrix and the chains' energies batch into matrix products,
+            instead of one copy of it per target.
         check_finite: Raise :class:`NonFiniteEnergyError` if any chain's energy became NaN or
             infinite (with its chain, target and step).
 
@@ -354,8 +420,8 @@ def sample(
             f"use num_warmup >= {kernel.num_warmup}."
         )
     event_ndim = np.ndim(temperature) + 1
-    x, batch_size, num_chains = prepare(
-        kernel, position, context, temperature, batched, event_ndim, num_chains
+    x, batch_size, num_chains, axes = prepare(
+        kernel, position, context, temperature, batched, event_ndim, num_chains, context_axes
     )
     keys = jax.random.split(
         as_typed_key(rng_key), (batch_size, num_chains) if batched else num_chains
@@ -371,8 +437,9 @@ def sample(
         batch_size,
         num_chains,
         x.shape[-2] if event_ndim == 2 else None,
+        axes,
     )
-    run = _compiled(kernel, num_warmup, num_samples, bool(batched))
+    run = _compiled(kernel, num_warmup, num_samples, bool(batched), axes)
     samples, info, state, bad = run(
         args["rng_key"], args["position"], args["context"], args["temperature"]
     )

@@ -1,110 +1,194 @@
-"""Vectorised effective sample size, MCSE and split R-hat for many quantities at once.
+"""Vectorised effective sample size, MCSE and split R-hat for many quantities at once, in JAX.
 
 ArviZ evaluates these one quantity at a time; a gradient of ten thousand parameters takes it
 seconds per estimate. These functions compute the same quantities for every element of a
-``(chain, draw, *event)`` array in one pass of NumPy array code:
+``(chain, draw, *event)`` array in one pass of jitted JAX array code:
 
 - :func:`ess_mean_many`: the ESS of the mean on split chains, with Geyer's initial positive
   and initial monotone sequences (Vehtari, Gelman, Simpson, Carpenter & Bürkner 2021), as
   ArviZ's ``ess(method="mean")`` computes it; the tests check agreement to rounding error;
 - :func:`mcse_mean_many`: ``sd / sqrt(ESS_mean)``, as ArviZ's ``mcse(method="mean")``;
 - :func:`rhat_split_many`: the split R-hat (not rank-normalised: cheaper, and for the
-  near-Gaussian gradient series it reports on, close to ArviZ's rank-normalised R-hat).
+  near-Gaussian gradient series it reports on, close to ArviZ's rank-normalised R-hat);
+- :func:`mean_diagnostics_many`: all three from one pass that shares the split and the FFT.
+
+All four accept NumPy or JAX arrays, return JAX arrays in the input's floating dtype (integer
+input is promoted to JAX's default float) and can be called inside another jitted function.
+They go through one module-level :func:`jax.jit`, so each input shape and dtype (and each of the
+four outputs) compiles once per process; a new draw count is a new shape and compiles again.
+The shape checks run eagerly in Python, since shapes are static even under tracing.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+import math
+from typing import NamedTuple
 
-__all__ = ["ess_mean_many", "mcse_mean_many", "rhat_split_many"]
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "MeanDiagnostics",
+    "ess_mean_many",
+    "mcse_mean_many",
+    "mean_diagnostics_many",
+    "rhat_split_many",
+]
 
 
-def _split(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=float)
+class MeanDiagnostics(NamedTuple):
+    """Diagnostics of the mean per element, each of shape ``event``.
+
+    Attributes:
+        mcse: Monte Carlo standard error of the mean, ``sd / sqrt(ess)``; 0 where constant.
+        ess: Effective sample size of the mean on split chains; NaN where constant.
+        rhat: Split R-hat (not rank-normalised); NaN where constant.
+    """
+
+    mcse: jax.Array
+    ess: jax.Array
+    rhat: jax.Array
+
+
+def _checked(x) -> jax.Array:
+    """``x`` as a floating JAX array (or tracer) of shape (chain, draw, *event), checked."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
     if x.ndim < 2:
         raise ValueError(f"x must have shape (chain, draw, *event), got shape {x.shape}")
-    half = x.shape[1] // 2
-    if half < 2:
+    if x.shape[1] // 2 < 2:
         raise ValueError(f"x needs at least 4 draws per chain, got {x.shape[1]}")
-    # Split every chain into its first and last halves (dropping the middle draw if odd).
-    return np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
+    return x
 
 
-def _autocovariance(x: np.ndarray) -> np.ndarray:
-    """Biased autocovariance along axis 1 for all chains and elements, by FFT."""
-    n = x.shape[1]
-    centred = x - x.mean(axis=1, keepdims=True)
-    size = 1 << int(np.ceil(np.log2(2 * n - 1)))
-    spectrum = np.fft.rfft(centred, n=size, axis=1)
-    acov = np.fft.irfft(spectrum * np.conjugate(spectrum), n=size, axis=1)[:, :n]
-    return acov / n
-
-
-def ess_mean_many(x) -> np.ndarray:
-    """Effective sample size of the mean, per element of a (chain, draw, *event) array.
-
-    Example:
-        >>> rng = np.random.default_rng(0)
-        >>> ess = ess_mean_many(rng.normal(size=(4, 500, 3)))
-        >>> ess.shape, bool(np.all((1500 < ess) & (ess < 2500)))
-        ((3,), True)
-    """
-    x = _split(x)
-    m, n = x.shape[:2]
-    event = x.shape[2:]
-    x = x.reshape(m, n, -1)
-    acov = _autocovariance(x)  # (m, n, k)
-    mean_var = acov[:, 0].mean(axis=0) * n / (n - 1.0)  # (k,)
-    var_plus = mean_var * (n - 1.0) / n + x.mean(axis=1).var(axis=0, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rho = 1.0 - (mean_var - acov.mean(axis=0)) / var_plus  # (n, k); rho[0] = 1
-    rho[0] = 1.0
-    k = rho.shape[1]
+def _ess(xs: jax.Array, within: jax.Array, var_plus: jax.Array) -> jax.Array:
+    """ESS of the mean from split chains ``xs`` (k, m, n) and their ``W`` and ``var+`` (k,)."""
+    _, m, n = xs.shape
+    centred = xs - xs.mean(axis=2, keepdims=True)
+    # The chains' mean biased autocovariance of every element, by FFT zero-padded to a power
+    # of two of at least 2n - 1 points so that the circular correlation is the linear one.
+    # The transform is linear, so the chains' power spectra are averaged before the one
+    # inverse transform per element (instead of one per chain).
+    size = 1 << (2 * n - 2).bit_length()
+    spectrum = jnp.fft.rfft(centred, n=size, axis=2)
+    power = (spectrum * jnp.conj(spectrum)).real.mean(axis=1)
+    acov = jnp.fft.irfft(power, n=size, axis=1)[:, :n] / n  # (k, n)
+    rho = 1.0 - (within[:, None] - acov) / var_plus[:, None]
+    rho = rho.at[:, 0].set(1.0)
     # Pairs (rho_{2t}, rho_{2t+1}), t = 0, 1, …; Geyer's initial positive sequence keeps
-    # pairs while their sum stays positive (pairs are examined while 2t + 2 < n − 2).
-    num_pairs = (n - 3) // 2 + 1
-    even = rho[0 : 2 * num_pairs : 2]
-    odd = rho[1 : 2 * num_pairs : 2]
-    pair = even + odd  # (num_pairs, k)
-    positive = np.cumprod(pair > 0, axis=0).astype(bool)
-    positive[0] = True  # the first pair (1, rho_1) always counts, as in the reference
-    num_positive = positive.sum(axis=0)
+    # pairs while their sum stays positive (pairs are examined while 2t + 2 < n − 2). ArviZ
+    # walks the pairs in a loop per element; here every element's stopping point is counted.
+    # The first pair is there even when n < 4 leaves none to examine (then tau = 0, as ArviZ).
+    num_pairs = max(1, (n - 1) // 2)
+    even = rho[:, 0 : 2 * num_pairs : 2]
+    pair = even + rho[:, 1 : 2 * num_pairs : 2]  # (k, num_pairs)
+    positive = jnp.cumsum(~(pair > 0), axis=1) == 0  # no non-positive pair up to here
+    positive = positive.at[:, 0].set(True)  # the first pair (1, rho_1) always counts, as ArviZ
+    num_positive = positive.sum(axis=1)
     ran_out = num_positive == num_pairs  # no pair turned non-positive before the end
     # Pairs summed in full: all positive ones, except that when the sequence ran to the end
     # the last examined pair contributes only its even term.
-    num_full = np.where(ran_out, num_pairs - 1, num_positive)
-    full = np.arange(num_pairs)[:, None] < num_full[None, :]
+    num_full = jnp.where(ran_out, num_pairs - 1, num_positive)
+    full = jnp.arange(num_pairs) < num_full[:, None]
     # Initial monotone sequence: each pair sum no larger than the one before it.
-    monotone = np.minimum.accumulate(np.where(full, pair, np.inf), axis=0)
-    tau = -1.0 + 2.0 * np.where(full, monotone, 0.0).sum(axis=0)
+    monotone = jax.lax.cummin(jnp.where(full, pair, jnp.inf), axis=1)
+    tau = -1.0 + 2.0 * jnp.where(full, monotone, 0.0).sum(axis=1)
     # The even term after the last full pair is added once: always when the sequence ran to
     # the end, and when it is positive if a pair turned non-positive there.
-    trailing_even = even[np.minimum(num_full, num_pairs - 1), np.arange(k)]
-    tau = tau + np.where(ran_out | (trailing_even > 0), trailing_even, 0.0)
+    last = jnp.minimum(num_full, num_pairs - 1)
+    trailing_even = jnp.take_along_axis(even, last[:, None], axis=1)[:, 0]
+    tau = tau + jnp.where(ran_out | (trailing_even > 0), trailing_even, 0.0)
     total = m * n
-    tau = np.maximum(tau, 1.0 / np.log10(total))
-    ess = total / tau
-    constant = ~(var_plus > 0)
-    ess = np.where(constant, np.nan, ess)
-    return ess.reshape(event)
+    tau = jnp.maximum(tau, 1.0 / math.log10(total))
+    return jnp.where(var_plus > 0, total / tau, jnp.nan)
 
 
-def mcse_mean_many(x) -> np.ndarray:
+def _compute(x: jax.Array) -> MeanDiagnostics:
+    """All three diagnostics of a checked (chain, draw, *event) array."""
+    chains, draws, *event = x.shape
+    # Elements first, draws last: the FFT and the scans then run along contiguous axes (XLA's
+    # CPU FFT transforms the minor axis; one transpose here is cheaper than one around it).
+    x = x.reshape(chains, draws, math.prod(event)).transpose(2, 0, 1)  # (k, chain, draw)
+    # Every statistic here is shift-invariant. Subtracting each element's first draw makes a
+    # constant element exactly zero, so its variances are exactly 0 (and it is flagged) however
+    # the means round, and it removes a large offset before float32 sums square it.
+    x = x - x[:, :1, :1]
+    sd = jnp.std(x, axis=(1, 2), ddof=1)  # over all draws, unsplit, as ArviZ
+    # Split every chain into its first and last halves (dropping the middle draw if odd).
+    n = draws // 2
+    xs = jnp.concatenate([x[:, :, :n], x[:, :, draws - n :]], axis=1)  # (k, m, n)
+    within = xs.var(axis=2, ddof=1).mean(axis=1)  # mean within-chain variance W, (k,)
+    var_plus = within * (n - 1.0) / n + xs.mean(axis=2).var(axis=1, ddof=1)
+    ess = _ess(xs, within, var_plus)
+    mcse = jnp.where(sd > 0, sd / jnp.sqrt(jnp.where(jnp.isnan(ess), 1.0, ess)), 0.0)
+    # R-hat = sqrt(var+ / W); 0/0 gives NaN for a constant element, as in ArviZ.
+    rhat = jnp.sqrt(var_plus / within)
+    return MeanDiagnostics(*(value.reshape(event) for value in (mcse, ess, rhat)))
+
+
+# One jit for all four entry points: ``field`` picks one output (XLA then drops the work only
+# the others need, e.g. the FFT for R-hat alone), or None for all three.
+@functools.partial(jax.jit, static_argnames="field")
+def _diagnostics(x: jax.Array, field: str | None = None):
+    diagnostics = _compute(x)
+    return diagnostics if field is None else getattr(diagnostics, field)
+
+
+def mean_diagnostics_many(x) -> MeanDiagnostics:
+    """MCSE, ESS of the mean and split R-hat per element, from one shared pass.
+
+    Args:
+        x: Array of shape (chain, draw, *event), at least 4 draws per chain; NumPy or JAX.
+
+    Returns:
+        ``MeanDiagnostics(mcse, ess, rhat)``, each of shape ``event`` in ``x``'s float dtype.
+
+    Raises:
+        ValueError: If ``x.ndim < 2`` or there are fewer than 4 draws per chain.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> d = mean_diagnostics_many(rng.normal(size=(4, 500, 3)))
+        >>> d.ess.shape, bool(jnp.all((1500 < d.ess) & (d.ess < 2500) & (d.rhat < 1.01)))
+        ((3,), True)
+    """
+    return _diagnostics(_checked(x))
+
+
+def ess_mean_many(x) -> jax.Array:
+    """Effective sample size of the mean per element; see :func:`mean_diagnostics_many`.
+
+    Args:
+        x: Array of shape (chain, draw, *event), at least 4 draws per chain.
+
+    Returns:
+        Shape ``event``; NaN for elements that never change.
+    """
+    return _diagnostics(_checked(x), "ess")
+
+
+def mcse_mean_many(x) -> jax.Array:
     """Monte Carlo standard error of the mean, ``sd / sqrt(ESS_mean)``, per element.
 
-    Elements that never change get 0.
+    Args:
+        x: Array of shape (chain, draw, *event), at least 4 draws per chain.
+
+    Returns:
+        Shape ``event``; 0 for elements that never change.
     """
-    x = np.asarray(x, dtype=float)
-    sd = x.reshape(-1, *x.shape[2:]).std(axis=0, ddof=1)
-    ess = ess_mean_many(x)
-    return np.where(sd > 0, sd / np.sqrt(np.where(np.isnan(ess), 1.0, ess)), 0.0)
+    return _diagnostics(_checked(x), "mcse")
 
 
-def rhat_split_many(x) -> np.ndarray:
-    """Split R-hat per element (needs at least 2 chains of 4 draws)."""
-    x = _split(x)
-    n = x.shape[1]
-    within = x.var(axis=1, ddof=1).mean(axis=0)
-    between = n * x.mean(axis=1).var(axis=0, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.sqrt(((n - 1) / n * within + between / n) / within)
+def rhat_split_many(x) -> jax.Array:
+    """Split R-hat per element (meaningful from 2 chains of 4 draws).
+
+    Args:
+        x: Array of shape (chain, draw, *event), at least 4 draws per chain.
+
+    Returns:
+        Shape ``event``; NaN for elements that never change.
+    """
+    return _diagnostics(_checked(x), "rhat")

@@ -136,4 +136,4 @@ def test_spin_network_and_annealed_temperature(tmp_path):
     assert main(args) == 0
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     np.testing.assert_allclose([r["temperature"] for r in records], [2.0, 0.5])
-    assert "SpinNetwork 7 spins" in (folder / "summary.txt").read_text()
+    assert "LayeredSpinNetwork (2, 6, 1)" in (folder / "summary.txt").read_text()

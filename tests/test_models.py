@@ -6,10 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 from thermoeqprop.models import (
     CrossEntropy,
     LayeredNetwork,
+    LayeredSpinNetwork,
     QuadraticNetwork,
     SpinNetwork,
     SquaredError,
@@ -103,11 +105,57 @@ def test_spin_energy_matches_explicit_sum_over_edges():
 
 def test_layered_spin_network_blocks_are_its_layers():
     net = SpinNetwork.layered((5, 3, 4, 2))
+    assert isinstance(net, LayeredSpinNetwork)
     assert net.blocks == ((0, 1, 2), (3, 4, 5, 6), (7, 8))
     assert net.output_units == (7, 8)
-    assert len(net.edges) == 3 * 4 + 4 * 2
-    assert len(net.input_edges) == 5 * 3
+    params = net.init_params(jax.random.key(0))
+    assert [j.shape for j in params["couplings"]] == [(3, 4), (4, 2)]
+    assert params["input_weights"].shape == (5, 3)
+    graph = net.to_graph()
+    assert len(graph.edges) == 3 * 4 + 4 * 2
+    assert len(graph.input_edges) == 5 * 3
     np.testing.assert_allclose(net.encode_labels(jnp.array([1])), [[-1.0, 1.0]])
+
+
+def test_dense_layered_spins_are_the_edge_list_network():
+    """Same initial draws, same raveled parameters, same energy and gradients as the edge
+    list of the same graph, on every state of a small network."""
+    net = SpinNetwork.layered((2, 3, 2))
+    graph = net.to_graph()
+    params = net.init_params(jax.random.key(0))
+    flat, unravel = ravel_pytree(params)
+    np.testing.assert_array_equal(flat, ravel_pytree(graph.init_params(jax.random.key(0)))[0])
+    params = unravel(jax.random.normal(jax.random.key(1), flat.shape))
+    graph_params = net.graph_params(params)
+    np.testing.assert_array_equal(ravel_pytree(graph_params)[0], ravel_pytree(params)[0])
+    x = jnp.array([0.3, -0.8])
+    for spins in itertools.product([-1.0, 1.0], repeat=5):
+        s = jnp.array(spins)
+        np.testing.assert_allclose(
+            net.energy(params, s, x), graph.energy(graph_params, s, x), rtol=1e-12
+        )
+        np.testing.assert_allclose(
+            ravel_pytree(jax.grad(net.energy)(params, s, x))[0],
+            ravel_pytree(jax.grad(graph.energy)(graph_params, s, x))[0],
+            rtol=1e-12,
+            atol=1e-15,
+        )
+        np.testing.assert_allclose(
+            jax.grad(net.energy, argnums=1)(params, s, x),
+            jax.grad(graph.energy, argnums=1)(graph_params, s, x),
+            rtol=1e-12,
+            atol=1e-15,
+        )
+
+
+def test_a_graph_without_blocks_is_coloured():
+    # An odd ring needs three colours; every colour class must be free of couplings.
+    edges = tuple((i, (i + 1) % 7) for i in range(7)) + ((0, 3),)
+    net = SpinNetwork(1, 7, edges, ((0, 0),), (6,))
+    assert sorted(i for b in net.blocks for i in b) == list(range(7))
+    assert len(net.blocks) == 3
+    colour = {i: k for k, b in enumerate(net.blocks) for i in b}
+    assert all(colour[i] != colour[j] for i, j in edges)
 
 
 def test_costs():

@@ -101,8 +101,10 @@ def test_quadratic_estimators_match_closed_form(quadratic_problem, temperature):
     assert abs(loss_z) < K
 
 
-def test_sixteen_spin_graph_with_metropolis_and_tempering():
-    # A ring of 16 spins with chords: not layered, so Metropolis; inside parallel tempering.
+@pytest.mark.parametrize(("method", "resolved"), [("metropolis", "metropolis"), ("auto", "gibbs")])
+def test_sixteen_spin_graph_with_tempering(method, resolved):
+    # A ring of 16 spins with chords: not layered; Metropolis, or block Gibbs over the graph's
+    # colouring (what "auto" picks), inside parallel tempering.
     edges = [(i, (i + 1) % 16) for i in range(16)] + [(i, i + 8) for i in range(0, 8, 2)]
     net = SpinNetwork(
         num_inputs=2,
@@ -115,8 +117,8 @@ def test_sixteen_spin_graph_with_metropolis_and_tempering():
     params = net.init_params(jax.random.key(3))
     x = jax.random.uniform(jax.random.key(4), (2, 2))
     targets = net.encode_labels(jnp.array([0, 1]))
-    sampling = Sampling(num_chains=8, num_samples=1500, num_warmup=200, tempering=3)
-    assert sampling.resolve_method(net) == "metropolis"
+    sampling = Sampling(method, num_chains=8, num_samples=1500, num_warmup=200, tempering=3)
+    assert sampling.resolve_method(net) == resolved
     exact = ThermalExact(net, 0.7)(params, x, targets)
     estimate = ThermalCovariance(net, 0.7, sampling)(params, x, targets, jax.random.key(30))
     z = z_scores(estimate, exact.grad)
@@ -318,7 +320,7 @@ def test_bad_starts_are_named():
 
 
 def test_one_tempering_run_serves_every_rung_of_a_ladder(spin_problem):
-    from thermoeqprop.estimators.thermal import draw_states, draw_statistics
+    from thermoeqprop.estimators.thermal import draw_states
 
     net, params, x, targets = spin_problem
     ladder = np.array([0.5, 0.8, 1.3])
@@ -326,9 +328,38 @@ def test_one_tempering_run_serves_every_rung_of_a_ladder(spin_problem):
     assert drawn.trace.samples.shape[3] == 3
     for rung, temperature in enumerate(ladder):
         estimator = ThermalCovariance(net, float(temperature), SPIN_SAMPLING)
-        stats = draw_statistics(net, params, drawn.trace.samples[:, :, :, rung, :], x, targets)
+        stats = estimator.statistics(params, drawn.trace.samples[:, :, :, rung, :], x, targets)
         grad, stderr, *_ = estimator.combine([stats])
         exact = flat(ThermalExact(net, float(temperature))(params, x, targets).grad)
         assert np.max(np.abs((grad - exact) / stderr)) < K
     with pytest.raises(ValueError, match="strictly increasing"):
         draw_states(net, SPIN_SAMPLING, params, x, targets, 0.0, ladder[::-1], jax.random.key(0))
+
+
+@pytest.mark.parametrize("problem", ["spin_problem", "quadratic_problem"])
+def test_float32_throughput_mode_matches_the_exact_gradient(problem, request):
+    """x64 off (what THERMOEQPROP_X64=0 gives): states, statistics and diagnostics in float32,
+    against the float64 exact gradient. Tolerance: K MCSE, plus float32 rounding of the
+    accumulated sums (1e-4 of the largest exact component: sums of 10^4 draws of O(1) terms
+    keep about 4 digits), which is below a tenth of the MCSE here, so the check stays a
+    Monte Carlo one."""
+    net, params, x, targets = request.getfixturevalue(problem)
+    exact = ThermalExact(net, 0.5)(params, x, targets).grad
+    rounding = 1e-4 * np.max(np.abs(flat(exact)))
+    sampling = SPIN_SAMPLING if net.is_spin else NUTS_SAMPLING
+    with jax.enable_x64(False):
+        single = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float32), params)
+        x32, y32 = np.asarray(x, np.float32), np.asarray(targets, np.float32)
+        estimates = [
+            ThermalCovariance(net, 0.5, sampling)(single, x32, y32, jax.random.key(40)),
+            ThermalNudged(net, 0.5, beta=0.05, sampling=sampling)(
+                single, x32, y32, jax.random.key(41)
+            ),
+        ]
+    for estimate in estimates:
+        leaves = jax.tree_util.tree_leaves((estimate.grad, estimate.stderr, estimate.loss))
+        assert {leaf.dtype for leaf in leaves} == {jnp.dtype(jnp.float32)}
+        stderr = flat(estimate.stderr)
+        assert np.all(rounding < 0.1 * stderr)
+        z = (flat(estimate.grad) - flat(exact)) / (stderr + rounding)
+        assert np.max(np.abs(z)) < K, z

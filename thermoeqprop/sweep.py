@@ -61,8 +61,8 @@ from thermoeqprop.estimators.thermal import (
     ThermalExact,
     ThermalNudged,
     draw_states,
-    draw_statistics,
     parameter_names,
+    series_window,
 )
 from thermoeqprop.estimators.zero_temperature import ImplicitDifferentiation
 from thermoeqprop.models._base import EnergyModel
@@ -304,6 +304,7 @@ def _record_from_estimate(estimate, series, wall_time, num_steps) -> dict[str, A
     stderr, _ = ravel_pytree(estimate.stderr)
     gradient_series = np.asarray(series.gradient)
     ess, rhat = _varying_ess_rhat(gradient_series)
+    ess = ess * series.draws_per_entry  # in draws, as the tempered path reports it
     stats = {
         name: float(estimate.diagnostics[name])
         for name in SAMPLER_STATISTICS
@@ -370,21 +371,19 @@ def _tempered_records(spec, model, sampling, params, x, targets, ladder, rng_key
     records = []
     for rung, temperature in enumerate(ladder):
         stats = [
-            draw_statistics(model, params, t.samples[:, :, :, rung, :], x, targets) for t in traces
+            estimator.statistics(params, t.samples[:, :, :, rung, :], x, targets) for t in traces
         ]
         rung_estimator = dataclasses.replace(estimator, temperature=float(temperature))
-        grad, stderr, loss, loss_stderr, series = rung_estimator.combine(stats)
-        series = np.asarray(series)
-        ess, rhat = _varying_ess_rhat(series)
+        combined = rung_estimator.combine(stats)
         records.append(
             dict(
-                gradient=np.asarray(grad),
-                stderr=np.asarray(stderr),
-                loss=float(loss),
-                loss_stderr=float(loss_stderr),
-                ess=ess,
-                rhat=rhat,
-                series=series,
+                gradient=np.asarray(combined.grad),
+                stderr=np.asarray(combined.stderr),
+                loss=float(combined.loss),
+                loss_stderr=float(combined.loss_stderr),
+                ess=np.asarray(combined.ess),
+                rhat=np.asarray(combined.rhat),
+                series=np.asarray(combined.series),
                 cost_series=np.mean([np.asarray(s.cost) for s in stats], axis=0),
                 num_steps=len(traces)
                 * sampling.num_chains
@@ -433,11 +432,14 @@ def _run_unit(plan: _Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str,
     series: dict[str, Any] = {}
     for e, spec in enumerate(plan.specs):
         sampling = plan.sampling[spec.label]
-        grads = np.full(
-            (sampling.num_chains, sampling.num_samples, num_t, num_s, len(plan.series_indices)),
-            np.nan,
+        # Long runs keep window means of consecutive draws (thermal.series_window).
+        entries = sampling.num_samples // series_window(
+            sampling.num_samples, sampling.num_chains, num_p
         )
-        costs = np.full((sampling.num_chains, sampling.num_samples, num_t, num_s), np.nan)
+        grads = np.full(
+            (sampling.num_chains, entries, num_t, num_s, len(plan.series_indices)), np.nan
+        )
+        costs = np.full((sampling.num_chains, entries, num_t, num_s), np.nan)
         for js, s in enumerate(s_idx):
             seed = plan.seeds[s]
             if plan.tempering:

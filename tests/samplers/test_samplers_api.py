@@ -277,9 +277,44 @@ def test_num_chains_broadcasts_one_start():
     # With a batch of targets, one start per target is shared by that target's chains.
     context = (jnp.stack([SPIN_CONTEXT[0]] * 2), jnp.stack([SPIN_CONTEXT[1]] * 2))
     starts = np.stack([np.ones(10), -np.ones(10)])
-    x, batch_size, num_chains = prepare(kernel, starts, context, 1.0, True, 1, num_chains=5)
+    x, batch_size, num_chains, _ = prepare(kernel, starts, context, 1.0, True, 1, num_chains=5)
     assert (x.shape, batch_size, num_chains) == ((2, 5, 10), 2, 5)
     np.testing.assert_array_equal(x[1, 3], -np.ones(10))
+
+
+def test_shared_context_leaves_equal_per_target_copies():
+    """context_axes=(None, 0): the couplings are one array for every target, the fields one
+    row per target; the chains draw bit for bit what per-target copies of the couplings give,
+    for sample and anneal alike."""
+    kernel = samplers.block_gibbs(ising_energy, tuple((i,) for i in range(10)))
+    fields = jnp.stack([SPIN_CONTEXT[1], -SPIN_CONTEXT[1], 0.5 * SPIN_CONTEXT[1]])
+    copies = (jnp.stack([SPIN_CONTEXT[0]] * 3), fields)
+    starts = jnp.ones((3, 4, 10))
+    shared = samplers.sample(
+        jax.random.key(3), kernel, starts, (SPIN_CONTEXT[0], fields), 1.0,
+        num_samples=20, batched=True, context_axes=(None, 0),
+    )  # fmt: skip
+    copied = samplers.sample(
+        jax.random.key(3), kernel, starts, copies, 1.0, num_samples=20, batched=True
+    )
+    np.testing.assert_array_equal(shared.samples, copied.samples)
+    schedule = samplers.geometric_schedule(2.0, 0.5, 4)
+    annealed = [
+        samplers.anneal(
+            jax.random.key(4), kernel, starts, context, schedule, batched=True, context_axes=axes
+        ).samples  # fmt: skip
+        for context, axes in (((SPIN_CONTEXT[0], fields), (None, 0)), (copies, 0))
+    ]
+    np.testing.assert_array_equal(*annealed)
+    with pytest.raises(ValueError, match="unless context_axes marks it shared"):
+        samplers.sample(jax.random.key(3), kernel, starts, (SPIN_CONTEXT[0], fields), 1.0,
+                        num_samples=4, batched=True)  # fmt: skip
+    with pytest.raises(ValueError, match="must be 0 .* or None .*got 1"):
+        samplers.sample(jax.random.key(3), kernel, starts, copies, 1.0, num_samples=4,
+                        batched=True, context_axes=(1, 0))  # fmt: skip
+    with pytest.raises(ValueError, match="pytree prefix of the context"):
+        samplers.sample(jax.random.key(3), kernel, starts, copies, 1.0, num_samples=4,
+                        batched=True, context_axes=(None, 0, 0))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

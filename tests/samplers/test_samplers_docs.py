@@ -12,7 +12,9 @@ MODULES = [
     "samplers._arviz",
     "samplers._driver",
     "samplers._exact",
+    "samplers._fast_diagnostics",
     "samplers._hmc",
+    "samplers._layered",
     "samplers._spins",
     "samplers._tempering",
 ]

@@ -137,3 +137,34 @@ def test_rates_follow_the_energy_dtype(dtype, sampler):
     assert trace.info.energy.dtype == dtype
     assert values.dtype == dtype
     assert np.all((0 <= values) & (values <= 1))
+
+
+def _layered_form(couplings, fields, blocks):
+    """The layered network's couplings as the matrices between adjacent layers."""
+    return tuple(
+        jnp.asarray(couplings[np.ix_(a, b)]) for a, b in zip(blocks[:-1], blocks[1:], strict=True)
+    ), jnp.asarray(fields)
+
+
+def test_layered_gibbs_matches_enumeration_and_tracks_its_energy():
+    couplings, fields, blocks = layered_network()
+    context = _layered_form(couplings, fields, blocks)
+    kernel = samplers.layered_gibbs(lambda c: c, tuple(len(b) for b in blocks))
+    trace = samplers.sample(
+        jax.random.key(23),
+        kernel,
+        random_start(jax.random.key(2), (4, 10)),
+        context,
+        TEMPERATURE,
+        num_samples=2500,
+        num_warmup=100,
+    )
+    check_against_enumeration(trace.samples, (couplings, fields), "layered Gibbs")
+    # The energy it carries is the energy of the state it holds, at every draw.
+    energies = jax.vmap(jax.vmap(lambda s: ising_energy(s, (couplings, fields))))(trace.samples)
+    np.testing.assert_allclose(trace.info.energy, energies, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"couplings of shapes \[\(3, 4\), \(4, 3\)\]"):
+        samplers.sample(
+            jax.random.key(0), kernel, random_start(jax.random.key(2), (2, 10)),
+            (context[0][::-1], context[1]), TEMPERATURE, num_samples=4,
+        )  # fmt: skip

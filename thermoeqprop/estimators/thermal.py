@@ -36,6 +36,7 @@ from thermoeqprop.models.quadratic import QuadraticNetwork
 
 __all__ = [
     "SAMPLING_METHODS",
+    "Combined",
     "Sampling",
     "ThermalCovariance",
     "ThermalExact",
@@ -46,11 +47,19 @@ __all__ = [
     "draw_statistics",
     "draw_states",
     "parameter_names",
+    "series_window",
 ]
 
 SAMPLING_METHODS = ("auto", "nuts", "hmc", "gibbs", "metropolis")
 START_METHODS = ("auto", "relaxed", "annealed", "dispersed")
 MAX_ENUMERATED_SPINS = 20
+# The sampler context is (params, x, targets, beta): parameters shared by all examples.
+CONTEXT_AXES = (None, 0, 0, 0)
+# Largest (chain, entry, parameter) series kept per estimate, in elements (32 MiB of float64):
+# beyond it, consecutive draws are averaged into windows (batch means), which keeps the
+# estimate and its MCSE but not every draw; never fewer than MIN_SERIES_LENGTH entries.
+SERIES_BUDGET = 2**22
+MIN_SERIES_LENGTH = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +197,17 @@ def _nudged_energy_fn(model: EnergyModel):
 
 
 @functools.lru_cache(maxsize=64)
+def _ising_form(model):
+    """``context -> (couplings, fields)`` of a layered spin network (one object per model)."""
+
+    def interaction_fn(context):
+        params, x, target, beta = context
+        return model.ising_form(params, x, target, beta)
+
+    return interaction_fn
+
+
+@functools.lru_cache(maxsize=64)
 def _kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
     """One kernel (hence one compilation) per model and sampling configuration."""
     kernel = _local_kernel(model, sampling)
@@ -210,8 +230,14 @@ def _local_kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
             trajectory_length=None,
             jitter=float(sampling.hmc_jitter),
         )
+    elif method == "gibbs" and hasattr(model, "ising_form") and model.multilinear:
+        # Dense layers: fields and energies as matrix products, one layer per block.
+        kernel = samplers.layered_gibbs(_ising_form(model), model.layer_sizes[1:])
     elif method == "gibbs":
-        kernel = samplers.block_gibbs(energy_fn, model.blocks)
+        # The networks' own energies are Ising energies without self-couplings: multilinear
+        # by construction, so the driver need not probe them on every call.
+        multilinear = bool(getattr(model, "multilinear", False))
+        kernel = samplers.block_gibbs(energy_fn, model.blocks, check_energy=not multilinear)
     else:
         kernel = samplers.metropolis(energy_fn)
     return kernel
@@ -269,6 +295,7 @@ def _initial_positions(model, sampling, x, rng_key, params, targets, beta, tempe
             schedule,
             num_steps_per_temperature=2,
             batched=True,
+            context_axes=CONTEXT_AXES,
         )
         positions = annealed.final_state.position
     return positions
@@ -318,12 +345,9 @@ def draw_states(
         sampling = dataclasses.replace(sampling, tempering=len(ladder))
         temperature = float(ladder[0])
     batch = x.shape[0]
-    context = (
-        jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (batch,) + a.shape), params),
-        x,
-        targets,
-        jnp.full((batch,), beta, dtype=x.dtype),
-    )
+    # The parameters are shared by every example (CONTEXT_AXES): one copy, so the chains'
+    # energies and gradients batch into matrix products over all examples and chains.
+    context = (params, x, targets, jnp.full((batch,), beta, dtype=x.dtype))
     if initial_positions is None:
         initial_positions = _initial_positions(
             model, sampling, x, key_init, params, targets, beta, temperature, context
@@ -344,6 +368,7 @@ def draw_states(
         num_samples=sampling.num_samples,
         num_warmup=sampling.num_warmup,
         batched=True,
+        context_axes=CONTEXT_AXES,
     )
     states = trace.samples[..., 0, :] if sampling.tempering else trace.samples
     return ThermalSamples(states, trace, trace.final_state.position)
@@ -374,18 +399,22 @@ class GradientSeries(NamedTuple):
     """The per-draw series behind a sampled estimate.
 
     Attributes:
-        gradient: (chain, draw, P) series whose mean over draws is the raveled gradient
-            estimate (covariance: the scaled centred products; nudged: the scaled difference
-            of the two phases' ``∂θE``, draw by draw).
-        cost: (chain, draw) batch-mean cost per draw.
+        gradient: (chain, entry, P) series whose mean is the raveled gradient estimate
+            (covariance: the scaled centred products; nudged: the scaled difference of the two
+            phases' ``∂θE``, draw by draw). Each entry is one draw, or, for runs longer than
+            ``SERIES_BUDGET`` elements, the mean of ``draws_per_entry``
+            consecutive draws (batch means: the same mean, and ESS and R-hat of the means).
+        cost: (chain, entry) batch-mean cost.
         parameter_names: P names, one per raveled parameter (see :func:`parameter_names`).
         sampler_traces: The ``samplers.Trace`` of every sampled phase and round.
+        draws_per_entry: Consecutive draws averaged into one entry (1: every draw).
     """
 
     gradient: np.ndarray
     cost: np.ndarray
     parameter_names: list[str]
     sampler_traces: list[Any]
+    draws_per_entry: int = 1
 
 
 def parameter_names(params) -> list[str]:
@@ -410,101 +439,207 @@ def parameter_names(params) -> list[str]:
 
 
 class DrawStatistics(NamedTuple):
-    """Per-draw series whose means are the thermal estimates (batch means, raveled params).
+    """Series whose means are the thermal estimates (batch means, raveled params).
+
+    Entries are draws, or means of ``draws_per_entry`` consecutive draws (``E = D /
+    draws_per_entry`` entries per chain). A series that was not asked for is ``None``.
 
     Attributes:
-        energy_grad: (chain, draw, P): ``mean_b ∂θE(s_bcd; x_b)``.
-        covariance: (chain, draw, P): ``mean_b (C_bcd − C̄_b)(∂θE(s_bcd) − ⟨∂θE⟩_b)``; its mean
-            over draws is the batch-mean sample covariance ``Cov(C, ∂θE)``, and as a series
-            it is the covariance's influence function, so its MCSE is the covariance's.
-        cost: (chain, draw): ``mean_b C(s_bcd; y_b)``.
+        energy_grad: (chain, E, P): ``mean_b ∂θE(s_bcd; x_b)``.
+        covariance: (chain, E, P): ``mean_b (C_bcd − C̄_b)(∂θE(s_bcd) − ⟨∂θE⟩_b)``; its mean
+            is the batch-mean sample covariance ``Cov(C, ∂θE)``, and as a series it is the
+            covariance's influence function, so its MCSE is the covariance's.
+        cost: (chain, E): ``mean_b C(s_bcd; y_b)``.
         output: (batch, num_outputs): ``⟨output⟩`` per example.
+        draws_per_entry: Draws averaged into one entry.
     """
 
-    energy_grad: jax.Array
-    covariance: jax.Array
+    energy_grad: jax.Array | None
+    covariance: jax.Array | None
     cost: jax.Array
     output: jax.Array
+    draws_per_entry: int = 1
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def draw_statistics(model: EnergyModel, params, states, x, targets) -> DrawStatistics:
-    """Compute :class:`DrawStatistics` of states (batch, chain, draw, n).
+SERIES = ("energy_grad", "covariance")
 
-    Per-draw gradients are taken of batch sums of energies, never stored per example and
-    draw, so memory is O(chains × draws × parameters).
+
+def series_window(num_draws: int, num_chains: int = 1, num_params: int = 1) -> int:
+    """Draws per series entry: 1 while ``chains × draws × parameters`` fits
+    ``SERIES_BUDGET``, else the smallest divisor of ``num_draws`` that brings it within the
+    budget but leaves at least ``MIN_SERIES_LENGTH`` entries per chain (1 if no divisor
+    leaves between half that and the budget: such a length keeps every draw).
+
+    Example:
+        >>> series_window(50, 2, 9610), series_window(200, 8, 15010), series_window(211, 8, 15010)
+        (1, 4, 1)
     """
+    longest = max(MIN_SERIES_LENGTH, SERIES_BUDGET // max(1, num_chains * num_params))
+    if num_draws <= longest:
+        return 1
+    window = next(w for w in range(1, num_draws + 1) if num_draws % w == 0 and
+                  num_draws // w <= longest)  # fmt: skip
+    return window if num_draws // window >= MIN_SERIES_LENGTH // 2 else 1
+
+
+def draw_statistics(
+    model: EnergyModel,
+    params,
+    states,
+    x,
+    targets,
+    series: tuple[str, ...] = SERIES,
+    draws_per_entry: int = 1,
+) -> DrawStatistics:
+    """Compute :class:`DrawStatistics` of states (batch, chain, draw, n), on device.
+
+    Args:
+        model: The energy model.
+        params: Parameters.
+        states: (batch, chain, draw, n) states.
+        x: Inputs (batch, num_inputs).
+        targets: Targets (batch, num_outputs).
+        series: Which of ``"energy_grad"`` and ``"covariance"`` to compute (the covariance
+            estimator needs only the second, the nudged one only the first).
+        draws_per_entry: Consecutive draws averaged into one entry; must divide the draws.
+
+    Every series entry is the gradient of one weighted sum of energies over the batch and the
+    entry's draws, so its cost is one pass over the states per series (for the layered
+    networks, matrix products of all states with their neighbours' activations), and memory is
+    O(chains × entries × parameters); the per-example means ``⟨∂θE⟩_b`` that centre the
+    covariance are one more pass. Compiled once per model, shapes and settings.
+    """
+    unknown = sorted(set(series) - set(SERIES))
+    if unknown:
+        raise ValueError(f"unknown series {unknown}; valid: {SERIES}")
+    num_draws = states.shape[2]
+    if not isinstance(draws_per_entry, int) or draws_per_entry < 1 or num_draws % draws_per_entry:
+        raise ValueError(
+            f"draws_per_entry must be a positive divisor of the {num_draws} draws per chain, "
+            f"got {draws_per_entry!r}"
+        )
+    out = _draw_statistics(
+        model, params, states, x, targets, tuple(s in series for s in SERIES), draws_per_entry
+    )
+    return DrawStatistics(*out, draws_per_entry=draws_per_entry)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _draw_statistics(model, params, states, x, targets, wanted, window):
     flat, unravel = ravel_pytree(params)
     b, c, d, n = states.shape
+    k = d // window
     cost_of = jax.vmap(jax.vmap(jax.vmap(model.cost_fn, in_axes=(0, None)), in_axes=(0, None)))
     costs = cost_of(states, targets)  # (B, C, D)
-    draws = jnp.transpose(states, (1, 2, 0, 3)).reshape(c * d, b, n)  # (CD, B, n)
-    weights = jnp.transpose(costs - jnp.mean(costs, axis=(1, 2), keepdims=True), (1, 2, 0))
-    weights = weights.reshape(c * d, b)  # (CD, B)
+    # (C·K, B, w, n): the states of each series entry, all examples together.
+    windows = jnp.transpose(states.reshape(b, c * k, window, n), (1, 0, 2, 3))
+    energies = jax.vmap(model.energy, in_axes=(None, 0, None))  # (m, n) states of one example
 
-    def batch_energy(flat_params, state, weight):  # state (B, n), weight (B,)
-        energies = jax.vmap(model.energy, in_axes=(None, 0, 0))(unravel(flat_params), state, x)
-        return jnp.sum(weight * energies) / b
+    def entry_grad(weights, entry_states):  # (B, w), (B, w, n) -> ∂θ Σ weights·E / (B w)
+        def weighted(flat_params):
+            p = unravel(flat_params)
+            e = jax.vmap(lambda s_b, x_b: energies(p, s_b, x_b))(entry_states, x)
+            return jnp.sum(weights * e) / (b * window)
 
-    grad_batch_energy = jax.grad(batch_energy)
-    uniform = jnp.ones((b,), flat.dtype)
-    energy_grad = jax.vmap(lambda s: grad_batch_energy(flat, s, uniform))(draws)  # (CD, P)
-    weighted = jax.vmap(lambda s, w: grad_batch_energy(flat, s, w))(draws, weights)
+        return jax.grad(weighted)(flat)
 
-    def example_mean_energies(flat_params):  # (B,): mean over draws of each example's energy
-        per_state = jax.vmap(
-            jax.vmap(model.energy, in_axes=(None, 0, None)), in_axes=(None, 0, None)
-        )
-        return jax.vmap(lambda s_b, x_b: jnp.mean(per_state(unravel(flat_params), s_b, x_b)))(
-            states, x
-        )
+    energy_grad = covariance = None
+    if wanted[0]:
+        uniform = jnp.ones((c * k, b, window), flat.dtype)
+        energy_grad = jax.vmap(entry_grad)(uniform, windows).reshape(c, k, -1)
+    if wanted[1]:
+        centred = costs - jnp.mean(costs, axis=(1, 2), keepdims=True)  # C − C̄_b
+        weights = jnp.transpose(centred.reshape(b, c * k, window), (1, 0, 2))  # (CK, B, w)
+        weighted = jax.vmap(entry_grad)(weights, windows)  # (CK, P)
 
-    mean_grads = jax.jacrev(example_mean_energies)(flat)  # (B, P): ⟨∂θE⟩_b
-    covariance = weighted - weights @ mean_grads / b
+        def mean_grad(s_b, x_b):  # ⟨∂θE⟩_b over all chains and draws of one example
+            return jax.grad(lambda fp: jnp.mean(energies(unravel(fp), s_b, x_b)))(flat)
+
+        mean_grads = jax.vmap(mean_grad)(states.reshape(b, c * d, n), x)  # (B, P)
+        # Σ_{b,d∈entry} (C − C̄_b) ⟨∂θE⟩_b, as one product of the weights' sums.
+        covariance = weighted - jnp.sum(weights, axis=2) @ mean_grads / (b * window)
+        covariance = covariance.reshape(c, k, -1)
+    cost = jnp.mean(costs, axis=0).reshape(c, k, window).mean(axis=2)
     outputs = jax.vmap(jax.vmap(jax.vmap(model.output)))(states)
-    return DrawStatistics(
-        energy_grad.reshape(c, d, -1),
-        covariance.reshape(c, d, -1),
-        jnp.mean(costs, axis=0),
-        jnp.mean(outputs, axis=(1, 2)),
-    )
+    return energy_grad, covariance, cost, jnp.mean(outputs, axis=(1, 2))
 
 
 def _merge_rounds(rounds: list[DrawStatistics]) -> DrawStatistics:
     """Join rounds of the same chains along the draw axis (outputs: mean over rounds)."""
     if len(rounds) == 1:
         return rounds[0]
+
+    def joined(name):
+        parts = [getattr(r, name) for r in rounds]
+        return None if parts[0] is None else jnp.concatenate(parts, axis=1)
+
     return DrawStatistics(
-        jnp.concatenate([r.energy_grad for r in rounds], axis=1),
-        jnp.concatenate([r.covariance for r in rounds], axis=1),
-        jnp.concatenate([r.cost for r in rounds], axis=1),
+        joined("energy_grad"),
+        joined("covariance"),
+        joined("cost"),
         jnp.mean(jnp.stack([r.output for r in rounds]), axis=0),
+        rounds[0].draws_per_entry,
     )
 
 
-def _mcse(series) -> np.ndarray:
-    """MCSE of the mean of (chain, draw, *event) series; 0 where a series is constant.
+class Combined(NamedTuple):
+    """A sampled estimate from its series, all on device.
 
-    Vectorised over components (``samplers.mcse_mean_many``: ArviZ's algorithm, checked to
-    agree with it to rounding, but all components at once)."""
-    return samplers.mcse_mean_many(series)
+    Attributes:
+        grad: (P,) raveled gradient.
+        stderr: (P,) its MCSE.
+        loss: Mean cost.
+        loss_stderr: Its MCSE.
+        series: (chain, entry, P) series whose mean is ``grad``.
+        ess: (P,) ESS of the mean of ``series`` in draws (entries × draws per entry); NaN for
+            components that never change.
+        rhat: (P,) split R-hat of ``series``; NaN for components that never change.
+    """
+
+    grad: jax.Array
+    stderr: jax.Array
+    loss: jax.Array
+    loss_stderr: jax.Array
+    series: jax.Array
+    ess: jax.Array
+    rhat: jax.Array
 
 
-def _ess_rhat(series) -> dict[str, jax.Array]:
-    series = np.asarray(series)
-    varying = np.std(series, axis=(0, 1)) > 0
-    if not np.any(varying):
+@functools.partial(jax.jit, static_argnums=(3,))
+def _combined(series, stderr, cost, draws_per_entry):
+    """The mean of ``series``, the ESS and R-hat of it, and the cost's mean and MCSE; the
+    gradient's ``stderr`` is the series' MCSE when None is passed as ``stderr``."""
+    diagnostics = samplers.mean_diagnostics_many(series)
+    cost_mcse = samplers.mean_diagnostics_many(cost[..., None]).mcse[0]
+    return Combined(
+        grad=jnp.mean(series, axis=(0, 1)),
+        stderr=diagnostics.mcse if stderr is None else stderr,
+        loss=jnp.mean(cost),
+        loss_stderr=cost_mcse,
+        series=series,
+        ess=diagnostics.ess * draws_per_entry,
+        rhat=diagnostics.rhat,
+    )
+
+
+def _mcse(series) -> jax.Array:
+    """MCSE of the mean of (chain, entry, *event) series; 0 where a series is constant."""
+    return samplers.mean_diagnostics_many(series).mcse
+
+
+def _ess_rhat(combined: Combined) -> dict[str, jax.Array]:
+    """Extremes and medians of the ESS and R-hat over the components that vary."""
+    varying = jnp.isfinite(combined.ess)
+    if not bool(jnp.any(varying)):
         return {}
-    picked = series[:, :, varying]
-    ess = samplers.ess_mean_many(picked)
-    rhat = samplers.rhat_split_many(picked)
+    ess, rhat = combined.ess[varying], combined.rhat[varying]
     # Extremes over thousands of components of short chains are noisy: medians beside them
     # tell a few slow directions apart from chains that have not mixed at all.
     return {
-        "ess_min": jnp.asarray(np.min(ess)),
-        "ess_median": jnp.asarray(np.median(ess)),
-        "rhat_max": jnp.asarray(np.max(rhat)),
-        "rhat_median": jnp.asarray(np.median(rhat)),
+        "ess_min": jnp.min(ess),
+        "ess_median": jnp.median(ess),
+        "rhat_max": jnp.max(rhat),
+        "rhat_median": jnp.median(rhat),
     }
 
 
@@ -530,23 +665,44 @@ class _SampledEstimator(Estimator):
         """The nudging strengths β of the phases this estimator samples, in order."""
         raise NotImplementedError
 
-    def combine(self, stats: list[DrawStatistics]):
-        """Turn the :class:`DrawStatistics` of each phase (in :meth:`phases` order) into
-        ``(grad, stderr, loss, loss_stderr, series)``: raveled gradient and its MCSE, loss and
-        its MCSE, and the (chain, draw, P) series whose mean is the gradient."""
+    #: The :class:`DrawStatistics` series :meth:`combine` reads.
+    needed_series: tuple[str, ...] = SERIES
+
+    def combine(self, stats: list[DrawStatistics]) -> Combined:
+        """Turn the :class:`DrawStatistics` of each phase (in :meth:`phases` order) into the
+        estimate: a :class:`Combined` (raveled gradient, MCSE, loss, the series, ESS, R-hat)."""
         raise NotImplementedError
+
+    def statistics(self, params, states, x, targets) -> DrawStatistics:
+        """The :class:`DrawStatistics` this estimator needs, of states (batch, chain, draw,
+        n); long runs average consecutive draws into windows (:func:`series_window`)."""
+        num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
+        window = series_window(states.shape[2], states.shape[1], num_params)
+        return draw_statistics(self.model, params, states, x, targets, self.needed_series, window)
 
     def _validated(self, params, x, targets):
         x, targets = self.model.validate_inputs(x, targets)
         return x, targets
 
     def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
-        return self.estimate_with_series(params, x, targets, rng_key)[0]
+        return self._estimate(params, x, targets, rng_key)[0]
 
     def estimate_with_series(
         self, params, x, targets, rng_key
     ) -> tuple[GradientEstimate, GradientSeries]:
         """The estimate and the per-draw series whose means it is (for ArviZ diagnostics)."""
+        estimate, combined, merged, traces = self._estimate(params, x, targets, rng_key)
+        cost = np.mean([np.asarray(phase.cost) for phase in merged], axis=0)
+        series = GradientSeries(
+            np.asarray(combined.series),
+            cost,
+            parameter_names(params),
+            traces,
+            merged[0].draws_per_entry,
+        )
+        return estimate, series
+
+    def _estimate(self, params, x, targets, rng_key):
         x, targets = self._validated(params, x, targets)
         phases = self.phases()
         _, unravel = ravel_pytree(params)
@@ -571,33 +727,36 @@ class _SampledEstimator(Estimator):
                 )
                 positions[i] = drawn.final_positions
                 traces.append(drawn.trace)
-                collected[i].append(draw_statistics(self.model, params, drawn.states, x, targets))
+                collected[i].append(self.statistics(params, drawn.states, x, targets))
             merged = [_merge_rounds(phase) for phase in collected]
-            grad, stderr, loss, loss_stderr, series = self.combine(merged)
-            relative = float(np.linalg.norm(stderr) / max(np.linalg.norm(grad), 1e-300))
+            combined = self.combine(merged)
+            relative = jnp.linalg.norm(combined.stderr) / jnp.maximum(
+                jnp.linalg.norm(combined.grad), 1e-300
+            )
             target = self.sampling.target_relative_stderr
-            if target is not None and relative < target:
+            if target is not None and float(relative) < target:
                 reached = True
                 break
         diagnostics = {
-            "relative_stderr": jnp.asarray(relative),
+            "relative_stderr": relative,
             "rounds": jnp.asarray(round_index + 1),
-            "num_draws_per_chain": jnp.asarray(series.shape[1]),
-            **_ess_rhat(series),
+            "num_draws_per_chain": jnp.asarray(
+                combined.series.shape[1] * merged[0].draws_per_entry
+            ),
+            **_ess_rhat(combined),
         }
         if self.sampling.target_relative_stderr is not None:
             diagnostics["precision_reached"] = jnp.asarray(reached)
         for key, value in _sampler_diagnostics(traces[-1], bool(self.sampling.tempering)).items():
             diagnostics[key] = value
         estimate = GradientEstimate(
-            grad=unravel(jnp.asarray(grad)),
-            loss=jnp.asarray(loss),
-            stderr=unravel(jnp.asarray(stderr)),
-            loss_stderr=jnp.asarray(loss_stderr),
+            grad=unravel(combined.grad),
+            loss=combined.loss,
+            stderr=unravel(combined.stderr),
+            loss_stderr=combined.loss_stderr,
             diagnostics=diagnostics,
         )
-        cost = np.mean([np.asarray(phase.cost) for phase in merged], axis=0)
-        return estimate, GradientSeries(np.asarray(series), cost, parameter_names(params), traces)
+        return estimate, combined, merged, traces
 
     def predict(self, params, x, rng_key) -> jax.Array:
         x, _ = self.model.validate_inputs(x)
@@ -639,15 +798,15 @@ class ThermalCovariance(_SampledEstimator):
         _check_model(self.model, self.temperature)
         self.sampling.resolve_method(self.model)
 
+    needed_series = ("covariance",)
+
     def phases(self):
         return (0.0,)
 
     def combine(self, merged):
         (free,) = merged
-        series = -np.asarray(free.covariance) / self.temperature
-        grad = series.mean(axis=(0, 1))
-        cost = np.asarray(free.cost)
-        return grad, _mcse(series), cost.mean(), float(_mcse(cost[..., None])[0]), series
+        series = -free.covariance / jnp.asarray(self.temperature, free.covariance.dtype)
+        return _combined(series, None, free.cost, free.draws_per_entry)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -676,22 +835,19 @@ class ThermalNudged(_SampledEstimator):
         check_positive("beta", self.beta)
         self.sampling.resolve_method(self.model)
 
+    needed_series = ("energy_grad",)
+
     def phases(self):
         return (self.beta, -self.beta) if self.symmetric else (self.beta, 0.0)
 
     def combine(self, merged):
         high, low = merged
-        scale = 2 * self.beta if self.symmetric else self.beta
-        g_high, g_low = np.asarray(high.energy_grad), np.asarray(low.energy_grad)
-        grad = (g_high.mean(axis=(0, 1)) - g_low.mean(axis=(0, 1))) / scale
-        stderr = np.sqrt(_mcse(g_high) ** 2 + _mcse(g_low) ** 2) / scale
-        if self.symmetric:
-            cost = 0.5 * (np.asarray(high.cost) + np.asarray(low.cost))
-        else:
-            cost = np.asarray(low.cost)
+        scale = jnp.asarray(2 * self.beta if self.symmetric else self.beta, high.cost.dtype)
+        g_high, g_low = high.energy_grad, low.energy_grad
+        stderr = jnp.sqrt(_mcse(g_high) ** 2 + _mcse(g_low) ** 2) / scale
+        cost = 0.5 * (high.cost + low.cost) if self.symmetric else low.cost
         # Independent phases: the per-draw difference is the series the diagnostics read.
-        series = (g_high - g_low) / scale
-        return grad, stderr, cost.mean(), float(_mcse(cost[..., None])[0]), series
+        return _combined((g_high - g_low) / scale, stderr, cost, high.draws_per_entry)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.models.costs import COSTS, CrossEntropy, SquaredError, get_cost
 from thermoeqprop.models.layered import ACTIVATIONS, LayeredNetwork
 from thermoeqprop.models.quadratic import QuadraticNetwork
-from thermoeqprop.models.spin import SpinNetwork
+from thermoeqprop.models.spin import LayeredSpinNetwork, SpinNetwork
 
 __all__ = [
     "ACTIVATIONS",
@@ -12,6 +12,7 @@ __all__ = [
     "CrossEntropy",
     "EnergyModel",
     "LayeredNetwork",
+    "LayeredSpinNetwork",
     "QuadraticNetwork",
     "SpinNetwork",
     "SquaredError",
