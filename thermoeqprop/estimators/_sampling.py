@@ -1,0 +1,139 @@
+"""How the thermal estimators draw network states: :class:`Sampling`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from thermoeqprop._validation import check_positive
+from thermoeqprop.models._base import EnergyModel
+
+__all__ = ["SAMPLING_METHODS", "START_METHODS", "Sampling"]
+
+SAMPLING_METHODS = ("auto", "nuts", "hmc", "gibbs", "metropolis")
+START_METHODS = ("auto", "relaxed", "annealed", "dispersed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How a thermal estimator draws network states.
+
+    Args:
+        method: ``"nuts"`` or ``"hmc"`` (NumPyro's kernels, continuous states), ``"gibbs"``
+            (block heat-bath over the model's blocks) or ``"metropolis"`` (spins, any graph);
+            ``"auto"`` picks NUTS for continuous states, block Gibbs for spin networks with
+            blocks and Metropolis otherwise.
+        num_chains: Chains per example (≥ 2, so that R-hat exists).
+        num_samples: Recorded draws per chain and round.
+        num_warmup: Discarded steps per round (NUTS/HMC adapt step size and mass during them).
+        hmc_steps: Leapfrog steps per HMC trajectory (``"hmc"`` only).
+        hmc_jitter: Relative jitter of the HMC step size after warm-up (``"hmc"`` only): each
+            transition uses the adapted step size times a uniform factor in
+            ``[1 − hmc_jitter, 1 + hmc_jitter]``, which breaks the resonances of a fixed
+            trajectory length (``samplers.hmc``'s ``jitter``); 0 turns it off.
+        tempering: Number of parallel-tempering replicas (0 = off); the ladder is geometric
+            from T up to ``tempering_max_ratio × T`` and only the T replica is used.
+        tempering_max_ratio: Top of the ladder relative to T.
+        target_relative_stderr: If set, keep drawing rounds until the gradient's standard
+            error relative to its norm falls under it, or ``max_rounds`` are spent; the
+            diagnostics say which (``precision_reached``) and how many draws were used.
+        max_rounds: Budget of rounds for ``target_relative_stderr``.
+        init_scale: Spread of the chains' starts: in units of √T around the minimum for
+            ``start="relaxed"``, absolute around the model's initial state for
+            ``"dispersed"`` continuous chains (over-dispersed starts make R-hat meaningful).
+        start: Where chains begin. ``"relaxed"``: at the minimum of ``F_β`` found by the
+            T = 0 relaxation, jittered by ``init_scale·√T`` (warm starts that skip the
+            descent from far away; a chain stays in the basin of that minimum unless the
+            temperature lets it cross, so use tempering for multimodal problems);
+            ``"annealed"``: cooled from ``anneal_from × T`` down to T in ``anneal_stages``
+            geometric stages by the local kernel (``samplers.anneal``); ``"dispersed"``:
+            random spins, or ``init_scale`` noise around the initial state. ``"auto"``:
+            relaxed for continuous states, dispersed for spins.
+        anneal_from: Start of the annealing schedule, as a multiple of T (> 1).
+        anneal_stages: Number of annealing stages (two kernel steps each).
+    """
+
+    method: str = "auto"
+    num_chains: int = 4
+    num_samples: int = 200
+    num_warmup: int = 200
+    hmc_steps: int = 16
+    hmc_jitter: float = 0.5
+    tempering: int = 0
+    tempering_max_ratio: float = 10.0
+    target_relative_stderr: float | None = None
+    max_rounds: int = 8
+    init_scale: float = 0.5
+    start: str = "auto"
+    anneal_from: float = 20.0
+    anneal_stages: int = 20
+
+    def __post_init__(self):
+        if self.method not in SAMPLING_METHODS:
+            raise ValueError(f"unknown sampling method {self.method!r}; valid: {SAMPLING_METHODS}")
+        for name, minimum in (
+            ("num_chains", 2),
+            ("num_samples", 4),
+            ("num_warmup", 0),
+            ("hmc_steps", 1),
+            ("max_rounds", 1),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+        if (
+            isinstance(self.hmc_jitter, bool)
+            or not isinstance(self.hmc_jitter, (int, float))
+            or not 0 <= self.hmc_jitter < 1
+        ):
+            raise ValueError(f"hmc_jitter must be a number in [0, 1), got {self.hmc_jitter!r}")
+        if self.tempering not in (0,) and (
+            not isinstance(self.tempering, int) or self.tempering < 2
+        ):
+            raise ValueError(
+                f"tempering must be 0 (off) or a number of replicas ≥ 2, got {self.tempering!r}"
+            )
+        if not self.tempering_max_ratio > 1:
+            raise ValueError(f"tempering_max_ratio must be > 1, got {self.tempering_max_ratio!r}")
+        if self.target_relative_stderr is not None:
+            check_positive("target_relative_stderr", self.target_relative_stderr)
+        check_positive("init_scale", self.init_scale, allow_zero=True)
+        if self.start not in START_METHODS:
+            raise ValueError(f"unknown start {self.start!r}; valid: {START_METHODS}")
+        if self.start == "annealed" and self.tempering:
+            raise ValueError(
+                "start='annealed' cannot be combined with tempering (the replica ladder already "
+                "carries configurations down from high temperature); use start='relaxed'"
+            )
+        if not self.anneal_from > 1:
+            raise ValueError(f"anneal_from must be > 1, got {self.anneal_from!r}")
+        if not isinstance(self.anneal_stages, int) or self.anneal_stages < 2:
+            raise ValueError(f"anneal_stages must be an integer ≥ 2, got {self.anneal_stages!r}")
+
+    def resolve_start(self, model: EnergyModel) -> str:
+        if self.start == "auto":
+            return "dispersed" if model.is_spin else "relaxed"
+        if self.start == "relaxed" and model.is_spin:
+            raise ValueError(
+                "start='relaxed' needs continuous states; use 'annealed' or 'dispersed' for spins"
+            )
+        return self.start
+
+    def resolve_method(self, model: EnergyModel) -> str:
+        method = self.method
+        if method == "auto":
+            if not model.is_spin:
+                return "nuts"
+            return "gibbs" if getattr(model, "blocks", None) else "metropolis"
+        if model.is_spin and method in ("nuts", "hmc"):
+            raise ValueError(
+                f"sampling method {method!r} needs continuous states; "
+                f"{type(model).__name__} has spins: use 'gibbs' or 'metropolis'"
+            )
+        if not model.is_spin and method in ("gibbs", "metropolis"):
+            raise ValueError(
+                f"sampling method {method!r} needs spins; {type(model).__name__} has "
+                "continuous states: use 'nuts' or 'hmc'"
+            )
+        if method == "gibbs" and not getattr(model, "blocks", None):
+            raise ValueError("sampling method 'gibbs' needs a model with blocks; use 'metropolis'")
+        return method

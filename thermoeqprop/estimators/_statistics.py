@@ -1,0 +1,283 @@
+"""The statistics behind a sampled thermal estimate, computed on the device.
+
+From states ``(batch, chain, draw, n)``: the per-draw (or per-window) series whose means are
+the estimates (:func:`draw_statistics`), and from them the estimate with its MCSE, ESS and
+R-hat in one pass of :func:`samplers.mean_diagnostics_many` (:class:`Combined`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import samplers
+from thermoeqprop.models._base import EnergyModel
+
+__all__ = [
+    "Combined",
+    "DrawStatistics",
+    "GradientSeries",
+    "SERIES",
+    "draw_statistics",
+    "parameter_names",
+    "series_window",
+]
+
+# Largest (chain, entry, parameter) series kept per estimate, in elements (32 MiB of float64):
+# beyond it, consecutive draws are averaged into windows (batch means), which keeps the
+# estimate and its MCSE but not every draw; never fewer than MIN_SERIES_LENGTH entries.
+SERIES_BUDGET = 2**22
+MIN_SERIES_LENGTH = 64
+
+
+class GradientSeries(NamedTuple):
+    """The per-draw series behind a sampled estimate.
+
+    Attributes:
+        gradient: (chain, entry, P) series whose mean is the raveled gradient estimate
+            (covariance: the scaled centred products; nudged: the scaled difference of the two
+            phases' ``∂θE``, draw by draw). Each entry is one draw, or, for runs longer than
+            ``SERIES_BUDGET`` elements, the mean of ``draws_per_entry``
+            consecutive draws (batch means: the same mean, and ESS and R-hat of the means).
+        cost: (chain, entry) batch-mean cost.
+        parameter_names: P names, one per raveled parameter (see :func:`parameter_names`).
+        sampler_traces: The ``samplers.Trace`` of every sampled phase and round.
+        draws_per_entry: Consecutive draws averaged into one entry (1: every draw).
+    """
+
+    gradient: np.ndarray
+    cost: np.ndarray
+    parameter_names: list[str]
+    sampler_traces: list[Any]
+    draws_per_entry: int = 1
+
+
+def parameter_names(params) -> list[str]:
+    """One readable name per raveled parameter, e.g. ``weights[0][3,5]``, in ravel order."""
+    names = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        stem = "".join(
+            f"[{k.idx}]"
+            if isinstance(k, jax.tree_util.SequenceKey)
+            else f"{k.key}"
+            if isinstance(k, jax.tree_util.DictKey)
+            else str(k)
+            for k in path
+        )
+        shape = np.shape(leaf)
+        if not shape:
+            names.append(stem)
+            continue
+        for index in np.ndindex(*shape):
+            names.append(f"{stem}[{','.join(map(str, index))}]")
+    return names
+
+
+class DrawStatistics(NamedTuple):
+    """Series whose means are the thermal estimates (batch means, raveled params).
+
+    Entries are draws, or means of ``draws_per_entry`` consecutive draws (``E = D /
+    draws_per_entry`` entries per chain). A series that was not asked for is ``None``.
+
+    Attributes:
+        energy_grad: (chain, E, P): ``mean_b ∂θE(s_bcd; x_b)``.
+        covariance: (chain, E, P): ``mean_b (C_bcd − C̄_b)(∂θE(s_bcd) − ⟨∂θE⟩_b)``; its mean
+            is the batch-mean sample covariance ``Cov(C, ∂θE)``, and as a series it is the
+            covariance's influence function, so its MCSE is the covariance's.
+        cost: (chain, E): ``mean_b C(s_bcd; y_b)``.
+        output: (batch, num_outputs): ``⟨output⟩`` per example.
+        draws_per_entry: Draws averaged into one entry.
+    """
+
+    energy_grad: jax.Array | None
+    covariance: jax.Array | None
+    cost: jax.Array
+    output: jax.Array
+    draws_per_entry: int = 1
+
+
+SERIES = ("energy_grad", "covariance")
+
+
+def series_window(num_draws: int, num_chains: int = 1, num_params: int = 1) -> int:
+    """Draws per series entry: 1 while ``chains × draws × parameters`` fits
+    ``SERIES_BUDGET``, else the smallest divisor of ``num_draws`` that brings it within the
+    budget but leaves at least ``MIN_SERIES_LENGTH`` entries per chain (1 if no divisor
+    leaves between half that and the budget: such a length keeps every draw).
+
+    Example:
+        >>> series_window(50, 2, 9610), series_window(200, 8, 15010), series_window(211, 8, 15010)
+        (1, 4, 1)
+    """
+    longest = max(MIN_SERIES_LENGTH, SERIES_BUDGET // max(1, num_chains * num_params))
+    if num_draws <= longest:
+        return 1
+    window = next(w for w in range(1, num_draws + 1) if num_draws % w == 0 and
+                  num_draws // w <= longest)  # fmt: skip
+    return window if num_draws // window >= MIN_SERIES_LENGTH // 2 else 1
+
+
+def draw_statistics(
+    model: EnergyModel,
+    params,
+    states,
+    x,
+    targets,
+    series: tuple[str, ...] = SERIES,
+    draws_per_entry: int = 1,
+) -> DrawStatistics:
+    """Compute :class:`DrawStatistics` of states (batch, chain, draw, n), on device.
+
+    Args:
+        model: The energy model.
+        params: Parameters.
+        states: (batch, chain, draw, n) states.
+        x: Inputs (batch, num_inputs).
+        targets: Targets (batch, num_outputs).
+        series: Which of ``"energy_grad"`` and ``"covariance"`` to compute (the covariance
+            estimator needs only the second, the nudged one only the first).
+        draws_per_entry: Consecutive draws averaged into one entry; must divide the draws.
+
+    Every series entry is the gradient of one weighted sum of energies over the batch and the
+    entry's draws, so its cost is one pass over the states per series (for the layered
+    networks, matrix products of all states with their neighbours' activations), and memory is
+    O(chains × entries × parameters); the per-example means ``⟨∂θE⟩_b`` that centre the
+    covariance are one more pass. Compiled once per model, shapes and settings.
+    """
+    unknown = sorted(set(series) - set(SERIES))
+    if unknown:
+        raise ValueError(f"unknown series {unknown}; valid: {SERIES}")
+    num_draws = states.shape[2]
+    if not isinstance(draws_per_entry, int) or draws_per_entry < 1 or num_draws % draws_per_entry:
+        raise ValueError(
+            f"draws_per_entry must be a positive divisor of the {num_draws} draws per chain, "
+            f"got {draws_per_entry!r}"
+        )
+    out = _draw_statistics(
+        model, params, states, x, targets, tuple(s in series for s in SERIES), draws_per_entry
+    )
+    return DrawStatistics(*out, draws_per_entry=draws_per_entry)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _draw_statistics(model, params, states, x, targets, wanted, window):
+    flat, unravel = ravel_pytree(params)
+    b, c, d, n = states.shape
+    k = d // window
+    cost_of = jax.vmap(jax.vmap(jax.vmap(model.cost_fn, in_axes=(0, None)), in_axes=(0, None)))
+    costs = cost_of(states, targets)  # (B, C, D)
+    # (C·K, B, w, n): the states of each series entry, all examples together.
+    windows = jnp.transpose(states.reshape(b, c * k, window, n), (1, 0, 2, 3))
+    energies = jax.vmap(model.energy, in_axes=(None, 0, None))  # (m, n) states of one example
+
+    def entry_grad(weights, entry_states):  # (B, w), (B, w, n) -> ∂θ Σ weights·E / (B w)
+        def weighted(flat_params):
+            p = unravel(flat_params)
+            e = jax.vmap(lambda s_b, x_b: energies(p, s_b, x_b))(entry_states, x)
+            return jnp.sum(weights * e) / (b * window)
+
+        return jax.grad(weighted)(flat)
+
+    energy_grad = covariance = None
+    if wanted[0]:
+        uniform = jnp.ones((c * k, b, window), flat.dtype)
+        energy_grad = jax.vmap(entry_grad)(uniform, windows).reshape(c, k, -1)
+    if wanted[1]:
+        centred = costs - jnp.mean(costs, axis=(1, 2), keepdims=True)  # C − C̄_b
+        weights = jnp.transpose(centred.reshape(b, c * k, window), (1, 0, 2))  # (CK, B, w)
+        weighted = jax.vmap(entry_grad)(weights, windows)  # (CK, P)
+
+        def mean_grad(s_b, x_b):  # ⟨∂θE⟩_b over all chains and draws of one example
+            return jax.grad(lambda fp: jnp.mean(energies(unravel(fp), s_b, x_b)))(flat)
+
+        mean_grads = jax.vmap(mean_grad)(states.reshape(b, c * d, n), x)  # (B, P)
+        # Σ_{b,d∈entry} (C − C̄_b) ⟨∂θE⟩_b, as one product of the weights' sums.
+        covariance = weighted - jnp.sum(weights, axis=2) @ mean_grads / (b * window)
+        covariance = covariance.reshape(c, k, -1)
+    cost = jnp.mean(costs, axis=0).reshape(c, k, window).mean(axis=2)
+    outputs = jax.vmap(jax.vmap(jax.vmap(model.output)))(states)
+    return energy_grad, covariance, cost, jnp.mean(outputs, axis=(1, 2))
+
+
+def _merge_rounds(rounds: list[DrawStatistics]) -> DrawStatistics:
+    """Join rounds of the same chains along the draw axis (outputs: mean over rounds)."""
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def joined(name):
+        parts = [getattr(r, name) for r in rounds]
+        return None if parts[0] is None else jnp.concatenate(parts, axis=1)
+
+    return DrawStatistics(
+        joined("energy_grad"),
+        joined("covariance"),
+        joined("cost"),
+        jnp.mean(jnp.stack([r.output for r in rounds]), axis=0),
+        rounds[0].draws_per_entry,
+    )
+
+
+class Combined(NamedTuple):
+    """A sampled estimate from its series, all on device.
+
+    Attributes:
+        grad: (P,) raveled gradient.
+        stderr: (P,) its MCSE.
+        loss: Mean cost.
+        loss_stderr: Its MCSE.
+        series: (chain, entry, P) series whose mean is ``grad``.
+        ess: (P,) ESS of the mean of ``series`` in draws (entries × draws per entry); NaN for
+            components that never change.
+        rhat: (P,) split R-hat of ``series``; NaN for components that never change.
+    """
+
+    grad: jax.Array
+    stderr: jax.Array
+    loss: jax.Array
+    loss_stderr: jax.Array
+    series: jax.Array
+    ess: jax.Array
+    rhat: jax.Array
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _combined(series, stderr, cost, draws_per_entry):
+    """The mean of ``series``, the ESS and R-hat of it, and the cost's mean and MCSE; the
+    gradient's ``stderr`` is the series' MCSE when None is passed as ``stderr``."""
+    diagnostics = samplers.mean_diagnostics_many(series)
+    cost_mcse = samplers.mean_diagnostics_many(cost[..., None]).mcse[0]
+    return Combined(
+        grad=jnp.mean(series, axis=(0, 1)),
+        stderr=diagnostics.mcse if stderr is None else stderr,
+        loss=jnp.mean(cost),
+        loss_stderr=cost_mcse,
+        series=series,
+        ess=diagnostics.ess * draws_per_entry,
+        rhat=diagnostics.rhat,
+    )
+
+
+def _mcse(series) -> jax.Array:
+    """MCSE of the mean of (chain, entry, *event) series; 0 where a series is constant."""
+    return samplers.mean_diagnostics_many(series).mcse
+
+
+def _ess_rhat(combined: Combined) -> dict[str, jax.Array]:
+    """Extremes and medians of the ESS and R-hat over the components that vary."""
+    varying = jnp.isfinite(combined.ess)
+    if not bool(jnp.any(varying)):
+        return {}
+    ess, rhat = combined.ess[varying], combined.rhat[varying]
+    # Extremes over thousands of components of short chains are noisy: medians beside them
+    # tell a few slow directions apart from chains that have not mixed at all.
+    return {
+        "ess_min": jnp.min(ess),
+        "ess_median": jnp.median(ess),
+        "rhat_max": jnp.max(rhat),
+        "rhat_median": jnp.median(rhat),
+    }
