@@ -55,7 +55,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--sampler",
         default="auto",
         choices=("auto", "hmc", "nuts", "gibbs", "metropolis"),
-        help="auto: HMC for continuous states, block Gibbs for layered spins",
+        help="auto: HMC for continuous states, block Gibbs for spins",
     )
     add("--num-chains", type=int, default=2, help="chains per example")
     add("--num-samples", type=int, default=50, help="draws per chain and estimate")

@@ -20,8 +20,9 @@ class Sampling:
     Args:
         method: ``"nuts"`` or ``"hmc"`` (NumPyro's kernels, continuous states), ``"gibbs"``
             (block heat-bath over the model's blocks) or ``"metropolis"`` (spins, any graph);
-            ``"auto"`` picks NUTS for continuous states, block Gibbs for spin networks with
-            blocks and Metropolis otherwise.
+            ``"auto"`` picks NUTS for continuous states and block Gibbs for spin networks
+            (over the layers of a layered one, by matrix products; over a colouring of a
+            graph), Metropolis only for a spin model without blocks.
         num_chains: Chains per example (≥ 2, so that R-hat exists).
         num_samples: Recorded draws per chain and round.
         num_warmup: Discarded steps per round (NUTS/HMC adapt step size and mass during them).
