@@ -233,7 +233,8 @@ def shard(
     batch_size: int | None,
     num_chains: int,
     num_replicas: int | None = None,
-    axes: ContextAxes | None = None,
+    *,
+    axes: ContextAxes,
 ):
     """Place the inputs over all devices with a 1-D mesh (a no-op on one device).
 
@@ -244,8 +245,6 @@ def shard(
     (from :func:`prepare`) says which context leaves follow the targets; the others, and the
     whole context when targets are not sharded, are replicated.
     """
-    if axes is None:
-        axes = context_axes_of(arrays["context"], 0 if batched else None)
     devices = jax.devices()
     if len(devices) == 1:
         return arrays
@@ -437,7 +436,7 @@ def sample(
         batch_size,
         num_chains,
         x.shape[-2] if event_ndim == 2 else None,
-        axes,
+        axes=axes,
     )
     run = _compiled(kernel, num_warmup, num_samples, bool(batched), axes)
     samples, info, state, bad = run(

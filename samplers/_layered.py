@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samplers._base import Kernel, check_temperature
-from samplers._spins import GibbsInfo, _check_spins
+from samplers._base import Kernel
+from samplers._spins import GibbsInfo, check_spin_starts
 
 __all__ = ["LayeredSpinState", "layered_gibbs", "layered_ising_energy"]
 
@@ -112,12 +112,7 @@ def _layered_gibbs(interaction_fn: Callable, layer_sizes: tuple[int, ...]) -> Ke
         return state._replace(position=position, energy=energy), info
 
     def validate(positions: Any, context: Any, temperature: Any) -> None:
-        x = _check_spins(positions)
-        if x.shape[1] != num_spins:
-            raise ValueError(
-                f"position has {x.shape[1]} spins but the layers {layer_sizes} hold {num_spins}."
-            )
-        check_temperature(temperature)
+        check_spin_starts(positions, temperature, num_spins, f"the layers {layer_sizes} hold")
         couplings, fields = interaction_fn(context)
         expected = [(a, b) for a, b in zip(layer_sizes[:-1], layer_sizes[1:], strict=True)]
         shapes = [tuple(np.shape(c)) for c in couplings]

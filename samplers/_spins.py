@@ -97,6 +97,14 @@ def _check_spins(positions: Any) -> np.ndarray:
     return x
 
 
+def check_spin_starts(positions: Any, temperature: Any, num_spins: int, holder: str) -> None:
+    """Starts (num, n) of ±1 spins, ``n == num_spins`` (what ``holder`` says holds), and T."""
+    x = _check_spins(positions)
+    if x.shape[1] != num_spins:
+        raise ValueError(f"position has {x.shape[1]} spins but {holder} {num_spins} units.")
+    check_temperature(temperature)
+
+
 @functools.partial(jax.jit, static_argnums=(0,))
 def _spin_energy_probe(energy_fn: EnergyFn, position, context, units, flip_mask):
     """Energy differences by single flips at ``units``, gradients there, and at a block flip."""
@@ -243,12 +251,7 @@ def _block_gibbs(
         return state._replace(position=position, energy=energy), info
 
     def validate(positions: Any, context: Any, temperature: Any) -> None:
-        x = _check_spins(positions)
-        if x.shape[1] != num_spins:
-            raise ValueError(
-                f"position has {x.shape[1]} spins but the blocks partition {num_spins} units."
-            )
-        check_temperature(temperature)
+        check_spin_starts(positions, temperature, num_spins, "the blocks partition")
         if check_energy:
             check_spin_energy(energy_fn, num_spins, context, blocks)
 

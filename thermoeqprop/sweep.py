@@ -288,23 +288,10 @@ def _unit_key(seed: int, label: str, index: int) -> jax.Array:
     return jax.random.fold_in(key, index)
 
 
-def _varying_ess_rhat(series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-component ESS of the mean and split R-hat; NaN for components that never change."""
-    varying = np.std(series, axis=(0, 1)) > 0
-    ess = np.full(series.shape[2], np.nan)
-    rhat = np.full(series.shape[2], np.nan)
-    if np.any(varying):
-        ess[varying] = samplers.ess_mean_many(series[:, :, varying])
-        rhat[varying] = samplers.rhat_split_many(series[:, :, varying])
-    return ess, rhat
-
-
 def _record_from_estimate(estimate, series, wall_time, num_steps) -> dict[str, Any]:
     grad, _ = ravel_pytree(estimate.grad)
     stderr, _ = ravel_pytree(estimate.stderr)
     gradient_series = np.asarray(series.gradient)
-    ess, rhat = _varying_ess_rhat(gradient_series)
-    ess = ess * series.draws_per_entry  # in draws, as the tempered path reports it
     stats = {
         name: float(estimate.diagnostics[name])
         for name in SAMPLER_STATISTICS
@@ -315,8 +302,8 @@ def _record_from_estimate(estimate, series, wall_time, num_steps) -> dict[str, A
         stderr=np.asarray(stderr),
         loss=float(estimate.loss),
         loss_stderr=float(estimate.loss_stderr),
-        ess=ess,
-        rhat=rhat,
+        ess=series.ess,
+        rhat=series.rhat,
         series=gradient_series,
         cost_series=np.asarray(series.cost),
         wall_time=wall_time,

@@ -48,6 +48,9 @@ class GradientSeries(NamedTuple):
         parameter_names: P names, one per raveled parameter (see :func:`parameter_names`).
         sampler_traces: The ``samplers.Trace`` of every sampled phase and round.
         draws_per_entry: Consecutive draws averaged into one entry (1: every draw).
+        ess: (P,) ESS of the mean of each component, in draws (NaN: never changes), from the
+            same diagnostics pass as the estimate's MCSE; None where not computed.
+        rhat: (P,) split R-hat of each component (NaN: never changes); None likewise.
     """
 
     gradient: np.ndarray
@@ -55,6 +58,8 @@ class GradientSeries(NamedTuple):
     parameter_names: list[str]
     sampler_traces: list[Any]
     draws_per_entry: int = 1
+    ess: np.ndarray | None = None
+    rhat: np.ndarray | None = None
 
 
 def parameter_names(params) -> list[str]:

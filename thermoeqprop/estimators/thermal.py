@@ -333,6 +333,8 @@ class _SampledEstimator(Estimator):
             parameter_names(params),
             traces,
             merged[0].draws_per_entry,
+            np.asarray(combined.ess),
+            np.asarray(combined.rhat),
         )
         return estimate, series
 
