@@ -210,6 +210,30 @@ def test_new_temperature_or_data_does_not_recompile():
     assert len(TRACES) == traced
 
 
+def test_batches_with_different_constant_components_do_not_recompile():
+    """A zero input makes its couplings' gradient series constant (no ESS); batches with
+    different numbers of such components reuse one compiled program (they once compiled the
+    ESS summary anew for every count)."""
+    net = LayeredNetwork((3, 4, 2))
+    params = net.init_params(jax.random.key(0))
+    estimator = ThermalCovariance(net, 0.1, Sampling(num_chains=2, num_samples=20, num_warmup=20))
+    targets = jnp.ones((2, 2))
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, seconds, **_: compiles.append(name) if "backend_compile" in name else None
+    )
+    first = estimator(params, jnp.ones((2, 3)), targets, jax.random.key(0))
+    assert np.isfinite(float(first.diagnostics["ess_min"]))
+    before = len(compiles)
+    for zeros in (1, 2):
+        x = np.ones((2, 3))
+        x[:, :zeros] = 0.0
+        estimate = estimator(params, x, targets, jax.random.key(zeros))
+        # the couplings of the zero inputs do not vary; the summary is over the others
+        assert float(estimate.diagnostics["ess_min"]) > 0
+    assert len(compiles) == before
+
+
 def counting_copy(model, method):
     """An equal copy of ``model`` whose class is new, so that no code compiled for another
     model is reused, and whose ``method`` records every trace in the returned list."""

@@ -274,15 +274,20 @@ def _mcse(series) -> jax.Array:
 
 def _ess_rhat(combined: Combined) -> dict[str, jax.Array]:
     """Extremes and medians of the ESS and R-hat over the components that vary."""
-    varying = jnp.isfinite(combined.ess)
-    if not bool(jnp.any(varying)):
-        return {}
-    ess, rhat = combined.ess[varying], combined.rhat[varying]
+    any_varying, summary = _ess_rhat_summary(combined.ess, combined.rhat)
+    return summary if bool(any_varying) else {}
+
+
+@jax.jit
+def _ess_rhat_summary(ess, rhat):
+    # Masked reductions, not ``ess[varying]``: a boolean index has a data-dependent shape, and
+    # every new count of varying components compiled anew (10 compilations in 20 batches).
+    varying = jnp.isfinite(ess)
     # Extremes over thousands of components of short chains are noisy: medians beside them
     # tell a few slow directions apart from chains that have not mixed at all.
-    return {
-        "ess_min": jnp.min(ess),
-        "ess_median": jnp.median(ess),
-        "rhat_max": jnp.max(rhat),
-        "rhat_median": jnp.median(rhat),
+    return jnp.any(varying), {
+        "ess_min": jnp.min(jnp.where(varying, ess, jnp.inf)),
+        "ess_median": jnp.nanmedian(jnp.where(varying, ess, jnp.nan)),
+        "rhat_max": jnp.max(jnp.where(varying, rhat, -jnp.inf)),
+        "rhat_median": jnp.nanmedian(jnp.where(varying, rhat, jnp.nan)),
     }
