@@ -234,6 +234,22 @@ def test_batches_with_different_constant_components_do_not_recompile():
     assert len(compiles) == before
 
 
+def test_free_phase_kernel_draws_what_the_nudged_kernel_draws_at_zero_beta():
+    """The covariance estimator samples E without the cost term (nudged=False): at β = 0 that
+    is the same law, and for the same key the same states, bit for bit."""
+    from thermoeqprop.estimators.thermal import draw_states
+
+    net = LayeredNetwork((3, 4, 2))
+    params = net.init_params(jax.random.key(0))
+    sampling = Sampling(method="hmc", num_chains=2, num_samples=20, num_warmup=20)
+    x, targets = jnp.ones((2, 3)), jnp.ones((2, 2))
+    nudged = draw_states(net, sampling, params, x, targets, 0.0, 0.1, jax.random.key(0))
+    free = draw_states(net, sampling, params, x, targets, 0.0, 0.1, jax.random.key(0), nudged=False)
+    np.testing.assert_array_equal(np.asarray(free.states), np.asarray(nudged.states))
+    with pytest.raises(ValueError, match="beta must be 0, got 0.5"):
+        draw_states(net, sampling, params, x, targets, 0.5, 0.1, jax.random.key(0), nudged=False)
+
+
 def counting_copy(model, method):
     """An equal copy of ``model`` whose class is new, so that no code compiled for another
     model is reused, and whose ``method`` records every trace in the returned list."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import samplers
 from thermoeqprop._validation import check_positive
 from thermoeqprop.models._base import EnergyModel
 
@@ -138,3 +140,74 @@ class Sampling:
         if method == "gibbs" and not getattr(model, "blocks", None):
             raise ValueError("sampling method 'gibbs' needs a model with blocks; use 'metropolis'")
         return method
+
+
+# Energies and kernels: one kernel object (hence one compilation) per model, sampling
+# configuration and energy.
+
+
+def _nudged_energy_fn(model: EnergyModel):
+    def energy_fn(position, context):
+        params, x, target, beta = context
+        return model.total_energy(params, position, x, target, beta)
+
+    return energy_fn
+
+
+def _free_energy_fn(model: EnergyModel):
+    """``E`` alone, for estimators that only sample the free phase: the same context, but no
+    cost term (and its gradient) evaluated and multiplied by β = 0 at every leapfrog step."""
+
+    def energy_fn(position, context):
+        params, x, _, _ = context
+        return model.energy(params, position, x)
+
+    return energy_fn
+
+
+@functools.lru_cache(maxsize=64)
+def _ising_form(model):
+    """``context -> (couplings, fields)`` of a layered spin network (one object per model)."""
+
+    def interaction_fn(context):
+        params, x, target, beta = context
+        return model.ising_form(params, x, target, beta)
+
+    return interaction_fn
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel(model: EnergyModel, sampling: Sampling, nudged: bool = True) -> samplers.Kernel:
+    """One kernel (hence one compilation) per model, sampling configuration and energy (with
+    the cost term, ``nudged``, or the free energy alone)."""
+    kernel = _local_kernel(model, sampling, nudged)
+    if sampling.tempering:
+        kernel = samplers.parallel_tempering(kernel)
+    return kernel
+
+
+@functools.lru_cache(maxsize=64)
+def _local_kernel(model: EnergyModel, sampling: Sampling, nudged: bool = True) -> samplers.Kernel:
+    energy_fn = _nudged_energy_fn(model) if nudged else _free_energy_fn(model)
+    method = sampling.resolve_method(model)
+    if method == "nuts":
+        kernel = samplers.nuts(energy_fn, num_warmup=sampling.num_warmup)
+    elif method == "hmc":
+        kernel = samplers.hmc(
+            energy_fn,
+            num_warmup=sampling.num_warmup,
+            num_steps=sampling.hmc_steps,
+            trajectory_length=None,
+            jitter=float(sampling.hmc_jitter),
+        )
+    elif method == "gibbs" and hasattr(model, "ising_form") and model.multilinear:
+        # Dense layers: fields and energies as matrix products, one layer per block.
+        kernel = samplers.layered_gibbs(_ising_form(model), model.layer_sizes[1:])
+    elif method == "gibbs":
+        # The networks' own energies are Ising energies without self-couplings: multilinear
+        # by construction, so the driver need not probe them on every call.
+        multilinear = bool(getattr(model, "multilinear", False))
+        kernel = samplers.block_gibbs(energy_fn, model.blocks, check_energy=not multilinear)
+    else:
+        kernel = samplers.metropolis(energy_fn)
+    return kernel

@@ -31,7 +31,13 @@ import samplers
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
-from thermoeqprop.estimators._sampling import SAMPLING_METHODS, START_METHODS, Sampling
+from thermoeqprop.estimators._sampling import (
+    SAMPLING_METHODS,
+    START_METHODS,
+    Sampling,
+    _kernel,
+    _local_kernel,
+)
 from thermoeqprop.estimators._statistics import (
     SERIES,
     Combined,
@@ -70,61 +76,6 @@ __all__ = [
 CONTEXT_AXES = (None, 0, 0, 0)
 
 
-def _nudged_energy_fn(model: EnergyModel):
-    def energy_fn(position, context):
-        params, x, target, beta = context
-        return model.total_energy(params, position, x, target, beta)
-
-    return energy_fn
-
-
-@functools.lru_cache(maxsize=64)
-def _ising_form(model):
-    """``context -> (couplings, fields)`` of a layered spin network (one object per model)."""
-
-    def interaction_fn(context):
-        params, x, target, beta = context
-        return model.ising_form(params, x, target, beta)
-
-    return interaction_fn
-
-
-@functools.lru_cache(maxsize=64)
-def _kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
-    """One kernel (hence one compilation) per model and sampling configuration."""
-    kernel = _local_kernel(model, sampling)
-    if sampling.tempering:
-        kernel = samplers.parallel_tempering(kernel)
-    return kernel
-
-
-@functools.lru_cache(maxsize=64)
-def _local_kernel(model: EnergyModel, sampling: Sampling) -> samplers.Kernel:
-    energy_fn = _nudged_energy_fn(model)
-    method = sampling.resolve_method(model)
-    if method == "nuts":
-        kernel = samplers.nuts(energy_fn, num_warmup=sampling.num_warmup)
-    elif method == "hmc":
-        kernel = samplers.hmc(
-            energy_fn,
-            num_warmup=sampling.num_warmup,
-            num_steps=sampling.hmc_steps,
-            trajectory_length=None,
-            jitter=float(sampling.hmc_jitter),
-        )
-    elif method == "gibbs" and hasattr(model, "ising_form") and model.multilinear:
-        # Dense layers: fields and energies as matrix products, one layer per block.
-        kernel = samplers.layered_gibbs(_ising_form(model), model.layer_sizes[1:])
-    elif method == "gibbs":
-        # The networks' own energies are Ising energies without self-couplings: multilinear
-        # by construction, so the driver need not probe them on every call.
-        multilinear = bool(getattr(model, "multilinear", False))
-        kernel = samplers.block_gibbs(energy_fn, model.blocks, check_energy=not multilinear)
-    else:
-        kernel = samplers.metropolis(energy_fn)
-    return kernel
-
-
 class ThermalSamples(NamedTuple):
     """States drawn at one temperature and nudge, with what the sampler reported.
 
@@ -147,7 +98,9 @@ def _relaxed_states(model, params, x, targets, beta):
     return relax(model, params, x, targets, beta, start, Relaxation(tolerance=1e-6)).state
 
 
-def _initial_positions(model, sampling, x, rng_key, params, targets, beta, temperature, context):
+def _initial_positions(
+    model, sampling, x, rng_key, params, targets, beta, temperature, context, nudged=True
+):
     batch = x.shape[0]
     shape = (batch, sampling.num_chains)
     if sampling.tempering:
@@ -171,7 +124,7 @@ def _initial_positions(model, sampling, x, rng_key, params, targets, beta, tempe
         )
         annealed = samplers.anneal(
             key_anneal,
-            _local_kernel(model, sampling),
+            _local_kernel(model, sampling, nudged),
             positions,
             context,
             schedule,
@@ -193,6 +146,7 @@ def draw_states(
     temperature: float,
     rng_key,
     initial_positions=None,
+    nudged: bool = True,
 ) -> ThermalSamples:
     """Draw states of ``p_β(s | x) ∝ exp(−(E + βC)/T)`` for every example of a batch.
 
@@ -210,10 +164,17 @@ def draw_states(
         rng_key: PRNG key.
         initial_positions: Chain starts (batch, chain[, replica], n); default: over-dispersed
             around the model's initial state (random spins for spin models).
+        nudged: Sample ``E + βC`` (the default); False samples ``E`` alone and needs
+            ``beta == 0``: the same law without evaluating the cost at every sampler step,
+            for estimators that never nudge (a kernel of its own, compiled separately).
 
     Returns:
         :class:`ThermalSamples`.
     """
+    if not nudged and beta != 0:
+        raise ValueError(
+            f"nudged=False samples the free phase only, so beta must be 0, got {beta!r}"
+        )
     key_init, key_sample = jax.random.split(rng_key)
     ladder = None
     if np.ndim(temperature) == 1:
@@ -232,7 +193,7 @@ def draw_states(
     context = (params, x, targets, jnp.full((batch,), beta, dtype=x.dtype))
     if initial_positions is None:
         initial_positions = _initial_positions(
-            model, sampling, x, key_init, params, targets, beta, temperature, context
+            model, sampling, x, key_init, params, targets, beta, temperature, context, nudged
         )
     if ladder is None:
         ladder = temperature
@@ -243,7 +204,7 @@ def draw_states(
     ladder = jnp.asarray(ladder, dtype=x.dtype)
     trace = samplers.sample(
         key_sample,
-        _kernel(model, sampling),
+        _kernel(model, sampling, nudged),
         initial_positions,
         context,
         ladder,
@@ -301,6 +262,9 @@ class _SampledEstimator(Estimator):
 
     #: The :class:`DrawStatistics` series :meth:`combine` reads.
     needed_series: tuple[str, ...] = SERIES
+
+    #: Whether any phase is nudged; if not, the samplers get the energy without the cost term.
+    nudges: bool = True
 
     def combine(self, stats: list[DrawStatistics]) -> Combined:
         """Turn the :class:`DrawStatistics` of each phase (in :meth:`phases` order) into the
@@ -360,6 +324,7 @@ class _SampledEstimator(Estimator):
                     self.temperature,
                     jax.random.fold_in(round_key, i),
                     positions[i],
+                    nudged=self.nudges,
                 )
                 positions[i] = drawn.final_positions
                 traces.append(drawn.trace)
@@ -398,7 +363,15 @@ class _SampledEstimator(Estimator):
         x, _ = self.model.validate_inputs(x)
         dummy = jnp.zeros((x.shape[0], self.model.num_outputs), x.dtype)
         drawn = draw_states(
-            self.model, self.sampling, params, x, dummy, 0.0, self.temperature, rng_key
+            self.model,
+            self.sampling,
+            params,
+            x,
+            dummy,
+            0.0,
+            self.temperature,
+            rng_key,
+            nudged=self.nudges,
         )
         return jnp.mean(jax.vmap(jax.vmap(jax.vmap(self.model.output)))(drawn.states), axis=(1, 2))
 
@@ -435,6 +408,7 @@ class ThermalCovariance(_SampledEstimator):
         self.sampling.resolve_method(self.model)
 
     needed_series = ("covariance",)
+    nudges = False
 
     def phases(self):
         return (0.0,)
