@@ -6,7 +6,8 @@ and start positions in; samples of shape ``(chain, draw, ...)`` and per-step dia
 - kernels (``init(position, context, temperature)``, ``step(rng_key, state, context)``):
   :func:`nuts`, :func:`hmc` (NumPyro's), :func:`block_gibbs`, :func:`layered_gibbs` (layered
   Ising energies as matrix products), :func:`metropolis`,
-  :func:`parallel_tempering` around any of them;
+  :func:`parallel_tempering` around any of them (non-reversible by default), its ladder tuned
+  by :func:`optimise_schedule` and continued by :func:`resume_tempering`;
 - drivers: :func:`sample` (many chains and targets, one compiled call, sharded over devices),
   :func:`anneal` with :func:`geometric_schedule`, :func:`linear_schedule`;
 - exact references: :func:`enumerate_spins`, :func:`spin_log_probabilities`,
@@ -51,6 +52,15 @@ from samplers._fast_diagnostics import (
 )
 from samplers._hmc import HMCInfo, HMCState, hmc, nuts
 from samplers._layered import LayeredSpinState, layered_gibbs, layered_ising_energy
+from samplers._resume import resume_tempering
+from samplers._schedule import (
+    ScheduleResult,
+    ScheduleRound,
+    communication_barrier,
+    equalise_ladder,
+    optimise_schedule,
+    suggest_num_replicas,
+)
 from samplers._spins import (
     GibbsInfo,
     MetropolisInfo,
@@ -77,6 +87,8 @@ __all__ = [
     "MeanDiagnostics",
     "MetropolisInfo",
     "NonFiniteEnergyError",
+    "ScheduleResult",
+    "ScheduleRound",
     "SpinReference",
     "SpinState",
     "TemperingInfo",
@@ -87,7 +99,9 @@ __all__ = [
     "check_finite",
     "check_schedule",
     "check_spin_energy",
+    "communication_barrier",
     "enumerate_spins",
+    "equalise_ladder",
     "ess_bulk",
     "ess_mean_many",
     "ess_tail",
@@ -105,7 +119,9 @@ __all__ = [
     "mean_diagnostics_many",
     "metropolis",
     "nuts",
+    "optimise_schedule",
     "parallel_tempering",
+    "resume_tempering",
     "rhat",
     "rhat_split_many",
     "sample",
@@ -114,6 +130,7 @@ __all__ = [
     "save_trace_plot",
     "spin_log_probabilities",
     "spin_states",
+    "suggest_num_replicas",
     "summary",
     "summary_table",
     "swap_acceptance",

@@ -15,6 +15,8 @@ MODULES = [
     "samplers._fast_diagnostics",
     "samplers._hmc",
     "samplers._layered",
+    "samplers._resume",
+    "samplers._schedule",
     "samplers._spins",
     "samplers._tempering",
 ]
