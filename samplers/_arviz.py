@@ -28,6 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from samplers._idata_layout import (
+    _event_dims,
+    _flatten_info,
+    _unit_names,
+    tempering_summaries,
+)
+
 __all__ = ["ess_bulk", "ess_tail", "mcse_mean", "rhat", "summary", "to_inference_data"]
 
 
@@ -133,46 +140,6 @@ def mcse_mean(x: Any) -> np.ndarray:
     return _diagnostic("mcse", x, method="mean")
 
 
-def _event_dims(name: str, shape: tuple[int, ...], base: tuple[str, ...]) -> list[str]:
-    dims = list(base[-len(shape) :]) if len(shape) <= len(base) else list(base)
-    while len(dims) < len(shape):
-        dims.append(f"{name}_dim_{len(dims)}")
-    return dims[: len(shape)]
-
-
-_STAT_NAMES = {
-    "is_divergent": "diverging",
-    "hamiltonian": "energy",
-    "energy": "potential_energy",
-    "num_integration_steps": "n_steps",
-}
-
-
-def _flatten_info(info: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for field, value in info._asdict().items():
-        if hasattr(value, "_asdict"):
-            out.update(_flatten_info(value, prefix=f"{field}_" if field != "local" else ""))
-        elif value is not None:
-            out[prefix + _STAT_NAMES.get(field, field)] = np.asarray(value)
-    return out
-
-
-def _unit_names(unit_names: Any, shape: tuple[int, ...]) -> list:
-    if isinstance(unit_names, str):
-        raise ValueError(f"unit_names must be a sequence of names, got the string {unit_names!r}.")
-    names = list(unit_names)
-    if len(shape) < 3 or len(names) != shape[-1]:
-        units = shape[-1] if len(shape) >= 3 else 0
-        raise ValueError(
-            f"unit_names must name each of the {units} units of a position (the last axis of "
-            f"samples of shape {shape}), got {len(names)} names."
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"unit_names must be distinct, got {names!r}.")
-    return names
-
-
 def to_inference_data(trace: Any, *, unit_names: Any = None):
     """Convert a :class:`samplers.Trace` to ArviZ ``InferenceData``.
 
@@ -182,8 +149,12 @@ def to_inference_data(trace: Any, *, unit_names: Any = None):
     shares one, else slot indices). ``sample_stats`` holds every Info field with ArviZ's
     names where they exist: ``diverging``, ``energy`` (HMC's Hamiltonian, for BFMI),
     ``acceptance_rate``, ``step_size``, ``n_steps``; the unscaled ``E`` is
-    ``potential_energy``; parallel tempering adds ``swap_proposed``, ``swap_accepted``,
-    ``swap_probability`` (dim ``pair``), ``temperatures`` and ``round_trips``.
+    ``potential_energy``; parallel tempering adds, per draw, ``swap_proposed``,
+    ``swap_accepted``, ``swap_probability`` (dim ``pair``: slots ``(k, k+1)``), ``temperatures``
+    and ``round_trips``, and per chain (no ``draw`` dim) ``swap_acceptance_probability``,
+    ``swap_accepted_count``, ``swap_proposed_count``, ``swap_acceptance_rate`` (dims ``(chain,
+    [target,] pair)``) and ``round_trips_completed`` (:mod:`samplers._idata_layout`), each with
+    a ``description`` attribute.
 
     Args:
         trace: A :class:`samplers.Trace` from :func:`samplers.sample`.
@@ -228,9 +199,13 @@ def to_inference_data(trace: Any, *, unit_names: Any = None):
             dims[name] = _event_dims(name, extra, (*lead, "temperature"))
         else:
             dims[name] = _event_dims(name, extra, lead)
-    return _az().from_dict(
+    idata = _az().from_dict(
         posterior={"position": samples}, sample_stats=stats, coords=coords, dims=dims
     )
+    if tempering:
+        for name, variable in tempering_summaries(stats, lead).items():
+            idata.sample_stats[name] = variable
+    return idata
 
 
 def summary(trace: Any, *, unit_names: Any = None, **kwargs):

@@ -28,16 +28,22 @@ import xarray as xr
 from cli_testing import interrupt_cli, run_cli
 from plot_testing import foreign_backend, overlapping_tick_labels, tick_labels
 
+import samplers
+from thermoeqprop._barrier import joinable_parts
+from thermoeqprop._cli_sweep import barrier_lines
 from thermoeqprop.cli import main
 from thermoeqprop.estimators import Sampling
 from thermoeqprop.models import QuadraticNetwork, SpinNetwork
 from thermoeqprop.plots import (
     plot_sweep,
+    sweep_barrier_figure,
     sweep_cosine_figure,
     sweep_error_figure,
     sweep_loss_figure,
 )
 from thermoeqprop.sweep import (
+    _ladder_trace,
+    _unit_key,
     load_sweep,
     matched_budgets,
     parse_estimator,
@@ -160,6 +166,93 @@ def test_netcdf_round_trip(tempered_sweep, tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="truncated or corrupted"):
         load_sweep(path)
+
+
+BARRIER_VARIABLES = (
+    "swap_probability", "swap_rate", "local_barrier", "cumulative_barrier", "global_barrier"
+)  # fmt: skip
+
+
+def test_tempered_sweep_carries_the_communication_barrier_of_its_trace(
+    tempered_sweep, spin_problem
+):
+    ds = tempered_sweep
+    ladder = ds.temperature.values
+    assert ds.local_barrier.dims == ("estimator", "pair_temperature", "seed")
+    assert ds.cumulative_barrier.dims == ("estimator", "temperature", "seed")
+    assert ds.global_barrier.dims == ("estimator", "seed")
+    np.testing.assert_array_equal(ds.pair_temperature.values, (ladder[:-1] + ladder[1:]) / 2)
+    np.testing.assert_array_equal(ds.pair_temperature_low.values, ladder[:-1])
+    np.testing.assert_array_equal(ds.pair_temperature_high.values, ladder[1:])
+    for name in BARRIER_VARIABLES:
+        assert ds[name].attrs["description"], name
+    assert "dΛ/dβ" in ds.local_barrier.attrs["description"] and ds.local_barrier.attrs["units"]
+    # The same trace again (same key, same call as the sweep's covariance run; one phase).
+    net, params, x, targets = spin_problem
+    key = jax.random.fold_in(_unit_key(3, "covariance", 0), 0)
+    trace = _ladder_trace(net, SPIN_SAMPLING, params, x, targets, 0.0, ladder, key)
+    info = trace.info
+    probability = np.asarray(info.swap_probability, dtype=float).mean(axis=(0, 1, 2))
+    accepted = np.asarray(info.swap_accepted).sum(axis=(0, 1, 2))
+    proposed = np.asarray(info.swap_proposed).sum(axis=(0, 1, 2))
+    cumulative, total = samplers.communication_barrier(ladder, probability)
+    one = ds.sel(estimator="covariance", seed=3)
+    np.testing.assert_array_equal(one.swap_probability.values, probability)
+    np.testing.assert_array_equal(one.swap_rate.values, accepted / proposed)
+    np.testing.assert_array_equal(one.cumulative_barrier.values, cumulative)
+    assert float(one.global_barrier) == total
+    gap = 1 / ladder[:-1] - 1 / ladder[1:]
+    np.testing.assert_array_equal(ds.pair_inverse_temperature_gap.values, gap)
+    slope = (cumulative[:-1] - cumulative[1:]) / gap
+    np.testing.assert_array_equal(one.local_barrier.values, slope)
+    # λ integrates back to Λ, for every estimator and seed.
+    integral = (ds.local_barrier * ds.pair_inverse_temperature_gap).sum("pair_temperature")
+    np.testing.assert_allclose(integral.values, ds.global_barrier.values, rtol=1e-12)
+    assert np.all(ds.local_barrier.values > 0) and np.all(ds.swap_probability.values < 1)
+
+
+def test_sweep_without_tempering_has_no_barrier(quadratic_sweep):
+    assert not any(name in quadratic_sweep for name in BARRIER_VARIABLES)
+    assert "pair_temperature" not in quadratic_sweep.dims
+    with pytest.raises(ValueError, match="without tempering"):
+        sweep_barrier_figure(quadratic_sweep)
+
+
+def test_barrier_figure_keeps_the_backend_and_marks_the_peak(tempered_sweep, tmp_path):
+    with foreign_backend():
+        paths = plot_sweep(tempered_sweep, tmp_path)
+    assert [p.name for p in paths] == ["sweep_error.png", "sweep_loss.png", "sweep_barrier.png"]
+    assert paths[-1].read_bytes()[:4] == b"\x89PNG"
+    figure = sweep_barrier_figure(tempered_sweep)
+    assert overlapping_tick_labels(figure) == []
+    (ax,) = figure.axes
+    assert tick_labels(ax.xaxis) == ["0.4", "0.8", "1.6"]
+    assert ax.get_title() and "λ" in ax.get_ylabel() and "T" in ax.get_xlabel()
+    local = tempered_sweep.local_barrier.mean("seed")
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    for estimator in tempered_sweep.estimator.values:
+        peak = float(local.sel(estimator=estimator).max())
+        assert any(label.startswith(f"peak λ = {peak:.3g}") for label in legend), legend
+        total = float(tempered_sweep.global_barrier.sel(estimator=estimator).mean())
+        assert f"{estimator}: Λ = {total:.3g}" in legend
+
+
+def test_parts_saved_without_the_barrier_still_join(tempered_sweep):
+    # A tempered sweep resumed from parts saved before the barrier existed joins without it.
+    new = tempered_sweep
+    old = new.drop_vars([*BARRIER_VARIABLES, "pair_temperature", "pair_temperature_low",
+                         "pair_temperature_high", "pair_inverse_temperature_gap"])  # fmt: skip
+    old = old.assign_coords(seed=[4])
+    assert [sorted(p.data_vars) for p in joinable_parts([old, new])] == [sorted(old.data_vars)] * 2
+    assert all(part is new for part in joinable_parts([new, new]))
+
+
+def test_summary_reports_the_barrier_only_with_tempering(tempered_sweep, quadratic_sweep):
+    assert barrier_lines(quadratic_sweep) == []
+    lines = barrier_lines(tempered_sweep)
+    total = float(tempered_sweep.global_barrier.sel(estimator="covariance").mean())
+    assert any(line.startswith(f"  covariance: Λ = {total:.4g}, peak λ") for line in lines), lines
+    assert len(lines) == 2 + tempered_sweep.sizes["estimator"]
 
 
 class Interrupt(Exception):

@@ -1,8 +1,9 @@
 """``thermoeqprop sweep``: thermal gradient estimators across temperatures; a results folder.
 
 Writes ``config.json``, ``sweep.nc`` (the xarray Dataset, h5netcdf), ``sweep_error.png``,
-``sweep_cosine.png`` (continuous models), ``sweep_loss.png``, ``summary.txt``, and the per-draw
-gradient series as ArviZ InferenceData under ``series/`` for ``thermoeqprop diagnose``.
+``sweep_cosine.png`` (continuous models), ``sweep_loss.png``, ``sweep_barrier.png`` (with
+``--tempering``: the local communication barrier λ(T) of the ladder), ``summary.txt``, and the
+per-draw gradient series as ArviZ InferenceData under ``series/`` for ``thermoeqprop diagnose``.
 Re-running the same command resumes: finished temperatures are not recomputed.
 """
 
@@ -151,6 +152,26 @@ def summary_lines(dataset) -> list[str]:
     return lines
 
 
+def barrier_lines(dataset) -> list[str]:
+    """The ladder's communication barrier per estimator (means over seeds); none untempered."""
+    import numpy as np
+
+    if "local_barrier" not in dataset:
+        return []
+    lines = ["communication barrier of the tempering ladder (means over seeds):"]
+    for estimator in dataset.estimator.values:
+        one = dataset.sel(estimator=estimator)
+        local = one.local_barrier.mean("seed")
+        peak = int(np.argmax(local.values))
+        lines.append(
+            f"  {estimator}: Λ = {float(one.global_barrier.mean()):.4g}, peak λ = "
+            f"{float(local[peak]):.4g} on T = {float(one.pair_temperature_low[peak]):g}–"
+            f"{float(one.pair_temperature_high[peak]):g}, smallest swap probability "
+            f"{float(one.swap_probability.mean('seed').min()):.3g}"
+        )
+    return [*lines, ""]
+
+
 def run(settings: dict[str, Any]) -> int:
     from thermoeqprop.estimators import Sampling
     from thermoeqprop.plots import plot_sweep
@@ -203,6 +224,7 @@ def run(settings: dict[str, Any]) -> int:
         "",
         *summary_lines(dataset),
         "",
+        *barrier_lines(dataset),
         "rel.error = ‖ĝ − g_exact‖/‖g_exact‖; z_rms = RMS of (ĝ − E[ĝ])/MCSE (≈ 1 if the MCSE "
         "is honest); rel.MCSE = ‖MCSE‖/‖g‖; cos(T=0) = cosine with the T = 0 EP gradient; "
         "means over seeds (R-hat: max, ESS: min)",

@@ -256,23 +256,67 @@ def plot_sweep_loss(dataset, path: str | Path) -> Path:
     return _save(sweep_loss_figure(dataset), path, dpi=110)
 
 
+def sweep_barrier_figure(dataset) -> Figure:
+    """The figure of :func:`plot_sweep_barrier`, unsaved (it displays in a notebook)."""
+    if "local_barrier" not in dataset:
+        raise ValueError(
+            "the sweep has no communication barrier: it ran without tempering; run it with "
+            "tempering=True (thermoeqprop sweep --tempering)"
+        )
+    fig = Figure(figsize=(6, 3.8), layout="constrained")
+    ax = fig.subplots()
+    low, high = dataset.pair_temperature_low.values, dataset.pair_temperature_high.values
+    middle = dataset.pair_temperature.values
+    for k, estimator in enumerate(dataset.estimator.values):
+        local = dataset.local_barrier.sel(estimator=estimator)
+        seeds = local.sizes["seed"]
+        mean = local.mean("seed").values
+        total = float(dataset.global_barrier.sel(estimator=estimator).mean("seed"))
+        ax.hlines(mean, low, high, colors=f"C{k}", lw=1.5)  # λ is constant on each interval
+        ax.errorbar(middle, mean, yerr=local.std("seed").values / seeds**0.5 if seeds > 1 else None,
+                    marker="o", ms=4, ls="none", c=f"C{k}", capsize=2,
+                    label=f"{estimator}: Λ = {total:.3g}")  # fmt: skip
+        peak = int(np.argmax(mean))
+        where = f"T = {low[peak]:.3g}–{high[peak]:.3g}"
+        ax.plot(middle[peak], mean[peak], "*", ms=13, c=f"C{k}", mec="k", mew=0.6,
+                label=f"peak λ = {mean[peak]:.3g} at {where}")  # fmt: skip
+    ax.set_ylim(bottom=0)
+    ax.set(xscale="log", xlabel="temperature T (k_B = 1)",
+           ylabel="local barrier λ = dΛ/dβ (units of T)",
+           title="communication barrier of the tempering ladder")  # fmt: skip
+    _finish_sweep_axes((ax,), dataset)
+    return fig
+
+
+def plot_sweep_barrier(dataset, path: str | Path) -> Path:
+    """The local communication barrier λ(T) of a tempered sweep's ladder (mean over seeds,
+    constant on each pair's interval, error bars: standard error over seeds), its peak
+    starred, and the global barrier Λ in the legend (:mod:`thermoeqprop._barrier`)."""
+    return _save(sweep_barrier_figure(dataset), path, dpi=110)
+
+
 def plot_sweep(dataset, folder: str | Path, prefix: str = "sweep_") -> list[Path]:
     """Every sweep figure that applies, as ``{prefix}error.png``, ``{prefix}cosine.png``
-    (continuous models) and ``{prefix}loss.png`` in ``folder``."""
+    (continuous models), ``{prefix}loss.png`` and ``{prefix}barrier.png`` (tempered sweeps)
+    in ``folder``."""
     folder = Path(folder)
     paths = [plot_sweep_error(dataset, folder / f"{prefix}error.png")]
     if "zero_temperature_gradient" in dataset:
         paths.append(plot_sweep_cosine(dataset, folder / f"{prefix}cosine.png"))
     paths.append(plot_sweep_loss(dataset, folder / f"{prefix}loss.png"))
+    if "local_barrier" in dataset:
+        paths.append(plot_sweep_barrier(dataset, folder / f"{prefix}barrier.png"))
     return paths
 
 
 __all__ += [
     "plot_sweep",
+    "plot_sweep_barrier",
     "plot_sweep_cosine",
     "plot_sweep_error",
     "plot_sweep_loss",
     "readable_log_axis",
+    "sweep_barrier_figure",
     "sweep_cosine_figure",
     "sweep_error_figure",
     "sweep_loss_figure",

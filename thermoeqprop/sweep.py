@@ -17,7 +17,11 @@ with every exact answer that exists (MATH.md §2–3):
 With ``tempering=True`` ONE parallel-tempering run whose ladder is the temperature grid serves
 every temperature: each rung's draws give that temperature's estimate (one run per nudge sign
 for nudged estimators). Sampling cost per temperature is then the same as a plain sweep's, but
-the low temperatures profit from the replica exchange.
+the low temperatures profit from the replica exchange. The Dataset then also holds the
+ladder's per-pair swap rates (``swap_probability``, ``swap_rate``), the local communication
+barrier ``local_barrier`` λ over the pair midpoints ``pair_temperature``, the cumulative
+``cumulative_barrier`` Λ(β) at every rung and the global barrier ``global_barrier`` Λ, per
+estimator and seed (:mod:`thermoeqprop._barrier`); a sweep without tempering has none of them.
 
 With ``results_dir`` the sweep is resumable: it saves one *unit* at a time (a temperature, or
 with tempering a seed, since one run covers the whole grid), atomically, and a re-run skips the
@@ -53,6 +57,7 @@ from jax.flatten_util import ravel_pytree
 
 import samplers
 import thermoeqprop
+from thermoeqprop._barrier import BarrierTable, describe_barrier, joinable_parts, ladder_barrier
 from thermoeqprop._validation import check_positive
 from thermoeqprop.estimators.thermal import (
     MAX_ENUMERATED_SPINS,
@@ -345,7 +350,8 @@ def _rung_statistics(traces, rung: int) -> dict[str, float]:
 
 
 def _tempered_records(spec, model, sampling, params, x, targets, ladder, rng_key):
-    """Records at every rung from one tempered run per phase of the estimator."""
+    """Records at every rung from one tempered run per phase of the estimator, and the
+    ladder's swap rates and communication barrier (:func:`thermoeqprop._barrier.ladder_barrier`)."""
     estimator = spec.build(model, float(ladder[0]), sampling)
     tic = time.perf_counter()
     traces = [
@@ -382,7 +388,7 @@ def _tempered_records(spec, model, sampling, params, x, targets, ladder, rng_key
     wall = (time.perf_counter() - tic) / len(ladder)
     for record in records:
         record["wall_time"] = wall
-    return records
+    return records, ladder_barrier(ladder, traces)
 
 
 @dataclasses.dataclass
@@ -417,6 +423,7 @@ def _run_unit(plan: _Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str,
     vectors |= {n: np.full((num_e, num_t, num_s, num_p), np.nan) for n in ("ess", "rhat")}
     scalars = {n: np.full((num_e, num_t, num_s), np.nan) for n in scalar_names}
     series: dict[str, Any] = {}
+    barrier = BarrierTable(num_e, num_s, temps) if plan.tempering else None
     for e, spec in enumerate(plan.specs):
         sampling = plan.sampling[spec.label]
         # Long runs keep window means of consecutive draws (thermal.series_window).
@@ -430,10 +437,11 @@ def _run_unit(plan: _Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str,
         for js, s in enumerate(s_idx):
             seed = plan.seeds[s]
             if plan.tempering:
-                records = _tempered_records(
+                records, pairs = _tempered_records(
                     spec, plan.model, sampling, plan.params, plan.x, plan.targets, temps,
                     _unit_key(seed, spec.label, 0),
                 )  # fmt: skip
+                barrier.put(e, js, pairs)
                 advance(len(records))
             else:
                 records = []
@@ -471,6 +479,8 @@ def _run_unit(plan: _Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str,
             "parameter": plan.names,
         },
     )
+    if barrier is not None:
+        part = barrier.add_to(part)
     return part, series
 
 
@@ -566,7 +576,9 @@ DESCRIPTIONS = {
 def _finalise(parts: list[xr.Dataset], reference: xr.Dataset, plan: _Plan, attrs) -> xr.Dataset:
     """Join finished parts, add references and everything derived from them."""
     dim = "seed" if plan.tempering else "temperature"
-    ds = xr.concat(parts, dim=dim, data_vars="all", coords="different", compat="equals")
+    ds = xr.concat(
+        joinable_parts(parts), dim=dim, data_vars="all", coords="different", compat="equals"
+    )
     ds = ds.sortby(dim)
     reference = reference.sel(temperature=ds.temperature)
     ds = xr.merge([ds, reference], join="left", compat="no_conflicts")
@@ -599,6 +611,7 @@ def _finalise(parts: list[xr.Dataset], reference: xr.Dataset, plan: _Plan, attrs
     for name, text in DESCRIPTIONS.items():
         if name in ds:
             ds[name].attrs["description"] = text
+    describe_barrier(ds)
     ds.temperature.attrs["units"] = "energy units (k_B = 1)"
     ds.attrs.update(attrs)
     ds.attrs["complete"] = int(
@@ -742,6 +755,10 @@ def temperature_sweep(
         A Dataset with dims ``(estimator, temperature, seed, parameter)``; each variable's
         ``description`` attribute says what it is (``gradient``, ``stderr``, ``loss``,
         ``exact_gradient``, ``z_score``, ``cosine_zero_temperature``, ``rhat``, ``ess``…).
+        With ``tempering``, also the ladder's swap rates and communication barrier:
+        ``swap_probability``, ``swap_rate``, ``local_barrier`` (dims ``(estimator,
+        pair_temperature, seed)``), ``cumulative_barrier`` ``(estimator, temperature, seed)``
+        and ``global_barrier`` ``(estimator, seed)``.
 
     Example:
         >>> import jax, jax.numpy as jnp

@@ -128,3 +128,62 @@ def test_bad_unit_names_are_named(gibbs_trace, names, message):
         samplers.to_inference_data(gibbs_trace, unit_names=names)
     with pytest.raises(ValueError, match=message):
         samplers.summary(gibbs_trace, unit_names=names)
+
+
+LADDER = jnp.array([0.5, 1.0, 2.0, 4.0])
+TEMPERING_SUMMARY_DIMS = {
+    "swap_acceptance_probability": ("pair",),
+    "swap_accepted_count": ("pair",),
+    "swap_proposed_count": ("pair",),
+    "swap_acceptance_rate": ("pair",),
+    "round_trips_completed": (),
+}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_tempering_inference_data_carries_swap_rates_and_round_trips(batched):
+    kernel = samplers.parallel_tempering(samplers.metropolis(ising_energy))
+    context = (jnp.asarray(COUPLINGS), jnp.asarray(FIELDS))
+    shape = (2, 3, 4, 10) if batched else (3, 4, 10)  # ([target,] chain, R, n)
+    start = jax.random.rademacher(jax.random.key(2), shape, dtype=float)
+    trace = samplers.sample(jax.random.key(3), kernel, start, context, LADDER, num_samples=40,
+                            batched=batched, context_axes=None if batched else 0)  # fmt: skip
+    idata = samplers.to_inference_data(trace)
+    stats = idata.sample_stats
+    lead = ("target",) if batched else ()
+    for name, dims in TEMPERING_SUMMARY_DIMS.items():
+        assert stats[name].dims == ("chain", *lead, *dims), name
+        assert stats[name].attrs["description"], name
+    rate, probability = samplers.swap_acceptance(trace.info)  # (..., chain, pair)
+    info = trace.info
+    accepted = np.asarray(info.swap_accepted).sum(axis=-2)
+    proposed = np.asarray(info.swap_proposed).sum(axis=-2)
+    last = np.asarray(info.round_trips)[..., -1]
+    if batched:  # the trace is (target, chain, ...); InferenceData puts chain first
+        rate, probability, accepted, proposed = (
+            np.swapaxes(a, 0, 1) for a in (rate, probability, accepted, proposed)
+        )
+        last = last.T
+    assert stats["swap_acceptance_probability"].shape == (3, *((2,) if batched else ()), 3)
+    np.testing.assert_array_equal(stats["swap_acceptance_probability"].values, probability)
+    np.testing.assert_array_equal(stats["swap_acceptance_rate"].values, rate)
+    np.testing.assert_array_equal(stats["swap_accepted_count"].values, accepted)
+    np.testing.assert_array_equal(stats["swap_proposed_count"].values, proposed)
+    np.testing.assert_array_equal(stats["round_trips_completed"].values, last)
+    # Deterministic swaps propose each pair every other step: 20 of 40 draws.
+    assert np.all(stats["swap_proposed_count"].values == 20)
+    assert np.all(stats["swap_accepted_count"] <= stats["swap_proposed_count"])
+    # The per-draw records stay as they were.
+    assert stats["swap_probability"].dims == ("chain", "draw", *lead, "pair")
+    assert stats["round_trips"].dims == ("chain", "draw", *lead)
+
+
+def test_tempering_inference_data_saves_and_loads(tmp_path):
+    kernel = samplers.parallel_tempering(samplers.metropolis(ising_energy))
+    context = (jnp.asarray(COUPLINGS), jnp.asarray(FIELDS))
+    start = jax.random.rademacher(jax.random.key(2), (3, 4, 10), dtype=float)
+    trace = samplers.sample(jax.random.key(3), kernel, start, context, LADDER, num_samples=40)
+    idata = samplers.to_inference_data(trace)
+    loaded = samplers.load_inference_data(samplers.save_inference_data(idata, tmp_path / "pt.nc"))
+    for name in TEMPERING_SUMMARY_DIMS:
+        np.testing.assert_array_equal(loaded.sample_stats[name].values, idata.sample_stats[name])

@@ -14,6 +14,7 @@ MODULES = [
     "samplers._exact",
     "samplers._fast_diagnostics",
     "samplers._hmc",
+    "samplers._idata_layout",
     "samplers._layered",
     "samplers._resume",
     "samplers._schedule",
