@@ -25,11 +25,15 @@ thread settings and the machine.
 3. The default ``thermoeqprop train`` epoch (float64, as the command runs) against a T = 0 EP
    epoch of the same network, interleaved one-epoch runs, synchronised epoch times from
    metrics.jsonl, and the thermal epoch's achieved GFLOP/s beside a plain jitted matmul's.
-4. NUTS: ``samplers.sample(nuts)`` against NumPyro's ``MCMC(NUTS(potential_fn),
-   chain_method="vectorized")`` on a 10-D correlated Gaussian in steady state (NumPyro's
-   ``MCMC.run`` traced once inside ``jax.jit``, since called as is it compiles again every
-   time; the plain call is timed too), min bulk ESS per second; and the batched route, one
+4. NUTS and HMC: ``samplers.sample(nuts)`` (asynchronous chains, the default) and
+   ``nuts(..., asynchronous=False)`` (NumPyro's transition vmapped over chains and scanned)
+   against NumPyro's ``MCMC(NUTS(potential_fn), chain_method="vectorized")`` on a 10-D
+   correlated Gaussian in steady state (NumPyro's ``MCMC.run`` traced once inside ``jax.jit``,
+   since called as is it compiles again every time; the plain call is timed too), min bulk ESS
+   per second; ``samplers.hmc`` with 8 leapfrog steps and no jitter against NumPyro's
+   ``HMC(num_steps=8)``, the same algorithm; and the batched route, one
    ``samplers.sample(..., batched=True)`` call for 32 Gaussian targets against 32 NumPyro runs.
+   The ratios the thermal-speed issue sets targets for are printed under the tables.
 
 How to read the tables: 'first' is the first call of a route (compilation + run); 'steady' is
 the median of later calls with new keys; the repetitions are interleaved (A, B, A, B, …, each
@@ -893,6 +897,8 @@ def section_train_epoch(args) -> list[str]:
 S4_DIM = 10
 S4_CHAINS = 8
 S4_TARGETS = 32
+S4_HMC_STEPS = 8  # leapfrog steps of the HMC rows (the main job's count)
+S4_HMC_CALLS = 10  # calls per repetition of each HMC route
 
 
 def correlated_gaussian(dim: int, seed: int = 0, scale: float = 1.0):
@@ -911,8 +917,12 @@ def gaussian_energy(position, context):
     return 0.5 * d @ precision @ d
 
 
-def numpyro_nuts(rng_key, init, precision, mean, *, num_warmup, num_samples):
-    """NumPyro's ``MCMC(NUTS(potential_fn), chain_method="vectorized")``, warm-up + draws.
+def numpyro_nuts(rng_key, init, precision, mean, *, num_warmup, num_samples, hmc_steps=None):
+    """NumPyro's ``MCMC(NUTS(potential_fn), chain_method="vectorized")``, warm-up + draws
+    (``MCMC(HMC(potential_fn, num_steps=hmc_steps, trajectory_length=None))`` when
+    ``hmc_steps`` is given: with NumPyro's default ``trajectory_length=2π`` beside
+    ``num_steps``, its warm-up on this target collapsed in a trial of 2026-12-02, step sizes
+    1e-29 and an inverse mass matrix of 2.4e-5, min bulk ESS 10 of 8,000 draws).
 
     Meant to run inside ``jax.jit``: ``MCMC.run`` builds new jitted closures on every call
     (its ``fori_collect`` loop), so called as is it compiles again each time; traced once
@@ -920,16 +930,18 @@ def numpyro_nuts(rng_key, init, precision, mean, *, num_warmup, num_samples):
     same shapes. That is NumPyro's algorithm in steady state, its driver's recompilation left
     out (the plain call is timed beside it).
     """
-    from numpyro.infer import MCMC, NUTS
+    from numpyro.infer import HMC, MCMC, NUTS
 
+    potential = lambda z: gaussian_energy(z, (precision, mean))  # noqa: E731
     mcmc = MCMC(
-        NUTS(potential_fn=lambda z: gaussian_energy(z, (precision, mean))),
+        NUTS(potential_fn=potential) if hmc_steps is None
+        else HMC(potential_fn=potential, num_steps=hmc_steps, trajectory_length=None),
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=init.shape[0],
         chain_method="vectorized",
         progress_bar=False,
-    )
+    )  # fmt: skip
     mcmc.run(rng_key, init_params=init)
     return mcmc.get_samples(group_by_chain=True)
 
@@ -959,6 +971,7 @@ def section_nuts_vs_numpyro(args) -> list[str]:
     reps = args.reps if args.reps is not None else (1 if args.quick else 3)
     precision, mean = correlated_gaussian(S4_DIM)
     kernel = samplers.nuts(gaussian_energy, num_warmup=warmup)
+    kernel_sync = samplers.nuts(gaussian_energy, num_warmup=warmup, asynchronous=False)
     start = jnp.zeros((S4_CHAINS, S4_DIM), DTYPE)
     numpyro_jit = jax.jit(
         lambda key, init, p, m: numpyro_nuts(key, init, p, m, num_warmup=warmup, num_samples=draws)
@@ -977,8 +990,31 @@ def section_nuts_vs_numpyro(args) -> list[str]:
             jax.random.key(seed), kernel, start, (precision, mean), 1.0, num_samples=draws
         ).samples
 
+    def ours_sync(seed):
+        return samplers.sample(
+            jax.random.key(seed), kernel_sync, start, (precision, mean), 1.0, num_samples=draws
+        ).samples
+
     def numpyro_jitted(seed):
         return numpyro_jit(jax.random.key(seed), start, precision, mean)
+
+    # HMC with a fixed number of leapfrog steps and no jitter: the same algorithm on both sides.
+    kernel_hmc = samplers.hmc(
+        gaussian_energy, num_warmup=warmup, num_steps=S4_HMC_STEPS, jitter=0.0
+    )
+    numpyro_hmc_jit = jax.jit(
+        lambda key, init, p, m: numpyro_nuts(
+            key, init, p, m, num_warmup=warmup, num_samples=draws, hmc_steps=S4_HMC_STEPS
+        )
+    )
+
+    def ours_hmc(seed):
+        return samplers.sample(
+            jax.random.key(seed), kernel_hmc, start, (precision, mean), 1.0, num_samples=draws
+        ).samples
+
+    def numpyro_hmc(seed):
+        return numpyro_hmc_jit(jax.random.key(seed), start, precision, mean)
 
     def numpyro_plain(seed):
         mcmc.run(jax.random.key(seed), init_params=start)
@@ -987,12 +1023,22 @@ def section_nuts_vs_numpyro(args) -> list[str]:
     print(f"section 4: NUTS, {S4_DIM}-D Gaussian, {warmup} warm-up, {draws} draws", flush=True)
     single = {
         "samplers.sample(nuts)": ours,
+        "samplers.sample(nuts(asynchronous=False))": ours_sync,
         "numpyro MCMC(NUTS, vectorized), run inside one jax.jit": numpyro_jitted,
-    }
+        f"samplers.sample(hmc({S4_HMC_STEPS} steps, jitter 0))": ours_hmc,
+        f"numpyro MCMC(HMC(num_steps={S4_HMC_STEPS}), vectorized), run inside one jax.jit":
+            numpyro_hmc,
+    }  # fmt: skip
     if not args.quick:  # ~10 s a call, nearly all of it compiling again
         single["numpyro MCMC(NUTS, vectorized), MCMC.run as called (recompiles)"] = numpyro_plain
     outputs: dict[str, list[Any]] = {}
-    timings = interleaved(single, reps, outputs=outputs)
+    # The two HMC routes run the same algorithm, so their ESS differ only by chance (about
+    # ±10 % per call): each makes S4_HMC_CALLS calls per repetition (0.04 s each), so that the
+    # median ESS, and the ratio, rest on many calls.
+    hmc_routes = [name for name in single if "HMC" in name or "hmc(" in name]
+    timings = interleaved(
+        single, reps, calls_per_rep=dict.fromkeys(hmc_routes, S4_HMC_CALLS), outputs=outputs
+    )
 
     # Batched: num_targets Gaussians (own axes, scales × 0.5 … 2, own means) × 8 chains.
     targets = [
@@ -1009,6 +1055,12 @@ def section_nuts_vs_numpyro(args) -> list[str]:
             num_samples=draws, batched=True,
         ).samples  # fmt: skip
 
+    def ours_batched_sync(seed):
+        return samplers.sample(
+            jax.random.key(seed), kernel_sync, start_b, (precisions, means), 1.0,
+            num_samples=draws, batched=True,
+        ).samples  # fmt: skip
+
     def numpyro_separate(seed):
         keys = jax.random.split(jax.random.key(seed), num_targets)
         return jnp.stack(
@@ -1017,15 +1069,20 @@ def section_nuts_vs_numpyro(args) -> list[str]:
 
     batched = {
         f"samplers.sample(nuts, batched=True): {num_targets} targets in one call": ours_batched,
+        f"samplers.sample(nuts(asynchronous=False), batched=True): {num_targets} targets in "
+        "one call": ours_batched_sync,
         f"numpyro (jit as above): {num_targets} separate runs": numpyro_separate,
     }
     print(f"  batched: {num_targets} targets × {S4_CHAINS} chains", flush=True)
     timings_b = interleaved(batched, reps, outputs=outputs)
 
+    rates: dict[str, tuple[float, float]] = {}  # route: (min ESS / s, Σ targets min ESS / s)
+
     def rows(timings, means, reference):
         out = []
         for name, t in timings.items():
             ess_min, ess_total, error = _ess_cells(outputs[name], means)
+            rates[name] = (ess_min / t.median, ess_total / t.median)
             out.append(
                 f"| {name} | {t.first:.3g} | {t.first_compile:.3g} | {t.cell()} | "
                 f"{t.steady_compile:.3g} | {ess_min:.0f} | {ess_min / t.median:.0f} | "
@@ -1034,6 +1091,17 @@ def section_nuts_vs_numpyro(args) -> list[str]:
             )
         return out
 
+    nuts_ours, _, nuts_numpyro, hmc_ours, hmc_numpyro = list(single)[:5]
+    batched_ours, _, batched_numpyro = list(batched)
+    comparisons = [
+        ("NUTS, one target: samplers ÷ NumPyro (min ESS/s)", 0, nuts_ours, nuts_numpyro),
+        (f"HMC ({S4_HMC_STEPS} steps), one target: samplers ÷ NumPyro (min ESS/s)", 0,
+         hmc_ours, hmc_numpyro),
+        (f"NUTS, {num_targets} targets: one batched call ÷ {num_targets} NumPyro runs "
+         "(Σ targets min ESS/s)", 1, batched_ours, batched_numpyro),
+        (f"NUTS, {num_targets} targets: the same, worst target's min ESS/s", 0, batched_ours,
+         batched_numpyro),
+    ]  # fmt: skip
     header = (
         "| route | first (s) | of which compiling (s) | steady median (min–max) (s) | "
         "compiling in steady calls (s) | min bulk ESS | min ESS / s | Σ targets min ESS / s "
@@ -1065,6 +1133,16 @@ def section_nuts_vs_numpyro(args) -> list[str]:
         rule,
         *rows(timings_b, list(means), next(iter(batched))),
         "",
+        *_ratio_lines(rates, comparisons),
+        "",
+    ]
+
+
+def _ratio_lines(rates, comparisons) -> list[str]:
+    """One line per (label, column, route, peer): the route's ESS rate over the peer's."""
+    return [
+        f"- {label}: **{rates[route][column] / rates[peer][column]:.2f}×**"
+        for label, column, route, peer in comparisons
     ]
 
 

@@ -4,8 +4,9 @@ Knows nothing of equilibrium propagation: an energy function ``energy_fn(positio
 and start positions in; samples of shape ``(chain, draw, ...)`` and per-step diagnostics out.
 
 - kernels (``init(position, context, temperature)``, ``step(rng_key, state, context)``):
-  :func:`nuts`, :func:`hmc` (NumPyro's), :func:`block_gibbs`, :func:`layered_gibbs` (layered
-  Ising energies as matrix products), :func:`metropolis`,
+  :func:`nuts` (whose chains :func:`sample` runs asynchronously: each starts its next
+  trajectory as soon as its last one ends), :func:`hmc` (NumPyro's), :func:`block_gibbs`,
+  :func:`layered_gibbs` (layered Ising energies as matrix products), :func:`metropolis`,
   :func:`parallel_tempering` around any of them (non-reversible by default), its ladder tuned
   by :func:`optimise_schedule` and continued by :func:`resume_tempering`;
 - drivers: :func:`sample` (many chains and targets, one compiled call, sharded over devices),

@@ -51,6 +51,16 @@ class Kernel(NamedTuple):
             sample (for example spins that are not ±1). ``positions`` stacks the starts of all
             chains (and targets), shape ``(num, *event)``; ``context`` is one target's.
         name: Short human-readable name, used in error messages and reports.
+        run_chains: Optional whole-run implementation that :func:`samplers.sample` uses
+            instead of scanning ``step``: ``run_chains(num_warmup, num_samples, batched,
+            context_axes)`` returns ``run(keys, position, context, temperature) -> (samples,
+            info, final_state, nonfinite_step)`` (keys ``([B,] C)``, positions
+            ``([B,] C, *event)``; ``context_axes`` the per-leaf batch axes when batched, else
+            None), which the driver jits and caches. It must give what scanning ``step`` with
+            the same per-step keys gives (NUTS: the asynchronous route of
+            :mod:`samplers._nuts_async`). ``None`` (the default): the driver scans ``step``.
+            Wrappers that need synchronous steps (parallel tempering, annealing) use
+            ``init``/``step`` and ignore it.
     """
 
     init: Callable[..., Any]
@@ -59,6 +69,7 @@ class Kernel(NamedTuple):
     num_warmup: int
     validate: Callable[..., None]
     name: str
+    run_chains: Callable[..., Callable[..., Any]] | None = None
 
 
 def is_concrete(*arrays: Any) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,73 +28,28 @@ from numpyro.infer.hmc import HMCState as _NumPyroState
 from numpyro.infer.hmc import hmc as _numpyro_hmc
 
 from samplers._base import EnergyFn, Kernel, no_validation
+from samplers._hmc_state import HMCInfo, HMCState
+from samplers._keys import make_key_ops
 
 __all__ = ["HMCInfo", "HMCState", "hmc", "nuts"]
 
 
-class HMCState(NamedTuple):
-    """State of one HMC or NUTS chain.
-
-    Attributes:
-        position: Current position, shape ``(n,)``.
-        energy: ``E(position, context)``, unscaled by the temperature, shape ``()``.
-        energy_grad: ``∇E(position, context)``, shape ``(n,)``.
-        temperature: Temperature ``T > 0`` of the target ``exp(−E/T)``, shape ``()``.
-        iteration: Number of steps taken so far (adaptation runs while ``< num_warmup``).
-        adapt_state: NumPyro's ``HMCAdaptState`` (step size, inverse mass matrix, dual-averaging
-            and Welford accumulators); its step size is the adapted one, never a jittered one.
-        trajectory_length: Integration time of plain HMC; unused by NUTS; ``None`` when the
-            number of leapfrog steps is fixed.
-        mean_accept_prob: Running mean acceptance probability (reset after warm-up).
-    """
-
-    position: jax.Array
-    energy: jax.Array
-    energy_grad: jax.Array
-    temperature: jax.Array
-    iteration: jax.Array
-    adapt_state: Any
-    trajectory_length: Any
-    mean_accept_prob: jax.Array
-
-    def with_temperature(self, temperature: Any) -> HMCState:
-        """The same chain at another temperature, with the mass matrix rescaled to match.
-
-        The target's covariance scales like T, so the inverse mass matrix (an estimate of
-        it) is multiplied by ``T_new / T_old``; for a locally quadratic energy the adapted step
-        size then stays right. Annealing and adaptive ladders move temperatures this way.
-        """
-        temperature = jnp.asarray(temperature, dtype=self.temperature.dtype)
-        ratio = temperature / self.temperature
-        adapt = self.adapt_state
-        adapt = adapt._replace(
-            inverse_mass_matrix=adapt.inverse_mass_matrix * ratio,
-            mass_matrix_sqrt=adapt.mass_matrix_sqrt / jnp.sqrt(ratio),
-            mass_matrix_sqrt_inv=adapt.mass_matrix_sqrt_inv * jnp.sqrt(ratio),
-        )
-        return self._replace(temperature=temperature, adapt_state=adapt)
+# The fold-in constant of HMC's jitter draws: far above the few keys NumPyro splits a step's
+# key into, so the factor's key is never one of NumPyro's.
+JITTER_STREAM = 0x6A177E
 
 
-class HMCInfo(NamedTuple):
-    """Facts about one HMC or NUTS step (all scalars for one chain).
-
-    Attributes:
-        acceptance_rate: Metropolis acceptance probability (NUTS: mean over the tree).
-        is_divergent: Whether the trajectory diverged (energy error above 1000).
-        energy: ``E(position, context)`` after the step, unscaled.
-        hamiltonian: Total energy ``E/T + kinetic`` of the returned point, in units of T
-            (ArviZ's ``energy``, for BFMI).
-        step_size: Step size the integrator used in this step (HMC: jittered after warm-up,
-            and ``integration time / num_integration_steps`` for a ``trajectory_length``).
-        num_integration_steps: Number of leapfrog steps taken.
-    """
-
-    acceptance_rate: jax.Array
-    is_divergent: jax.Array
-    energy: jax.Array
-    hamiltonian: jax.Array
-    step_size: jax.Array
-    num_integration_steps: jax.Array
+def _uniform_signed(rng_key: jax.Array, dtype) -> jax.Array:
+    """``jax.random.uniform(jax.random.fold_in(rng_key, JITTER_STREAM), (), dtype, −1, 1)``,
+    bit for bit, through the written-out Threefry hash where it applies (JAX's CPU lowering
+    of the hash is a loop of a dozen operations per call: a fifth of a small HMC step)."""
+    if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
+        ops = make_key_ops(rng_key)
+        if ops.fast:
+            unit = ops.uniform(ops.fold_in(jax.random.key_data(rng_key), JITTER_STREAM), dtype)
+            return jnp.maximum(jnp.asarray(-1.0, dtype), unit * 2.0 - 1.0)
+    key = jax.random.fold_in(rng_key, JITTER_STREAM)
+    return jax.random.uniform(key, (), dtype, minval=-1.0, maxval=1.0)
 
 
 def _build(
@@ -150,20 +105,15 @@ def _build(
         temperature = state.temperature
         adapt_state, trajectory_length = state.adapt_state, state.trajectory_length
         step_size = adapt_state.step_size
-        if jitter is None:  # NUTS: NumPyro's transition, untouched
-            key_transition = rng_key
-        else:
-            key_transition, key_jitter = jax.random.split(rng_key)
-            # Drawn independently of the state, so every transition is a mixture of HMC
-            # kernels that each leave the target invariant. During warm-up the factor is
-            # exactly 1, and NumPyro's adaptation sees what it would without jitter.
+        if jitter:
+            # The factor is drawn from a key NumPyro never derives from this step's key (a
+            # fold-in of JITTER_STREAM; NumPyro splits the key into a few), independently of
+            # the state, so every transition is a mixture of HMC kernels that each leave the
+            # target invariant. NumPyro gets the step's key itself: warm-up, where the factor
+            # is exactly 1, goes bit for bit as without jitter.
             adapting = state.iteration < num_warmup
             factor = jnp.where(
-                adapting,
-                1.0,
-                1.0
-                + jitter
-                * jax.random.uniform(key_jitter, (), step_size.dtype, minval=-1.0, maxval=1.0),
+                adapting, 1.0, 1.0 + jitter * _uniform_signed(rng_key, step_size.dtype)
             )
             if fixed_num_steps:
                 step_size = step_size * factor
@@ -183,12 +133,12 @@ def _build(
             mean_accept_prob=state.mean_accept_prob,
             diverging=jnp.array(False),
             adapt_state=adapt_state,
-            rng_key=key_transition,
+            rng_key=rng_key,
         )
         new = sample_kernel(numpyro_state, model_args=(context, temperature))
         energy = new.potential_energy * temperature
         new_adapt_state = new.adapt_state
-        if jitter is not None and fixed_num_steps:
+        if jitter and fixed_num_steps:
             # After warm-up NumPyro hands back the adapt state it was given, whose step size
             # was jittered: keep the adapted one.
             new_adapt_state = new_adapt_state._replace(
@@ -196,7 +146,7 @@ def _build(
                     adapting, new_adapt_state.step_size, state.adapt_state.step_size
                 )
             )
-        if jitter is not None and not fixed_num_steps:
+        if algo == "HMC" and not fixed_num_steps:
             # NumPyro integrates the time exactly: num_steps = ⌈L/ε⌉ steps of L/num_steps.
             step_size = trajectory_length / new.num_steps
         new_state = HMCState(
@@ -240,6 +190,7 @@ def nuts(
     adapt_step_size: bool = True,
     adapt_mass_matrix: bool = True,
     dense_mass: bool = False,
+    asynchronous: bool = True,
 ) -> Kernel:
     """The No-U-Turn sampler on ``p(s) ∝ exp(−E(s, context)/T)``, by NumPyro's kernel.
 
@@ -247,6 +198,15 @@ def nuts(
     windowed diagonal mass matrix, or dense with ``dense_mass=True``) runs for the first
     ``num_warmup`` steps of each chain; afterwards the kernel is fixed. Calls with equal
     arguments return the same kernel object, so the driver's compiled code is reused.
+
+    **Asynchronous chains (the default).** :func:`samplers.sample` runs this kernel's chains
+    asynchronously (:mod:`samplers._nuts_async`): one loop of leapfrog steps for all chains
+    at once, in which a chain whose trajectory has ended starts its next one instead of
+    waiting for the chain with the longest trajectory, as a vmapped synchronous step must.
+    Each chain's draws, infos and final state are those of the synchronous route for the
+    same key, up to floating-point rounding. ``asynchronous=False`` makes the driver scan
+    ``step`` instead. ``init``/``step`` are the same either way, and wrappers such as
+    :func:`parallel_tempering` and :func:`anneal` always step synchronously.
 
     Args:
         energy_fn: ``energy_fn(position, context) -> scalar``, ``position`` of shape ``(n,)``,
@@ -258,11 +218,13 @@ def nuts(
         adapt_step_size: Adapt the step size during warm-up.
         adapt_mass_matrix: Adapt the mass matrix during warm-up.
         dense_mass: Adapt a dense rather than diagonal mass matrix.
+        asynchronous: Let :func:`samplers.sample` run the chains asynchronously (above);
+            ``False``: the synchronous scan over ``step``.
 
     Returns:
         A :class:`Kernel` whose ``init(position, context, temperature)`` returns an
         :class:`HMCState` and whose ``step(rng_key, state, context)`` returns
-        ``(HMCState, HMCInfo)``.
+        ``(HMCState, HMCInfo)``; with ``asynchronous``, its ``run_chains`` is set.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -273,18 +235,30 @@ def nuts(
         >>> state.position.shape, info.acceptance_rate.shape
         ((2,), ())
     """
-    return _build(
-        energy_fn,
-        "NUTS",
-        num_warmup,
-        dict(
-            step_size=step_size,
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
-            adapt_step_size=adapt_step_size,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-        ),
+    depths = max_tree_depth if isinstance(max_tree_depth, tuple) else (max_tree_depth,)
+    if len(depths) != (2 if isinstance(max_tree_depth, tuple) else 1) or any(
+        isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths
+    ):
+        raise ValueError(
+            "max_tree_depth must be an integer >= 1 (or a pair (warm-up, sampling) of them), "
+            f"got {max_tree_depth!r}."
+        )
+    if not isinstance(asynchronous, bool):
+        raise ValueError(f"asynchronous must be True or False, got {asynchronous!r}.")
+    options = dict(
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+        adapt_step_size=adapt_step_size,
+        adapt_mass_matrix=adapt_mass_matrix,
+        dense_mass=dense_mass,
+    )
+    kernel = _build(energy_fn, "NUTS", num_warmup, dict(step_size=step_size, **options))
+    if not asynchronous:
+        return kernel
+    from samplers._nuts_async import async_nuts_runner  # imports this module
+
+    return kernel._replace(
+        run_chains=async_nuts_runner(energy_fn, kernel.init, kernel_warmup=num_warmup, **options)
     )
 
 
@@ -331,8 +305,10 @@ def hmc(
     1.029 to 1.010 (NUTS: 0.70, 1.005), at the same cost per estimate. The price: where a
     fixed length happened to suit the target the median ESS can be up to about 20 % lower,
     and the acceptance rate falls by 0–0.04. Of 0.1–0.8, ``jitter = 0.5`` had the best worst
-    case for 5 and 16 steps and was close to 0.8 for 8. ``jitter=0`` turns it off (the
-    step's key is split as with jitter, so such runs differ from those of earlier versions).
+    case for 5 and 16 steps and was close to 0.8 for 8. ``jitter=0`` turns it off: then
+    the kernel is NumPyro's transition with the step's own key. The jittered kernel gives
+    NumPyro that same key and draws its factor from a fold-in of it (``JITTER_STREAM``);
+    runs with jitter differ from those of versions before 2026-12-02, which split the key.
 
     Args:
         energy_fn: ``energy_fn(position, context) -> scalar``, ``position`` of shape ``(n,)``.

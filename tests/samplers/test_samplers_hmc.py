@@ -187,7 +187,7 @@ def test_closed_leapfrog_orbit_freezes_fixed_length_hmc_and_jitter_frees_it():
             jitter=jitter,
         )
         traces[jitter] = samplers.sample(
-            jax.random.key(14), kernel, start, (a, b), TEMPERATURE, num_samples=1000
+            jax.random.key(14), kernel, start, (a, b), TEMPERATURE, num_samples=4000
         )
     frozen = np.asarray(traces[0.0].samples)
     np.testing.assert_allclose(frozen, np.broadcast_to(start[:, None, :], frozen.shape), atol=1e-9)
