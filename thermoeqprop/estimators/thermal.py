@@ -214,7 +214,17 @@ def draw_states(
         context_axes=CONTEXT_AXES,
     )
     states = trace.samples[..., 0, :] if sampling.tempering else trace.samples
-    return ThermalSamples(states, trace, trace.final_state.position)
+    return ThermalSamples(_on_one_device(states), trace, trace.final_state.position)
+
+
+def _on_one_device(states):
+    """States sampled over several devices (``samplers.sample`` shards the examples), gathered
+    on the default one: the statistics reduce over examples, and partitioned they ran at half
+    the speed of one device's (measured on 2 CPU devices: 15 + 30 ms against 9 + 15 ms)."""
+    sharding = getattr(states, "sharding", None) if isinstance(states, jax.Array) else None
+    if sharding is None or isinstance(states, jax.core.Tracer) or len(sharding.device_set) < 2:
+        return states
+    return jax.device_put(states, jax.devices()[0])
 
 
 def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:

@@ -1,0 +1,88 @@
+"""The CPU split into one XLA device per core at import (thermoeqprop/__init__.py), in subprocesses.
+
+The suite itself runs with ``THERMOEQPROP_CPU_DEVICES=1`` (tests/conftest.py: pytest-xdist
+already puts a worker on every core), so the default is checked here in fresh processes: the
+device count it picks, the variable that sets it and its error, and a thermal estimate whose
+chains are sharded over 2 devices, against the Gaussian closed form of the quadratic network
+(tests/README.md) within 4 MCSE per component (26 components, about 6.3e-5 each to fail by
+chance under a normal approximation: a false-failure budget below 2e-3).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(code: str, **env) -> subprocess.CompletedProcess:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("THERMOEQPROP_CPU_DEVICES", "XLA_FLAGS", "JAX_NUM_CPU_DEVICES")
+    }
+    clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_import_gives_one_cpu_device_per_core_up_to_four():
+    cores = len(os.sched_getaffinity(0))
+    count = "import jax, thermoeqprop; print(jax.device_count())"
+    assert run(count).stdout.split() == [str(min(cores, 4))]
+    assert run(count, THERMOEQPROP_CPU_DEVICES="3").stdout.split() == ["3"]
+    assert run(count, THERMOEQPROP_CPU_DEVICES="1").stdout.split() == ["1"]
+    # A count the user gave JAX itself wins, and a backend already started is left alone.
+    assert run(count, JAX_NUM_CPU_DEVICES="2", THERMOEQPROP_CPU_DEVICES="3").stdout.split() == ["2"]
+    started = "import jax; jax.numpy.ones(1); import thermoeqprop; print(jax.device_count())"
+    assert run(started, THERMOEQPROP_CPU_DEVICES="3").stdout.split() == ["1"]
+    bad = run(count, THERMOEQPROP_CPU_DEVICES="two")
+    assert bad.returncode != 0
+    assert "THERMOEQPROP_CPU_DEVICES must be 'auto' or an integer >= 1, got 'two'" in bad.stderr
+
+
+SHARDED_ESTIMATE = """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    from thermoeqprop.estimators import Sampling, ThermalCovariance, ThermalExact, draw_states
+    from thermoeqprop.models import QuadraticNetwork
+
+    assert jax.device_count() == 2, jax.devices()
+    net = QuadraticNetwork((3, 4, 2))
+    params = net.init_params(jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (4, 3))
+    targets = net.encode_labels(jnp.array([0, 1, 1, 0]))
+    sampling = Sampling(method="hmc", num_chains=4, num_samples=1000, num_warmup=300)
+    drawn = draw_states(net, sampling, params, x, targets, 0.0, 1.0, jax.random.key(3),
+                        nudged=False)
+    flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(t)])
+    estimate = ThermalCovariance(net, 1.0, sampling)(params, x, targets, jax.random.key(20))
+    exact = ThermalExact(net, 1.0)(params, x, targets)
+    print(json.dumps(dict(
+        trace_devices=len(drawn.trace.samples.sharding.device_set),
+        state_devices=len(drawn.states.sharding.device_set),
+        z=((flat(estimate.grad) - flat(exact.grad)) / flat(estimate.stderr)).tolist(),
+    )))
+"""
+
+
+def test_thermal_estimate_sharded_over_two_devices_matches_the_closed_form():
+    result = run(SHARDED_ESTIMATE, THERMOEQPROP_CPU_DEVICES="2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    # The sampler ran on both devices; the statistics on the gathered states, on one.
+    assert out["trace_devices"] == 2 and out["state_devices"] == 1
+    z = np.asarray(out["z"])
+    assert z.size == 26 and np.max(np.abs(z)) < 4.0, z
+    # Honest standard errors: neither inflated (z all near 0) nor too small.
+    assert 0.3 < float(np.sqrt(np.mean(z**2))) < 2.0, z
