@@ -985,18 +985,20 @@ def section_nuts_vs_numpyro(args) -> list[str]:
         progress_bar=False,
     )
 
-    def ours(seed):
-        return samplers.sample(
-            jax.random.key(seed), kernel, start, (precision, mean), 1.0, num_samples=draws
-        ).samples
+    def ours(kernel, start, context, batched=False):
+        """A route: ``samplers.sample`` of ``kernel`` from ``start``, a new key per call."""
 
-    def ours_sync(seed):
-        return samplers.sample(
-            jax.random.key(seed), kernel_sync, start, (precision, mean), 1.0, num_samples=draws
-        ).samples
+        def route(seed):
+            return samplers.sample(
+                jax.random.key(seed), kernel, start, context, 1.0, num_samples=draws,
+                batched=batched,
+            ).samples  # fmt: skip
 
-    def numpyro_jitted(seed):
-        return numpyro_jit(jax.random.key(seed), start, precision, mean)
+        return route
+
+    def numpyro(jitted):
+        """A route: one jitted NumPyro run on the single target, a new key per call."""
+        return lambda seed: jitted(jax.random.key(seed), start, precision, mean)
 
     # HMC with a fixed number of leapfrog steps and no jitter: the same algorithm on both sides.
     kernel_hmc = samplers.hmc(
@@ -1008,34 +1010,29 @@ def section_nuts_vs_numpyro(args) -> list[str]:
         )
     )
 
-    def ours_hmc(seed):
-        return samplers.sample(
-            jax.random.key(seed), kernel_hmc, start, (precision, mean), 1.0, num_samples=draws
-        ).samples
-
-    def numpyro_hmc(seed):
-        return numpyro_hmc_jit(jax.random.key(seed), start, precision, mean)
-
     def numpyro_plain(seed):
         mcmc.run(jax.random.key(seed), init_params=start)
         return mcmc.get_samples(group_by_chain=True)
 
     print(f"section 4: NUTS, {S4_DIM}-D Gaussian, {warmup} warm-up, {draws} draws", flush=True)
-    single = {
-        "samplers.sample(nuts)": ours,
-        "samplers.sample(nuts(asynchronous=False))": ours_sync,
-        "numpyro MCMC(NUTS, vectorized), run inside one jax.jit": numpyro_jitted,
-        f"samplers.sample(hmc({S4_HMC_STEPS} steps, jitter 0))": ours_hmc,
+    context = (precision, mean)
+    hmc_routes = {
+        f"samplers.sample(hmc({S4_HMC_STEPS} steps, jitter 0))": ours(kernel_hmc, start, context),
         f"numpyro MCMC(HMC(num_steps={S4_HMC_STEPS}), vectorized), run inside one jax.jit":
-            numpyro_hmc,
+            numpyro(numpyro_hmc_jit),
     }  # fmt: skip
+    single = {
+        "samplers.sample(nuts)": ours(kernel, start, context),
+        "samplers.sample(nuts(asynchronous=False))": ours(kernel_sync, start, context),
+        "numpyro MCMC(NUTS, vectorized), run inside one jax.jit": numpyro(numpyro_jit),
+        **hmc_routes,
+    }
     if not args.quick:  # ~10 s a call, nearly all of it compiling again
         single["numpyro MCMC(NUTS, vectorized), MCMC.run as called (recompiles)"] = numpyro_plain
     outputs: dict[str, list[Any]] = {}
     # The two HMC routes run the same algorithm, so their ESS differ only by chance (about
     # ±10 % per call): each makes S4_HMC_CALLS calls per repetition (0.04 s each), so that the
     # median ESS, and the ratio, rest on many calls.
-    hmc_routes = [name for name in single if "HMC" in name or "hmc(" in name]
     timings = interleaved(
         single, reps, calls_per_rep=dict.fromkeys(hmc_routes, S4_HMC_CALLS), outputs=outputs
     )
@@ -1049,18 +1046,6 @@ def section_nuts_vs_numpyro(args) -> list[str]:
     means = jnp.stack([m for _, m in targets])
     start_b = jnp.zeros((num_targets, S4_CHAINS, S4_DIM), DTYPE)
 
-    def ours_batched(seed):
-        return samplers.sample(
-            jax.random.key(seed), kernel, start_b, (precisions, means), 1.0,
-            num_samples=draws, batched=True,
-        ).samples  # fmt: skip
-
-    def ours_batched_sync(seed):
-        return samplers.sample(
-            jax.random.key(seed), kernel_sync, start_b, (precisions, means), 1.0,
-            num_samples=draws, batched=True,
-        ).samples  # fmt: skip
-
     def numpyro_separate(seed):
         keys = jax.random.split(jax.random.key(seed), num_targets)
         return jnp.stack(
@@ -1068,9 +1053,11 @@ def section_nuts_vs_numpyro(args) -> list[str]:
         )
 
     batched = {
-        f"samplers.sample(nuts, batched=True): {num_targets} targets in one call": ours_batched,
+        f"samplers.sample(nuts, batched=True): {num_targets} targets in one call": ours(
+            kernel, start_b, (precisions, means), batched=True
+        ),
         f"samplers.sample(nuts(asynchronous=False), batched=True): {num_targets} targets in "
-        "one call": ours_batched_sync,
+        "one call": ours(kernel_sync, start_b, (precisions, means), batched=True),
         f"numpyro (jit as above): {num_targets} separate runs": numpyro_separate,
     }
     print(f"  batched: {num_targets} targets × {S4_CHAINS} chains", flush=True)
@@ -1091,7 +1078,8 @@ def section_nuts_vs_numpyro(args) -> list[str]:
             )
         return out
 
-    nuts_ours, _, nuts_numpyro, hmc_ours, hmc_numpyro = list(single)[:5]
+    nuts_ours, _, nuts_numpyro = list(single)[:3]
+    hmc_ours, hmc_numpyro = hmc_routes
     batched_ours, _, batched_numpyro = list(batched)
     comparisons = [
         ("NUTS, one target: samplers ÷ NumPyro (min ESS/s)", 0, nuts_ours, nuts_numpyro),
