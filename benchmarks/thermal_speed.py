@@ -487,7 +487,7 @@ def section_thermal_covariance(args) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
-        f"Estimator / minimal, steady medians: **{ratio:.0f}×**.",
+        f"Estimator / minimal, steady medians: **{ratio:.3g}×**.",
         "",
         "Same work? Gradients compared component by component in units of the estimator's "
         "MCSE (pooled over its calls by RMS; combined with the minimal mean's as "

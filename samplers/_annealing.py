@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplers._base import Kernel, check_temperature, set_temperature
-from samplers._driver import Trace, as_typed_key, check_num, prepare, shard
+from samplers._driver import Trace, as_typed_key, check_num, prepare
 from samplers._driver import check_finite as _check_finite
+from samplers._placement import per_device, shard
 
 __all__ = ["anneal", "check_schedule", "geometric_schedule", "linear_schedule"]
 
@@ -112,12 +113,12 @@ def _anneal_chain(kernel: Kernel, num_steps: int, rng_key, position, context, sc
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(kernel: Kernel, num_steps: int, batched: bool, axes):
+def _compiled(kernel: Kernel, num_steps: int, batched: bool, axes, placement=None):
     run = functools.partial(_anneal_chain, kernel, num_steps)
     run = jax.vmap(run, in_axes=(0, 0, None, None), axis_name="chain")
     if batched:
         run = jax.vmap(run, in_axes=(0, 0, axes.tree(), None))
-    return jax.jit(run)
+    return jax.jit(per_device(run, placement, axes, kernel.chain_collectives))
 
 
 def anneal(
@@ -186,7 +187,7 @@ def anneal(
     keys = jax.random.split(
         as_typed_key(rng_key), (batch_size, num_chains) if batched else num_chains
     )
-    args = shard(
+    args, placement = shard(
         dict(
             rng_key=keys,
             position=jnp.asarray(x),
@@ -198,7 +199,7 @@ def anneal(
         num_chains,
         axes=axes,
     )
-    run = _compiled(kernel, num_steps, bool(batched), axes)
+    run = _compiled(kernel, num_steps, bool(batched), axes, placement)
     samples, info, state, bad = run(
         args["rng_key"], args["position"], args["context"], args["temperature"]
     )

@@ -61,6 +61,10 @@ class Kernel(NamedTuple):
             :mod:`samplers._nuts_async`). ``None`` (the default): the driver scans ``step``.
             Wrappers that need synchronous steps (parallel tempering, annealing) use
             ``init``/``step`` and ignore it.
+        chain_collectives: Whether ``step`` reduces over the chains of a target (a
+            ``lax.pmean`` over the vmap axis ``"chain"``: parallel tempering's shared ladder
+            adaptation). The driver then never splits one target's chains over devices into
+            separate programs, where the reduction would see only its own device's chains.
     """
 
     init: Callable[..., Any]
@@ -70,6 +74,7 @@ class Kernel(NamedTuple):
     validate: Callable[..., None]
     name: str
     run_chains: Callable[..., Callable[..., Any]] | None = None
+    chain_collectives: bool = False
 
 
 def is_concrete(*arrays: Any) -> bool:

@@ -4,8 +4,10 @@
 function: ``vmap`` over targets (optional) of ``vmap`` over chains of ``init`` and two
 ``lax.scan`` loops (warm-up, then sampling), or the kernel's own ``run_chains`` where it has
 one (NUTS: asynchronous chains, :mod:`samplers._nuts_async`). The compiled function is cached on
-``(kernel, num_warmup, num_samples, batched)`` and takes ``rng_key``, ``position``, ``context``
-and ``temperature`` as traced arguments, so new values of any of them reuse it.
+``(kernel, num_warmup, num_samples, batched)`` and the placement over devices, and takes
+``rng_key``, ``position``, ``context`` and ``temperature`` as traced arguments, so new values of
+any of them reuse it. On several devices each runs the loops of its own block of targets (or
+chains) inside ``jax.shard_map`` (:mod:`samplers._placement`), with no collective between them.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from samplers._base import Kernel, NonFiniteEnergyError
+from samplers._placement import per_device, shard
 
 __all__ = ["Trace", "check_finite", "sample"]
 
@@ -88,16 +90,17 @@ def _run_chain(
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(kernel: Kernel, num_warmup: int, num_samples: int, batched: bool, axes):
+def _compiled(
+    kernel: Kernel, num_warmup: int, num_samples: int, batched: bool, axes, placement=None
+):
     if kernel.run_chains is not None:  # the kernel's own whole run (asynchronous NUTS)
-        return jax.jit(
-            kernel.run_chains(num_warmup, num_samples, batched, axes.tree() if batched else None)
-        )
+        run = kernel.run_chains(num_warmup, num_samples, batched, axes.tree() if batched else None)
+        return jax.jit(per_device(run, placement, axes, kernel.chain_collectives))
     run = functools.partial(_run_chain, kernel, num_warmup, num_samples)
     run = jax.vmap(run, in_axes=(0, 0, None, None), axis_name="chain")
     if batched:
         run = jax.vmap(run, in_axes=(0, 0, axes.tree(), None))
-    return jax.jit(run)
+    return jax.jit(per_device(run, placement, axes, kernel.chain_collectives))
 
 
 class ContextAxes(NamedTuple):
@@ -236,63 +239,6 @@ def prepare(
     return x, batch_size, num_chains, axes
 
 
-def shard(
-    arrays: dict[str, Any],
-    batched: bool,
-    batch_size: int | None,
-    num_chains: int,
-    num_replicas: int | None = None,
-    *,
-    axes: ContextAxes,
-):
-    """Place the inputs over all devices with a 1-D mesh (a no-op on one device).
-
-    The first of these axes whose size is a multiple of the device count is sharded: targets
-    (when batched), else chains, else parallel-tempering replicas (then the keys, which have no
-    replica axis, are replicated). If none divides, everything stays on the default device.
-    Under ``jit`` XLA partitions the vmapped computation along the sharded axis. ``axes``
-    (from :func:`prepare`) says which context leaves follow the targets; the others, and the
-    whole context when targets are not sharded, are replicated.
-    """
-    devices = jax.devices()
-    if len(devices) == 1:
-        return arrays
-    mesh = Mesh(np.asarray(devices), ("devices",))
-    lead = 1 if batched else 0
-    candidates = []
-    if batched:
-        candidates.append(("batch", 0, batch_size))
-    candidates.append(("chain", lead, num_chains))
-    if num_replicas is not None:
-        candidates.append(("replica", lead + 1, num_replicas))
-    chosen = next((c for c in candidates if c[2] % len(devices) == 0), None)
-    if chosen is None:
-        return arrays
-    kind, axis, _ = chosen
-
-    def spec(axis):
-        return NamedSharding(mesh, PartitionSpec(*([None] * axis), "devices"))
-
-    replicated = NamedSharding(mesh, PartitionSpec())
-    out = dict(arrays)
-    out["position"] = jax.device_put(arrays["position"], spec(axis))
-    out["rng_key"] = jax.device_put(
-        arrays["rng_key"], replicated if kind == "replica" else spec(axis)
-    )
-    if kind == "batch":
-        # Per-target leaves follow the targets; shared ones (context_axes None) are replicated.
-        leaves, treedef = jax.tree_util.tree_flatten(arrays["context"])
-        placed = [
-            jax.device_put(leaf, spec(0) if axis == 0 else replicated)
-            for leaf, axis in zip(leaves, axes.leaves, strict=True)
-        ]
-        out["context"] = jax.tree_util.tree_unflatten(treedef, placed)
-    else:
-        out["context"] = jax.device_put(arrays["context"], replicated)
-    out["temperature"] = jax.device_put(arrays["temperature"], replicated)
-    return out
-
-
 def check_finite(trace: Trace, steps_per_draw: int = 1) -> Trace:
     """Raise if any chain produced a NaN or infinite energy; otherwise return ``trace``.
 
@@ -363,9 +309,11 @@ def sample(
     ``batched`` and input shapes; later calls with new values of ``rng_key``, ``position``,
     ``context`` or ``temperature`` reuse the compiled code. With several JAX devices, targets
     (or else chains, or else parallel-tempering replicas) are sharded over all of them with a
-    ``jax.sharding.Mesh`` and ``NamedSharding``; every chain gets the same key whatever the
-    device count, so results agree up to floating-point reassociation (which continuous
-    samplers amplify over many steps).
+    ``jax.sharding.Mesh`` and ``NamedSharding``; targets and chains run inside
+    ``jax.shard_map``, each device its own loops without waiting for the others (replicas, and
+    chains of a kernel with ``chain_collectives``, are left to XLA's partitioner). Every chain
+    gets the same key whatever the device count, so results agree up to floating-point
+    reassociation (which continuous samplers amplify over many steps).
 
     Layout (``C`` chains, ``D = num_samples``, event ``E``: ``(n,)`` for a local kernel,
     ``(R, n)`` for parallel tempering; a leading ``B`` only when ``batched``):
@@ -434,7 +382,7 @@ def sample(
     keys = jax.random.split(
         as_typed_key(rng_key), (batch_size, num_chains) if batched else num_chains
     )
-    args = shard(
+    args, placement = shard(
         dict(
             rng_key=keys,
             position=jnp.asarray(x),
@@ -447,7 +395,7 @@ def sample(
         x.shape[-2] if event_ndim == 2 else None,
         axes=axes,
     )
-    run = _compiled(kernel, num_warmup, num_samples, bool(batched), axes)
+    run = _compiled(kernel, num_warmup, num_samples, bool(batched), axes, placement)
     samples, info, state, bad = run(
         args["rng_key"], args["position"], args["context"], args["temperature"]
     )

@@ -65,6 +65,7 @@ def _resumed(kernel: Kernel, context_tree: Any, state_tree: Any) -> Kernel:
         num_warmup=0,
         validate=validate,
         name=f"{kernel.name}, resumed",
+        chain_collectives=kernel.chain_collectives,
     )
 
 

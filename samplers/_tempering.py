@@ -302,6 +302,7 @@ def _parallel_tempering(
         num_warmup=max(kernel.num_warmup, num_warmup if adapt_ladder else 0),
         validate=validate,
         name=f"parallel tempering ({kernel.name}, {swaps} swaps)",
+        chain_collectives=adapt_ladder and chain_axis is not None,
     )
 
 

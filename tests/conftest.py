@@ -29,6 +29,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     # process could read an entry that another is still writing.
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 
+# One CPU device per process (thermoeqprop's import would otherwise split the CPU into one per
+# core): pytest-xdist already runs a worker on every core, and one device more per worker would
+# oversubscribe them. Subprocesses inherit it; tests/test_cpu_devices.py checks the default in
+# processes of its own.
+os.environ.setdefault("THERMOEQPROP_CPU_DEVICES", "1")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)

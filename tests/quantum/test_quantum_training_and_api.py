@@ -113,10 +113,16 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, capsys, monkey
         return uninterrupted(self, *call_args)
 
     folder = tmp_path / "cut"
-    with monkeypatch.context() as patch:
-        patch.setattr(EigenstateEP, "__call__", signalled)
-        capsys.readouterr()
-        assert main([*args, "--results-dir", str(folder)]) == 130
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored
+    # (POSIX): give this one Python's default SIGINT handling, as an interactive run has.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(EigenstateEP, "__call__", signalled)
+            capsys.readouterr()
+            assert main([*args, "--results-dir", str(folder)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert "Run the same command again to resume" in err and "Traceback" not in err
     metrics = folder / "metrics.jsonl"

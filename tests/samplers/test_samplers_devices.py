@@ -47,7 +47,20 @@ def run_tempering():
     single = samplers.sample(
         jax.random.key(43), pt, jnp.ones((1, 4, 7)), (couplings, fields), ladder, num_samples=50
     )
-    return dict(spins=spins, single=single)
+    # Ladder adaptation averages the swap rates of a target's chains (a pmean over "chain"):
+    # its chains stay in one program when sharded, so all of them end on one shared ladder.
+    adaptive = samplers.parallel_tempering(
+        samplers.metropolis(ising_energy), adapt_ladder=True, num_warmup=100
+    )
+    adapted = samplers.sample(
+        jax.random.key(44),
+        adaptive,
+        jnp.ones((4, 4, 7)),
+        (couplings, fields),
+        ladder,
+        num_samples=20,
+    )
+    return dict(spins=spins, single=single, adapted=adapted)
 
 
 SCRIPT = textwrap.dedent(
@@ -64,7 +77,9 @@ SCRIPT = textwrap.dedent(
     out = run_tempering()
     out["gauss"] = batched_gaussian_nuts()[0]
     # Targets, chains and replicas respectively are split over the 4 devices.
-    expected = dict(gauss=(1, 2, 1000, 3), spins=(1, 600, 4, 7), single=(1, 50, 1, 7))
+    expected = dict(
+        gauss=(1, 2, 1000, 3), spins=(1, 600, 4, 7), single=(1, 50, 1, 7), adapted=(1, 20, 4, 7)
+    )
     for name, shard_shape in expected.items():
         samples = out[name].samples
         assert len(samples.sharding.device_set) == 4, (name, samples.sharding)
@@ -74,6 +89,7 @@ SCRIPT = textwrap.dedent(
         gauss=np.asarray(out["gauss"].samples),
         spins=np.asarray(out["spins"].samples),
         single=np.asarray(out["single"].samples),
+        ladders=np.asarray(out["adapted"].final_state.inverse_temperatures),
     )
     print("sharded over", jax.device_count(), "devices")
     """
@@ -113,4 +129,7 @@ def test_four_devices_agree_in_distribution_with_one(tmp_path, nuts_gaussian):
         exact = samplers.enumerate_spins(ising_energy, 7, (couplings, fields), temperature).mean
         assert_within_mcse(four["spins"][:, :, k], exact, K, f"PT on 4 devices, T={temperature}")
     assert four["single"].shape == (1, 50, 4, 7)
+    ladders = four["ladders"]  # (chain, R): one adapted ladder, the same for every chain
+    assert ladders.shape == (4, 4) and not np.allclose(ladders[0], 1 / np.asarray(LADDER))
+    np.testing.assert_array_equal(ladders, np.broadcast_to(ladders[0], ladders.shape))
     assert set(np.unique(four["single"])) <= {-1.0, 1.0}

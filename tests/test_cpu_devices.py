@@ -1,10 +1,11 @@
-"""A thermal estimate whose chains are sharded over 2 CPU devices, in a subprocess.
+"""The CPU split into one XLA device per core at import (thermoeqprop/__init__.py), in subprocesses.
 
-The subprocess runs with ``JAX_NUM_CPU_DEVICES=2``: ``samplers.sample`` shards the chains of a
-covariance estimate over both devices and the statistics run on the states gathered on one
-(``_on_one_device`` in estimators/thermal.py). Reference: the Gaussian closed form of the
-quadratic network (tests/README.md), within 4 MCSE per component (26 components, about 6.3e-5
-each to fail by chance under a normal approximation: a false-failure budget below 2e-3).
+The suite itself runs with ``THERMOEQPROP_CPU_DEVICES=1`` (tests/conftest.py: pytest-xdist
+already puts a worker on every core), so the default is checked here in fresh processes: the
+device count it picks, the variable that sets it and its error, and a thermal estimate whose
+chains are sharded over 2 devices, against the Gaussian closed form of the quadratic network
+(tests/README.md) within 4 MCSE per component (26 components, about 6.3e-5 each to fail by
+chance under a normal approximation: a false-failure budget below 2e-3).
 """
 
 import json
@@ -20,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(code: str, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("THERMOEQPROP_CPU_DEVICES", "XLA_FLAGS", "JAX_NUM_CPU_DEVICES")
+    }
     clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -29,6 +34,21 @@ def run(code: str, **env) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
+
+
+def test_import_gives_one_cpu_device_per_core_up_to_four():
+    cores = len(os.sched_getaffinity(0))
+    count = "import jax, thermoeqprop; print(jax.device_count())"
+    assert run(count).stdout.split() == [str(min(cores, 4))]
+    assert run(count, THERMOEQPROP_CPU_DEVICES="3").stdout.split() == ["3"]
+    assert run(count, THERMOEQPROP_CPU_DEVICES="1").stdout.split() == ["1"]
+    # A count the user gave JAX itself wins, and a backend already started is left alone.
+    assert run(count, JAX_NUM_CPU_DEVICES="2", THERMOEQPROP_CPU_DEVICES="3").stdout.split() == ["2"]
+    started = "import jax; jax.numpy.ones(1); import thermoeqprop; print(jax.device_count())"
+    assert run(started, THERMOEQPROP_CPU_DEVICES="3").stdout.split() == ["1"]
+    bad = run(count, THERMOEQPROP_CPU_DEVICES="two")
+    assert bad.returncode != 0
+    assert "THERMOEQPROP_CPU_DEVICES must be 'auto' or an integer >= 1, got 'two'" in bad.stderr
 
 
 SHARDED_ESTIMATE = """
@@ -57,7 +77,7 @@ SHARDED_ESTIMATE = """
 
 
 def test_thermal_estimate_sharded_over_two_devices_matches_the_closed_form():
-    result = run(SHARDED_ESTIMATE, JAX_NUM_CPU_DEVICES="2")
+    result = run(SHARDED_ESTIMATE, THERMOEQPROP_CPU_DEVICES="2")
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     # The sampler ran on both devices; the statistics on the gathered states, on one.
