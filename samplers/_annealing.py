@@ -118,7 +118,7 @@ def _compiled(kernel: Kernel, num_steps: int, batched: bool, axes, placement=Non
     run = jax.vmap(run, in_axes=(0, 0, None, None), axis_name="chain")
     if batched:
         run = jax.vmap(run, in_axes=(0, 0, axes.tree(), None))
-    return jax.jit(per_device(run, placement, axes, kernel.chain_collectives))
+    return jax.jit(per_device(run, kernel, placement, axes))
 
 
 def anneal(

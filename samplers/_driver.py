@@ -95,12 +95,12 @@ def _compiled(
 ):
     if kernel.run_chains is not None:  # the kernel's own whole run (asynchronous NUTS)
         run = kernel.run_chains(num_warmup, num_samples, batched, axes.tree() if batched else None)
-        return jax.jit(per_device(run, placement, axes, kernel.chain_collectives))
-    run = functools.partial(_run_chain, kernel, num_warmup, num_samples)
-    run = jax.vmap(run, in_axes=(0, 0, None, None), axis_name="chain")
-    if batched:
-        run = jax.vmap(run, in_axes=(0, 0, axes.tree(), None))
-    return jax.jit(per_device(run, placement, axes, kernel.chain_collectives))
+    else:
+        run = functools.partial(_run_chain, kernel, num_warmup, num_samples)
+        run = jax.vmap(run, in_axes=(0, 0, None, None), axis_name="chain")
+        if batched:
+            run = jax.vmap(run, in_axes=(0, 0, axes.tree(), None))
+    return jax.jit(per_device(run, kernel, placement, axes))
 
 
 class ContextAxes(NamedTuple):

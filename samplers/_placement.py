@@ -8,6 +8,7 @@ chain driver (:func:`samplers.sample`) and by :func:`samplers.anneal`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -29,9 +30,15 @@ class Placement(NamedTuple):
     mesh: Mesh
 
 
-def per_device(run, placement: Placement | None, axes, chain_collectives: bool = False):
-    """``run(keys, position, context, temperature)`` with every device running the loops of
-    its own block of targets (or chains) alone, through ``jax.shard_map``.
+@functools.lru_cache(maxsize=8)
+def _mesh(devices: tuple) -> Mesh:
+    """The 1-D mesh over ``devices``, built once (every call of the driver asks for it)."""
+    return Mesh(np.asarray(devices), (DEVICES,))
+
+
+def per_device(run, kernel: Any, placement: Placement | None, axes):
+    """``run(keys, position, context, temperature)`` of ``kernel``'s chains, with every device
+    running the loops of its own block of targets (or chains) alone, through ``jax.shard_map``.
 
     Left to XLA's partitioner, a sharded loop synchronises the devices at every iteration
     (the trip count of a ``while_loop``, such as NUTS's, becomes a cross-device reduction).
@@ -41,7 +48,7 @@ def per_device(run, placement: Placement | None, axes, chain_collectives: bool =
     """
     if placement is None or placement.kind == "replica":
         return run
-    if placement.kind == "chain" and chain_collectives:
+    if placement.kind == "chain" and kernel.chain_collectives:
         return run
     split = PartitionSpec(*([None] * placement.axis), DEVICES)
     whole = PartitionSpec()
@@ -81,10 +88,10 @@ def shard(
     Returns:
         The placed arrays and the :class:`Placement` (None when nothing is sharded).
     """
-    devices = jax.devices()
+    devices = tuple(jax.devices())
     if len(devices) == 1:
         return arrays, None
-    mesh = Mesh(np.asarray(devices), (DEVICES,))
+    mesh = _mesh(devices)
     lead = 1 if batched else 0
     candidates = []
     if batched:
