@@ -196,7 +196,7 @@ def transition_draws(key, keys, size: int, dtype) -> Draws:
     )  # fmt: skip
 
 
-def _momentum(z, mass_matrix_sqrt, eps):
+def momentum(z, mass_matrix_sqrt, eps):
     """NumPyro's ``momentum_generator`` for an array position, from its normal draw."""
     if mass_matrix_sqrt.ndim == 1:
         r = jnp.multiply(mass_matrix_sqrt, eps)
@@ -225,7 +225,7 @@ def start_transition(c: Chain, state: HMCState, draws: Draws, keys, depths, kern
     z = state.position
     pe = state.energy / temperature
     grad = state.energy_grad / temperature
-    r = _momentum(z, adapt.mass_matrix_sqrt, draws.eps)
+    r = momentum(z, adapt.mass_matrix_sqrt, draws.eps)
     energy_current = pe + KINETIC(adapt.inverse_mass_matrix, r)
     int_zero = jnp.zeros_like(c.tree.depth)
     tree = TreeInfo(
@@ -332,20 +332,24 @@ def finish(c: Chain, mask, kernel_warmup):
     return new, info, accept_prob
 
 
-def adapt(c: Chain, old: HMCState, accept_prob, mask, wa_update, kernel_warmup, keys):
-    """NumPyro's wa_update while iteration < num_warmup (``old``: the state before ``finish``).
-
-    Its adaptation state carries a key that wa_update splits (for a step-size search that is
-    off): that split is done here by ``keys``, and wa_update gets no key.
-    """
-    t = c.tree
-    z_info = IntegratorState(t.z_proposal, None, t.z_proposal_pe, t.z_proposal_grad)
-    key = old.adapt_state.rng_key
-    new = wa_update(old.iteration, accept_prob, z_info, old.adapt_state._replace(rng_key=None))
+def adapt_state_update(wa_update, iteration, accept_prob, z_info, adapt_state, keys):
+    """NumPyro's ``wa_update(iteration, accept_prob, z_info, adapt_state)``, with the split of
+    the key its adaptation state carries (for a step-size search that is off) done by ``keys``:
+    ``wa_update`` gets no key, so it runs no rolled Threefry loop."""
+    key = adapt_state.rng_key
+    new = wa_update(iteration, accept_prob, z_info, adapt_state._replace(rng_key=None))
     if key is not None:
         key_data = keys.split(jax.random.key_data(key), 2)[0]
         impl = jax.random.key_impl(key)
         new = new._replace(rng_key=jax.random.wrap_key_data(key_data, impl=impl))
+    return new
+
+
+def adapt(c: Chain, old: HMCState, accept_prob, mask, wa_update, kernel_warmup, keys):
+    """NumPyro's wa_update while iteration < num_warmup (``old``: the state before ``finish``)."""
+    t = c.tree
+    z_info = IntegratorState(t.z_proposal, None, t.z_proposal_pe, t.z_proposal_grad)
+    new = adapt_state_update(wa_update, old.iteration, accept_prob, z_info, old.adapt_state, keys)
     keep = mask & (old.iteration < kernel_warmup)
     return c._replace(state=c.state._replace(adapt_state=where(keep, new, old.adapt_state)))
 

@@ -272,3 +272,69 @@ def test_jitter_leaves_warmup_adaptation_unchanged(length):
 def test_hmc_rejects_a_bad_jitter(jitter):
     with pytest.raises(ValueError, match="jitter must be a number in"):
         samplers.hmc(gaussian_energy, num_warmup=0, num_steps=3, jitter=jitter)
+
+
+def _transitions(sample_kernel, state, model_args, count):
+    step = jax.jit(lambda s: sample_kernel(s, model_args=model_args))
+    out = []
+    for _ in range(count):
+        state = step(state)
+        out.append(
+            jax.tree.map(
+                lambda x: np.asarray(
+                    jax.random.key_data(x)
+                    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                    else x
+                ),
+                state,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize(
+    "length, num_warmup",
+    [
+        ({"num_steps": 8}, 0),  # unrolled integrator, no adaptation
+        ({"num_steps": 40}, 60),  # above MAX_UNROLLED_STEPS: a loop, as NumPyro's
+        ({"trajectory_length": 1.3}, 60),  # ⌈L/ε⌉ steps: a loop
+    ],
+)
+def test_written_out_hmc_transition_is_numpyros(dense, length, num_warmup):
+    # The package's HMC transition (fast Threefry draws, unrolled fixed-length integrator)
+    # against NumPyro's own sample_kernel, from the same state and keys, transition after
+    # transition, warm-up adaptation included: the same numbers up to rounding. Where the
+    # integrator is unrolled XLA may contract multiply-adds across steps, which warm-up's
+    # step-size adaptation would amplify, so that case compares fixed kernels (num_warmup 0).
+    from numpyro.infer.hmc import hmc as numpyro_hmc
+
+    from samplers._hmc_transition import MAX_UNROLLED_STEPS, hmc_sample_kernel
+
+    assert length.get("num_steps", 0) != 40 or 40 > MAX_UNROLLED_STEPS
+    precision = jnp.diag(jnp.linspace(0.5, 4.0, 5))
+
+    def potential_fn_gen(shift, temperature):
+        return lambda z: (0.5 * z @ precision @ z + jnp.sum(jnp.cos(z + shift))) / temperature
+
+    options = {"num_steps": None, "trajectory_length": None, **length}
+    init_kernel, numpyro_kernel = numpyro_hmc(potential_fn_gen=potential_fn_gen, algo="HMC")
+    model_args = (0.3, 0.7)
+    state = init_kernel(
+        jnp.ones(5), num_warmup, model_args=model_args, rng_key=jax.random.key(3),
+        step_size=0.1, dense_mass=dense, **options,
+    )  # fmt: skip
+    ours = hmc_sample_kernel(
+        potential_fn_gen, num_warmup=num_warmup, num_steps=options["num_steps"],
+        target_accept_prob=0.8, adapt_step_size=True, adapt_mass_matrix=True, dense_mass=dense,
+    )  # fmt: skip
+    count = 100
+    expected = _transitions(numpyro_kernel, state, model_args, count)
+    got = _transitions(ours, state, model_args, count)
+    for t, (a, b) in enumerate(zip(expected, got, strict=True)):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-12, err_msg=f"transition {t}")
+    accepted = np.mean([s.accept_prob for s in got])
+    assert 0.3 < accepted < 1.0  # proposals moved, and some were rejected
+    if num_warmup:
+        assert float(got[-1].adapt_state.step_size) != 0.1  # adaptation ran
