@@ -125,6 +125,18 @@ def test_thermal_training_writes_gradient_uncertainty(tmp_path, capsys):
     assert record["relative_stderr"] > 0
     assert record["temperature"] == 0.02
     assert "diag_rhat_max" in record
+    assert (record["diag_num_chains"], record["batches"]) == (2, 5)  # 1437 // 256 batches
+    # One line per finished epoch, and the health table with limits for this run's size.
+    out = capsys.readouterr().out
+    assert "epoch 1/1  loss " in out and "gradient rel. MCSE" in out, out
+    assert "gradient health, epoch 1 (2 chains × 10 draws per estimate" in summary
+    assert "split R-hat, worst component (worst batch)" in summary
+    assert summary.split("gradient health")[1] in out
+    # Run again on the finished folder: it says it resumes, and there is nothing left to do.
+    assert main(args) == 0
+    assert "after epoch 1 of 1 (checkpoint epoch_0001.npz): nothing left to do" in (
+        capsys.readouterr().out
+    )
 
 
 def test_spin_network_and_annealed_temperature(tmp_path):

@@ -12,6 +12,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# The printed columns of a training folder's per-epoch table, and their headings.
+TRAIN_COLUMNS = {
+    "epoch": "epoch",
+    "temperature": "T",
+    "relative_stderr": "rel. MCSE (mean of batches)",
+    "diag_rhat_max": "split R-hat max (worst batch)",
+    "series_r_hat_max": "rank R-hat max (last batch)",
+    "diag_ess_min": "ESS min (worst batch)",
+    "series_ess_bulk_min": "bulk ESS min (last batch)",
+    "series_flags": "last batch",
+}
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
@@ -39,9 +51,14 @@ def run(settings: dict[str, Any]) -> int:
         "display.max_rows": 500,
         "display.float_format": "{:.4g}".format,
     }
+    overview = diagnosis.overview
+    if diagnosis.kind == "train":  # a short table, every R-hat named (all columns: the CSV)
+        overview = overview[[c for c in TRAIN_COLUMNS if c in overview]].rename(
+            columns=TRAIN_COLUMNS
+        )
     with pd.option_context(*[item for pair in display.items() for item in pair]):
         print(f"thermoeqprop diagnose: {diagnosis.kind} folder {settings['run_folder']}")
-        print(diagnosis.overview.to_string(index=False))
+        print(overview.to_string(index=False))
     for note in diagnosis.notes:
         print(note)
     print("wrote: " + ", ".join(str(path) for path in diagnosis.files))

@@ -185,9 +185,24 @@ def train_config(settings: dict[str, Any]):
     return TrainConfig(**{name: settings[name] for name in names})
 
 
+def health_table(record) -> str:
+    """The gradient-health table of one epoch's record (``thermoeqprop._health``)."""
+    from thermoeqprop._health import format_checks, gradient_checks
+
+    heading = (
+        f"gradient health, epoch {record['epoch']} ({record['diag_num_chains']:.0f} chains × "
+        f"{record['diag_num_draws_per_chain']:.0f} draws per estimate, {record['parameters']} "
+        f"components, {record['batches']} batches; split R-hat: Gelman et al., not "
+        "rank-normalised, on every batch; `thermoeqprop diagnose` adds ArviZ's rank-normalised "
+        "R-hat)"
+    )
+    return format_checks(gradient_checks(record), heading)
+
+
 def run(settings: dict[str, Any]) -> int:
     import numpy as np
 
+    from thermoeqprop._health import epoch_line
     from thermoeqprop.data import load_dataset
     from thermoeqprop.plots import plot_training
     from thermoeqprop.training import train
@@ -213,6 +228,8 @@ def run(settings: dict[str, Any]) -> int:
         results_dir,
         schedule=schedule,
         progress=not settings["no_progress"],
+        callback=lambda record: print(epoch_line(record, config.epochs), flush=True),
+        log=lambda line: print(line, flush=True),
         extra_config={
             "command_line": {
                 k: v for k, v in settings.items() if k not in ("no_progress", "results_dir")
@@ -238,7 +255,8 @@ def run(settings: dict[str, Any]) -> int:
     ]
     if "relative_stderr" in final:
         lines.append(f"mean relative gradient MCSE (last epoch): {final['relative_stderr']:.3f}")
-    lines += [f"{k}: {v}" for k, v in final.items() if k.startswith("diag_")]
+    if "diag_num_chains" in final:
+        lines.append(health_table(final))
     (results_dir / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -2,8 +2,10 @@ r"""ArviZ diagnostics of the gradient estimates themselves (not only of the samp
 
 A sampled gradient is the mean over draws of a per-draw series (chain, draw, P)
 (:class:`~thermoeqprop.estimators.GradientSeries`). Its trustworthiness is that of the series:
-chains that disagree (R-hat above 1.01), too few effective draws (bulk or tail ESS below 100
-per chain) or a Monte Carlo standard error large against the mean. These functions put the
+chains that disagree (R-hat above what independent draws of the run's size would give), too
+few effective draws (bulk or tail ESS below 0.1 per draw) or a Monte Carlo standard error large
+against the mean; the limits fit the run's size (:mod:`thermoeqprop._health`). These functions
+put the
 series into ArviZ ``InferenceData`` (``posterior["gradient"]`` with dims
 ``(chain, draw, temperature, seed, parameter)``) and read ArviZ's rank-normalised R-hat, bulk
 and tail ESS and MCSE per gradient component.
@@ -28,9 +30,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 import samplers
+from thermoeqprop._health import (
+    ESS_PER_DRAW_MIN,
+    format_checks,
+    gradient_checks,
+    health_limits,
+    rhat_limit,
+)
 
 __all__ = [
-    "ESS_PER_CHAIN",
     "RHAT_LIMIT",
     "Diagnosis",
     "diagnose",
@@ -40,7 +48,6 @@ __all__ = [
 ]
 
 RHAT_LIMIT = 1.01
-ESS_PER_CHAIN = 100
 STATISTICS = ("mean", "sd", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat")
 
 
@@ -143,13 +150,21 @@ class Diagnosis(NamedTuple):
     notes: list[str]
 
 
-def _flags(r_hat_max, ess_bulk_min, ess_tail_min, num_chains) -> str:
+def _flags(r_hat_max, ess_bulk_min, ess_tail_min, num_chains, num_draws, components) -> str:
+    """Flags in words, with limits for the run's size (``thermoeqprop._health``): the worst
+    rank-normalised R-hat against what independent draws of that many chains, draws and
+    components would exceed with probability 5 % (at least :data:`RHAT_LIMIT`), the smallest
+    bulk and tail ESS against 0.1 per draw."""
     flags = []
-    if not r_hat_max < RHAT_LIMIT:
-        flags.append(f"R-hat≥{RHAT_LIMIT}" if np.isfinite(r_hat_max) else "R-hat n/a")
-    if min(ess_bulk_min, ess_tail_min) < ESS_PER_CHAIN * num_chains:
-        flags.append(f"ESS<{ESS_PER_CHAIN * num_chains}")
-    return ",".join(flags) or "ok"
+    limit = max(RHAT_LIMIT, rhat_limit(num_chains, num_draws, components))
+    if not np.isfinite(r_hat_max):
+        flags.append("R-hat n/a")
+    elif not r_hat_max < limit:
+        flags.append(f"chains disagree (R-hat {r_hat_max:.3g} ≥ {limit:.3g})")
+    per_draw = min(ess_bulk_min, ess_tail_min) / (num_chains * num_draws)
+    if per_draw < ESS_PER_DRAW_MIN:
+        flags.append(f"few effective draws (ESS {per_draw:.2g} per draw < {ESS_PER_DRAW_MIN})")
+    return "; ".join(flags) or "ok"
 
 
 def _plot_parameters(frame, count: int) -> list[str]:
@@ -172,7 +187,7 @@ def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -
     rows, components, files = [], [], []
     for path, idata in loaded:
         estimator = str(idata.posterior.attrs.get("estimator", path.stem))
-        num_chains = idata.posterior.sizes["chain"]
+        num_chains, num_draws = idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]
         frame = gradient_summary(idata).reset_index()
         frame.insert(0, "estimator", estimator)
         components.append(frame)
@@ -192,7 +207,7 @@ def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -
                     "ess_tail_min": ess_tail,
                     "mcse_over_mean_median": float((group.mcse_mean / scale).median()),
                     "worst_component": worst,
-                    "flags": _flags(r_hat, ess_bulk, ess_tail, num_chains),
+                    "flags": _flags(r_hat, ess_bulk, ess_tail, num_chains, num_draws, len(group)),
                 }
             )
         if not plots:
@@ -215,8 +230,10 @@ def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -
     table.to_csv(table_path, index=False)
     files = [overview_path, table_path, *files]
     notes = [
-        f"{len(table)} gradient components in {len(loaded)} series files; flags: R-hat ≥ "
-        f"{RHAT_LIMIT} or bulk/tail ESS < {ESS_PER_CHAIN} per chain (Vehtari et al. 2021)",
+        f"{len(table)} gradient components in {len(loaded)} series files; R-hat is ArviZ's "
+        "rank-normalised split R-hat (Vehtari et al. 2021); flags: the worst R-hat above what "
+        "independent draws of the run's size exceed with probability 5 % (at least "
+        f"{RHAT_LIMIT}), or bulk/tail ESS below {ESS_PER_DRAW_MIN} per draw",
     ]
     flagged = int((overview["flags"] != "ok").sum())
     notes.append(f"{flagged} of {len(overview)} (estimator, temperature, seed) rows flagged")
@@ -278,17 +295,33 @@ def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool
         path = out / "gradient_summary.csv"
         components.to_csv(path, index=False)
         files.append(path)
-        num_chains = loaded[-1][2].posterior.sizes["chain"]
-        flagged = sum(
-            _flags(r, b, t, num_chains) != "ok"
-            for r, b, t in per_epoch[
-                ["series_r_hat_max", "series_ess_bulk_min", "series_ess_tail_min"]
+        sizes = loaded[-1][2].posterior.sizes
+        flags = [
+            _flags(r, b, t, sizes["chain"], sizes["draw"], n)
+            for r, b, t, n in per_epoch[
+                ["series_r_hat_max", "series_ess_bulk_min", "series_ess_tail_min",
+                 "series_components"]
             ].itertuples(index=False)
-        )
+        ]  # fmt: skip
+        overview = overview.merge(
+            pd.DataFrame({"epoch": per_epoch.epoch, "series_flags": flags}), on="epoch",
+            how="left",
+        )  # fmt: skip
         notes.append(
             f"per-draw gradient series of each epoch's last batch: {len(loaded)} epochs, "
-            f"{per_epoch.series_components.iloc[-1]} components each; {flagged} flagged "
-            f"(R-hat ≥ {RHAT_LIMIT} or bulk/tail ESS < {ESS_PER_CHAIN} per chain)"
+            f"{per_epoch.series_components.iloc[-1]} components each; "
+            f"{sum(f != 'ok' for f in flags)} flagged (rank-normalised R-hat above what "
+            "independent draws of this size exceed with probability 5 %, or bulk/tail ESS "
+            f"below {ESS_PER_DRAW_MIN} per draw)"
+        )
+    if "diag_num_chains" in records[-1]:
+        last = records[-1]
+        notes.append(
+            format_checks(
+                gradient_checks(last),
+                f"gradient health, epoch {last['epoch']} (worst of its batches; split R-hat: "
+                "Gelman et al., not rank-normalised, recorded by train on every batch):",
+            )
         )
     sampled = [k for k in ("diag_rhat_max", "diag_ess_min", "relative_stderr") if k in overview]
     if not sampled:
@@ -303,13 +336,22 @@ def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool
     files.append(path)
     if plots and sampled:
         from matplotlib.figure import Figure  # no pyplot: the user's backend stays
+        from matplotlib.ticker import MaxNLocator
 
-        fig = Figure(figsize=(3.6 * len(sampled), 3.2), layout="constrained")
+        limits = health_limits(records[-1])
+        fig = Figure(figsize=(3.8 * len(sampled), 3.4), layout="constrained")
         axes = fig.subplots(1, len(sampled), squeeze=False)
         for ax, key in zip(axes[0], sampled, strict=True):
-            ax.plot(overview.epoch, overview[key], "o-", ms=3)
-            ax.set(xlabel="epoch", ylabel=key.removeprefix("diag_"))
+            title, limit = limits[key]
+            ax.plot(overview.epoch, overview[key], "o-", ms=3, label="worst batch"
+                    if key.startswith("diag_") else "mean over batches")  # fmt: skip
+            if limit is not None:
+                ax.axhline(limit, color="tab:red", ls="--", lw=1, label=f"limit {limit:.3g}")
+            ax.set(xlabel="epoch", title=title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+        fig.suptitle(f"gradient diagnostics per epoch: {folder.name}")
         picture = out / "training_diagnostics.png"
         fig.savefig(picture, dpi=100)
         files.append(picture)

@@ -224,15 +224,16 @@ def evaluate(estimator: Estimator, params, x, labels, rng_key, batch_size: int =
 
 
 def _summarise_diagnostics(estimates) -> dict[str, float]:
-    """The worst case over an epoch's batches: the smallest converged fraction and minimum
-    (``ess_min``, ``min_gap``, ``min_hessian_eigenvalue``), the largest of the rest; indices
+    """The worst case over an epoch's batches: the smallest converged fraction, minimum and ESS
+    (``ess_min``, ``ess_median``, ``min_gap``, ``min_hessian_eigenvalue``), the largest of the
+    rest; indices
     of an example within a batch (``worst_example``) are left out."""
     out = {}
     for key in estimates[0].diagnostics:
         if key.endswith("_example"):  # an index into one batch: no meaning across batches
             continue
         values = np.asarray([float(e.diagnostics[key]) for e in estimates])
-        lowest = "converged" in key or key.startswith("min_") or key.endswith("_min")
+        lowest = "converged" in key or key.startswith(("min_", "ess_")) or key.endswith("_min")
         reduce = np.min if lowest else np.max
         out[f"diag_{key}"] = float(reduce(values))
     if estimates[0].is_stochastic:
@@ -341,6 +342,7 @@ def train(
     train_accuracy: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
     series_parameters: int | None = 64,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``estimator.model`` on ``dataset`` with gradients from ``estimator``.
 
@@ -364,6 +366,8 @@ def train(
             gradient series of each epoch's last batch is saved for ArviZ
             (``series/epoch_NNNN.nc``, read by ``thermoeqprop diagnose``): this many evenly
             spaced gradient components (all when fewer); 0 or None saves none.
+        log: Called with a line of text when the run resumes from a checkpoint (which epoch,
+            which file), for example ``print``.
 
     Returns:
         A :class:`TrainResult`.
@@ -391,6 +395,7 @@ def train(
     if params is None:
         params = model.init_params(key_params)
     opt_state = optimizer.init(params)
+    num_parameters = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
 
     @jax.jit
     def apply(params, opt_state, grad):
@@ -411,6 +416,16 @@ def train(
         latest = _latest_checkpoint(folder / "checkpoints")
         if latest is not None:
             start_epoch, params, opt_state = load_checkpoint(latest, params, opt_state)
+            if log is not None:
+                rest = (
+                    f"epochs {start_epoch + 1}–{config.epochs} to go"
+                    if start_epoch < config.epochs
+                    else "nothing left to do"
+                )
+                log(
+                    f"resuming {folder} after epoch {start_epoch} of {config.epochs} "
+                    f"(checkpoint {latest.name}): {rest}"
+                )
         history = _read_metrics(folder / "metrics.jsonl", start_epoch)
         write_atomic(
             folder / "metrics.jsonl",
@@ -482,6 +497,8 @@ def train(
         record |= {
             "grad_norm": float(grad_norm),
             "epoch_seconds": train_seconds,
+            "batches": steps_per_epoch,
+            "parameters": num_parameters,
             **_summarise_diagnostics(estimates),
         }
         temperature = getattr(current, "temperature", None)

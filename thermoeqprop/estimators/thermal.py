@@ -350,6 +350,7 @@ class _SampledEstimator(Estimator):
         diagnostics = {
             "relative_stderr": relative,
             "rounds": jnp.asarray(round_index + 1),
+            "num_chains": jnp.asarray(combined.series.shape[0]),
             "num_draws_per_chain": jnp.asarray(
                 combined.series.shape[1] * merged[0].draws_per_entry
             ),

@@ -1,0 +1,97 @@
+"""Gradient-health checks (thermoeqprop._health): the R-hat limit against its definition by
+simulation, and the verdicts, levers and lines that train and diagnose print.
+
+Reference: for independent normal draws, the split R-hat of the worst of K components exceeds
+``rhat_limit(C, n, K)`` with probability at most 5 % (Bonferroni over K independent components
+gives 1 − (1 − 0.05/K)^K ≈ 4.9 %). False-failure budget: 400 simulated runs per case; the
+exceedance count is binomial, and the accepted band [2 %, 8.5 %] lies more than 2.8 standard
+deviations from 4.9 % on each side (probability of a false failure below 0.6 % per case, two
+cases); the power check (one chain shifted by two standard deviations) exceeds the limit in
+every run by a margin of many standard deviations.
+"""
+
+import numpy as np
+import pytest
+
+import samplers
+from thermoeqprop._health import (
+    RELATIVE_MCSE_MAX,
+    epoch_line,
+    format_checks,
+    gradient_checks,
+    health_limits,
+    rhat_limit,
+)
+
+
+@pytest.mark.parametrize("chains, draws, components", [(2, 50, 200), (4, 200, 10)])
+def test_rhat_limit_is_the_5_percent_point_of_the_worst_of_independent_components(
+    chains, draws, components
+):
+    rng = np.random.default_rng(chains)
+    runs = 400
+    x = rng.normal(size=(chains, draws, runs, components))
+    worst = np.asarray(samplers.rhat_split_many(x)).max(axis=-1)
+    limit = rhat_limit(chains, draws, components)
+    exceeded = float(np.mean(worst > limit))
+    assert 0.02 <= exceeded <= 0.085, (exceeded, limit)
+    # Power: one chain two standard deviations away in one component is flagged every time.
+    x[0, :, :, 0] += 2.0
+    assert np.all(np.asarray(samplers.rhat_split_many(x)).max(axis=-1) > limit)
+
+
+def test_rhat_limit_fits_the_run_size_and_rejects_a_too_short_run():
+    assert rhat_limit(2, 50, 9610) > 1.1 > 1.01 > rhat_limit(4, 1000, 10) > 1.0
+    assert rhat_limit(2, 50, 9610 * 44) > rhat_limit(2, 50, 9610)
+    with pytest.raises(ValueError, match="at least 1 chain of 4 draws"):
+        rhat_limit(2, 3, 10)
+
+
+RECORD = {
+    "epoch": 15, "train_loss": 0.0508, "test_accuracy": 0.9556, "relative_stderr": 0.69,
+    "epoch_seconds": 3.4, "temperature": 0.02, "diag_num_chains": 2.0,
+    "diag_num_draws_per_chain": 50.0, "diag_ess_min": 3.9, "diag_ess_median": 92.0,
+    "diag_rhat_max": 1.58, "diag_rhat_median": 1.014, "diag_divergences": 6.0,
+    "parameters": 9610, "batches": 44,
+}  # fmt: skip
+
+
+def test_checks_of_the_default_train_record_name_what_is_wrong_and_the_levers():
+    checks = {c.name.split(" (")[0]: c for c in gradient_checks(RECORD)}
+    mcse = checks["relative MCSE of the gradient"]
+    assert (mcse.ok, mcse.lever) == (False, "mcse")
+    worst = checks["split R-hat, worst component"]
+    assert not worst.ok and worst.limit == f"≤ {rhat_limit(2, 50, 9610 * 44):.3f}"
+    assert checks["split R-hat, median component"].ok is False  # 1.014 > 1.01
+    assert checks["bulk ESS per draw, worst component"].value == pytest.approx(0.039)
+    assert checks["bulk ESS per draw, median component"].ok  # 0.92 per draw
+    assert checks["divergent transitions"].lever == "divergences"
+    table = format_checks(gradient_checks(RECORD), "heading")
+    assert table.splitlines()[0] == "heading"
+    assert "to improve:" in table and "--num-samples" in table and "--tempering" in table
+    assert "all checks pass" not in table
+
+
+def test_a_healthy_record_passes_and_a_bare_one_is_not_measured():
+    healthy = RECORD | {
+        "relative_stderr": 0.1, "diag_ess_min": 40.0, "diag_rhat_max": 1.1,
+        "diag_rhat_median": 1.002, "diag_divergences": 0.0,
+    }  # fmt: skip
+    assert all(c.ok for c in gradient_checks(healthy))
+    assert format_checks(gradient_checks(healthy), "h").endswith("all checks pass.")
+    bare = gradient_checks({"epoch": 1})
+    assert all(c.ok is None and c.verdict == "not recorded" for c in bare)
+    assert "to improve" not in format_checks(bare, "h")
+
+
+def test_epoch_line_and_plot_limits():
+    line = epoch_line(RECORD, 15)
+    for part in ("epoch 15/15", "loss 0.0508", "test accuracy 95.56 %", "rel. MCSE 0.690",
+                 "split R-hat max 1.580", "3.40 s"):  # fmt: skip
+        assert part in line, (part, line)
+    assert "MCSE" not in epoch_line({"epoch": 1, "train_loss": 1.0, "test_accuracy": 0.5,
+                                     "epoch_seconds": 0.1}, 2)  # fmt: skip
+    limits = health_limits(RECORD)
+    assert limits["relative_stderr"][1] == RELATIVE_MCSE_MAX
+    assert limits["diag_ess_min"][1] == pytest.approx(10.0)  # 0.1 × 2 chains × 50 draws
+    assert health_limits({})["diag_rhat_max"][1] is None

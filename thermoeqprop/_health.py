@@ -1,0 +1,246 @@
+"""The health of sampled gradients, in words: checks with limits that fit the run's size.
+
+A sampled gradient is the mean of a per-draw series of ``C`` chains × ``n`` draws (the
+estimators' :class:`~thermoeqprop.estimators.GradientSeries`). Fixed textbook limits do not
+fit a training run's short chains: "bulk ESS ≥ 100 per chain" cannot hold with 50 draws per
+chain, and the largest split R-hat over thousands of components exceeds 1.01 even for
+independent draws. So each limit here is stated for the run at hand:
+
+- **Effective draws per draw** (bulk ESS ÷ ``C·n``): at least :data:`ESS_PER_DRAW_MIN` for the
+  worst component and :data:`ESS_PER_DRAW_MEDIAN` for the median one. Independent draws give
+  about 1.
+- **Split R-hat** of the worst of ``K`` values (``P`` components of each of the batches the
+  record's worst case is taken over): the value that independent draws exceed with
+  probability at most :data:`FAMILY_ALPHA`. With ``m = 2C`` half-chains of ``h = ⌊n/2⌋``
+  draws, ``R̂² = (h−1)/h + (1/h)·B/W`` (B: h times the variance of the half-chain means; W:
+  the mean within-half-chain variance), and for independent normal draws ``B/W`` follows
+  Fisher's ``F(m−1, m(h−1))``; so the limit is ``√((h−1)/h + q/h)`` with ``q`` its
+  ``1 − α/K`` quantile (a Bonferroni bound over the K values). For 2 chains of 50 draws and
+  9,610 components of one batch it is 1.17; for 4 chains of 1,000 draws and 10 components,
+  1.002. The median component's R-hat must stay under 1.01 (Vehtari et al. 2021).
+- **Relative MCSE of the gradient** (‖MCSE‖ ÷ ‖gradient‖): at most :data:`RELATIVE_MCSE_MAX`;
+  above it the step follows mostly Monte Carlo noise.
+- **Divergent transitions** (HMC, NUTS): none.
+
+Two R-hats appear in this package, and the tables say which: ``train`` records the split R-hat
+(Gelman et al., not rank-normalised: cheap enough for every batch) of every batch's gradient
+series; ``diagnose`` reads ArviZ's rank-normalised split R-hat (Vehtari et al. 2021) of the
+saved series of each epoch's last batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+__all__ = [
+    "ESS_PER_DRAW_MEDIAN",
+    "ESS_PER_DRAW_MIN",
+    "FAMILY_ALPHA",
+    "RELATIVE_MCSE_MAX",
+    "RHAT_MEDIAN_MAX",
+    "Check",
+    "epoch_line",
+    "format_checks",
+    "gradient_checks",
+    "health_limits",
+    "rhat_limit",
+]
+
+ESS_PER_DRAW_MIN = 0.1
+ESS_PER_DRAW_MEDIAN = 0.5
+FAMILY_ALPHA = 0.05
+RELATIVE_MCSE_MAX = 0.2
+RHAT_MEDIAN_MAX = 1.01
+
+LEVERS = {
+    "mcse": "more draws (--num-samples) or chains (--num-chains): the MCSE falls as 1/√(draws)",
+    "rhat": "chains disagree: longer warm-up (--num-warmup), more chains (--num-chains), or "
+    "parallel tempering (--tempering R) if the target has several modes",
+    "ess": "draws are strongly correlated: more leapfrog steps (--hmc-steps), step-size jitter "
+    "(--hmc-jitter 0.5), NUTS (--sampler nuts), or more draws",
+    "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "
+    "smaller step size; a lower temperature sharpens the target",
+}
+
+
+class Check(NamedTuple):
+    """One line of the health table.
+
+    Attributes:
+        name: What is measured, in words.
+        value: The measured value (NaN when not recorded).
+        limit: The limit, as printed (``"≤ 1.12"``).
+        ok: Whether the value is within the limit (None: not measured).
+        verdict: ``"ok"`` or what is wrong, in words.
+        lever: What to change when it is not ok (a key of :data:`LEVERS`), or "".
+    """
+
+    name: str
+    value: float
+    limit: str
+    ok: bool | None
+    verdict: str
+    lever: str = ""
+
+
+def rhat_limit(
+    num_chains: int, draws_per_chain: int, num_components: int, alpha: float = FAMILY_ALPHA
+) -> float:
+    """The split R-hat that the worst of ``num_components`` values of independent draws
+    exceeds with probability at most ``alpha`` (module docstring).
+
+    Example:
+        >>> round(rhat_limit(2, 50, 9610), 3), round(rhat_limit(4, 1000, 10), 4)
+        (1.174, 1.0019)
+    """
+    from scipy.stats import f
+
+    if num_chains < 1 or draws_per_chain < 4 or num_components < 1:
+        raise ValueError(
+            "rhat_limit needs at least 1 chain of 4 draws and 1 component, got "
+            f"{num_chains} chains × {draws_per_chain} draws, {num_components} components"
+        )
+    halves, length = 2 * num_chains, draws_per_chain // 2
+    q = f.ppf(1 - alpha / num_components, halves - 1, halves * (length - 1))
+    return math.sqrt((length - 1) / length + q / length)
+
+
+def _finite(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value
+
+
+def gradient_checks(record: dict) -> list[Check]:
+    """The checks of one epoch's metrics record (``metrics.jsonl``), worst batch first.
+
+    Args:
+        record: A metrics record of a sampled estimator, as ``train`` writes it:
+            ``relative_stderr``; the estimator's ``diag_*`` keys (``num_chains``,
+            ``num_draws_per_chain``, ``ess_min``, ``ess_median``, ``rhat_max``,
+            ``rhat_median``, ``divergences``), each the worst case over the epoch's batches;
+            ``parameters`` (gradient components) and ``batches`` (estimates per epoch).
+            Missing keys give unmeasured checks.
+
+    Example:
+        >>> record = {"relative_stderr": 0.6, "diag_num_chains": 2,
+        ...           "diag_num_draws_per_chain": 50, "diag_rhat_max": 1.05, "parameters": 10}
+        >>> [check.verdict for check in gradient_checks(record)][:2]
+        ['noisy: the step follows mostly Monte Carlo noise', 'ok']
+    """
+    num_chains = int(_finite(record.get("diag_num_chains", 1)))
+    draws_per_chain = int(_finite(record.get("diag_num_draws_per_chain", 4)))
+    num_components = int(record.get("parameters", 1))
+    num_batches = int(record.get("batches", 1))
+    draws = num_chains * draws_per_chain
+    checks = []
+    mcse = _finite(record.get("relative_stderr"))
+    checks.append(
+        _check(
+            "relative MCSE of the gradient (mean over batches)", mcse, RELATIVE_MCSE_MAX,
+            upper=True, bad="noisy: the step follows mostly Monte Carlo noise", lever="mcse",
+            digits=3,
+        )
+    )  # fmt: skip
+    worst = rhat_limit(num_chains, draws_per_chain, num_components * num_batches)
+    median = RHAT_MEDIAN_MAX
+    checks.append(
+        _check(
+            "split R-hat, worst component (worst batch)", _finite(record.get("diag_rhat_max")),
+            worst, upper=True, bad="chains disagree on some components", lever="rhat",
+            digits=3,
+        )
+    )  # fmt: skip
+    checks.append(
+        _check(
+            "split R-hat, median component (worst batch)",
+            _finite(record.get("diag_rhat_median")), median, upper=True,
+            bad="chains disagree on most components", lever="rhat", digits=3,
+        )
+    )  # fmt: skip
+    for key, name, limit in (
+        ("diag_ess_min", "bulk ESS per draw, worst component", ESS_PER_DRAW_MIN),
+        ("diag_ess_median", "bulk ESS per draw, median component", ESS_PER_DRAW_MEDIAN),
+    ):
+        value = _finite(record.get(key)) / draws
+        checks.append(
+            _check(f"{name} (worst batch)", value, limit, upper=False,
+                   bad="few effective draws", lever="ess", digits=3)
+        )  # fmt: skip
+    if "diag_divergences" in record:
+        checks.append(
+            _check(
+                "divergent transitions (worst batch)", _finite(record["diag_divergences"]), 0,
+                upper=True, bad="the integrator diverged", lever="divergences", digits=0,
+            )
+        )  # fmt: skip
+    return checks
+
+
+def _check(name, value, limit, *, upper, bad, lever, digits) -> Check:
+    shown = f"{'≤' if upper else '≥'} {limit:.{digits}f}"
+    if not math.isfinite(value):
+        return Check(name, value, shown, None, "not recorded")
+    ok = value <= limit if upper else value >= limit
+    return Check(name, value, shown, ok, "ok" if ok else bad, "" if ok else lever)
+
+
+def format_checks(checks: list[Check], heading: str) -> str:
+    """A short table of the checks, then the levers for what is not ok."""
+    rows = [("check", "value", "limit", "verdict")] + [
+        (c.name, "n/a" if not math.isfinite(c.value) else f"{c.value:.4g}", c.limit, c.verdict)
+        for c in checks
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [heading]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
+                     + "  " + row[3])  # fmt: skip
+    levers = list(dict.fromkeys(c.lever for c in checks if c.lever))
+    if levers:
+        lines.append("to improve:")
+        lines += [f"  - {LEVERS[lever]}" for lever in levers]
+    elif all(c.ok is not None for c in checks):
+        lines.append("all checks pass.")
+    return "\n".join(lines)
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """One line per finished epoch: loss, test accuracy, gradient MCSE and R-hat, time."""
+    parts = [
+        f"epoch {record['epoch']}/{epochs}",
+        f"loss {record['train_loss']:.4g}",
+        f"test accuracy {100 * record['test_accuracy']:.2f} %",
+    ]
+    if "relative_stderr" in record:
+        parts.append(f"gradient rel. MCSE {record['relative_stderr']:.3f}")
+    if "diag_rhat_max" in record:
+        parts.append(f"split R-hat max {record['diag_rhat_max']:.3f}")
+    if "temperature" in record:
+        parts.append(f"T {record['temperature']:.3g}")
+    parts.append(f"{record['epoch_seconds']:.2f} s")
+    return "  ".join(parts)
+
+
+def health_limits(record: dict) -> dict[str, tuple[str, float | None]]:
+    """Plot titles and limits of the per-epoch series ``diag_rhat_max``, ``diag_ess_min`` and
+    ``relative_stderr`` of a run, from one of its metrics records (as in
+    :func:`gradient_checks`); the limit is None where the record lacks the run's size."""
+    sized = "diag_num_chains" in record and "diag_num_draws_per_chain" in record
+    chains = int(record.get("diag_num_chains", 1))
+    draws = int(record.get("diag_num_draws_per_chain", 4))
+    values = int(record.get("parameters", 1)) * int(record.get("batches", 1))
+    return {
+        "diag_rhat_max": (
+            "split R-hat, worst component",
+            rhat_limit(chains, draws, values) if sized else None,
+        ),
+        "diag_ess_min": (
+            "bulk ESS, worst component",
+            ESS_PER_DRAW_MIN * chains * draws if sized else None,
+        ),
+        "relative_stderr": ("relative MCSE of the gradient", RELATIVE_MCSE_MAX),
+    }
