@@ -4,7 +4,7 @@ r"""Temperature sweeps: thermal gradient estimators across a grid of temperature
 symmetric) at every temperature and seed and returns an :class:`xarray.Dataset` with dims
 ``(estimator, temperature, seed, parameter)``. Every sampled gradient comes with its Monte Carlo
 standard error (MCSE, from the effective sample size of its per-draw series), and is compared
-with every exact answer that exists (MATH.md §2–3):
+with every exact answer that exists (docs/mathematics.md#exact-thermal-references):
 
 - the exact thermal gradient :math:`dL_T/dθ` (spin networks up to 20 spins by enumeration, the
   quadratic network in closed form), and the exact *expectation of each estimator*: the
