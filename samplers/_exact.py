@@ -1,7 +1,8 @@
 """Exact references: enumeration of small ±1 spin systems and the Gaussian closed form.
 
 Both are pure JAX and differentiable in ``context``/``A``/``b`` and the temperature, so a
-caller can ``jax.grad`` an exact thermal expectation (MATH.md §2).
+caller can ``jax.grad`` an exact thermal expectation
+(docs/mathematics.md#exact-thermal-references).
 
 Spin enumeration orders the ``2^n`` states by an integer ``k``: unit ``i`` is ``+1`` when bit
 ``i`` of ``k`` (least significant bit = unit 0) is set, else ``−1``. It runs in two passes over

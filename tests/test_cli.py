@@ -2,13 +2,18 @@
 
 Bad input on the command line is in test_bad_input.py."""
 
+import importlib.metadata
 import json
 import signal
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from cli_testing import interrupt_cli, run_cli
 
+import thermoeqprop
+from thermoeqprop._provenance import package_version, run_environment
 from thermoeqprop.cli import main
 
 SMALL = [
@@ -36,6 +41,24 @@ def test_every_command_has_help(capsys):
         assert flag in out
 
 
+def test_version_flag_prints_the_package_version():
+    done = run_cli("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"thermoeqprop {package_version()}"
+
+
+def test_package_version_falls_back_to_the_source_tree(monkeypatch):
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert thermoeqprop.__version__ == pyproject["project"]["version"]
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert package_version() == thermoeqprop.__version__
+    assert run_environment()["numpyro"] is None  # unknown, not a crash
+
+
 def test_train_writes_a_results_folder(tmp_path, capsys):
     folder = tmp_path / "run"
     assert main(["train", *SMALL, "--results-dir", str(folder)]) == 0
@@ -44,6 +67,8 @@ def test_train_writes_a_results_folder(tmp_path, capsys):
     assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
     assert "final test accuracy" in (folder / "summary.txt").read_text()
     assert (folder / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+    environment = json.loads((folder / "config.json").read_text())["environment"]
+    assert environment == run_environment()  # versions and device count of this process
     # Running again finds the run finished and changes nothing.
     before = (folder / "metrics.jsonl").read_text()
     assert main(["train", *SMALL, "--results-dir", str(folder)]) == 0

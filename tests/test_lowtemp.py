@@ -1,4 +1,5 @@
-"""The low-temperature limit (MATH.md §3): the Laplace expansion and the T → 0 study.
+"""The low-temperature limit: the Laplace expansion and the T → 0 study
+(docs/mathematics.md#low-temperature-limit).
 
 References:
 

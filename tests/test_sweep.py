@@ -357,6 +357,7 @@ def test_sweep_command_writes_a_results_folder_and_resumes(tmp_path, capsys):
     assert np.max(np.abs(ds.z_score.values)) < K
     config = json.loads((folder / "config.json").read_text())
     assert config["command_line"]["temperatures"] == [0.5, 1.0]
+    assert config["environment"]["device_count"] == jax.device_count()
     stamps = {p.name: p.stat().st_mtime_ns for p in (folder / "parts").iterdir()}
     assert main(args) == 0  # finished: nothing recomputed
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (folder / "parts").iterdir()}

@@ -1,4 +1,4 @@
-"""Finite-temperature EP estimators against exact answers (MATH.md §2).
+"""Finite-temperature EP estimators against exact answers (docs/mathematics.md#thermal-ep).
 
 References: enumeration of all 2^n spin states (n ≤ 16) and the Gaussian closed form of the
 quadratic network (tests/README.md). Sampled estimates must agree with the exact gradient

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from thermoeqprop._provenance import run_environment
 from thermoeqprop.data import Dataset, load_dataset
 from thermoeqprop.estimators import FeedforwardBackprop, Relaxation, ZeroTemperatureEP
 from thermoeqprop.models import LayeredNetwork
@@ -112,6 +113,28 @@ def test_results_folder_of_another_configuration_is_refused(small_digits, estima
     # Under the cosine schedule more epochs would change every later step: refused too.
     with pytest.raises(ValueError, match="train.epochs: 1 there, 2 now"):
         train(estimator, small_digits, TrainConfig(epochs=2, batch_size=64), tmp_path / "run")
+
+
+def test_versions_and_devices_are_recorded_but_do_not_block_a_resume(
+    small_digits, estimator, tmp_path
+):
+    config = TrainConfig(epochs=1, batch_size=64)
+    train(estimator, small_digits, config, tmp_path / "run")
+    path = tmp_path / "run" / "config.json"
+    record = json.loads(path.read_text())
+    assert record["environment"] == run_environment()
+    assert record["environment"]["device_count"] == jax.device_count()
+    # Written by another version on another machine, or before versions were recorded.
+    for environment in ({"thermoeqprop": "0.0.1", "jax": "0.9", "device_count": 99}, None):
+        changed = dict(record)
+        if environment is None:
+            del changed["environment"]
+        else:
+            changed["environment"] = environment
+        path.write_text(json.dumps(changed))
+        result = train(estimator, small_digits, config, tmp_path / "run")
+        assert [h["epoch"] for h in result.history] == [1]
+        assert json.loads(path.read_text())["environment"] == run_environment()
 
 
 def test_a_constant_rate_run_extends_to_the_longer_run(small_digits, estimator, tmp_path):

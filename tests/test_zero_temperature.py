@@ -1,4 +1,5 @@
-"""Zero-temperature EP against the implicit-function-theorem reference (MATH.md §1).
+"""Zero-temperature EP against the implicit-function-theorem reference
+(docs/mathematics.md#implicit-function-reference).
 
 All deterministic: tolerances come from float64 rounding and relaxation residuals, not from
 Monte Carlo error.

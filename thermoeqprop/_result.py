@@ -1,7 +1,7 @@
 """The one result type that every gradient estimator returns.
 
 Training, sweeps, diagnostics and the command line consume :class:`GradientEstimate` and never
-need to know which estimator produced it (DESIGN.md, "the flow of data").
+need to know which estimator produced it (docs/design.md#the-flow-of-data).
 """
 
 from __future__ import annotations

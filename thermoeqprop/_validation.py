@@ -1,7 +1,7 @@
 """Checks at the public boundary: errors that name the bad value and say what is valid.
 
 These run on concrete (host) values before anything is traced; inside compiled code the
-library reports status fields instead of raising (STYLE.md §11).
+library reports status fields instead of raising (docs/design.md#errors-and-validation).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The ``thermoeqprop`` command line: ``train``, ``sweep``, ``quantum``, ``diagnose``.
 
+Documented in docs/cli/index.md, one page per command; ``thermoeqprop --version`` prints the
+package version.
+
 Every sub-command takes its settings from flags or from a config file (``--config FILE``,
 JSON or TOML, keys named like the flags with underscores; flags given on the command line
 win). Errors in the input end the program with one line naming the bad value, never a
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from thermoeqprop import _cli_diagnose, _cli_quantum, _cli_sweep, _cli_train
+from thermoeqprop._provenance import package_version
 from thermoeqprop.training import CheckpointError
 
 __all__ = ["main"]
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Equilibrium propagation at zero and finite temperature, classical and "
         "quantum.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (configure, run, help_text) in _commands().items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)

@@ -4,7 +4,7 @@ r"""Temperature sweeps: thermal gradient estimators across a grid of temperature
 symmetric) at every temperature and seed and returns an :class:`xarray.Dataset` with dims
 ``(estimator, temperature, seed, parameter)``. Every sampled gradient comes with its Monte Carlo
 standard error (MCSE, from the effective sample size of its per-draw series), and is compared
-with every exact answer that exists (MATH.md §2–3):
+with every exact answer that exists (docs/mathematics.md#exact-thermal-references):
 
 - the exact thermal gradient :math:`dL_T/dθ` (spin networks up to 20 spins by enumeration, the
   quadratic network in closed form), and the exact *expectation of each estimator*: the
@@ -30,7 +30,8 @@ equals an uninterrupted one bit for bit (wall times aside).
 
 Results folder::
 
-    config.json        what was swept (checked on resume)
+    config.json        what was swept (checked on resume), and the "environment" of the
+                       invocation that wrote it (versions, device count; not checked)
     parts/UNIT.nc      one Dataset per finished unit (T003.nc, or seed001.nc with tempering)
     series/UNIT_EST.nc ArviZ InferenceData of the per-draw gradient series (for ``diagnose``)
     sweep.nc           the Dataset of every finished unit, rewritten after each one
@@ -58,6 +59,7 @@ from jax.flatten_util import ravel_pytree
 import samplers
 import thermoeqprop
 from thermoeqprop._barrier import BarrierTable, describe_barrier, joinable_parts, ladder_barrier
+from thermoeqprop._provenance import ENVIRONMENT_KEY, run_environment
 from thermoeqprop._validation import check_positive
 from thermoeqprop.estimators.thermal import (
     MAX_ENUMERATED_SPINS,
@@ -817,7 +819,8 @@ def temperature_sweep(
         "data_sha256": _fingerprint(flat, x, targets),
     }
     checked = set(record)
-    record = json.loads(json.dumps(record | dict(extra_config or {})))
+    extra = dict(extra_config or {}) | {ENVIRONMENT_KEY: run_environment()}
+    record = json.loads(json.dumps(record | extra))
     attrs = {
         "title": "thermoeqprop temperature sweep",
         "thermoeqprop_version": thermoeqprop.__version__,

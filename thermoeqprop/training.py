@@ -3,7 +3,9 @@ interruptions.
 
 A run writes ``RESULTS_DIR/``:
 
-- ``config.json``: the training configuration and a description of the estimator;
+- ``config.json``: the training configuration, a description of the estimator and, under
+  ``"environment"``, the package, JAX and NumPyro versions and the device count of the
+  invocation that wrote it (not compared on resume; docs/design.md, section "Results folders");
 - ``metrics.jsonl``: one JSON line per finished epoch;
 - ``checkpoints/epoch_NNNN.npz``: parameters, optimiser state and epoch, written atomically
   (temporary file, fsync, rename) with a SHA-256 checksum of their contents;
@@ -34,6 +36,7 @@ import numpy as np
 import optax
 
 from thermoeqprop._protocols import Estimator
+from thermoeqprop._provenance import ENVIRONMENT_KEY, run_environment
 from thermoeqprop._validation import check_positive
 from thermoeqprop.data import Dataset
 
@@ -302,8 +305,11 @@ def _prepare_results_dir(results_dir, config_record) -> Path:
         ) from None
     config_path = results_dir / "config.json"
     if config_path.exists():
-        previous = _flatten(json.loads(config_path.read_text()))
-        current = _flatten(config_record)
+        # The environment (versions, device count) describes the invocation, not the run.
+        previous, current = (
+            {k: v for k, v in _flatten(record).items() if k.split(".")[0] != ENVIRONMENT_KEY}
+            for record in (json.loads(config_path.read_text()), config_record)
+        )
         # More epochs extend a constant-rate run exactly (epoch e's batches and keys derive
         # from (seed, e) alone); under a cosine schedule they would change every later step.
         extendable = all(
@@ -411,6 +417,7 @@ def train(
             "estimator": describe(estimator),
             "dataset": dataset.name,
             **(extra_config or {}),
+            ENVIRONMENT_KEY: run_environment(),
         }
         folder = _prepare_results_dir(results_dir, record)
         latest = _latest_checkpoint(folder / "checkpoints")

@@ -1,4 +1,5 @@
-"""Eigenstate EP (MATH.md §4) against linear response and autodiff through ``eigh``.
+"""Eigenstate EP against linear response and autodiff through ``eigh``
+(docs/mathematics.md#eigenstate-ep).
 
 Deterministic: tolerances are numerical (β² bias, round-off), not statistical.
 """

@@ -1,4 +1,4 @@
-"""Quantum thermal EP (MATH.md §5) with exact density matrices.
+"""Quantum thermal EP (docs/mathematics.md#quantum-thermal-states) with exact density matrices.
 
 References: autodiff of ``tr(ρ Ĉ)`` through ``expm`` (no shared eigendecomposition code), the
 Kubo–Mori integral by quadrature, and the ground-state EP gradient as T → 0. Deterministic.
@@ -50,7 +50,8 @@ def _trap_setup(system_a):
 
 
 def test_symmetrized_covariance_would_fail_on_the_same_case(system_a):
-    """The trap of MATH.md §5: ½⟨{δĈ, δP}⟩ is not the response when terms do not commute."""
+    """½⟨{δĈ, δP}⟩ is not the response when terms do not commute: the trap of
+    docs/mathematics.md#the-symmetrised-covariance-trap."""
     model, params, x, targets, h, cost = _trap_setup(system_a)
     temperature = 0.5
     exact = jax.grad(autodiff_thermal_loss(model, temperature))(params, x, targets)

@@ -163,7 +163,8 @@ def test_interfaces_hashable_and_no_recompilation():
 
 
 # ---------------------------------------------------------------------------------------------
-# A new β, temperature or tolerance reuses the compiled code (STYLE.md items 6 and 14).
+# A new β, temperature or tolerance reuses the compiled code
+# (docs/design.md#compilation-and-recompilation).
 
 
 def counting_copy(model):

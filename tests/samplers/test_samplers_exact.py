@@ -94,7 +94,7 @@ def test_enumeration_is_differentiable_free_energy_identity():
 
     grad = jax.grad(free_energy)(jnp.asarray(fields))
     mean = samplers.enumerate_spins(ising_energy, 5, (couplings, fields), temperature).mean
-    # ∂A/∂h = ⟨∂E/∂h⟩ = −⟨s⟩ (MATH.md §2).
+    # ∂A/∂h = ⟨∂E/∂h⟩ = −⟨s⟩ (docs/mathematics.md#thermal-ep).
     np.testing.assert_allclose(grad, -mean, rtol=1e-10)
 
 

@@ -1,4 +1,4 @@
-r"""Equilibrium propagation at finite temperature, as inference (MATH.md §2).
+r"""Equilibrium propagation at finite temperature, as inference (docs/mathematics.md#thermal-ep).
 
 The network's state follows :math:`p_β(s) ∝ \exp(-F_β(s)/T)`, :math:`F_β = E + βC`, and the
 objective is the expected cost :math:`L_T = ⟨C⟩_0`. Two exact identities give its gradient:
@@ -388,7 +388,7 @@ class _SampledEstimator(Estimator):
 
 @dataclasses.dataclass(frozen=True)
 class ThermalCovariance(_SampledEstimator):
-    r"""The unclamped thermal gradient :math:`-rac1T \mathrm{Cov}_0(C, ∂_θE)`.
+    r"""The unclamped thermal gradient :math:`-\frac1T \mathrm{Cov}_0(C, ∂_θE)`.
 
     Only the free phase is sampled: the output is never clamped or nudged; its thermal
     fluctuations explore the cost. Noise is O(1/√ESS) nearly independently of T.

@@ -1,4 +1,5 @@
-r"""Equilibrium propagation at zero temperature (MATH.md §1, Scellier & Bengio 2017).
+r"""Equilibrium propagation at zero temperature (Scellier & Bengio 2017;
+docs/mathematics.md#zero-temperature-ep).
 
 The free state :math:`s^*_0` minimises :math:`E`; the nudged state :math:`s^*_β` minimises
 :math:`F_β = E + βC`, relaxed from :math:`s^*_0`. The loss :math:`L = C(s^*_0)` has gradient

@@ -1,4 +1,6 @@
-"""The low-temperature limit (MATH.md §3): the Laplace expansion and the T → 0 study.
+"""The low-temperature limit: the Laplace expansion and the T → 0 study.
+
+The formulas are in docs/mathematics.md#low-temperature-limit.
 
 - :func:`laplace_expansion`, :func:`laplace_average`: ``⟨f⟩_T = f(s*) + T f_1 + O(T²)`` with
   JAX Hessians and contracted third derivatives.

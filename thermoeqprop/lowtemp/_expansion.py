@@ -1,4 +1,7 @@
-r"""The Laplace (low-temperature) expansion of Gibbs averages about the free minimum (MATH.md §3).
+r"""The Laplace (low-temperature) expansion of Gibbs averages about the free minimum.
+
+The formulas are in docs/mathematics.md#laplace-expansion and
+docs/mathematics.md#temperature-slope-of-the-gradient.
 
 Write :math:`s = s^* + \sqrt T\,u` about a minimum :math:`s^*` of :math:`E` with Hessian
 :math:`H`. To the order needed, the Gibbs weight is

@@ -1,4 +1,5 @@
-r"""The T → 0 study: sampled thermal gradients against the Laplace prediction (MATH.md §3).
+r"""The T → 0 study: sampled thermal gradients against the Laplace prediction
+(docs/mathematics.md#temperature-slope-of-the-gradient).
 
 For a model, parameters and a batch, :func:`low_temperature_study` runs the thermal
 covariance and nudged estimators over a grid of low temperatures, each with its Monte Carlo
@@ -184,27 +185,27 @@ def low_temperature_study(
 
     Returns:
         An ``xarray.Dataset`` with coordinates ``temperature``, ``estimator`` and
-        ``parameter`` (names from :func:`~thermoeqprop.estimators.parameter_names`) and
+            ``parameter`` (names from :func:`~thermoeqprop.estimators.parameter_names`) and
 
-        - ``grad``, ``stderr``, ``z_score`` ((grad − prediction)/stderr): (estimator,
-          temperature, parameter);
-        - ``g0``, ``g1``, ``nudge_bias``: (parameter); ``predicted_grad`` = g0 + T g1:
-          (temperature, parameter);
-        - ``loss``, ``loss_stderr``, ``projection`` (:math:`\hat g_1 \cdot (G − g_0)`),
-          ``projection_stderr``, ``cosine_with_g0``, ``relative_error_to_prediction``,
-          ``relative_error_to_g0``, ``mean_squared_z``, ``ess_min``, ``rhat_max``,
-          ``acceptance_rate``, ``divergences``, ``basin_distance``, ``seconds``:
-          (estimator, temperature); ``predicted_loss`` = L0 + T c1: (temperature);
-        - fits by :func:`weighted_line_fit`: ``slope``, ``slope_stderr``, ``intercept``,
-          ``intercept_stderr`` per (estimator, parameter); ``projected_slope``,
-          ``projected_slope_stderr``, ``projected_intercept``, ``projected_intercept_stderr``,
-          ``projected_chi2``, ``slope_z`` ((projected_slope − ‖g1‖)/stderr) and
-          ``intercept_z`` (projected_intercept/stderr) per estimator; the χ² of the prediction
-          ``T‖g1‖`` against the projections, ``prediction_chi2``, per estimator (all over the
-          fitted temperatures, marked by ``in_fit``);
-        - attributes: ``g1_norm``, ``g0_norm``, ``loss_zero_temperature``,
-          ``loss_first_order``, ``min_hessian_eigenvalue``, ``free_residual``, ``beta``,
-          the sampling settings, ``num_examples``.
+            - ``grad``, ``stderr``, ``z_score`` ((grad − prediction)/stderr): (estimator,
+              temperature, parameter);
+            - ``g0``, ``g1``, ``nudge_bias``: (parameter); ``predicted_grad`` = g0 + T g1:
+              (temperature, parameter);
+            - ``loss``, ``loss_stderr``, ``projection`` (:math:`\hat g_1 \cdot (G − g_0)`),
+              ``projection_stderr``, ``cosine_with_g0``, ``relative_error_to_prediction``,
+              ``relative_error_to_g0``, ``mean_squared_z``, ``ess_min``, ``rhat_max``,
+              ``acceptance_rate``, ``divergences``, ``basin_distance``, ``seconds``:
+              (estimator, temperature); ``predicted_loss`` = L0 + T c1: (temperature);
+            - fits by :func:`weighted_line_fit`: ``slope``, ``slope_stderr``, ``intercept``,
+              ``intercept_stderr`` per (estimator, parameter); ``projected_slope``,
+              ``projected_slope_stderr``, ``projected_intercept``, ``projected_intercept_stderr``,
+              ``projected_chi2``, ``slope_z`` ((projected_slope − ‖g1‖)/stderr) and
+              ``intercept_z`` (projected_intercept/stderr) per estimator; the χ² of the prediction
+              ``T‖g1‖`` against the projections, ``prediction_chi2``, per estimator (all over the
+              fitted temperatures, marked by ``in_fit``);
+            - attributes: ``g1_norm``, ``g0_norm``, ``loss_zero_temperature``,
+              ``loss_first_order``, ``min_hessian_eigenvalue``, ``free_residual``, ``beta``,
+              the sampling settings, ``num_examples``.
 
     Example:
         >>> import jax, jax.numpy as jnp

@@ -4,8 +4,9 @@ Its energy is the layered energy with ρ(s) = s, which is exactly
 :math:`E = \tfrac12 s^\top A s - b(x)^\top s` with precision :math:`A = I - K` (K holds the
 couplings between adjacent free layers, symmetric) and :math:`b(x) = \text{biases} + W_0^\top x`
 on the first hidden layer. The Gibbs distribution at temperature T is Gaussian with mean
-:math:`A^{-1} b` and covariance :math:`T A^{-1}` (MATH.md §2), so every thermal expectation of
-a quadratic cost is closed form: the exact reference of the finite-temperature estimators.
+:math:`A^{-1} b` and covariance :math:`T A^{-1}` (docs/mathematics.md#gaussian-closed-form), so
+every thermal expectation of a quadratic cost is closed form: the exact reference of the
+finite-temperature estimators.
 """
 
 from __future__ import annotations

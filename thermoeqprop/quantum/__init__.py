@@ -1,6 +1,6 @@
 """Quantum equilibrium propagation: qubit networks in eigenstates and thermal states.
 
-MATH.md §4–5. The pieces:
+docs/mathematics.md#eigenstate-ep and docs/mathematics.md#quantum-thermal-states. The pieces:
 
 * operators: :class:`PauliString`, :func:`pauli`, :class:`PauliSum` (dense, sparse and
   matrix-free forms, Hermiticity checks), :func:`qubitwise_commuting_groups`;

@@ -1,4 +1,4 @@
-"""Quantum EP estimators: eigenstate EP (MATH.md §4) and quantum thermal EP (§5).
+"""Quantum EP estimators: eigenstate EP and quantum thermal EP (docs/mathematics.md).
 
 Both return :class:`~thermoeqprop.GradientEstimate` with ``grad`` shaped like the parameters
 (a flat array), ``loss`` the mean cost over the batch and, with finite shots, standard errors.
@@ -416,7 +416,7 @@ def _eigen_predict_sparse(est: _EigenStatic, numbers: _EigenNumbers, params, x):
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class EigenstateEP(Estimator):
-    """Equilibrium propagation in eigenstate ``k`` of ``H(θ, x)`` (MATH.md §4).
+    """Equilibrium propagation in eigenstate ``k`` of ``H(θ, x)`` (docs/mathematics.md).
 
     For each example, the network is in level ``k`` of ``H``; with the nudge operator
     ``Ĉ = Σ_j (∂ℓ/∂⟨B_j⟩) B_j`` the estimator solves ``H ± βĈ``, follows level ``k`` by the
@@ -608,7 +608,7 @@ def _thermal_predict(est: _ThermalStatic, numbers: _ThermalNumbers, params, x):
 
 @dataclasses.dataclass(frozen=True)
 class ThermalEP(Estimator):
-    """Quantum thermal EP with exact density matrices ``ρ = e^{−H/T}/Z`` (MATH.md §5).
+    """Quantum thermal EP with exact density matrices ``ρ = e^{−H/T}/Z`` (docs/mathematics.md).
 
     The objective is ``L_T = ℓ(tr(ρ B_1), …)``, for the squared-error cost ``tr(ρ Ĉ)``.
 

@@ -11,7 +11,7 @@ coefficients of three kinds:
 Collecting equal strings, ``H = Σ_s c_s(θ, x) P_s`` over distinct Pauli strings ``P_s``. Every
 estimator in this package measures ``dL/dc_s`` for the strings that depend on θ and applies the
 chain rule through the (cheap, classical) map ``θ ↦ c(θ, x)``: for a plain trainable term that
-is ``∂_θ H = P_s``, the local rule of MATH.md §4.
+is ``∂_θ H = P_s``, the local rule of docs/mathematics.md#hellmann-feynman-and-the-nudge.
 """
 
 from __future__ import annotations

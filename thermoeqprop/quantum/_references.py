@@ -1,6 +1,6 @@
 """Exact references for the quantum estimators, independent of their code paths.
 
-* :func:`linear_response_gradient`: first-order perturbation theory (MATH.md §4),
+* :func:`linear_response_gradient`: first-order perturbation theory (docs/mathematics.md),
   ``|dψ⟩ = (E_k − H)⁺ δĈ|ψ_k⟩`` and ``dL/dc_s = 2 Re ⟨ψ_k|P_s|dψ⟩``; dense by
   eigendecomposition, sparse by MINRES on the complement of ``|ψ_k⟩``.
 * :func:`autodiff_eigenstate_loss` / :func:`autodiff_thermal_loss`: the losses as JAX
@@ -46,7 +46,7 @@ def linear_response_gradient(
     solver: str = "dense",
     rtol: float = 1e-13,
 ) -> tuple[jax.Array, jax.Array]:
-    """Exact ``dL/dθ`` in eigenstate ``level`` by linear response (MATH.md §4).
+    """Exact ``dL/dθ`` in eigenstate ``level`` by linear response (docs/mathematics.md).
 
     Args:
         model: The network.
@@ -193,7 +193,8 @@ def kubo_mori_covariance(hamiltonian, a, b, temperature: float) -> jax.Array:
 
 def symmetrized_covariance(hamiltonian, a, b, temperature: float) -> jax.Array:
     """``½⟨{δA, δB}⟩`` in the thermal state: NOT the response covariance unless A or B
-    commutes with H (MATH.md §5, the trap). Provided so tests can show the difference."""
+    commutes with H (docs/mathematics.md#the-symmetrised-covariance-trap). Provided so
+    tests can show the difference."""
     energies, vectors = jnp.linalg.eigh(hamiltonian)
     p = jnp.exp(K.thermal_log_weights(energies, temperature))
     rho = (vectors * p[None, :]) @ jnp.conj(vectors).T
