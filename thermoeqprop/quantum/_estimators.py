@@ -33,7 +33,14 @@ from thermoeqprop._result import GradientEstimate
 from thermoeqprop.quantum import _kernels as K
 from thermoeqprop.quantum._network import QuantumNetwork
 from thermoeqprop.quantum._pauli import _check_dense_size
-from thermoeqprop.quantum._shots import measurement_plan, sample_outcomes, shot_estimate
+from thermoeqprop.quantum._phases import (
+    example_keys,
+    free_outputs,
+    measure,
+    phase_keys,
+    phase_weights,
+)
+from thermoeqprop.quantum._shots import measurement_plan
 from thermoeqprop.quantum._sparse import lowest_levels, sparse_from_table, state_expectations_np
 
 __all__ = ["EigenstateEP", "ThermalEP"]
@@ -171,32 +178,6 @@ def _tracked_state(model, coefficients, reference):
     return vectors[:, j], overlaps[j], _gap_at(energies, j)
 
 
-def _phase_weights(beta, richardson: bool) -> tuple[tuple[float, float], ...]:
-    """``(β_i, w_i)``: ``dL/dc ≈ Σ_i w_i [⟨P⟩_{+β_i} − ⟨P⟩_{−β_i}]``.
-
-    Symmetric difference ``1/(2β)``; with Richardson extrapolation
-    ``(4 g(β/2) − g(β))/3``, which cancels the O(β²) term. ``beta`` is a float on the host
-    (sparse path) or a traced scalar (dense path); the arithmetic is the same.
-    """
-    if not richardson:
-        return ((beta, 1.0 / (2 * beta)),)
-    return ((beta, -1.0 / (3 * 2 * beta)), (beta / 2, 4.0 / (3 * beta)))
-
-
-def _measure(model, table_plan, vectors, weights, exact_values, shots, key, jac):
-    """Params-level ``J^T ⟨P_T⟩`` and its variance, exactly or from shots."""
-    if shots is None:
-        return jac.T @ exact_values(), jnp.zeros(jac.shape[1])
-    outcomes = sample_outcomes(table_plan, vectors, weights, shots, key)
-    return shot_estimate(table_plan, outcomes, jac)
-
-
-def _phase_keys(key, num_betas: int, shots):
-    if shots is None:
-        return [key] * (2 * num_betas)
-    return list(jax.random.split(key, 2 * num_betas))
-
-
 def _eigen_example(est: _EigenStatic, numbers: _EigenNumbers, params, x, y, key):
     model = est.model
     c = model.coefficients(params, x)
@@ -206,7 +187,7 @@ def _eigen_example(est: _EigenStatic, numbers: _EigenNumbers, params, x, y, key)
     gap = _gap_at(energies, est.level)
     key_free, key_nudged = (key, key) if est.shots is None else jax.random.split(key)
 
-    loss, outputs, gamma, loss_var = _free_outputs(
+    loss, outputs, gamma, loss_var = free_outputs(
         model,
         psi[:, None],
         jnp.ones(1),
@@ -220,12 +201,12 @@ def _eigen_example(est: _EigenStatic, numbers: _EigenNumbers, params, x, y, key)
     grad = jnp.zeros(jac.shape[1])
     var = jnp.zeros(jac.shape[1])
     overlap = jnp.ones(())
-    phases = _phase_weights(numbers.beta, est.richardson)
-    keys = _phase_keys(key_nudged, len(phases), est.shots)
+    phases = phase_weights(numbers.beta, est.richardson)
+    keys = phase_keys(key_nudged, len(phases), est.shots)
     for i, (b, w) in enumerate(phases):
         for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
             state, ov, g = _tracked_state(model, c + sign * b * nudge, psi)
-            mean, v = _measure(
+            mean, v = measure(
                 model,
                 plan,
                 state[:, None],
@@ -240,19 +221,6 @@ def _eigen_example(est: _EigenStatic, numbers: _EigenNumbers, params, x, y, key)
             overlap = jnp.minimum(overlap, ov)
             gap = jnp.minimum(gap, g)
     return grad, var, loss, loss_var, outputs, gap, overlap
-
-
-def _free_outputs(model, vectors, weights, exact_fn, y, shots, key):
-    """Loss, outputs, nudge coefficients and loss variance of the free phase."""
-    if shots is None:
-        loss, outputs, gamma = model.cost_string_coefficients(exact_fn(), y)
-        return loss, outputs, gamma, jnp.zeros(())
-    plan = measurement_plan(model.output_strings)
-    outcomes = sample_outcomes(plan, vectors, weights, shots, key)
-    e_q, _ = shot_estimate(plan, outcomes, jnp.eye(len(model.output_strings)))
-    loss, outputs, gamma = model.cost_string_coefficients(e_q, y)
-    _, loss_var = shot_estimate(plan, outcomes, gamma[:, None])
-    return loss, outputs, gamma, loss_var[0]
 
 
 def _assemble_estimate(per_example, gap_tolerance, shots: int | None) -> GradientEstimate:
@@ -277,16 +245,9 @@ def _assemble_estimate(per_example, gap_tolerance, shots: int | None) -> Gradien
     )
 
 
-def _example_keys(rng_key, batch: int, shots):
-    """One key per example with shots; exact estimators leave the key unused."""
-    if shots is None:
-        return jnp.zeros((batch,), jnp.uint32)
-    return jax.random.split(rng_key, batch)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _eigen_dense_batch(est: _EigenStatic, numbers: _EigenNumbers, params, x, targets, rng_key):
-    keys = _example_keys(rng_key, x.shape[0], est.shots)
+    keys = example_keys(rng_key, x.shape[0], est.shots)
     per_example = jax.vmap(_eigen_example, in_axes=(None, None, None, 0, 0, 0))(
         est, numbers, params, x, targets, keys
     )
@@ -325,7 +286,7 @@ def _sparse_nudged_host(est: _EigenStatic, c, nudge, psi, beta, lanczos_tol):
     g = np.zeros(len(model.hamiltonian.trainable_strings))
     min_gap, min_overlap = np.inf, 1.0
     tol = float(lanczos_tol)
-    for b, w in _phase_weights(float(beta), est.richardson):
+    for b, w in phase_weights(float(beta), est.richardson):
         for sign in (1.0, -1.0):
             h = sparse_from_table(model.table, c + sign * b * nudge)
             energies, vectors = lowest_levels(h, est.level + 2, start=psi, tol=tol)
@@ -548,7 +509,7 @@ def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, param
     _, vectors, log_p = _thermal_free(model, numbers.temperature, c)
     p = jnp.exp(log_p)
     key_free, key_nudged = (key, key) if est.shots is None else jax.random.split(key)
-    loss, outputs, gamma, loss_var = _free_outputs(
+    loss, outputs, gamma, loss_var = free_outputs(
         model,
         vectors,
         p,
@@ -561,8 +522,8 @@ def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, param
     plan = measurement_plan(model.hamiltonian.trainable_strings)
     grad = jnp.zeros(jac.shape[1])
     var = jnp.zeros(jac.shape[1])
-    phases = _phase_weights(numbers.beta, est.richardson)
-    keys = _phase_keys(key_nudged, len(phases), est.shots)
+    phases = phase_weights(numbers.beta, est.richardson)
+    keys = phase_keys(key_nudged, len(phases), est.shots)
     for i, (b, w) in enumerate(phases):
         for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
             _, vecs, lp = _thermal_free(model, numbers.temperature, c + sign * b * nudge)
@@ -572,7 +533,7 @@ def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, param
                 rho = (vecs * weights[None, :]) @ jnp.conj(vecs).T
                 return K.traces(model.trainable_table, rho)
 
-            mean, v = _measure(model, plan, vecs, weights, exact, est.shots, k, jac)
+            mean, v = measure(model, plan, vecs, weights, exact, est.shots, k, jac)
             grad = grad + sign * w * mean
             var = var + w**2 * v
     return grad, var, loss, loss_var, outputs, jnp.asarray(jnp.inf), jnp.ones(())
@@ -580,7 +541,7 @@ def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, param
 
 @functools.partial(jax.jit, static_argnums=0)
 def _thermal_batch(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, targets, rng_key):
-    keys = _example_keys(rng_key, x.shape[0], est.shots)
+    keys = example_keys(rng_key, x.shape[0], est.shots)
     fn = _kubo_mori_example if est.method == "kubo_mori" else _thermal_nudged_example
     per_example = jax.vmap(fn, in_axes=(None, None, None, 0, 0, 0))(
         est, numbers, params, x, targets, keys
@@ -625,7 +586,9 @@ class ThermalEP(Estimator):
         model: The :class:`QuantumNetwork`.
         temperature: ``T > 0`` (energy units).
         method: ``"kubo_mori"`` or ``"nudged"``.
-        beta: Nudging strength for ``"nudged"``.
+        beta: Nudging strength for ``"nudged"`` (``None``: 1e-3). Kubo–Mori does not nudge:
+            ``beta`` must stay ``None`` and ``richardson`` ``False`` with it (an error
+            otherwise, rather than settings silently ignored).
         richardson: Richardson extrapolation for ``"nudged"``.
         shots: Shots per basis setting for ``"nudged"`` (``None``: exact). The Kubo–Mori
             covariance is a response function, not the expectation of one observable, so it
@@ -651,14 +614,23 @@ class ThermalEP(Estimator):
     model: QuantumNetwork
     temperature: float = 0.1
     method: str = "kubo_mori"
-    beta: float = 1e-3
+    beta: float | None = None
     richardson: bool = False
     shots: int | None = None
     gap_tolerance: float = 0.0
 
     def __post_init__(self):
         _check_model(self.model)
-        _check_beta(self.beta)
+        if self.method == "nudged" and self.beta is None:
+            object.__setattr__(self, "beta", 1e-3)
+        if self.method == "kubo_mori" and (self.beta is not None or self.richardson):
+            raise ValueError(
+                f"method='kubo_mori' does not nudge, so beta and richardson do not apply; got "
+                f"beta={self.beta!r}, richardson={self.richardson!r}: leave them at None and "
+                f"False, or use method='nudged'"
+            )
+        if self.beta is not None:
+            _check_beta(self.beta)
         _check_shots(self.shots)
         t = self.temperature
         if not (isinstance(t, int | float) and np.isfinite(t) and t > 0):
@@ -676,9 +648,8 @@ class ThermalEP(Estimator):
         static = _ThermalStatic(
             self.model, self.method, bool(self.richardson), _static_shots(self.shots)
         )
-        numbers = _ThermalNumbers(
-            float(self.temperature), float(self.beta), float(self.gap_tolerance)
-        )
+        beta = 0.0 if self.beta is None else float(self.beta)  # 0.0: unused by Kubo–Mori
+        numbers = _ThermalNumbers(float(self.temperature), beta, float(self.gap_tolerance))
         return static, numbers
 
     def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
