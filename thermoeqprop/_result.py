@@ -29,6 +29,11 @@ class GradientEstimate(NamedTuple):
         loss_stderr: Monte Carlo standard error of ``loss``; ``None`` when deterministic.
         diagnostics: Flat ``dict[str, Array]`` of per-estimate facts: relaxation residuals and
             iteration counts, effective sample sizes, R-hat, acceptance rates, swap rates.
+            Mostly scalars; an estimator may add per-example arrays (leading batch axis).
+        observables: ``dict[str, Array]`` of quantities the estimator computed on the way
+            that a caller would otherwise need a second solve for, e.g. the output
+            expectation values of the free and nudged states (the quantum estimators, see
+            ``thermoeqprop.quantum``); empty when the estimator has none.
     """
 
     grad: Any
@@ -36,6 +41,7 @@ class GradientEstimate(NamedTuple):
     stderr: Any = None
     loss_stderr: jax.Array | None = None
     diagnostics: dict[str, jax.Array] = {}  # noqa: RUF012 (NamedTuple default; never mutated)
+    observables: dict[str, jax.Array] = {}  # noqa: RUF012 (NamedTuple default; never mutated)
 
     @property
     def is_stochastic(self) -> bool:

@@ -229,12 +229,12 @@ def evaluate(estimator: Estimator, params, x, labels, rng_key, batch_size: int =
 def _summarise_diagnostics(estimates) -> dict[str, float]:
     """The worst case over an epoch's batches: the smallest converged fraction, minimum and ESS
     (``ess_min``, ``ess_median``, ``min_gap``, ``min_hessian_eigenvalue``), the largest of the
-    rest; indices
-    of an example within a batch (``worst_example``) are left out."""
+    rest; indices of an example within a batch (``worst_example``) and per-example arrays are
+    left out."""
     out = {}
     for key in estimates[0].diagnostics:
-        if key.endswith("_example"):  # an index into one batch: no meaning across batches
-            continue
+        if key.endswith("_example") or np.ndim(estimates[0].diagnostics[key]) > 0:
+            continue  # about one batch's examples: no meaning across batches
         values = np.asarray([float(e.diagnostics[key]) for e in estimates])
         lowest = "converged" in key or key.startswith(("min_", "ess_")) or key.endswith("_min")
         reduce = np.min if lowest else np.max

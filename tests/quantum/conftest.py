@@ -27,7 +27,7 @@ def complex_network() -> QuantumNetwork:
         trainable("Y0 Y1", 0.25, num_qubits=n),
         trainable("X0 Y2", 0.15, num_qubits=n),  # odd number of Y: imaginary matrix
         trainable([(0.5, "Z0"), (0.5, "Z1 X2")], 0.3, parameter="shared", num_qubits=n),
-        trainable("Z2", 0.1, parameter="shared", num_qubits=n),  # shares the one above
+        trainable("Z2", 0.3, parameter="shared", num_qubits=n),  # shares the one above
         fixed("Z2", 0.35, num_qubits=n),
         input_driven("Z0", feature=0, scale=0.9, num_qubits=n),
         input_driven("Z1", feature=1, scale=-0.5, trainable=True, num_qubits=n),

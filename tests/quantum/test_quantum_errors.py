@@ -105,3 +105,37 @@ def test_other_bad_arguments():
 
         Hamiltonian(2, (input_driven("ZI", feature=2),), num_inputs=1)
     assert np.isfinite(float(est(params, jnp.zeros((1, 2)), -jnp.ones((1, 1)), None).loss))
+
+
+def test_feature_map_terms_need_num_inputs():
+    """A map reading x[1] with num_inputs inferred as 1 used to get x[0] (JAX clamps)."""
+    from thermoeqprop.quantum import input_driven
+
+    terms = (
+        input_driven("ZI", feature=0, num_qubits=2),
+        input_driven("IZ", scale=2.0, feature_map=lambda x: x[1], num_qubits=2),
+    )
+    with pytest.raises(ValueError, match=r"term on IZ has a feature_map.*pass num_inputs="):
+        Hamiltonian(2, terms)
+    ham = Hamiltonian(2, terms, num_inputs=2)
+    # scale · feature_map(x), as input_driven's docstring says
+    np.testing.assert_allclose(ham.coefficients(jnp.zeros(0), jnp.array([0.3, 0.7])), [0.3, 1.4])
+
+
+def test_shared_parameter_with_different_initial_values():
+    same = (trainable("X0", 0.2, parameter="h", num_qubits=2), trainable("IX", 0.2, parameter="h"))
+    assert Hamiltonian(2, same).initial_params().tolist() == [0.2]
+    clash = (trainable("X0", 0.2, parameter="h", num_qubits=2), trainable("IX", 0.5, parameter="h"))
+    with pytest.raises(
+        ValueError, match=r"parameter 'h' is shared by the terms on XI and IX.*0.2 and 0.5"
+    ):
+        Hamiltonian(2, clash)
+
+
+def test_kubo_mori_rejects_nudging_settings():
+    model = classifier_network(3)
+    for bad in ({"beta": 1e-2}, {"richardson": True}):
+        with pytest.raises(ValueError, match=r"kubo_mori' does not nudge.*beta=.*richardson="):
+            ThermalEP(model, temperature=1.0, **bad)
+    assert ThermalEP(model, temperature=1.0).beta is None
+    assert ThermalEP(model, temperature=1.0, method="nudged").beta == 1e-3

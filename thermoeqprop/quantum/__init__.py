@@ -29,7 +29,7 @@ the environment.
 """
 
 from thermoeqprop.quantum import _xla  # noqa: F401  (sets XLA_FLAGS, see above)
-from thermoeqprop.quantum._estimators import EigenstateEP, ThermalEP
+from thermoeqprop.quantum._estimators import OUTCOMES, EigenstateEP, NudgeStrengthWarning, ThermalEP
 from thermoeqprop.quantum._kernels import logarithmic_mean
 from thermoeqprop.quantum._network import (
     ExpectationLoss,
@@ -59,9 +59,11 @@ from thermoeqprop.quantum._references import (
 from thermoeqprop.quantum._shots import measurement_plan, sample_outcomes, shot_estimate
 
 __all__ = [
+    "OUTCOMES",
     "EigenstateEP",
     "ExpectationLoss",
     "Hamiltonian",
+    "NudgeStrengthWarning",
     "PauliString",
     "PauliSum",
     "QuantumNetwork",

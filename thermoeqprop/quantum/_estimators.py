@@ -8,14 +8,17 @@ coefficient depends on θ, then applies the chain rule ``dL/dθ = Σ_s g_s ∂c_
 classical coefficient map (for a plain trainable term, ``∂_θ H = P_s``).
 
 The numerical kernels are jit-compiled once per *structural* configuration (model, level,
-solver, shots, method, Richardson on or off) and batch shape: those change the program (array
-shapes, loops, which kernel), so they are static. The numbers ``beta``, ``temperature``,
-``gap_tolerance`` and ``lanczos_tol`` are traced arguments (the sparse solver's host callback
-receives them as operands), so a β or temperature scan, or a new temperature every epoch,
-reuses the compiled code. ``__call__`` raises ``ValueError`` on a
-degenerate level or lost level tracking when called on concrete values; inside a user's
-``jit`` it cannot raise, so it returns NaN gradients and reports ``min_gap`` and
-``min_overlap`` in ``diagnostics`` instead.
+solver, shots, method, Richardson on or off, which nudged state is followed) and batch shape:
+those change the program (array shapes, loops, which kernel), so they are static. The numbers
+``beta``, ``temperature``, ``gap_tolerance`` and ``lanczos_tol`` are traced arguments (the
+sparse solver's host callback receives them as operands), so a β or temperature scan, or a new
+temperature every epoch, reuses the compiled code. Called on concrete values, eigenstate EP
+raises ``ValueError`` on a degenerate level or when no example of the batch could be followed
+along the nudge, and warns (:class:`NudgeStrengthWarning`) when ``β‖Ĉ‖`` is not small against
+the gap; inside a user's ``jit`` it cannot, so it returns NaN gradients and reports
+``min_free_gap``, ``outcome`` and ``max_nudge_ratio`` in ``diagnostics`` instead. Expectation
+values of the free and nudged states come back in ``observables`` (see
+``quantum/_observables.py``).
 """
 
 from __future__ import annotations
@@ -30,13 +33,29 @@ import numpy as np
 
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
+from thermoeqprop.quantum import _eigen_paths as P
 from thermoeqprop.quantum import _kernels as K
+from thermoeqprop.quantum._eigen_paths import EigenNumbers, EigenStatic
+from thermoeqprop.quantum._following import (
+    FOLLOW_MODES,
+    OUTCOMES,
+    NudgeStrengthWarning,
+    check_eigen_estimate,
+    eigh,
+)
 from thermoeqprop.quantum._network import QuantumNetwork
+from thermoeqprop.quantum._observables import Example, assemble_estimate, nudged_betas
 from thermoeqprop.quantum._pauli import _check_dense_size
-from thermoeqprop.quantum._shots import measurement_plan, sample_outcomes, shot_estimate
-from thermoeqprop.quantum._sparse import lowest_levels, sparse_from_table, state_expectations_np
+from thermoeqprop.quantum._phases import (
+    example_keys,
+    free_outputs,
+    measure,
+    phase_keys,
+    phase_weights,
+)
+from thermoeqprop.quantum._shots import measurement_plan
 
-__all__ = ["EigenstateEP", "ThermalEP"]
+__all__ = ["OUTCOMES", "EigenstateEP", "NudgeStrengthWarning", "ThermalEP"]
 
 _MIN_OVERLAP = 0.5
 
@@ -79,54 +98,11 @@ def _check_batch(model: QuantumNetwork, params, x, targets=None) -> None:
             )
 
 
-def _is_concrete(value) -> bool:
-    return not isinstance(value, jax.core.Tracer)
-
-
-def _raise_if_invalid(estimate: GradientEstimate, level: int, gap_tolerance: float) -> None:
-    gap = estimate.diagnostics["min_gap"]
-    overlap = estimate.diagnostics["min_overlap"]
-    if not (_is_concrete(gap) and _is_concrete(overlap)):
-        return
-    where = int(estimate.diagnostics["worst_example"])
-    if not float(gap) >= gap_tolerance:
-        raise ValueError(
-            f"level {level} is degenerate or nearly so: its gap to a neighbouring level is "
-            f"{float(gap):.3g} (example {where} of the batch, free or nudged), below "
-            f"gap_tolerance={gap_tolerance:g}; the eigenstate and its gradient are not defined "
-            f"there. Choose a non-degenerate level, break the symmetry (e.g. a small field), or "
-            f"lower gap_tolerance if that gap is real"
-        )
-    if not float(overlap) >= _MIN_OVERLAP:
-        raise ValueError(
-            f"level {level} could not be tracked along the nudge: the best overlap of the "
-            f"nudged eigenstates with the free one is {float(overlap):.3g} (example {where}), "
-            f"below {_MIN_OVERLAP}; beta is too large for the gap, use a smaller beta"
-        )
-
-
 # --------------------------------------------------------------------------------------------
 # what is compiled in (static) and what is traced (dynamic)
 # --------------------------------------------------------------------------------------------
 def _static_shots(shots) -> int | None:
     return None if shots is None else int(shots)
-
-
-class _EigenStatic(NamedTuple):
-    """The settings of :class:`EigenstateEP` that shape the program (hashable, static)."""
-
-    model: QuantumNetwork
-    level: int
-    richardson: bool
-    shots: int | None
-
-
-class _EigenNumbers(NamedTuple):
-    """The settings of :class:`EigenstateEP` that are plain numbers (traced)."""
-
-    beta: float
-    gap_tolerance: float
-    lanczos_tol: float
 
 
 class _ThermalStatic(NamedTuple):
@@ -147,271 +123,6 @@ class _ThermalNumbers(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# dense kernels
-# --------------------------------------------------------------------------------------------
-def _eigh(model: QuantumNetwork, coefficients: jax.Array):
-    return jnp.linalg.eigh(K.assemble(model.table, coefficients), symmetrize_input=False)
-
-
-def _gap_at(energies: jax.Array, index) -> jax.Array:
-    """Distance from level ``index`` to its nearest neighbour (inf for a 1-level system)."""
-    last = energies.shape[0] - 1
-    below = energies[index] - energies[jnp.maximum(index - 1, 0)]
-    above = energies[jnp.minimum(index + 1, last)] - energies[index]
-    below = jnp.where(index > 0, below, jnp.inf)
-    above = jnp.where(index < last, above, jnp.inf)
-    return jnp.minimum(below, above)
-
-
-def _tracked_state(model, coefficients, reference):
-    """The eigenvector with the largest overlap with ``reference`` (level tracking)."""
-    energies, vectors = _eigh(model, coefficients)
-    overlaps = jnp.abs(jnp.conj(vectors).T @ reference) ** 2
-    j = jnp.argmax(overlaps)
-    return vectors[:, j], overlaps[j], _gap_at(energies, j)
-
-
-def _phase_weights(beta, richardson: bool) -> tuple[tuple[float, float], ...]:
-    """``(β_i, w_i)``: ``dL/dc ≈ Σ_i w_i [⟨P⟩_{+β_i} − ⟨P⟩_{−β_i}]``.
-
-    Symmetric difference ``1/(2β)``; with Richardson extrapolation
-    ``(4 g(β/2) − g(β))/3``, which cancels the O(β²) term. ``beta`` is a float on the host
-    (sparse path) or a traced scalar (dense path); the arithmetic is the same.
-    """
-    if not richardson:
-        return ((beta, 1.0 / (2 * beta)),)
-    return ((beta, -1.0 / (3 * 2 * beta)), (beta / 2, 4.0 / (3 * beta)))
-
-
-def _measure(model, table_plan, vectors, weights, exact_values, shots, key, jac):
-    """Params-level ``J^T ⟨P_T⟩`` and its variance, exactly or from shots."""
-    if shots is None:
-        return jac.T @ exact_values(), jnp.zeros(jac.shape[1])
-    outcomes = sample_outcomes(table_plan, vectors, weights, shots, key)
-    return shot_estimate(table_plan, outcomes, jac)
-
-
-def _phase_keys(key, num_betas: int, shots):
-    if shots is None:
-        return [key] * (2 * num_betas)
-    return list(jax.random.split(key, 2 * num_betas))
-
-
-def _eigen_example(est: _EigenStatic, numbers: _EigenNumbers, params, x, y, key):
-    model = est.model
-    c = model.coefficients(params, x)
-    jac = model.string_jacobian(params, x)
-    energies, vectors = _eigh(model, c)
-    psi = vectors[:, est.level]
-    gap = _gap_at(energies, est.level)
-    key_free, key_nudged = (key, key) if est.shots is None else jax.random.split(key)
-
-    loss, outputs, gamma, loss_var = _free_outputs(
-        model,
-        psi[:, None],
-        jnp.ones(1),
-        lambda: K.state_expectations(model.output_table, psi),
-        y,
-        est.shots,
-        key_free,
-    )
-    nudge = model.embed_cost(gamma)
-    plan = measurement_plan(model.hamiltonian.trainable_strings)
-    grad = jnp.zeros(jac.shape[1])
-    var = jnp.zeros(jac.shape[1])
-    overlap = jnp.ones(())
-    phases = _phase_weights(numbers.beta, est.richardson)
-    keys = _phase_keys(key_nudged, len(phases), est.shots)
-    for i, (b, w) in enumerate(phases):
-        for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
-            state, ov, g = _tracked_state(model, c + sign * b * nudge, psi)
-            mean, v = _measure(
-                model,
-                plan,
-                state[:, None],
-                jnp.ones(1),
-                lambda s=state: K.state_expectations(model.trainable_table, s),
-                est.shots,
-                k,
-                jac,
-            )
-            grad = grad + sign * w * mean
-            var = var + w**2 * v
-            overlap = jnp.minimum(overlap, ov)
-            gap = jnp.minimum(gap, g)
-    return grad, var, loss, loss_var, outputs, gap, overlap
-
-
-def _free_outputs(model, vectors, weights, exact_fn, y, shots, key):
-    """Loss, outputs, nudge coefficients and loss variance of the free phase."""
-    if shots is None:
-        loss, outputs, gamma = model.cost_string_coefficients(exact_fn(), y)
-        return loss, outputs, gamma, jnp.zeros(())
-    plan = measurement_plan(model.output_strings)
-    outcomes = sample_outcomes(plan, vectors, weights, shots, key)
-    e_q, _ = shot_estimate(plan, outcomes, jnp.eye(len(model.output_strings)))
-    loss, outputs, gamma = model.cost_string_coefficients(e_q, y)
-    _, loss_var = shot_estimate(plan, outcomes, gamma[:, None])
-    return loss, outputs, gamma, loss_var[0]
-
-
-def _assemble_estimate(per_example, gap_tolerance, shots: int | None) -> GradientEstimate:
-    """Batch means and diagnostics; ``shots`` is None for exact (non-stochastic) estimates."""
-    grad, var, loss, loss_var, outputs, gap, overlap = per_example
-    batch = grad.shape[0]
-    bad = jnp.logical_or(jnp.min(gap) < gap_tolerance, jnp.min(overlap) < _MIN_OVERLAP)
-    g = jnp.where(bad, jnp.nan, jnp.mean(grad, axis=0))
-    diagnostics = {
-        "min_gap": jnp.min(gap),
-        "min_overlap": jnp.min(overlap),
-        "worst_example": jnp.argmin(jnp.where(gap < gap_tolerance, gap, overlap)),
-    }
-    if shots is None:
-        return GradientEstimate(g, jnp.mean(loss), diagnostics=diagnostics)
-    return GradientEstimate(
-        g,
-        jnp.mean(loss),
-        stderr=jnp.sqrt(jnp.sum(var, axis=0)) / batch,
-        loss_stderr=jnp.sqrt(jnp.sum(loss_var)) / batch,
-        diagnostics={**diagnostics, "shots": jnp.asarray(shots)},
-    )
-
-
-def _example_keys(rng_key, batch: int, shots):
-    """One key per example with shots; exact estimators leave the key unused."""
-    if shots is None:
-        return jnp.zeros((batch,), jnp.uint32)
-    return jax.random.split(rng_key, batch)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _eigen_dense_batch(est: _EigenStatic, numbers: _EigenNumbers, params, x, targets, rng_key):
-    keys = _example_keys(rng_key, x.shape[0], est.shots)
-    per_example = jax.vmap(_eigen_example, in_axes=(None, None, None, 0, 0, 0))(
-        est, numbers, params, x, targets, keys
-    )
-    return _assemble_estimate(per_example, numbers.gap_tolerance, est.shots)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _eigen_predict_dense(est: _EigenStatic, numbers: _EigenNumbers, params, x):
-    del numbers  # the free eigenstate depends on no traced setting
-    model = est.model
-
-    def one(xi):
-        _, vectors = _eigh(model, model.coefficients(params, xi))
-        e_q = K.state_expectations(model.output_table, vectors[:, est.level])
-        return jnp.asarray(model.output_weights) @ e_q
-
-    return jax.vmap(one)(x)
-
-
-# --------------------------------------------------------------------------------------------
-# sparse (Lanczos) path, on the host through pure_callback
-# --------------------------------------------------------------------------------------------
-def _sparse_free_host(est: _EigenStatic, c, lanczos_tol):
-    model = est.model
-    h = sparse_from_table(model.table, np.asarray(c))
-    energies, vectors = lowest_levels(h, est.level + 2, tol=float(lanczos_tol))
-    psi = vectors[:, est.level]
-    gap = np.min(np.diff(energies)[max(est.level - 1, 0) : est.level + 1])
-    e_q = state_expectations_np(model.output_table, psi)
-    return psi.astype(_state_dtype(model)), np.float64(gap), e_q.astype(np.float64)
-
-
-def _sparse_nudged_host(est: _EigenStatic, c, nudge, psi, beta, lanczos_tol):
-    model = est.model
-    c, nudge, psi = np.asarray(c), np.asarray(nudge), np.asarray(psi)
-    g = np.zeros(len(model.hamiltonian.trainable_strings))
-    min_gap, min_overlap = np.inf, 1.0
-    tol = float(lanczos_tol)
-    for b, w in _phase_weights(float(beta), est.richardson):
-        for sign in (1.0, -1.0):
-            h = sparse_from_table(model.table, c + sign * b * nudge)
-            energies, vectors = lowest_levels(h, est.level + 2, start=psi, tol=tol)
-            overlaps = np.abs(vectors.conj().T @ psi) ** 2
-            j = int(np.argmax(overlaps))
-            padded = np.concatenate([[-np.inf], energies, [np.inf]])
-            # the level just above the last computed one is unknown: only trust j < k − 1
-            upper = padded[j + 2] - padded[j + 1] if j + 1 < len(energies) else np.inf
-            min_gap = min(min_gap, upper, padded[j + 1] - padded[j])
-            min_overlap = min(min_overlap, float(overlaps[j]))
-            g += sign * w * state_expectations_np(model.trainable_table, vectors[:, j])
-    return g, np.float64(min_gap), np.float64(min_overlap)
-
-
-def _state_dtype(model):
-    return np.float64 if model.is_real else np.complex128
-
-
-def _sparse_example(est: _EigenStatic, numbers: _EigenNumbers, params, x, y, key):
-    del key
-    model = est.model
-    d = 1 << model.num_qubits
-    c = model.coefficients(params, x)
-    jac = model.string_jacobian(params, x)
-    psi, gap, e_q = jax.pure_callback(
-        functools.partial(_sparse_free_host, est),
-        (
-            jax.ShapeDtypeStruct((d,), _state_dtype(model)),
-            jax.ShapeDtypeStruct((), jnp.float64),
-            jax.ShapeDtypeStruct((len(model.output_strings),), jnp.float64),
-        ),
-        c,
-        numbers.lanczos_tol,
-        vmap_method="sequential",
-    )
-    loss, outputs, gamma = model.cost_string_coefficients(e_q, y)
-    g, gap_n, overlap = jax.pure_callback(
-        functools.partial(_sparse_nudged_host, est),
-        (
-            jax.ShapeDtypeStruct((len(model.hamiltonian.trainable_strings),), jnp.float64),
-            jax.ShapeDtypeStruct((), jnp.float64),
-            jax.ShapeDtypeStruct((), jnp.float64),
-        ),
-        c,
-        model.embed_cost(gamma),
-        psi,
-        numbers.beta,
-        numbers.lanczos_tol,
-        vmap_method="sequential",
-    )
-    zero = jnp.zeros(jac.shape[1])
-    return jac.T @ g, zero, loss, jnp.zeros(()), outputs, jnp.minimum(gap, gap_n), overlap
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _eigen_sparse_batch(est: _EigenStatic, numbers: _EigenNumbers, params, x, targets, rng_key):
-    keys = jax.random.split(rng_key, x.shape[0])
-    per_example = jax.vmap(_sparse_example, in_axes=(None, None, None, 0, 0, 0))(
-        est, numbers, params, x, targets, keys
-    )
-    return _assemble_estimate(per_example, numbers.gap_tolerance, None)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _eigen_predict_sparse(est: _EigenStatic, numbers: _EigenNumbers, params, x):
-    model = est.model
-    d = 1 << model.num_qubits
-
-    def one(xi):
-        _, _, e_q = jax.pure_callback(
-            functools.partial(_sparse_free_host, est),
-            (
-                jax.ShapeDtypeStruct((d,), _state_dtype(model)),
-                jax.ShapeDtypeStruct((), jnp.float64),
-                jax.ShapeDtypeStruct((len(model.output_strings),), jnp.float64),
-            ),
-            model.coefficients(params, xi),
-            numbers.lanczos_tol,
-            vmap_method="sequential",
-        )
-        return jnp.asarray(model.output_weights) @ e_q
-
-    return jax.vmap(one)(x)
-
-
-# --------------------------------------------------------------------------------------------
 # eigenstate EP
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -419,19 +130,23 @@ class EigenstateEP(Estimator):
     """Equilibrium propagation in eigenstate ``k`` of ``H(θ, x)`` (docs/mathematics.md).
 
     For each example, the network is in level ``k`` of ``H``; with the nudge operator
-    ``Ĉ = Σ_j (∂ℓ/∂⟨B_j⟩) B_j`` the estimator solves ``H ± βĈ``, follows level ``k`` by the
-    largest overlap with the free eigenstate (so a level that changes index along the nudge
-    is still the same state), and returns
+    ``Ĉ = Σ_j (∂ℓ/∂⟨B_j⟩) B_j`` the estimator solves ``H ± βĈ``, takes the nudged state that
+    ``follow`` names, and returns
 
     ``dL/dc_s ≈ [⟨P_s⟩_{k,+β} − ⟨P_s⟩_{k,−β}] / (2β)``  (bias O(β²); O(β⁴) with
     ``richardson=True``, from ``β`` and ``β/2``).
 
-    A gap below ``gap_tolerance`` at the free or a nudged point raises ``ValueError`` (see the
-    module docstring for behaviour under ``jit``).
+    Each example's outcome is in ``diagnostics["outcome"]`` (codes 0, 1, 2 for
+    ``OUTCOMES = ("followed", "crossed", "refused")``, see ``quantum/_following.py``), with
+    ``num_crossed`` and ``num_refused``; refused examples are left out of the batch gradient
+    (the loss still averages all). A free gap below ``gap_tolerance``, or every example
+    refused, raises ``ValueError``; ``β Σ|γ_k| / gap`` above ``max_nudge_ratio`` for some
+    example warns. ``observables`` holds the outputs, their variances and the level energies
+    of the free and nudged states (see the module docstring for behaviour under ``jit``).
 
-    Compiled once per ``model``, ``level``, ``richardson``, ``solver``, ``shots`` and batch
-    shape; ``beta``, ``gap_tolerance`` and ``lanczos_tol`` are traced, so a new value (e.g.
-    ``dataclasses.replace(est, beta=1e-4)``) reuses the compiled code.
+    Compiled once per ``model``, ``level``, ``richardson``, ``solver``, ``shots``, ``follow``
+    and batch shape; ``beta``, ``gap_tolerance`` and ``lanczos_tol`` are traced, so a new
+    value (e.g. ``dataclasses.replace(est, beta=1e-4)``) reuses the compiled code.
 
     Attributes:
         model: The :class:`QuantumNetwork`.
@@ -445,6 +160,18 @@ class EigenstateEP(Estimator):
             (dense solver only); then ``stderr`` holds the shot-noise standard error.
         gap_tolerance: Smallest accepted gap between level ``k`` and its neighbours.
         lanczos_tol: ARPACK tolerance for the sparse solver (0: machine precision).
+        follow: Which nudged state is measured: ``"adiabatic"`` (default) the eigenstate of
+            ``H ± βĈ`` with the largest overlap with the free one (level ``k`` continued
+            through a crossing; an example whose best overlap is below 1/2 is refused) or
+            ``"index"`` level ``k`` of ``H ± βĈ`` itself (e.g. the nudged ground state an
+            experiment prepares; an example is then refused only for a nudged gap below
+            ``gap_tolerance``).
+        max_nudge_ratio: Warn (:class:`NudgeStrengthWarning`) when ``β Σ_k |γ_k| / Δ``, the
+            nudge ``Ĉ = Σ_k γ_k Q_k`` against the free gap ``Δ`` of level ``k``, exceeds this
+            for some example (in a two-level system the gradient is then off by up to
+            ``1 − 1/√(1 + 4r²)``: 29 % at the default 0.5, 2 % at 0.1; see
+            ``quantum/_following.py``); ``inf`` never warns. Checked on the host after the
+            solve, so a new value does not recompile.
 
     Example:
         >>> from thermoeqprop.quantum import classifier_network
@@ -464,11 +191,20 @@ class EigenstateEP(Estimator):
     shots: int | None = None
     gap_tolerance: float = 1e-8
     lanczos_tol: float = 0.0
+    follow: str = "adiabatic"
+    max_nudge_ratio: float = 0.5
 
     def __post_init__(self):
         _check_model(self.model)
         _check_beta(self.beta)
         _check_shots(self.shots)
+        if self.follow not in FOLLOW_MODES:
+            raise ValueError(f"follow must be one of {FOLLOW_MODES}, got {self.follow!r}")
+        if not (isinstance(self.max_nudge_ratio, int | float) and self.max_nudge_ratio > 0):
+            raise ValueError(
+                f"max_nudge_ratio must be a number > 0 (inf: never warn), got "
+                f"{self.max_nudge_ratio!r}"
+            )
         d = 1 << self.model.num_qubits
         if not isinstance(self.level, int | np.integer) or not 0 <= self.level < d:
             raise ValueError(
@@ -490,37 +226,39 @@ class EigenstateEP(Estimator):
         if not self.gap_tolerance >= 0:
             raise ValueError(f"gap_tolerance must be ≥ 0, got {self.gap_tolerance!r}")
 
-    def _split(self) -> tuple[_EigenStatic, _EigenNumbers]:
-        static = _EigenStatic(
-            self.model, int(self.level), bool(self.richardson), _static_shots(self.shots)
+    def _split(self) -> tuple[EigenStatic, EigenNumbers]:
+        static = EigenStatic(
+            self.model,
+            int(self.level),
+            bool(self.richardson),
+            _static_shots(self.shots),
+            self.follow == "index",
         )
         # Python floats: traced as weakly typed scalars, like the constants they replace.
-        numbers = _EigenNumbers(
-            float(self.beta), float(self.gap_tolerance), float(self.lanczos_tol)
-        )
+        numbers = EigenNumbers(float(self.beta), float(self.gap_tolerance), float(self.lanczos_tol))
         return static, numbers
 
     def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
         """Gradient of the mean cost over the batch ``x`` (batch, num_inputs)."""
         _check_batch(self.model, params, x, targets)
-        run = _eigen_dense_batch if self.solver == "dense" else _eigen_sparse_batch
+        run = P.dense_batch if self.solver == "dense" else P.sparse_batch
         estimate = run(*self._split(), params, x, targets, rng_key)
-        _raise_if_invalid(estimate, self.level, self.gap_tolerance)
+        check_eigen_estimate(estimate, self.level, self.gap_tolerance, self.max_nudge_ratio)
         return estimate
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
         """Exact outputs ``⟨B_j⟩`` in level ``k``, shape (batch, num_outputs)."""
         _check_batch(self.model, params, x)
         if self.solver == "dense":
-            return _eigen_predict_dense(*self._split(), params, x)
-        return _eigen_predict_sparse(*self._split(), params, x)
+            return P.predict_dense(*self._split(), params, x)
+        return P.predict_sparse(*self._split(), params, x)
 
 
 # --------------------------------------------------------------------------------------------
 # quantum thermal EP
 # --------------------------------------------------------------------------------------------
 def _thermal_free(model, temperature, c):
-    energies, vectors = _eigh(model, c)
+    energies, vectors = eigh(model, c)
     log_p = K.thermal_log_weights(energies, temperature)
     return energies, vectors, log_p
 
@@ -538,7 +276,7 @@ def _kubo_mori_example(est: _ThermalStatic, numbers: _ThermalNumbers, params, x,
     covariances, _ = K.kubo_mori_traces(model.trainable_table, vectors, log_p, rotated)
     g = -covariances / numbers.temperature
     zero = jnp.zeros(jac.shape[1])
-    return jac.T @ g, zero, loss, jnp.zeros(()), outputs, jnp.asarray(jnp.inf), jnp.ones(())
+    return Example(jac.T @ g, zero, loss, jnp.zeros(()), {"free_outputs": outputs})
 
 
 def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, y, key):
@@ -548,11 +286,12 @@ def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, param
     _, vectors, log_p = _thermal_free(model, numbers.temperature, c)
     p = jnp.exp(log_p)
     key_free, key_nudged = (key, key) if est.shots is None else jax.random.split(key)
-    loss, outputs, gamma, loss_var = _free_outputs(
+    e_q = K.mixture_expectations(model.output_table, vectors, p)
+    loss, _, gamma, loss_var = free_outputs(
         model,
         vectors,
         p,
-        lambda: K.mixture_expectations(model.output_table, vectors, p),
+        lambda: e_q,
         y,
         est.shots,
         key_free,
@@ -561,8 +300,9 @@ def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, param
     plan = measurement_plan(model.hamiltonian.trainable_strings)
     grad = jnp.zeros(jac.shape[1])
     var = jnp.zeros(jac.shape[1])
-    phases = _phase_weights(numbers.beta, est.richardson)
-    keys = _phase_keys(key_nudged, len(phases), est.shots)
+    out_w, nudged = jnp.asarray(model.output_weights), []
+    phases = phase_weights(numbers.beta, est.richardson)
+    keys = phase_keys(key_nudged, len(phases), est.shots)
     for i, (b, w) in enumerate(phases):
         for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
             _, vecs, lp = _thermal_free(model, numbers.temperature, c + sign * b * nudge)
@@ -572,25 +312,23 @@ def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, param
                 rho = (vecs * weights[None, :]) @ jnp.conj(vecs).T
                 return K.traces(model.trainable_table, rho)
 
-            mean, v = _measure(model, plan, vecs, weights, exact, est.shots, k, jac)
+            mean, v = measure(model, plan, vecs, weights, exact, est.shots, k, jac)
             grad = grad + sign * w * mean
             var = var + w**2 * v
-    return grad, var, loss, loss_var, outputs, jnp.asarray(jnp.inf), jnp.ones(())
+            nudged.append(out_w @ K.mixture_expectations(model.output_table, vecs, weights))
+    observables = {"free_outputs": out_w @ e_q, "nudged_outputs": jnp.stack(nudged)}
+    return Example(grad, var, loss, loss_var, observables)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _thermal_batch(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, targets, rng_key):
-    keys = _example_keys(rng_key, x.shape[0], est.shots)
+    keys = example_keys(rng_key, x.shape[0], est.shots)
     fn = _kubo_mori_example if est.method == "kubo_mori" else _thermal_nudged_example
     per_example = jax.vmap(fn, in_axes=(None, None, None, 0, 0, 0))(
         est, numbers, params, x, targets, keys
     )
-    estimate = _assemble_estimate(per_example, numbers.gap_tolerance, est.shots)
-    diagnostics = {
-        k: v for k, v in estimate.diagnostics.items() if k not in ("min_gap", "min_overlap")
-    }
-    diagnostics.pop("worst_example")
-    return estimate._replace(diagnostics=diagnostics)
+    betas = None if est.method == "kubo_mori" else nudged_betas(numbers.beta, est.richardson)
+    return assemble_estimate(per_example, betas, numbers.gap_tolerance, est.shots, eigen=False)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -625,7 +363,9 @@ class ThermalEP(Estimator):
         model: The :class:`QuantumNetwork`.
         temperature: ``T > 0`` (energy units).
         method: ``"kubo_mori"`` or ``"nudged"``.
-        beta: Nudging strength for ``"nudged"``.
+        beta: Nudging strength for ``"nudged"`` (``None``: 1e-3). Kubo–Mori does not nudge:
+            ``beta`` must stay ``None`` and ``richardson`` ``False`` with it (an error
+            otherwise, rather than settings silently ignored).
         richardson: Richardson extrapolation for ``"nudged"``.
         shots: Shots per basis setting for ``"nudged"`` (``None``: exact). The Kubo–Mori
             covariance is a response function, not the expectation of one observable, so it
@@ -651,14 +391,23 @@ class ThermalEP(Estimator):
     model: QuantumNetwork
     temperature: float = 0.1
     method: str = "kubo_mori"
-    beta: float = 1e-3
+    beta: float | None = None
     richardson: bool = False
     shots: int | None = None
     gap_tolerance: float = 0.0
 
     def __post_init__(self):
         _check_model(self.model)
-        _check_beta(self.beta)
+        if self.method == "nudged" and self.beta is None:
+            object.__setattr__(self, "beta", 1e-3)
+        if self.method == "kubo_mori" and (self.beta is not None or self.richardson):
+            raise ValueError(
+                f"method='kubo_mori' does not nudge, so beta and richardson do not apply; got "
+                f"beta={self.beta!r}, richardson={self.richardson!r}: leave them at None and "
+                f"False, or use method='nudged'"
+            )
+        if self.beta is not None:
+            _check_beta(self.beta)
         _check_shots(self.shots)
         t = self.temperature
         if not (isinstance(t, int | float) and np.isfinite(t) and t > 0):
@@ -676,9 +425,8 @@ class ThermalEP(Estimator):
         static = _ThermalStatic(
             self.model, self.method, bool(self.richardson), _static_shots(self.shots)
         )
-        numbers = _ThermalNumbers(
-            float(self.temperature), float(self.beta), float(self.gap_tolerance)
-        )
+        beta = 0.0 if self.beta is None else float(self.beta)  # 0.0: unused by Kubo–Mori
+        numbers = _ThermalNumbers(float(self.temperature), beta, float(self.gap_tolerance))
         return static, numbers
 
     def __call__(self, params, x, targets, rng_key) -> GradientEstimate:

@@ -4,8 +4,8 @@ A Hamiltonian is ``H(θ, x) = Σ_t a_t(θ, x) O_t`` with Hermitian Pauli-sum ope
 coefficients of three kinds:
 
 * fixed: ``a_t = c``;
-* input-driven: ``a_t = scale · x_f`` (or ``feature_map(x)``), optionally ``θ_k · x_f`` with a
-  trainable weight ``θ_k``;
+* input-driven: ``a_t = scale · x_f`` (or ``scale · feature_map(x)``), optionally
+  ``θ_k · x_f`` with a trainable weight ``θ_k``;
 * trainable: ``a_t = θ_k``. Terms may share a parameter by naming it.
 
 Collecting equal strings, ``H = Σ_s c_s(θ, x) P_s`` over distinct Pauli strings ``P_s``. Every
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from thermoeqprop._protocols import Model
+from thermoeqprop.quantum._costs import ExpectationLoss, SquaredErrorCost
 from thermoeqprop.quantum._kernels import StringTable, assemble, string_table
 from thermoeqprop.quantum._pauli import PauliString, PauliSum, pauli
 
@@ -56,7 +57,8 @@ class Term:
         value: Fixed coefficient; input scale (or initial trainable input weight); initial
             value of a trainable coefficient.
         feature: Input feature index for input-driven terms.
-        feature_map: Fixed map ``x (num_inputs,) → scalar`` replacing ``value · x[feature]``.
+        feature_map: Fixed map ``x (num_inputs,) → scalar``; the coefficient is
+            ``value · feature_map(x)`` instead of ``value · x[feature]``.
         parameter: Name of the trainable parameter (terms that share a name share it).
     """
 
@@ -123,7 +125,7 @@ def input_driven(
     parameter: str | None = None,
     num_qubits: int | None = None,
 ) -> Term:
-    """A term driven by the input: ``scale · x[feature] · O``, or ``feature_map(x) · O``.
+    """A term driven by the input: ``scale · x[feature] · O``, or ``scale · feature_map(x) · O``.
 
     With ``trainable=True`` the coefficient is ``θ · x[feature]`` with a trainable weight
     ``θ`` initialised at ``scale`` (an input layer).
@@ -132,6 +134,10 @@ def input_driven(
         >>> t = input_driven("Z0", feature=1, scale=2.0, num_qubits=3)
         >>> (t.kind, t.feature, t.value)
         ('input', 1, 2.0)
+        >>> m = input_driven("Z", scale=2.0, feature_map=lambda x: x[0] * x[1])
+        >>> h = Hamiltonian(1, (m,), num_inputs=2)
+        >>> float(h.coefficients(jnp.zeros(0), jnp.array([0.5, 3.0]))[0])  # 2.0 · 0.5 · 3.0
+        3.0
     """
     if trainable and feature_map is not None:
         raise ValueError("a trainable input weight needs feature=..., not a feature_map")
@@ -154,6 +160,19 @@ def trainable(
     """
     op = _operator(operator, num_qubits, init)
     return Term(op, "trainable", _real(init), None, None, parameter or _name(op))
+
+
+def _check_shared_initial_values(terms: Sequence[Term]) -> None:
+    """Terms sharing a parameter must agree on its initial value (else: which one?)."""
+    first: dict[str, Term] = {}
+    for t in terms:
+        if t.is_trainable and first.setdefault(t.parameter, t).value != t.value:
+            raise ValueError(
+                f"parameter {t.parameter!r} is shared by the terms on "
+                f"{_name(first[t.parameter].operator)} and {_name(t.operator)}, which give "
+                f"different initial values {first[t.parameter].value!r} and {t.value!r}; give "
+                f"them the same initial value or different parameter names"
+            )
 
 
 def _real(value: Any) -> float:
@@ -186,8 +205,9 @@ class Hamiltonian:
     Attributes:
         num_qubits: Number of qubits ``n``.
         terms: The terms.
-        num_inputs: Length of the input vector ``x`` (default: one more than the largest
-            feature index used).
+        num_inputs: Length of the input vector ``x``. Default: one more than the largest
+            feature index used; required when a term has a ``feature_map`` (which features a
+            map reads cannot be counted, and JAX clamps an index past the end).
 
     Example:
         >>> h = Hamiltonian(2, (fixed("ZZ", 1.0), trainable("XI", 0.5), trainable("IX", 0.5)))
@@ -221,6 +241,14 @@ class Hamiltonian:
                 )
         used = [t.feature for t in self.terms if t.feature is not None]
         needed = max(used) + 1 if used else 0
+        _check_shared_initial_values(self.terms)
+        mapped = [_name(t.operator) for t in self.terms if t.feature_map is not None]
+        if self.num_inputs is None and mapped:
+            raise ValueError(
+                f"the term on {mapped[0]} has a feature_map, so the number of input features "
+                f"cannot be inferred (a map reading x[{needed}] would silently get "
+                f"x[{max(needed - 1, 0)}]): pass num_inputs=... to Hamiltonian"
+            )
         if self.num_inputs is None:
             object.__setattr__(self, "num_inputs", needed)
         elif self.num_inputs < needed:
@@ -262,10 +290,7 @@ class Hamiltonian:
 
     def initial_params(self) -> jax.Array:
         """The initial values named in the terms, shape (num_params,)."""
-        first = {}
-        for t in self.terms:
-            if t.is_trainable and t.parameter not in first:
-                first[t.parameter] = t.value
+        first = {t.parameter: t.value for t in reversed(self.terms) if t.is_trainable}
         return jnp.asarray([first[n] for n in self.parameter_names], dtype=jnp.float64)
 
     def term_coefficients(self, params: jax.Array, x: jax.Array) -> jax.Array:
@@ -298,58 +323,6 @@ class Hamiltonian:
         """``H(θ, x)`` as a :class:`PauliSum` with concrete coefficients."""
         c = np.asarray(self.coefficients(jnp.asarray(params), jnp.asarray(x)))
         return PauliSum(self.strings, tuple(complex(v) for v in c))
-
-
-class SquaredErrorCost:
-    """``Ĉ = ½ Σ_j (B_j − y_j)²`` for Pauli-string outputs ``B_j`` (so ``B_j² = 1``).
-
-    As an operator this is ``Σ_j [½(1 + y_j²) − y_j B_j]``: nudging is a field ``−β y_j B_j`` on
-    the outputs, and ``⟨Ĉ⟩ = Σ_j [½(1 + y_j²) − y_j ⟨B_j⟩]`` is linear in the expectations.
-    """
-
-    is_linear = True
-
-    def __call__(self, expectations: jax.Array, targets: jax.Array) -> jax.Array:
-        return jnp.sum(0.5 * (1.0 + targets**2) - targets * expectations)
-
-    def __eq__(self, other):
-        return type(other) is SquaredErrorCost
-
-    def __hash__(self):
-        return hash(SquaredErrorCost)
-
-    def __repr__(self):
-        return "SquaredErrorCost()"
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpectationLoss:
-    """A loss ``ℓ(⟨B_1⟩, …, ⟨B_m⟩; y)`` of output expectation values.
-
-    EP nudges with ``Ĉ = Σ_j (∂ℓ/∂⟨B_j⟩) B_j`` evaluated at the free expectations (Wanjura &
-    Marquardt 2024): by the chain rule ``dℓ/dθ = d⟨Ĉ⟩/dθ`` with those coefficients held fixed.
-
-    Attributes:
-        loss_fn: ``(expectations (m,), targets (m,)) → scalar``, differentiable by JAX.
-        is_linear: Set when ``ℓ`` is affine in the expectations (then ``Ĉ`` does not depend on
-            the free state).
-    """
-
-    loss_fn: Callable[[jax.Array, jax.Array], jax.Array]
-    is_linear: bool = False
-
-    def __call__(self, expectations: jax.Array, targets: jax.Array) -> jax.Array:
-        return self.loss_fn(expectations, targets)
-
-    @classmethod
-    def squared_error(cls) -> ExpectationLoss:
-        """``ℓ = ½ Σ_j (⟨B_j⟩ − y_j)²``: the nudge ``Σ_j (⟨B_j⟩ − y_j) B_j`` vanishes on examples
-        that are already right, unlike the operator cost :class:`SquaredErrorCost`."""
-        return cls(_half_squared_error)
-
-
-def _half_squared_error(expectations: jax.Array, targets: jax.Array) -> jax.Array:
-    return 0.5 * jnp.sum((expectations - targets) ** 2)
 
 
 @dataclasses.dataclass(frozen=True)
