@@ -13,12 +13,14 @@ References:
   tend to c_1 linearly in T, and (dL_T/dθ − g_0)/T to g_1.
 
 The study test samples that two-unit network with NUTS and fits the slope of the projected
-thermal gradient over T ∈ [0.002, 0.01], where the quadrature shows the O(T²) term shifts the
-fitted slope by under half a standard error. False-failure budget, all at k = 4: two slope z
-(the covariance one may be off-centre by the ≤ 0.5 allowed: P ≈ 2e-4), one projected and five
-per-component intercept z, and 2 × 25 components against the exact gradient: about
-60 × 6.3e-5 + 2e-4 ≈ 4e-3 per run. Seeds are fixed; a given code version passes or fails
-reproducibly.
+thermal gradient over T ∈ [0.002, 0.01]. With conditional expectations (the default) the
+covariance estimator's slope has a standard error of about 0.2 % of the slope, fine enough to
+resolve the O(T²) term, which moves the fitted slope 1.5 % off g1 on this grid: the sampled
+slope and intercept are compared with the same fit of the exact (quadrature) projections, and
+the exact fit with g1 to 5 %. False-failure budget, all at k = 4: the nudged slope z, the
+sampled slope and intercept against the exact fit, one projected intercept z, and 2 × 25
+components against the exact gradient: about 55 × 6.3e-5 ≈ 3.5e-3 per run. Seeds are fixed; a
+given code version passes or fails reproducibly.
 """
 
 import time
@@ -327,19 +329,20 @@ def test_sampled_slope_matches_the_expansion(study, two_unit_exact):
     g1_norm = study.attrs["g1_norm"]
     direction = flat(result.grad_first_order) / g1_norm
     g0 = flat(result.grad)
-    # The grid is in the linear regime: fitting the EXACT projections with the same weights
-    # moves the slope by under half a standard error.
+    # Fitting the EXACT projections (quadrature) with the same weights: over this grid the
+    # O(T²) term moves the fitted slope by 1.5 % from the expansion's g1, and the intercept
+    # off 0 by as little.
     exact_projection = np.array([direction @ (exact[t][2] - g0) for t in temperatures])
     exact_fit = weighted_line_fit(temperatures, exact_projection, ds["projection_stderr"].values)
     slope_stderr = float(ds["projected_slope_stderr"])
-    assert abs(float(exact_fit["slope"]) - g1_norm) < 0.5 * slope_stderr
-    # The slope is clearly non-zero, and the sampled one agrees with the prediction.
+    assert abs(float(exact_fit["slope"]) - g1_norm) < 0.05 * g1_norm
+    # The sampled slope is clearly non-zero and agrees with the exact fit: with conditional
+    # expectations its standard error (≈ 0.2 % of the slope) resolves the O(T²) term, so the
+    # comparison is with the exact fit, not with g1 (the study's own slope_z).
     assert g1_norm / slope_stderr > 8
-    assert abs(float(ds["slope_z"])) < K
-    # T → 0: the fitted intercept of the projection is 0, i.e. the gradient tends to g_0.
-    assert abs(float(ds["intercept_z"])) < K
-    intercept_z = (ds["intercept"].values - g0) / ds["intercept_stderr"].values
-    assert np.max(np.abs(intercept_z)) < K
+    assert abs(float(ds["projected_slope"]) - float(exact_fit["slope"])) < K * slope_stderr
+    intercept_gap = float(ds["projected_intercept"]) - float(exact_fit["intercept"])
+    assert abs(intercept_gap) < K * float(ds["projected_intercept_stderr"])
     # Each sampled gradient agrees with the exact one (quadrature) at its temperature.
     exact_grads = np.array([exact[t][2] for t in temperatures])
     z = (ds["grad"].values - exact_grads) / ds["stderr"].values

@@ -93,7 +93,10 @@ def check_within_mcse(ds):
     z = ds.z_score.values
     assert np.all(np.isfinite(z)), "every component fluctuates, so every MCSE is positive"
     assert np.max(np.abs(z)) < K, ds.z_score
-    assert np.all((0.4 < ds.z_rms.values) & (ds.z_rms.values < 2.0)), ds.z_rms.values
+    # Honest MCSEs: the RMS z-score pooled over temperatures and seeds (≥ 4 runs of 13–17
+    # correlated components each; one run's RMS alone ranges from 0.4 to 2 by chance).
+    pooled = np.sqrt(np.mean(z.reshape(z.shape[0], -1) ** 2, axis=1))
+    assert np.all((0.6 < pooled) & (pooled < 1.5)), pooled
     # The error against the exact gradient is the Monte Carlo error plus the estimator's
     # deterministic bias, nothing else.
     bound = K * ds.stderr + np.abs(ds.bias)

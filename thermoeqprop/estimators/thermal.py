@@ -31,6 +31,11 @@ import samplers
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
+from thermoeqprop.estimators._conditional import (
+    check_rao_blackwell,
+    conditional_statistics,
+    uses_conditional,
+)
 from thermoeqprop.estimators._sampling import (
     SAMPLING_METHODS,
     START_METHODS,
@@ -280,12 +285,27 @@ class _SampledEstimator(Estimator):
         estimate: a :class:`Combined` (raveled gradient, MCSE, loss, the series, ESS, R-hat)."""
         raise NotImplementedError
 
-    def statistics(self, params, states, x, targets) -> DrawStatistics:
+    def statistics(self, params, states, x, targets, beta=0.0) -> DrawStatistics:
         """The :class:`DrawStatistics` this estimator needs, of states (batch, chain, draw,
-        n); long runs average consecutive draws into windows (:func:`series_window`)."""
+        n) drawn at nudge ``beta``; long runs average consecutive draws into windows
+        (:func:`series_window`). With :attr:`rao_blackwell` on, every draw's values are
+        replaced by their conditional expectations given one parity class of layers."""
         num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
         window = series_window(states.shape[2], states.shape[1], num_params)
+        if self._conditional(beta):
+            wanted = tuple(s in self.needed_series for s in SERIES)
+            out = conditional_statistics(
+                self.model, params, states, x, targets, wanted, window, beta, self.temperature
+            )
+            return DrawStatistics(*out, draws_per_entry=window)
         return draw_statistics(self.model, params, states, x, targets, self.needed_series, window)
+
+    #: Conditional expectations (Rao–Blackwell): None = wherever the model supports them.
+    rao_blackwell: bool | None = None
+
+    def _conditional(self, beta) -> bool:
+        """Whether the statistics of a phase at ``beta`` use conditional expectations."""
+        return uses_conditional(self.model, self.rao_blackwell, beta)
 
     def _validated(self, params, x, targets):
         x, targets = self.model.validate_inputs(x, targets)
@@ -337,7 +357,7 @@ class _SampledEstimator(Estimator):
                 )
                 positions[i] = drawn.final_positions
                 traces.append(drawn.trace)
-                collected[i].append(self.statistics(params, drawn.states, x, targets))
+                collected[i].append(self.statistics(params, drawn.states, x, targets, beta))
             merged = [_merge_rounds(phase) for phase in collected]
             combined = self.combine(merged)
             relative = jnp.linalg.norm(combined.stderr) / jnp.maximum(
@@ -397,6 +417,8 @@ class ThermalCovariance(_SampledEstimator):
         model: A continuous (smooth) or spin energy model.
         temperature: T > 0.
         sampling: Sampler settings.
+        rao_blackwell: Conditional expectations given one parity class of layers in place of
+            sampled values (docs/mathematics.md, "Conditional expectations"); None: where possible.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -412,10 +434,12 @@ class ThermalCovariance(_SampledEstimator):
     model: EnergyModel
     temperature: float = 0.05
     sampling: Sampling = Sampling()
+    rao_blackwell: bool | None = None
 
     def __post_init__(self):
         _check_model(self.model, self.temperature)
         self.sampling.resolve_method(self.model)
+        check_rao_blackwell(self.model, self.rao_blackwell)
 
     needed_series = ("covariance",)
     nudges = False
@@ -442,6 +466,8 @@ class ThermalNudged(_SampledEstimator):
         beta: Nudging strength > 0.
         symmetric: Sample at ±β (bias O(β²)) instead of 0 and β (bias O(β)).
         sampling: Sampler settings.
+        rao_blackwell: Conditional expectations given one parity class of layers in place of
+            sampled values (docs/mathematics.md, "Conditional expectations"); None: where possible.
     """
 
     model: EnergyModel
@@ -449,11 +475,13 @@ class ThermalNudged(_SampledEstimator):
     beta: float = 0.1
     symmetric: bool = True
     sampling: Sampling = Sampling()
+    rao_blackwell: bool | None = None
 
     def __post_init__(self):
         _check_model(self.model, self.temperature)
         check_positive("beta", self.beta)
         self.sampling.resolve_method(self.model)
+        check_rao_blackwell(self.model, self.rao_blackwell)
 
     needed_series = ("energy_grad",)
 

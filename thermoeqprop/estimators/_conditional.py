@@ -1,0 +1,265 @@
+r"""Rao–Blackwellised statistics of layered continuous networks (docs/mathematics.md,
+"Conditional expectations").
+
+In a layered network the units of one layer interact only with the two neighbouring layers,
+so given the layers of one parity (odd or even) the units of the other parity are independent,
+each with the one-dimensional law of :mod:`thermoeqprop.estimators._unit_tables`. The
+parameter derivatives of the energy are linear in each unit's activation, and the squared-error
+cost is a sum of one term per output unit, so every per-draw quantity the thermal estimators
+average has an exact conditional expectation given one parity class:
+
+- ``E[∂θE | other class]`` is ``∂θ`` of the interaction energy with the averaged class's
+  activations replaced by ``m₁(u)`` (no two averaged units share a coupling);
+- ``E[C | ·] = Σ_o ½(m₂ − 2 y_o m₁ + y_o²)`` when the output layer is averaged, and
+  ``E[C ∂θE | ·]`` follows from ``E[C ρ_o] = E[C] m₁ + D_o`` with
+  ``D_o = Cov(c_o, ρ_o | ·) = ½[(m₃ − m₁m₂) − 2 y_o (m₂ − m₁²)]``; when the output layer is
+  not averaged C is simply a factor.
+
+Replacing a draw's value by its conditional expectation leaves every mean unchanged and
+never increases a variance (Rao–Blackwell). Both conditionings are computed and mixed per
+parameter with fixed weights (each is exact, so any fixed mixture is): a layer's biases and the
+input weights take the conditioning that averages their own layer, couplings between two
+layers take half of each. The output layer is averaged only in the free phase (β = 0) and for
+the squared-error cost: a nudged output unit, or a cost that couples the outputs, has no
+one-field law.
+
+The series keep the shape and meaning of :func:`~thermoeqprop.estimators._statistics.
+draw_statistics`: the covariance series is the influence function
+``a_d − c̄ g_d − ḡ (c_d − c̄)`` of ``mean(a) − mean(c) mean(g)`` (``a = E[C∂θE | ·]``,
+``c = E[C | ·]``, ``g = E[∂θE | ·]``), batch-meaned, so its mean is the estimate and its MCSE
+the estimate's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from thermoeqprop.estimators._unit_tables import field_bound, unit_moments
+from thermoeqprop.models.costs import SquaredError
+from thermoeqprop.models.layered import LayeredNetwork, split_layers
+from thermoeqprop.models.quadratic import QuadraticNetwork
+
+__all__ = [
+    "check_rao_blackwell",
+    "conditional_activation",
+    "conditional_statistics",
+    "mixing_weights",
+    "plan",
+    "uses_conditional",
+]
+
+
+def conditional_activation(model) -> str | None:
+    """The activation whose one-unit law is tabulated for ``model``, or None if the model's
+    units have no such law (not a layered continuous network, or a box-bounded activation)."""
+    if isinstance(model, QuadraticNetwork):
+        return "linear"
+    if isinstance(model, LayeredNetwork) and model.activation in ("sigmoid", "tanh", "linear"):
+        return model.activation
+    return None
+
+
+def check_rao_blackwell(model, rao_blackwell) -> None:
+    """Validate an estimator's ``rao_blackwell`` setting for ``model`` (None, True, False)."""
+    if not (rao_blackwell is None or isinstance(rao_blackwell, bool)):
+        raise ValueError(f"rao_blackwell must be None, True or False, got {rao_blackwell!r}")
+    if rao_blackwell and not (conditional_activation(model) and plan(model, 0.0)):
+        raise ValueError(
+            "rao_blackwell=True needs a layered continuous network with a 'sigmoid', 'tanh' "
+            "or 'linear' activation and a layer to average (a hidden layer, or outputs under "
+            f"the squared-error cost); got {model!r}: pass rao_blackwell=None or False"
+        )
+
+
+def uses_conditional(model, rao_blackwell, beta) -> bool:
+    """Whether a phase at nudge ``beta`` gets conditional expectations."""
+    if rao_blackwell is False or conditional_activation(model) is None:
+        return False
+    return bool(plan(model, float(beta)))
+
+
+def plan(model, beta: float) -> tuple[tuple[int, ...], ...]:
+    """The conditionings available, each the tuple of averaged layers (1 … L, outputs L).
+
+    The class without the output layer can always be averaged (if it has layers); the class
+    with it only at β = 0 and for the squared-error cost.
+    """
+    depth = len(model.layer_sizes) - 1
+    out_class = tuple(k for k in range(depth, 0, -2))[::-1]
+    other = tuple(k for k in range(depth - 1, 0, -2))[::-1]
+    out_ok = beta == 0 and isinstance(model.cost, SquaredError)
+    return tuple(c for c, ok in ((other, bool(other)), (out_class, out_ok)) if ok)
+
+
+def mixing_weights(model, params, conditionings) -> np.ndarray:
+    """(len(conditionings), P) fixed weights, summing to 1 over conditionings per parameter.
+
+    A layer's bias, and the input weights of the first layer, take the conditionings that
+    average that layer; couplings between layers k and k + 1 split evenly between the
+    conditionings that average either of them; a parameter no conditioning averages splits
+    evenly over all.
+    """
+
+    def weights_for(layers_touched):
+        hits = np.array([any(k in c for k in layers_touched) for c in conditionings], float)
+        if not hits.any():
+            hits[:] = 1.0
+        return hits / hits.sum()
+
+    depth = len(model.layer_sizes) - 1
+    # The same pytree as params, each leaf holding the layers its parameters touch.
+    touched = {
+        "biases": tuple((k + 1,) for k in range(depth)),
+        "weights": tuple(((1,) if k == 0 else (k, k + 1)) for k in range(depth)),
+    }
+    leaves = jax.tree_util.tree_leaves(params)
+    rows = []
+    for leaf, layers in zip(leaves, jax.tree_util.tree_leaves(touched, is_leaf=_is_layers),
+                            strict=True):  # fmt: skip
+        rows.append(np.repeat(weights_for(layers)[:, None], np.size(leaf), axis=1))
+    return np.concatenate(rows, axis=1)
+
+
+def _is_layers(node):
+    return isinstance(node, tuple) and all(isinstance(k, int) for k in node)
+
+
+def conditional_statistics(model, params, states, x, targets, wanted, window, beta, temperature):
+    """The series of :func:`~thermoeqprop.estimators._statistics.draw_statistics`, with every
+    draw replaced by its conditional expectations (returns the same tuple of arrays).
+
+    Args:
+        model: A layered continuous network (:func:`conditional_activation` is not None).
+        params: Parameters.
+        states: (batch, chain, draw, n) states.
+        x: Inputs (batch, num_inputs).
+        targets: Targets (batch, num_outputs).
+        wanted: ``(energy_grad, covariance)`` flags.
+        window: Draws averaged into one series entry.
+        beta: The phase's nudging strength (the output layer is averaged only at 0).
+        temperature: T of the draws.
+    """
+    activation = conditional_activation(model)
+    bound = field_bound(params, x, activation) if activation != "linear" else 0.0
+    moments = unit_moments(activation, temperature, bound, states.dtype)
+    conditionings = plan(model, beta)
+    weights = jnp.asarray(mixing_weights(model, params, conditionings), states.dtype)
+    return _conditional(model, conditionings, tuple(wanted), window, moments, weights, params,
+                        states, x, targets)  # fmt: skip
+
+
+def _layered_series(params, acts, x, omega, spread, shape):
+    """Per-entry sums ``Σ_{b, d ∈ entry} ω_bd ∂θI(a_bd) / (B w)`` of the interaction energy
+    ``I = −Σ_k a_k W_k a_{k+1} − Σ_k b_k a_k`` (``a_0 = x``), plus the output coupling
+    ``−Σ (a_{L−1} W_{L−1} + b_L)·D`` when ``spread`` (D) is given: explicit outer products
+    (one matrix product per coupling), in the ravel order of the parameters.
+
+    Args:
+        params: Parameters (for their shapes).
+        acts: Activations ``[a_1 … a_L]``, each (B, C, D, n_l).
+        x: Inputs (B, n_0).
+        omega: (B, C, D) weights.
+        spread: (B, C, D, n_L) or None.
+        shape: ``(B, C, K, window)``.
+
+    Returns:
+        (C·K, P) series entries.
+    """
+    b, c, k, window = shape
+
+    def entries(a):  # (B, C, D, …) -> (C·K, B, w, …)
+        return jnp.swapaxes(a.reshape(b, c * k, window, *a.shape[3:]), 0, 1)
+
+    w = entries(omega)[..., None]
+    left = [None] + [entries(a) for a in acts]  # left[l] = a_l per entry
+    depth = len(acts)
+    d = None if spread is None else entries(spread)
+    biases = []
+    for layer in range(1, depth + 1):
+        total = jnp.sum(w * left[layer], axis=(1, 2))
+        if layer == depth and d is not None:
+            total += jnp.sum(d, axis=(1, 2))
+        biases.append(total)
+    weights = []
+    for j in range(depth):  # W_j couples layers j and j + 1
+        right = left[j + 1]
+        extra = d if (j == depth - 1 and d is not None) else None
+        if j == 0:
+            total = jnp.einsum("bi,ebj->eij", x, jnp.sum(w * right, axis=2))
+            if extra is not None:
+                total += jnp.einsum("bi,ebj->eij", x, jnp.sum(extra, axis=2))
+        else:
+            total = jnp.einsum("ebwi,ebwj->eij", w * left[j], right)
+            if extra is not None:
+                total += jnp.einsum("ebwi,ebwj->eij", left[j], extra)
+        weights.append(total)
+    # ravel_pytree order: dict keys sorted ("biases" before "weights"), tuples in order.
+    flat = [t.reshape(c * k, -1) for t in biases + weights]
+    del params
+    return -jnp.concatenate(flat, axis=1) / (b * window)
+
+
+def _example_means(acts, x):
+    """(B, P) per-example means over all draws of ``∂θI`` (no output coupling)."""
+    per = [a.reshape(a.shape[0], -1, a.shape[-1]) for a in acts]  # (B, C·D, n_l)
+    biases = [jnp.mean(a, axis=1) for a in per]
+    weights = [x[:, :, None] * biases[0][:, None, :]]
+    for j in range(1, len(per)):
+        weights.append(jnp.einsum("bdi,bdj->bij", per[j - 1], per[j]) / per[j].shape[1])
+    return -jnp.concatenate([t.reshape(t.shape[0], -1) for t in biases + weights], axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _conditional(model, conditionings, wanted, window, moments, weights, params, states, x,
+                 targets):  # fmt: skip
+    b, c, d, _ = states.shape
+    k = d // window
+    sizes = model.layer_sizes[1:]
+    depth = len(sizes)
+    rho = model.rho if isinstance(model, LayeredNetwork) else (lambda s: s)
+    acts = [rho(s) for s in split_layers(states, sizes)]
+    y = targets[:, None, None, :]
+    exact_cost = jax.vmap(jax.vmap(jax.vmap(model.cost_fn, in_axes=(0, None)),
+                                   in_axes=(0, None)))(states, targets)  # fmt: skip
+    shape = (b, c, k, window)
+    grads, covs, costs, outputs = [], [], [], None
+    for averaged in conditionings:
+        cond_acts, spread, cost = list(acts), None, exact_cost
+        for layer in averaged:
+            i = layer - 1
+            below = x[:, None, None, :] if i == 0 else acts[i - 1]
+            field = below @ params["weights"][i] + params["biases"][i]
+            if i + 1 < depth:
+                field = field + acts[i + 1] @ params["weights"][i + 1].T
+            m1, m2, m3 = moments(field)  # only m1 is kept for hidden layers (the rest is dead)
+            cond_acts[i] = m1
+            if layer == depth:
+                cost = jnp.sum(0.5 * (m2 - 2 * y * m1 + y**2), axis=-1)
+                spread = 0.5 * ((m3 - m1 * m2) - 2 * y * (m2 - m1**2))
+                outputs = jnp.mean(m1, axis=(1, 2))
+        costs.append(cost)
+        if wanted[0]:
+            ones = jnp.ones((b, c, d), states.dtype)
+            grads.append(_layered_series(params, cond_acts, x, ones, None, shape))
+        if wanted[1]:
+            centred = cost - jnp.mean(cost, axis=(1, 2), keepdims=True)
+            weighted = _layered_series(params, cond_acts, x, centred, spread, shape)
+            # minus Σ_{b, d ∈ entry} (C − C̄_b) ⟨E[∂θE | ·]⟩_b, one product of the weights' sums
+            sums = jnp.swapaxes(centred.reshape(b, c * k, window).sum(axis=2), 0, 1)
+            covs.append(weighted - sums @ _example_means(cond_acts, x) / (b * window))
+
+    def mixed(series):  # Σ_j weights[j] ∘ series[j]: elementwise (an einsum over j was a
+        # dot_general batched over the P parameters, 6× slower than both series together)
+        return sum(w * t for w, t in zip(weights, series, strict=True)).reshape(c, k, -1)
+
+    energy_grad = mixed(grads) if grads else None
+    covariance = mixed(covs) if covs else None
+    cost = costs[-1]  # the last conditioning averages the outputs whenever one does
+    if outputs is None:
+        outputs = jnp.mean(jax.vmap(jax.vmap(jax.vmap(model.output)))(states), axis=(1, 2))
+    return (energy_grad, covariance, jnp.mean(cost, axis=0).reshape(c, k, window).mean(axis=2),
+            outputs)  # fmt: skip
