@@ -122,7 +122,7 @@ def test_per_draw_conditional_expectations_are_exact(averaged_layer):
     g, c = expected[..., :num_params], expected[..., num_params]
     cg = expected[..., num_params + 1 :]
     energy_grad, covariance, cost, _ = _conditional._conditional(
-        TWO_UNITS, ((averaged_layer,),), (True, True), 1, moments, jnp.ones((1, num_params)),
+        TWO_UNITS, ((averaged_layer,),), (True, True), 1, ((1.0,),) * 4, moments,
         TWO_UNIT_PARAMS, states, TWO_UNIT_X, TWO_UNIT_Y)  # fmt: skip
     np.testing.assert_allclose(energy_grad[0], jnp.mean(g, axis=0), rtol=0, atol=1e-9)
     np.testing.assert_allclose(cost[0], jnp.mean(c, axis=0), rtol=0, atol=1e-9)

@@ -95,37 +95,37 @@ def plan(model, beta: float) -> tuple[tuple[int, ...], ...]:
     return tuple(c for c, ok in ((other, bool(other)), (out_class, out_ok)) if ok)
 
 
-def mixing_weights(model, params, conditionings) -> np.ndarray:
-    """(len(conditionings), P) fixed weights, summing to 1 over conditionings per parameter.
+def block_weights(model, conditionings) -> tuple[tuple[float, ...], ...]:
+    """Per parameter block, in ravel order (biases b_1 … b_L, then weights W_0 … W_{L−1}), the
+    weight of each conditioning; they sum to 1 over conditionings.
 
     A layer's bias, and the input weights of the first layer, take the conditionings that
     average that layer; couplings between layers k and k + 1 split evenly between the
-    conditionings that average either of them; a parameter no conditioning averages splits
-    evenly over all.
+    conditionings that average either of them; a block no conditioning averages splits evenly
+    over all.
     """
-
-    def weights_for(layers_touched):
-        hits = np.array([any(k in c for k in layers_touched) for c in conditionings], float)
+    depth = len(model.layer_sizes) - 1
+    touched = [(k + 1,) for k in range(depth)] + [
+        (1,) if k == 0 else (k, k + 1) for k in range(depth)
+    ]
+    out = []
+    for layers in touched:
+        hits = np.array([any(k in c for k in layers) for c in conditionings], float)
         if not hits.any():
             hits[:] = 1.0
-        return hits / hits.sum()
+        out.append(tuple(float(h) for h in hits / hits.sum()))
+    return tuple(out)
 
-    depth = len(model.layer_sizes) - 1
-    # The same pytree as params, each leaf holding the layers its parameters touch.
-    touched = {
-        "biases": tuple((k + 1,) for k in range(depth)),
-        "weights": tuple(((1,) if k == 0 else (k, k + 1)) for k in range(depth)),
-    }
+
+def mixing_weights(model, params, conditionings) -> np.ndarray:
+    """:func:`block_weights` expanded to every parameter: (len(conditionings), P)."""
     leaves = jax.tree_util.tree_leaves(params)
-    rows = []
-    for leaf, layers in zip(leaves, jax.tree_util.tree_leaves(touched, is_leaf=_is_layers),
-                            strict=True):  # fmt: skip
-        rows.append(np.repeat(weights_for(layers)[:, None], np.size(leaf), axis=1))
-    return np.concatenate(rows, axis=1)
-
-
-def _is_layers(node):
-    return isinstance(node, tuple) and all(isinstance(k, int) for k in node)
+    blocks = block_weights(model, conditionings)
+    return np.concatenate(
+        [np.repeat(np.asarray(w)[:, None], np.size(leaf), axis=1)
+         for w, leaf in zip(blocks, leaves, strict=True)],
+        axis=1,
+    )  # fmt: skip
 
 
 def conditional_statistics(model, params, states, x, targets, wanted, window, beta, temperature):
@@ -147,27 +147,28 @@ def conditional_statistics(model, params, states, x, targets, wanted, window, be
     bound = field_bound(params, x, activation) if activation != "linear" else 0.0
     moments = unit_moments(activation, temperature, bound, states.dtype)
     conditionings = plan(model, beta)
-    weights = jnp.asarray(mixing_weights(model, params, conditionings), states.dtype)
-    return _conditional(model, conditionings, tuple(wanted), window, moments, weights, params,
+    weights = block_weights(model, conditionings)
+    return _conditional(model, conditionings, tuple(wanted), window, weights, moments, params,
                         states, x, targets)  # fmt: skip
 
 
-def _layered_series(params, acts, x, omega, spread, shape):
+def _layered_series(acts, x, omega, spread, shape, blocks):
     """Per-entry sums ``Σ_{b, d ∈ entry} ω_bd ∂θI(a_bd) / (B w)`` of the interaction energy
     ``I = −Σ_k a_k W_k a_{k+1} − Σ_k b_k a_k`` (``a_0 = x``), plus the output coupling
-    ``−Σ (a_{L−1} W_{L−1} + b_L)·D`` when ``spread`` (D) is given: explicit outer products
-    (one matrix product per coupling), in the ravel order of the parameters.
+    ``−Σ (a_{L−1} W_{L−1} + b_L)·D`` when ``spread`` (D) is given: explicit outer products, one
+    matrix product per coupling.
 
     Args:
-        params: Parameters (for their shapes).
         acts: Activations ``[a_1 … a_L]``, each (B, C, D, n_l).
         x: Inputs (B, n_0).
         omega: (B, C, D) weights.
         spread: (B, C, D, n_L) or None.
         shape: ``(B, C, K, window)``.
+        blocks: Which parameter blocks to compute, by ravel index (biases b_1 … b_L are
+            0 … L − 1, weights W_0 … W_{L−1} are L … 2L − 1).
 
     Returns:
-        (C·K, P) series entries.
+        ``{block: (C·K, block size) entries}``.
     """
     b, c, k, window = shape
 
@@ -175,46 +176,50 @@ def _layered_series(params, acts, x, omega, spread, shape):
         return jnp.swapaxes(a.reshape(b, c * k, window, *a.shape[3:]), 0, 1)
 
     w = entries(omega)[..., None]
-    left = [None] + [entries(a) for a in acts]  # left[l] = a_l per entry
     depth = len(acts)
+    left = [None] + [entries(a) for a in acts]  # left[l] = a_l per entry
     d = None if spread is None else entries(spread)
-    biases = []
-    for layer in range(1, depth + 1):
-        total = jnp.sum(w * left[layer], axis=(1, 2))
-        if layer == depth and d is not None:
-            total += jnp.sum(d, axis=(1, 2))
-        biases.append(total)
-    weights = []
-    for j in range(depth):  # W_j couples layers j and j + 1
-        right = left[j + 1]
-        extra = d if (j == depth - 1 and d is not None) else None
-        if j == 0:
-            total = jnp.einsum("bi,ebj->eij", x, jnp.sum(w * right, axis=2))
-            if extra is not None:
-                total += jnp.einsum("bi,ebj->eij", x, jnp.sum(extra, axis=2))
-        else:
-            total = jnp.einsum("ebwi,ebwj->eij", w * left[j], right)
-            if extra is not None:
-                total += jnp.einsum("ebwi,ebwj->eij", left[j], extra)
-        weights.append(total)
-    # ravel_pytree order: dict keys sorted ("biases" before "weights"), tuples in order.
-    flat = [t.reshape(c * k, -1) for t in biases + weights]
-    del params
-    return -jnp.concatenate(flat, axis=1) / (b * window)
+    out = {}
+    for index in blocks:
+        if index < depth:  # b_{index + 1}
+            total = jnp.sum(w * left[index + 1], axis=(1, 2))
+            if index == depth - 1 and d is not None:
+                total += jnp.sum(d, axis=(1, 2))
+        else:  # W_j couples layers j and j + 1
+            j = index - depth
+            right = left[j + 1]
+            extra = d if (j == depth - 1 and d is not None) else None
+            if j == 0:
+                total = jnp.einsum("bi,ebj->eij", x, jnp.sum(w * right, axis=2))
+                if extra is not None:
+                    total += jnp.einsum("bi,ebj->eij", x, jnp.sum(extra, axis=2))
+            else:
+                total = jnp.einsum("ebwi,ebwj->eij", w * left[j], right)
+                if extra is not None:
+                    total += jnp.einsum("ebwi,ebwj->eij", left[j], extra)
+        out[index] = -total.reshape(c * k, -1) / (b * window)
+    return out
 
 
-def _example_means(acts, x):
-    """(B, P) per-example means over all draws of ``∂θI`` (no output coupling)."""
+def _example_means(acts, x, blocks):
+    """``{block: (B, block size)}`` per-example means over all draws of ``∂θI``."""
     per = [a.reshape(a.shape[0], -1, a.shape[-1]) for a in acts]  # (B, C·D, n_l)
-    biases = [jnp.mean(a, axis=1) for a in per]
-    weights = [x[:, :, None] * biases[0][:, None, :]]
-    for j in range(1, len(per)):
-        weights.append(jnp.einsum("bdi,bdj->bij", per[j - 1], per[j]) / per[j].shape[1])
-    return -jnp.concatenate([t.reshape(t.shape[0], -1) for t in biases + weights], axis=1)
+    depth = len(per)
+    out = {}
+    for index in blocks:
+        if index < depth:
+            mean = jnp.mean(per[index], axis=1)
+        elif index == depth:
+            mean = x[:, :, None] * jnp.mean(per[0], axis=1)[:, None, :]
+        else:
+            j = index - depth
+            mean = jnp.einsum("bdi,bdj->bij", per[j - 1], per[j]) / per[j].shape[1]
+        out[index] = -mean.reshape(mean.shape[0], -1)
+    return out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _conditional(model, conditionings, wanted, window, moments, weights, params, states, x,
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _conditional(model, conditionings, wanted, window, weights, moments, params, states, x,
                  targets):  # fmt: skip
     b, c, d, _ = states.shape
     k = d // window
@@ -226,8 +231,16 @@ def _conditional(model, conditionings, wanted, window, moments, weights, params,
     exact_cost = jax.vmap(jax.vmap(jax.vmap(model.cost_fn, in_axes=(0, None)),
                                    in_axes=(0, None)))(states, targets)  # fmt: skip
     shape = (b, c, k, window)
-    grads, covs, costs, outputs = [], [], [], None
-    for averaged in conditionings:
+    num_blocks = len(weights)
+    grads, covs, costs, outputs = {}, {}, [], None
+
+    def accumulate(into, series, share):
+        for index, value in series.items():
+            into[index] = into.get(index, 0.0) + share[index] * value
+
+    for j, averaged in enumerate(conditionings):
+        # Blocks this conditioning contributes to (a zero weight costs nothing).
+        share = {i: weights[i][j] for i in range(num_blocks) if weights[i][j] > 0}
         cond_acts, spread, cost = list(acts), None, exact_cost
         for layer in averaged:
             i = layer - 1
@@ -244,20 +257,21 @@ def _conditional(model, conditionings, wanted, window, moments, weights, params,
         costs.append(cost)
         if wanted[0]:
             ones = jnp.ones((b, c, d), states.dtype)
-            grads.append(_layered_series(params, cond_acts, x, ones, None, shape))
+            accumulate(grads, _layered_series(cond_acts, x, ones, None, shape, share), share)
         if wanted[1]:
             centred = cost - jnp.mean(cost, axis=(1, 2), keepdims=True)
-            weighted = _layered_series(params, cond_acts, x, centred, spread, shape)
+            weighted = _layered_series(cond_acts, x, centred, spread, shape, share)
             # minus Σ_{b, d ∈ entry} (C − C̄_b) ⟨E[∂θE | ·]⟩_b, one product of the weights' sums
             sums = jnp.swapaxes(centred.reshape(b, c * k, window).sum(axis=2), 0, 1)
-            covs.append(weighted - sums @ _example_means(cond_acts, x) / (b * window))
+            means = _example_means(cond_acts, x, share)
+            accumulate(covs, {i: weighted[i] - sums @ means[i] / (b * window) for i in share},
+                       share)  # fmt: skip
 
-    def mixed(series):  # Σ_j weights[j] ∘ series[j]: elementwise (an einsum over j was a
-        # dot_general batched over the P parameters, 6× slower than both series together)
-        return sum(w * t for w, t in zip(weights, series, strict=True)).reshape(c, k, -1)
+    def joined(series):  # blocks in ravel order, as (C, K, P)
+        return jnp.concatenate([series[i] for i in range(num_blocks)], axis=1).reshape(c, k, -1)
 
-    energy_grad = mixed(grads) if grads else None
-    covariance = mixed(covs) if covs else None
+    energy_grad = joined(grads) if grads else None
+    covariance = joined(covs) if covs else None
     cost = costs[-1]  # the last conditioning averages the outputs whenever one does
     if outputs is None:
         outputs = jnp.mean(jax.vmap(jax.vmap(jax.vmap(model.output)))(states), axis=(1, 2))
