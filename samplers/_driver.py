@@ -104,7 +104,12 @@ def _compiled(
 
 
 class ContextAxes(NamedTuple):
-    """The batch axis (0 or None) of every context leaf, in a hashable form (a cache key)."""
+    """The batch axis (0 or None) of every context leaf, in a hashable form (a cache key).
+
+    ``leaves`` holds one entry per leaf of ``jax.tree_util.tree_leaves(context)`` and
+    ``treedef`` is the context's own structure, so ``None`` nodes in the context (an HMC state
+    without a trajectory length, say) stay empty subtrees rather than extra leaves.
+    """
 
     leaves: tuple[int | None, ...]
     treedef: Any
@@ -122,7 +127,7 @@ def context_axes_of(context: Any, context_axes: Any) -> ContextAxes:
                 f"context_axes entries must be 0 (one value per target) or None (shared by "
                 f"all targets), got {axis!r}."
             )
-        return jax.tree_util.tree_map(lambda _: axis, subtree)
+        return [axis] * len(jax.tree_util.tree_leaves(subtree))
 
     try:
         full = jax.tree_util.tree_map(expand, context_axes, context, is_leaf=lambda a: a is None)
@@ -134,8 +139,9 @@ def context_axes_of(context: Any, context_axes: Any) -> ContextAxes:
             f"at its leaves; got {context_axes!r} for a context of structure "
             f"{jax.tree_util.tree_structure(context)}."
         ) from None
-    leaves, treedef = jax.tree_util.tree_flatten(full, is_leaf=lambda a: a is None)
-    return ContextAxes(tuple(leaves), treedef)
+    # One list of axes per prefix leaf, in the context's leaf order.
+    leaves = jax.tree_util.tree_leaves(full, is_leaf=lambda a: a is None)
+    return ContextAxes(tuple(leaves), jax.tree_util.tree_structure(context))
 
 
 def as_typed_key(rng_key: Any) -> jax.Array:
@@ -229,12 +235,10 @@ def prepare(
                     f"{batch_size} (position.shape[0]), unless context_axes marks it shared "
                     f"(None); got a leaf of shape {shape}."
                 )
-        context_0 = jax.tree_util.tree_map(
-            lambda leaf, axis: leaf if axis is None else leaf[0],
-            context,
-            axes.tree(),
-            is_leaf=lambda a: a is None,
-        )
+        firsts = [
+            leaf if a is None else leaf[0] for leaf, a in zip(leaves, axes.leaves, strict=True)
+        ]
+        context_0 = jax.tree_util.tree_unflatten(axes.treedef, firsts)
     kernel.validate(x.reshape(-1, *x.shape[lead:]), context_0, temperature)
     return x, batch_size, num_chains, axes
 

@@ -6,8 +6,7 @@ to ``init`` and ``step``, so :func:`resume_tempering` wraps the tempering kernel
 ``init`` returns the state it finds in the context and whose ``step`` hands the inner context
 on. The state is per chain, the context per target, so each chain runs as its own target
 (``batched=True``, one chain per target, the state's leaves batched and the user's context
-shared, ``context_axes=(None, 0)``; both as flat lists of leaves), and the trace is reshaped
-back to ``(chain, ...)``. One
+shared, ``context_axes=(None, 0)``), and the trace is reshaped back to ``(chain, ...)``. One
 compiled run serves every call with the same kernel, length and shapes.
 
 Consequence of the layout: a ladder that adapts while resumed (``adapt_ladder=True`` with steps
@@ -37,26 +36,15 @@ def is_tempering_kernel(kernel: Kernel) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _resumed(kernel: Kernel, context_tree: Any, state_tree: Any) -> Kernel:
-    # Context and state travel as flat lists of leaves: the driver's context_axes handling
-    # miscounts pytrees with None nodes in them (an HMC state without a trajectory length).
-    def unpack(context: Any) -> tuple[Any, Any]:
-        inner, state = context
-        return (
-            jax.tree_util.tree_unflatten(context_tree, inner),
-            jax.tree_util.tree_unflatten(state_tree, state),
-        )
-
+def _resumed(kernel: Kernel) -> Kernel:
     def init(position: Any, context: Any, temperature: Any) -> TemperingState:
-        return unpack(context)[1]
+        return context[1]
 
     def step(rng_key: jax.Array, state: TemperingState, context: Any):
-        return kernel.step(rng_key, state, unpack(context)[0])
+        return kernel.step(rng_key, state, context[0])
 
     def validate(positions: Any, context: Any, temperature: Any) -> None:
-        kernel.validate(
-            positions, jax.tree_util.tree_unflatten(context_tree, context[0]), temperature
-        )
+        kernel.validate(positions, context[0], temperature)
 
     return Kernel(
         init=init,
@@ -130,13 +118,11 @@ def resume_tempering(
         )
     beta = np.asarray(state.inverse_temperatures, dtype=float)
     positions = np.asarray(state.position)[:, None]  # every chain its own target
-    context_leaves, context_tree = jax.tree_util.tree_flatten(context)
-    state_leaves, state_tree = jax.tree_util.tree_flatten(state)
     trace = sample(
         rng_key,
-        _resumed(kernel, context_tree, state_tree),
+        _resumed(kernel),
         positions,
-        (context_leaves, state_leaves),
+        (context, state),
         1.0 / beta[0],  # checked by the kernel's validation; the states carry their own
         num_samples=num_samples,
         num_warmup=0,

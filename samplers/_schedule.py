@@ -267,6 +267,7 @@ def optimise_schedule(
     num_rounds: int,
     steps_per_chunk: int = 64,
     swaps: str = "deterministic",
+    local_steps: int = 1,
     num_warmup: int | None = None,
     max_rejection: float = 0.5,
     check_finite: bool = True,
@@ -274,9 +275,10 @@ def optimise_schedule(
     """Tune a parallel-tempering ladder to equal communication barrier between neighbours.
 
     Round ``n = 0 … num_rounds − 1`` runs ``2ⁿ · steps_per_chunk`` steps of
-    ``parallel_tempering(kernel, swaps=swaps)`` on every chain, estimates the per-pair
-    rejections from the mean swap acceptance probabilities, the barrier ``Λ̂(β)`` and ``Λ̂``,
-    and moves the ladder to equal steps of ``Λ̂(β)`` (module docstring), both ends fixed.
+    ``parallel_tempering(kernel, swaps=swaps, local_steps=local_steps)`` on every chain,
+    estimates the per-pair rejections from the mean swap acceptance probabilities, the barrier
+    ``Λ̂(β)`` and ``Λ̂``, and moves the ladder to equal steps of ``Λ̂(β)`` (module docstring),
+    both ends fixed.
 
     Chains are continued, never restarted. They start from ``kernel.init`` at ``position``;
     then every call is :func:`resume_tempering` (through :func:`samplers.sample`) for
@@ -300,8 +302,11 @@ def optimise_schedule(
             Each call checks its inputs and copies its records to the host, so chunks of a
             few tens of steps or more keep that overhead small.
         swaps: ``"deterministic"`` (non-reversible, the default) or ``"stochastic"``.
-        num_warmup: Warm-up steps before the rounds, at least ``kernel.num_warmup`` (the
-            default), rounded up to whole chunks.
+        local_steps: Local steps per replica between two swap sweeps
+            (:func:`samplers.parallel_tempering`); every count of steps here counts swap steps.
+        num_warmup: Warm-up steps before the rounds, at least the tempering kernel's
+            ``num_warmup`` (``⌈kernel.num_warmup / local_steps⌉``, the default), rounded up to
+            whole chunks.
         max_rejection: Passed to :func:`suggest_num_replicas`.
         check_finite: Raise if a chain's energy becomes NaN or infinite.
 
@@ -330,10 +335,10 @@ def optimise_schedule(
     steps_per_chunk = check_num(steps_per_chunk, "steps_per_chunk", 1)
     ladder = check_ladder(temperatures)
     suggest_num_replicas(0.0, max_rejection)  # validates max_rejection before any sampling
-    pt = parallel_tempering(kernel, swaps=check_swaps(swaps))
+    pt = parallel_tempering(kernel, swaps=check_swaps(swaps), local_steps=local_steps)
     if num_warmup is None:
-        num_warmup = kernel.num_warmup
-    num_warmup = check_num(num_warmup, "num_warmup", kernel.num_warmup)
+        num_warmup = pt.num_warmup
+    num_warmup = check_num(num_warmup, "num_warmup", pt.num_warmup)
     x = _check_starts(position)
     pt.validate(x, context, ladder)
     key_warmup, key_rounds = jax.random.split(as_typed_key(rng_key))

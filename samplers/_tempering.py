@@ -3,7 +3,8 @@
 Replicas live on a leading batch axis of the state, one per temperature slot, with the inverse
 temperatures in the state (as NetKet's ``ParallelTemperingSampler`` keeps them). One step:
 
-1. every replica takes one step of the local kernel at its own temperature;
+1. every replica takes ``local_steps`` steps (default 1) of the local kernel at its own
+   temperature;
 2. a parity ``p ∈ {0, 1}`` is chosen, and each neighbour pair ``(k, k+1)`` with
    ``k ≡ p (mod 2)`` swaps configurations with probability
    ``min(1, exp((β_k − β_{k+1}) (E_k − E_{k+1})))``, ``β = 1/T``.
@@ -24,11 +25,21 @@ How the parity is chosen is the ``swaps`` option:
   even/odd scheme), the package's behaviour before NRPT.
 
 The deterministic scheme is the default because it measured better everywhere it was tried
-(``benchmarks/tempering.py``, ``benchmarks/results/tempering.md``, 16 or 32 rungs, same ladder
-and local kernel): 7.2× the round trips per step of the stochastic scheme on a tilted double
-well under HMC, 7.0× on a 4 × 4 Ising lattice at T_c, and 2.3× (16 rungs) and 4.9× (32 rungs)
-on a 16 × 16 lattice at T_c under block Gibbs, at the same cost per step. The gain grows with
-the number of rungs per unit of barrier, as the theory says.
+(``benchmarks/tempering.py``, ``benchmarks/results/tempering.md``, same ladder, local kernel
+and cost per step): 7.2× the round trips per step of the stochastic scheme on a tilted double
+well under HMC (16 rungs), 7.0× on a 4 × 4 Ising lattice at T_c (16 rungs), and 11.8× on a
+16 × 16 lattice at T_c under block Gibbs (64 rungs, two sweeps per swap step). The gain grows
+with the number of rungs per unit of barrier, as the theory says.
+
+Local steps per swap (``local_steps``): the round-trip rate ``1/(2 + 2Λ)`` assumes that
+the local kernel decorrelates the energy of every replica between two swap sweeps. Where one
+step does not (a block Gibbs sweep of a large Ising lattice near T_c), several local steps per
+swap bring the rate closer to that limit, at proportionally more work per step. On the
+16 × 16 lattice at T_c with 64 rungs (``benchmarks/results/tempering.md``) one sweep per swap
+made 0.071 round trips per step, 24 % under ``1/(2 + 2Λ̂)`` = 0.093, and two sweeps 0.077,
+18 % under; per second one sweep made more round trips. The reversible scheme gains nothing
+from them there (0.0067 round trips per step with one sweep, 0.0065 and 0.0073 with two on
+its two ladders): its walkers diffuse over the ladder whatever the local mixing.
 
 The temperature (and any adaptation, such as an HMC step size) stays with its slot; only the
 configuration fields named by the local kernel move. Each configuration is a *walker*; a round
@@ -192,9 +203,23 @@ def _parallel_tempering(
     adaptation_rate: float,
     chain_axis: str | None,
     swaps: str,
+    local_steps: int,
 ) -> Kernel:
     fields = kernel.configuration_fields
     decay_steps = max(1.0, num_warmup / 10.0)
+
+    def local_sweep(key: jax.Array, replicas: Any, context: Any, num_replicas: int):
+        """``local_steps`` local steps of every replica; the info of the last."""
+        step_all = jax.vmap(kernel.step, in_axes=(0, 0, None))
+        if local_steps == 1:
+            return step_all(jax.random.split(key, num_replicas), replicas, context)
+
+        def body(replicas, keys):
+            return step_all(keys, replicas, context)
+
+        keys = jax.random.split(key, (local_steps, num_replicas))
+        replicas, infos = jax.lax.scan(body, replicas, keys)
+        return replicas, jax.tree_util.tree_map(lambda x: x[-1], infos)
 
     def init(position: jax.Array, context: Any, temperature: Any) -> TemperingState:
         position = jnp.asarray(position)
@@ -231,10 +256,7 @@ def _parallel_tempering(
         key_local, key_parity, key_swap = jax.random.split(rng_key, 3)
         beta = state.inverse_temperatures
         num_replicas = beta.shape[0]
-        keys = jax.random.split(key_local, num_replicas)
-        replicas, local_info = jax.vmap(kernel.step, in_axes=(0, 0, None))(
-            keys, state.replicas, context
-        )
+        replicas, local_info = local_sweep(key_local, state.replicas, context, num_replicas)
         energy = replicas.energy
         log_ratio = (beta[:-1] - beta[1:]) * (energy[:-1] - energy[1:])
         log_ratio = jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio)
@@ -284,6 +306,8 @@ def _parallel_tempering(
         )
         return new_state, info
 
+    per_swap = "" if local_steps == 1 else f", {local_steps} local steps per swap"
+
     def validate(positions: Any, context: Any, temperature: Any) -> None:
         ladder = check_ladder(temperature)
         x = np.asarray(positions)
@@ -299,9 +323,9 @@ def _parallel_tempering(
         init=init,
         step=step,
         configuration_fields=(),  # replica exchange does not nest
-        num_warmup=max(kernel.num_warmup, num_warmup if adapt_ladder else 0),
+        num_warmup=max(-(-kernel.num_warmup // local_steps), num_warmup if adapt_ladder else 0),
         validate=validate,
-        name=f"parallel tempering ({kernel.name}, {swaps} swaps)",
+        name=f"parallel tempering ({kernel.name}, {swaps} swaps{per_swap})",
         chain_collectives=adapt_ladder and chain_axis is not None,
     )
 
@@ -314,6 +338,7 @@ def parallel_tempering(
     adaptation_rate: float = 0.5,
     chain_axis: str | None = "chain",
     swaps: str = "deterministic",
+    local_steps: int = 1,
 ) -> Kernel:
     """Replica exchange around any local kernel (HMC/NUTS, block Gibbs, Metropolis).
 
@@ -334,10 +359,16 @@ def parallel_tempering(
             ladder. The drivers vmap chains under the name ``"chain"``; when stepping an
             adaptive kernel by hand, ``vmap`` with ``axis_name="chain"`` or pass ``None`` (each
             chain then adapts its own ladder).
+        swaps: ``"deterministic"`` (non-reversible even/odd alternation, the default) or
+            ``"stochastic"`` (reversible, a random parity per step); module docstring.
+        local_steps: Steps of the local kernel per replica between two swap sweeps, >= 1
+            (module docstring). The recorded local info is that of the last of them. Steps,
+            warm-up and draws of the returned kernel count swap steps, so the local kernel
+            adapts (HMC/NUTS) during the first ``⌈kernel.num_warmup / local_steps⌉`` of them.
 
     Returns:
-        A :class:`Kernel`; its ``num_warmup`` is the larger of the local kernel's and the
-        ladder's adaptation lengths.
+        A :class:`Kernel`; its ``num_warmup`` is the larger of the local kernel's adaptation
+        (in swap steps) and the ladder's.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -357,6 +388,8 @@ def parallel_tempering(
         raise ValueError("adapt_ladder=True needs num_warmup > 0 adaptation steps, got 0.")
     if not adaptation_rate > 0:
         raise ValueError(f"adaptation_rate must be > 0, got {adaptation_rate!r}.")
+    if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
+        raise ValueError(f"local_steps must be an integer >= 1, got {local_steps!r}.")
     return _parallel_tempering(
         kernel,
         bool(adapt_ladder),
@@ -364,6 +397,7 @@ def parallel_tempering(
         float(adaptation_rate),
         chain_axis,
         check_swaps(swaps),
+        int(local_steps),
     )
 
 
