@@ -228,11 +228,11 @@ class EigenstateEP(Estimator):
         if state is None:
             return jnp.zeros((batch, d), dtype)
         if not isinstance(state, SparseState) or jnp.shape(state.free_states) != (batch, d):
-            shape = jnp.shape(state.free_states) if isinstance(state, SparseState) else None
+            got = state.free_states if isinstance(state, SparseState) else state
             raise ValueError(
                 f"state must be None or the SparseState of the previous call, with "
                 f"free_states of shape ({batch}, {d}) for this batch; got "
-                f"{type(state).__name__} with shape {shape}"
+                f"{type(state).__name__} of shape {np.shape(got)}"
             )
         return jnp.asarray(state.free_states, dtype)
 

@@ -137,7 +137,7 @@ def _ritz_lowest(alpha: np.ndarray, beta: np.ndarray, n: int) -> tuple[float, np
     return float(w[0]), z[:, 0]
 
 
-def lowest_pair(matrix, starts, deflate, limits, norms, loose_below=None, max_iter=_MAX_ITER):
+def lowest_pair(matrix, starts, deflate, limits, norms, loose_below=None, max_iter=None):
     """Lowest eigenpair of each block of ``matrix`` on the complement of ``deflate``.
 
     Args:
@@ -149,7 +149,7 @@ def lowest_pair(matrix, starts, deflate, limits, norms, loose_below=None, max_it
             space (it is invariant: the Ritz pair is exact).
         loose_below: Optional energies (P,) of the level below: the limit is then
             ``max(limit, LOOSE_RTOL · (θ − E_below))`` (a level that only gives a gap).
-        max_iter: Largest Krylov dimension.
+        max_iter: Largest Krylov dimension (default ``_MAX_ITER``, 300).
 
     Returns:
         ``(theta (P,), vectors (P, d), converged (P,) bool, steps (P,))``. Problems that did
@@ -157,7 +157,7 @@ def lowest_pair(matrix, starts, deflate, limits, norms, loose_below=None, max_it
     """
     p_count, d = starts.shape
     q = deflate.shape[1]
-    m = max(1, min(max_iter, d - q))
+    m = max(1, min(_MAX_ITER if max_iter is None else max_iter, d - q))
     dtype = starts.dtype
     basis = np.zeros((p_count, m + 1, d), dtype)
     alpha, beta = np.zeros((p_count, m)), np.zeros((p_count, m))
