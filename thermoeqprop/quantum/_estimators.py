@@ -208,7 +208,10 @@ class EigenstateEP(Estimator):
         """The estimate, warm-started from ``state``, and the state for the next call.
 
         Args:
-            params, x, targets, rng_key: As for ``__call__``.
+            params: Parameters, shape (num_params,).
+            x: Inputs, shape (batch, num_inputs).
+            targets: Targets, shape (batch, num_outputs).
+            rng_key: PRNG key (shots).
             state: The :class:`SparseState` returned by the previous call (its batch size
                 must match ``x``), or ``None`` for a cold start. The dense solver needs no
                 warm start and returns ``state`` unchanged.

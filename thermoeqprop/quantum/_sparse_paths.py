@@ -44,7 +44,12 @@ from thermoeqprop.quantum._eigen_paths import (
     split_key,
 )
 from thermoeqprop.quantum._following import MIN_OVERLAP, follow_host, nudge_norm
-from thermoeqprop.quantum._lanczos import LOOSE_RTOL, block_assembler, lowest_levels_batch
+from thermoeqprop.quantum._lanczos import (
+    LOOSE_RTOL,
+    STATS,
+    block_assembler,
+    lowest_levels_batch,
+)
 from thermoeqprop.quantum._observables import Example
 from thermoeqprop.quantum._phases import example_keys
 
@@ -130,6 +135,8 @@ def _nudged_host(est: EigenStatic, c, nudge, psi, free_gap, norm, betas, gap_tol
         ) * np.repeat(_flat(norm, 0), n)
         gap_tol = np.repeat(_flat(gap_tol, 0), n)
         settled = (bound > 0) & (bound >= gap_tol) & (overlaps > MIN_OVERLAP)
+        STATS["nudged_one_level"] += int(np.sum(settled))
+        STATS["nudged_two_levels"] += int(np.sum(~settled))
         gaps, crossed = np.where(settled, bound, np.inf), np.zeros(len(bound), bool)
         rest = np.flatnonzero(~settled)
         if rest.size:
