@@ -228,18 +228,21 @@ def _chunks(p_count: int, dimension: int, itemsize: int):
     return [slice(i, min(i + per, p_count)) for i in range(0, p_count, per)]
 
 
-def lowest_levels_batch(assembler, coefficients, starts, num_tight, *, tol, gap_level=False):
+def lowest_levels_batch(
+    assembler, coefficients, starts, num_tight, *, tol, gap_level=False, warm_level=None
+):
     """Levels ``0 … num_tight − 1`` (and the next one, loosely, with ``gap_level``) of each
     ``H(c_p)``.
 
     Args:
         assembler: The :class:`BlockAssembler` of the model's strings.
         coefficients: (P, S) real coefficients.
-        starts: (P, d) warm starts for the top tight level (rows of zeros: none); the lower
-            levels start from the generic vector.
+        starts: (P, d) warm starts for level ``warm_level`` (default the top tight level;
+            rows of zeros: none); the other levels start from generic vectors.
         num_tight: Number of levels converged to the tight limit.
         tol: Relative tolerance, a number or one per problem (P,) (0: machine precision).
         gap_level: Also compute level ``num_tight`` to the loose limit (for a gap).
+        warm_level: Which level the warm starts are for.
 
     Returns:
         ``(energies (P, L), vectors (P, L, d), lanczos_converged (P,))`` with
@@ -250,6 +253,7 @@ def lowest_levels_batch(assembler, coefficients, starts, num_tight, *, tol, gap_
     coefficients = np.asarray(coefficients, np.float64)
     p_count, d = coefficients.shape[0], assembler.dimension
     levels = num_tight + int(gap_level)
+    warm_level = num_tight - 1 if warm_level is None else warm_level
     energies = np.zeros((p_count, levels))
     vectors = np.zeros((p_count, levels, d), assembler.dtype)
     ok = np.ones(p_count, bool)
@@ -266,7 +270,7 @@ def lowest_levels_batch(assembler, coefficients, starts, num_tight, *, tol, gap_
         count = part.stop - part.start
         for level in range(levels):
             other = generic_vector(d, level + 1).astype(assembler.dtype)
-            start = warm[part] if level == num_tight - 1 else np.broadcast_to(other, (count, d))
+            start = warm[part] if level == warm_level else np.broadcast_to(other, (count, d))
             below = energies[part, level - 1] if level == num_tight else None
             theta, vecs, conv, steps = lowest_pair(
                 matrix, start, vectors[part, :level], limits_all[part], norms_all[part], below

@@ -141,7 +141,7 @@ def _nudged_host(est: EigenStatic, c, nudge, psi, free_gap, norm, betas, gap_tol
         rest = np.flatnonzero(~settled)
         if rest.size:
             e_all, v_all, _ = lowest_levels_batch(
-                assembler, coefficients[rest], reference[rest], k + 2, tol=tols[rest]
+                assembler, coefficients[rest], reference[rest], k + 2, tol=tols[rest], warm_level=k
             )
             for i, p in enumerate(rest):
                 j, ov, gap, cr = follow_host(e_all[i], v_all[i].T, reference[p], k, est.by_index)
