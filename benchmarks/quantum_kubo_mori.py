@@ -9,10 +9,15 @@ real, random parameters) at T = 0.5, one example, it times, side by side in one 
 * ``autodiff``: ``jax.grad`` of ``tr(ρ Ĉ)`` with ``ρ`` from ``eigh`` (JAX's eigh JVP).
 
 Each is jit-compiled and warmed up once (excluded), then timed ``--repeats`` times with
-``block_until_ready``, the three interleaved; the median is reported. Usage::
+``block_until_ready``, the three interleaved; the median is reported.
+
+With ``--stages`` it times instead, interleaved, ``eigh`` and the Kubo–Mori stage after it
+(``kubo_mori_traces`` from ``U``, ``log p`` and ``C̃``) both ways: the second product
+``M = left U†`` then O(d) per string, or per-mask traces without ``M``
+(``factored=True``). Usage::
 
     PYTHONPATH=. python benchmarks/quantum_kubo_mori.py [--repeats 5] [--qubits 8 10 12]
-        [--markdown benchmarks/results/quantum.md]
+        [--stages] [--markdown benchmarks/results/quantum.md]
 """
 
 from __future__ import annotations
@@ -81,12 +86,52 @@ def bench(n, repeats, temperature=0.5):
     }
 
 
+def bench_stages(n, repeats, temperature=0.5):
+    model = classifier_network(n, 2, couplings="ring", init_scale=0.5)
+    params = model.init_params(jax.random.key(n))
+    x = jnp.array([[0.3, -0.4]])
+    h = jax.block_until_ready(model.hamiltonian.matrix(params, x[0]))
+    eigh = jax.jit(lambda m: jnp.linalg.eigh(m, symmetrize_input=False))
+    energies, vectors = eigh(h)
+    log_p = K.thermal_log_weights(energies, temperature)
+    rotated = K.rotate_cost(vectors, model.output_table, -jnp.ones(1))
+    table = model.trainable_table
+    stage = {
+        flag: jax.jit(lambda u, lp, c, f=flag: K.kubo_mori_traces(table, u, lp, c, factored=f))
+        for flag in (False, True)
+    }
+    product, masks = (stage[f](vectors, log_p, rotated)[0] for f in (False, True))
+    err = float(jnp.max(jnp.abs(masks - product)) / jnp.max(jnp.abs(product)))
+    t_eigh, t_product, t_masks = median_seconds(
+        [
+            lambda: eigh(h),
+            lambda: stage[False](vectors, log_p, rotated),
+            lambda: stage[True](vectors, log_p, rotated),
+        ],
+        repeats,
+    )
+    masks_count = len({p.x_mask for p in table.strings})
+    return (
+        f"| {n} | {1 << n} | {masks_count} | {t_eigh:.4f} | {t_product:.4f} | {t_masks:.4f} "
+        f"| {(t_eigh + t_product) / t_eigh:.2f} | {(t_eigh + t_masks) / t_eigh:.2f} | {err:.1e} |"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--qubits", type=int, nargs="+", default=[8, 10, 12])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--markdown", default=None, help="append a results table to this file")
+    parser.add_argument("--stages", action="store_true", help="time the Kubo–Mori stage both ways")
     args = parser.parse_args()
+    if args.stages:
+        header = (
+            "| qubits | d | X/Y masks | eigh (s) | KM stage, product (s) | KM stage, masks (s) | "
+            "(eigh + product) / eigh | (eigh + masks) / eigh | masks vs product, rel. diff |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
+        )
+        lines = [bench_stages(n, args.repeats) for n in args.qubits]
+        return finish(args, header, lines)
     rows = [bench(n, args.repeats) for n in args.qubits]
     header = (
         "| qubits | d | params | eigh (s) | Kubo–Mori, all gradients (s) | ratio to eigh | "
@@ -99,11 +144,16 @@ def main():
         f"| {r['autodiff'] / r['eigh']:.2f} | {r['max_rel_diff']:.1e} |"
         for r in rows
     ]
+    return finish(args, header, lines)
+
+
+def finish(args, header, lines):
     meta = (
         f"date {datetime.datetime.now():%Y-%m-%d %H:%M}, {platform.platform()}, "
         f"{os.cpu_count()} CPU cores, JAX {jax.__version__}, float64, "
         f"median of {args.repeats} after one warm-up, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load average (1, 5, 15 min) "
+        f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}"
     )
     table = header + "\n".join(lines) + "\n\n" + meta + "\n"
     print(table)

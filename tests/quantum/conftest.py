@@ -14,6 +14,15 @@ from thermoeqprop.quantum import (
 )
 
 
+def chain_network(n):
+    """System C: transverse-field Ising chain with trainable couplings, input on qubit 0."""
+    terms = [trainable({q: "Z", q + 1: "Z"}, 0.3 + 0.01 * q, num_qubits=n) for q in range(n - 1)]
+    terms += [trainable({q: "X"}, 1.0 - 0.01 * q, num_qubits=n) for q in range(n)]
+    terms += [fixed({q: "Z"}, 0.1, num_qubits=n) for q in range(n)]
+    terms += [input_driven({0: "Z"}, feature=0, scale=0.7, num_qubits=n)]
+    return QuantumNetwork(Hamiltonian(n, tuple(terms)), ({n - 1: "Z"},), init_scale=0.0)
+
+
 def complex_network() -> QuantumNetwork:
     """System A: 3 qubits, non-commuting terms of every kind, complex (odd-Y) strings."""
     n = 3
@@ -60,3 +69,9 @@ def system_a():
 def system_b():
     model = real_network()
     return (model, *batch(model, 3, 12))
+
+
+@pytest.fixture(scope="session")
+def ising_chain():
+    """System C's builder: ``ising_chain(n)``."""
+    return chain_network

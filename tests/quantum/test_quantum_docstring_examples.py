@@ -10,6 +10,7 @@ MODULES = [
     "thermoeqprop.quantum._kernels",
     "thermoeqprop.quantum._network",
     "thermoeqprop.quantum._estimators",
+    "thermoeqprop.quantum._thermal",
     "thermoeqprop.quantum._references",
     "thermoeqprop.quantum._shots",
 ]

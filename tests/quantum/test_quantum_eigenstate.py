@@ -15,8 +15,6 @@ from thermoeqprop.quantum import (
     Hamiltonian,
     QuantumNetwork,
     autodiff_eigenstate_loss,
-    fixed,
-    input_driven,
     linear_response_gradient,
     trainable,
 )
@@ -91,16 +89,7 @@ def test_predict_gives_free_outputs(system_b):
     assert float(est(params, x, targets, jax.random.key(0)).loss) == pytest.approx(float(loss))
 
 
-def ising_chain(n):
-    """System C: transverse-field Ising chain with trainable couplings, input on qubit 0."""
-    terms = [trainable({q: "Z", q + 1: "Z"}, 0.3 + 0.01 * q, num_qubits=n) for q in range(n - 1)]
-    terms += [trainable({q: "X"}, 1.0 - 0.01 * q, num_qubits=n) for q in range(n)]
-    terms += [fixed({q: "Z"}, 0.1, num_qubits=n) for q in range(n)]
-    terms += [input_driven({0: "Z"}, feature=0, scale=0.7, num_qubits=n)]
-    return QuantumNetwork(Hamiltonian(n, tuple(terms)), ({n - 1: "Z"},), init_scale=0.0)
-
-
-def test_sparse_lanczos_matches_dense_at_8_qubits():
+def test_sparse_lanczos_matches_dense_at_8_qubits(ising_chain):
     model = ising_chain(8)
     params = model.hamiltonian.initial_params()
     x, y = jnp.array([[0.4]]), jnp.array([[1.0]])
@@ -110,7 +99,7 @@ def test_sparse_lanczos_matches_dense_at_8_qubits():
     assert float(sparse.loss) == pytest.approx(float(dense.loss), rel=1e-10)
 
 
-def test_sparse_ground_state_ep_at_16_qubits():
+def test_sparse_ground_state_ep_at_16_qubits(ising_chain):
     model = ising_chain(16)
     params = model.hamiltonian.initial_params()
     x, y = jnp.array([[0.4]]), jnp.array([[1.0]])

@@ -139,3 +139,24 @@ def test_kubo_mori_rejects_nudging_settings():
             ThermalEP(model, temperature=1.0, **bad)
     assert ThermalEP(model, temperature=1.0).beta is None
     assert ThermalEP(model, temperature=1.0, method="nudged").beta == 1e-3
+
+
+def test_shot_settings_name_the_value_and_the_choices():
+    model = classifier_network(3)
+    with pytest.raises(
+        ValueError, match=r"shot_model must be one of \('projective', 'gaussian'\), got 'normal'"
+    ):  # noqa: E501
+        EigenstateEP(model, shots=10, shot_model="normal")
+    with pytest.raises(
+        ValueError, match=r"error_signal must be one of \('noisy', 'exact'\), got 'clean'"
+    ):  # noqa: E501
+        ThermalEP(model, temperature=1.0, method="nudged", shots=10, error_signal="clean")
+    for bad in ({"shot_model": "gaussian"}, {"error_signal": "exact"}):
+        with pytest.raises(
+            ValueError, match=r"describe finite shots, but shots=None.*give shots=N"
+        ):
+            EigenstateEP(model, **bad)
+    with pytest.raises(ValueError, match=r"blas_threads must be None or an integer ≥ 1, got 0"):
+        EigenstateEP(model, solver="sparse", blas_threads=0)
+    # shots on the sparse solver are no longer refused
+    assert EigenstateEP(model, solver="sparse", shots=10).shots == 10

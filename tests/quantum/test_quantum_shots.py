@@ -85,9 +85,12 @@ def test_eigenstate_ep_with_shots(system_b):
     assert float(jnp.max(jnp.abs(single.grad - exact) / single.stderr)) < 5.0
 
 
-def test_thermal_nudged_with_shots(system_a):
+@pytest.mark.parametrize("shot_model", ["projective", "gaussian"])
+def test_thermal_nudged_with_shots(system_a, shot_model):
     model, params, x, targets = system_a
-    est = ThermalEP(model, temperature=0.5, method="nudged", beta=0.2, shots=1000)
+    est = ThermalEP(
+        model, temperature=0.5, method="nudged", beta=0.2, shots=1000, shot_model=shot_model
+    )
     exact_at_beta = ThermalEP(model, temperature=0.5, method="nudged", beta=0.2)(
         params, x, targets, jax.random.key(0)
     )

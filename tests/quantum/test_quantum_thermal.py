@@ -155,3 +155,11 @@ def test_factored_traces_match_full_product(system_a):
     table = model.trainable_table
     full = K.traces(table, left @ jnp.conj(vectors).T)
     np.testing.assert_allclose(K.factored_traces(table, left, vectors), full, atol=1e-12)
+    # and the whole Kubo–Mori stage both ways
+    log_p = jnp.asarray(np.log(rng.dirichlet(np.ones(d))))
+    unitary = jnp.linalg.qr(vectors)[0]
+    c = jnp.asarray(rng.normal(size=(d, d)))
+    by_product, mean = K.kubo_mori_traces(table, unitary, log_p, c + c.T, factored=False)
+    by_masks, mean_2 = K.kubo_mori_traces(table, unitary, log_p, c + c.T, factored=True)
+    np.testing.assert_allclose(by_masks, by_product, atol=1e-12)
+    assert float(jnp.max(jnp.abs(by_product))) > 1e-3 and float(mean) == float(mean_2)

@@ -9,11 +9,13 @@ docs/mathematics.md#eigenstate-ep and docs/mathematics.md#quantum-thermal-states
   :class:`~thermoeqprop._protocols.Model`) with output observables and a cost
   (:class:`SquaredErrorCost` or :class:`ExpectationLoss`); :func:`classifier_network`;
 * estimators (:class:`~thermoeqprop._protocols.Estimator`): :class:`EigenstateEP` (any level,
-  dense ``eigh`` or sparse Lanczos, exact or finite shots) and :class:`ThermalEP` (Kubo–Mori
-  covariance from one ``eigh``, or nudged; exact density matrices);
+  dense ``eigh`` or sparse lock-step Lanczos with warm starts carried in a
+  :class:`SparseState`, exact or finite shots) and :class:`ThermalEP` (Kubo–Mori covariance
+  from one ``eigh``, or nudged; exact density matrices);
 * exact references: :func:`linear_response_gradient`, :func:`autodiff_eigenstate_loss`,
   :func:`autodiff_thermal_loss`, :func:`kubo_mori_covariance`;
-* measurement: :func:`measurement_plan`, :func:`sample_outcomes`, :func:`shot_estimate`.
+* measurement: :func:`measurement_plan`, :func:`sample_outcomes`, :func:`shot_estimate`
+  (projective, per basis setting) and :func:`gaussian_estimate` (Gaussian, per string).
 
 Quantum work runs in float64/complex128 (importing :mod:`thermoeqprop` enables JAX's x64).
 
@@ -29,7 +31,13 @@ the environment.
 """
 
 from thermoeqprop.quantum import _xla  # noqa: F401  (sets XLA_FLAGS, see above)
-from thermoeqprop.quantum._estimators import OUTCOMES, EigenstateEP, NudgeStrengthWarning, ThermalEP
+from thermoeqprop.quantum._estimators import (
+    OUTCOMES,
+    EigenstateEP,
+    NudgeStrengthWarning,
+    SparseState,
+    ThermalEP,
+)
 from thermoeqprop.quantum._kernels import logarithmic_mean
 from thermoeqprop.quantum._network import (
     ExpectationLoss,
@@ -56,7 +64,12 @@ from thermoeqprop.quantum._references import (
     linear_response_gradient,
     symmetrized_covariance,
 )
-from thermoeqprop.quantum._shots import measurement_plan, sample_outcomes, shot_estimate
+from thermoeqprop.quantum._shots import (
+    gaussian_estimate,
+    measurement_plan,
+    sample_outcomes,
+    shot_estimate,
+)
 
 __all__ = [
     "OUTCOMES",
@@ -67,6 +80,7 @@ __all__ = [
     "PauliString",
     "PauliSum",
     "QuantumNetwork",
+    "SparseState",
     "SquaredErrorCost",
     "Term",
     "ThermalEP",
@@ -75,6 +89,7 @@ __all__ = [
     "check_hermitian",
     "classifier_network",
     "fixed",
+    "gaussian_estimate",
     "input_driven",
     "kubo_mori_covariance",
     "linear_response_gradient",

@@ -24,8 +24,6 @@ values of the free and nudged states come back in ``observables`` (see
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,92 +32,26 @@ import numpy as np
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop.quantum import _eigen_paths as P
-from thermoeqprop.quantum import _kernels as K
+from thermoeqprop.quantum._checks import (
+    check_batch,
+    check_beta,
+    check_model,
+    check_shots,
+    static_shots,
+)
 from thermoeqprop.quantum._eigen_paths import EigenNumbers, EigenStatic
 from thermoeqprop.quantum._following import (
     FOLLOW_MODES,
     OUTCOMES,
     NudgeStrengthWarning,
     check_eigen_estimate,
-    eigh,
 )
 from thermoeqprop.quantum._network import QuantumNetwork
-from thermoeqprop.quantum._observables import Example, assemble_estimate, nudged_betas
 from thermoeqprop.quantum._pauli import _check_dense_size
-from thermoeqprop.quantum._phases import (
-    example_keys,
-    free_outputs,
-    measure,
-    phase_keys,
-    phase_weights,
-)
-from thermoeqprop.quantum._shots import measurement_plan
+from thermoeqprop.quantum._sparse_paths import SparseState, predict_sparse, sparse_batch
+from thermoeqprop.quantum._thermal import ThermalEP
 
-__all__ = ["OUTCOMES", "EigenstateEP", "NudgeStrengthWarning", "ThermalEP"]
-
-_MIN_OVERLAP = 0.5
-
-
-# --------------------------------------------------------------------------------------------
-# validation at the public boundary
-# --------------------------------------------------------------------------------------------
-def _check_model(model) -> None:
-    if not isinstance(model, QuantumNetwork):
-        raise ValueError(f"model must be a QuantumNetwork, got {type(model).__name__}")
-
-
-def _check_beta(beta) -> None:
-    if not (isinstance(beta, int | float) and np.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta (nudging strength) must be a finite number > 0, got {beta!r}")
-
-
-def _check_shots(shots) -> None:
-    if shots is not None and (
-        not isinstance(shots, int | np.integer) or isinstance(shots, bool) or shots < 2
-    ):
-        raise ValueError(f"shots must be None (exact) or an integer ≥ 2, got {shots!r}")
-
-
-def _check_batch(model: QuantumNetwork, params, x, targets=None) -> None:
-    p_shape = jnp.shape(params)
-    if p_shape != (model.hamiltonian.num_params,):
-        raise ValueError(
-            f"params must have shape ({model.hamiltonian.num_params},) (one entry per "
-            f"trainable parameter), got {p_shape}"
-        )
-    x_shape = jnp.shape(x)
-    if len(x_shape) != 2 or x_shape[1] != model.num_inputs:
-        raise ValueError(f"x must have shape (batch, {model.num_inputs}), got {x_shape}")
-    if targets is not None:
-        t_shape = jnp.shape(targets)
-        if t_shape != (x_shape[0], model.num_outputs):
-            raise ValueError(
-                f"targets must have shape ({x_shape[0]}, {model.num_outputs}), got {t_shape}"
-            )
-
-
-# --------------------------------------------------------------------------------------------
-# what is compiled in (static) and what is traced (dynamic)
-# --------------------------------------------------------------------------------------------
-def _static_shots(shots) -> int | None:
-    return None if shots is None else int(shots)
-
-
-class _ThermalStatic(NamedTuple):
-    """The settings of :class:`ThermalEP` that shape the program (hashable, static)."""
-
-    model: QuantumNetwork
-    method: str
-    richardson: bool
-    shots: int | None
-
-
-class _ThermalNumbers(NamedTuple):
-    """The settings of :class:`ThermalEP` that are plain numbers (traced)."""
-
-    temperature: float
-    beta: float
-    gap_tolerance: float
+__all__ = ["OUTCOMES", "EigenstateEP", "NudgeStrengthWarning", "SparseState", "ThermalEP"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,22 +76,40 @@ class EigenstateEP(Estimator):
     example warns. ``observables`` holds the outputs, their variances and the level energies
     of the free and nudged states (see the module docstring for behaviour under ``jit``).
 
-    Compiled once per ``model``, ``level``, ``richardson``, ``solver``, ``shots``, ``follow``
-    and batch shape; ``beta``, ``gap_tolerance`` and ``lanczos_tol`` are traced, so a new
-    value (e.g. ``dataclasses.replace(est, beta=1e-4)``) reuses the compiled code.
+    Compiled once per ``model``, ``level``, ``richardson``, ``solver``, the shot settings,
+    ``follow``, ``blas_threads`` and batch shape; ``beta``, ``gap_tolerance`` and
+    ``lanczos_tol`` are traced, so a new value (e.g. ``dataclasses.replace(est, beta=1e-4)``)
+    reuses the compiled code.
+
+    The sparse solver can start from the free states of the previous call:
+    ``estimate, state = est.call_with_state(params, x, targets, key, state)`` returns a
+    :class:`SparseState` to pass back next time (``None``: a cold start, as ``__call__``
+    always makes). The estimate then differs from a cold start only within the solver
+    tolerance, and the state is an array, so a checkpoint that keeps it resumes exactly.
 
     Attributes:
         model: The :class:`QuantumNetwork`.
         level: Eigenstate index ``k`` (0 = ground state), counted from the bottom.
         beta: Nudging strength ``β > 0``.
         richardson: Use Richardson extrapolation over ``β`` and ``β/2`` (four nudged solves).
-        solver: ``"dense"`` (``eigh``; up to about 12 qubits) or ``"sparse"`` (Lanczos via
-            SciPy ARPACK on the host; for the ground state and a few low levels, 16 qubits and
-            more).
-        shots: ``None`` for exact expectations, or the number of shots per basis setting
-            (dense solver only); then ``stderr`` holds the shot-noise standard error.
+        solver: ``"dense"`` (``eigh``; up to about 12 qubits) or ``"sparse"`` (lock-step
+            Lanczos on the host, every example of the batch together, warm-started; for the
+            ground state and a few low levels, 16 qubits and more; see
+            ``quantum/_sparse_paths.py``).
+        shots: ``None`` for exact expectations, or the number of shots ``N`` per basis setting
+            (projective) or per Pauli string (Gaussian); then ``stderr`` holds the shot-noise
+            standard error. Either solver.
+        shot_model: ``"projective"`` (``N`` bit strings per qubit-wise commuting basis
+            setting, strings of one setting read from the same shots) or ``"gaussian"``
+            (each string ``N(⟨P⟩, (1 − ⟨P⟩²)/N)``, independently; see
+            ``quantum/_shots.py``).
+        error_signal: ``"noisy"`` (the free outputs, hence the loss and the nudge ``Ĉ``,
+            are read from shots too) or ``"exact"`` (from the exact free state: only the
+            nudged measurements are noisy, and the loss is exact).
         gap_tolerance: Smallest accepted gap between level ``k`` and its neighbours.
-        lanczos_tol: ARPACK tolerance for the sparse solver (0: machine precision).
+        lanczos_tol: Relative residual tolerance of the sparse solver: a Ritz pair is
+            accepted when ``‖Hψ − Eψ‖ ≤ max(lanczos_tol, ε) Σ_s |c_s|`` (0: machine
+            precision ``ε``).
         follow: Which nudged state is measured: ``"adiabatic"`` (default) the eigenstate of
             ``H ± βĈ`` with the largest overlap with the free one (level ``k`` continued
             through a crossing; an example whose best overlap is below 1/2 is refused) or
@@ -172,6 +122,9 @@ class EigenstateEP(Estimator):
             ``1 − 1/√(1 + 4r²)``: 29 % at the default 0.5, 2 % at 0.1; see
             ``quantum/_following.py``); ``inf`` never warns. Checked on the host after the
             solve, so a new value does not recompile.
+        blas_threads: BLAS threads of the sparse solver's host work (threadpoolctl, set
+            while it runs); ``None`` leaves the pools as they are. Its products are small,
+            so 1 is fastest and keeps parallel workers from oversubscribing the cores.
 
     Example:
         >>> from thermoeqprop.quantum import classifier_network
@@ -193,11 +146,19 @@ class EigenstateEP(Estimator):
     lanczos_tol: float = 0.0
     follow: str = "adiabatic"
     max_nudge_ratio: float = 0.5
+    shot_model: str = "projective"
+    error_signal: str = "noisy"
+    blas_threads: int | None = 1
 
     def __post_init__(self):
-        _check_model(self.model)
-        _check_beta(self.beta)
-        _check_shots(self.shots)
+        check_model(self.model)
+        check_beta(self.beta)
+        check_shots(self.shots, self.shot_model, self.error_signal)
+        threads = self.blas_threads
+        if threads is not None and (
+            not isinstance(threads, int | np.integer) or isinstance(threads, bool) or threads < 1
+        ):
+            raise ValueError(f"blas_threads must be None or an integer ≥ 1, got {threads!r}")
         if self.follow not in FOLLOW_MODES:
             raise ValueError(f"follow must be one of {FOLLOW_MODES}, got {self.follow!r}")
         if not (isinstance(self.max_nudge_ratio, int | float) and self.max_nudge_ratio > 0):
@@ -214,8 +175,6 @@ class EigenstateEP(Estimator):
         if self.solver == "dense":
             _check_dense_size(self.model.num_qubits, 3, 8 if self.model.is_real else 16)
         elif self.solver == "sparse":
-            if self.shots is not None:
-                raise ValueError("shots are supported with solver='dense' only")
             if self.level + 2 >= d - 1:
                 raise ValueError(
                     f"solver='sparse' computes low levels only; level={self.level} is too high "
@@ -231,8 +190,9 @@ class EigenstateEP(Estimator):
             self.model,
             int(self.level),
             bool(self.richardson),
-            _static_shots(self.shots),
+            static_shots(self),
             self.follow == "index",
+            None if self.blas_threads is None else int(self.blas_threads),
         )
         # Python floats: traced as weakly typed scalars, like the constants they replace.
         numbers = EigenNumbers(float(self.beta), float(self.gap_tolerance), float(self.lanczos_tol))
@@ -240,201 +200,48 @@ class EigenstateEP(Estimator):
 
     def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
         """Gradient of the mean cost over the batch ``x`` (batch, num_inputs)."""
-        _check_batch(self.model, params, x, targets)
-        run = P.dense_batch if self.solver == "dense" else P.sparse_batch
-        estimate = run(*self._split(), params, x, targets, rng_key)
+        return self.call_with_state(params, x, targets, rng_key)[0]
+
+    def call_with_state(
+        self, params, x, targets, rng_key, state: SparseState | None = None
+    ) -> tuple[GradientEstimate, SparseState | None]:
+        """The estimate, warm-started from ``state``, and the state for the next call.
+
+        Args:
+            params: Parameters, shape (num_params,).
+            x: Inputs, shape (batch, num_inputs).
+            targets: Targets, shape (batch, num_outputs).
+            rng_key: PRNG key (shots).
+            state: The :class:`SparseState` returned by the previous call (its batch size
+                must match ``x``), or ``None`` for a cold start. The dense solver needs no
+                warm start and returns ``state`` unchanged.
+        """
+        check_batch(self.model, params, x, targets)
+        if self.solver == "dense":
+            estimate = P.dense_batch(*self._split(), params, x, targets, rng_key)
+        else:
+            start = self._start(state, jnp.shape(x)[0])
+            estimate, state = sparse_batch(*self._split(), params, x, targets, rng_key, start)
         check_eigen_estimate(estimate, self.level, self.gap_tolerance, self.max_nudge_ratio)
-        return estimate
+        return estimate, state
+
+    def _start(self, state, batch: int) -> jax.Array:
+        d = 1 << self.model.num_qubits
+        dtype = jnp.float64 if self.model.is_real else jnp.complex128
+        if state is None:
+            return jnp.zeros((batch, d), dtype)
+        if not isinstance(state, SparseState) or jnp.shape(state.free_states) != (batch, d):
+            got = state.free_states if isinstance(state, SparseState) else state
+            raise ValueError(
+                f"state must be None or the SparseState of the previous call, with "
+                f"free_states of shape ({batch}, {d}) for this batch; got "
+                f"{type(state).__name__} of shape {np.shape(got)}"
+            )
+        return jnp.asarray(state.free_states, dtype)
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
         """Exact outputs ``⟨B_j⟩`` in level ``k``, shape (batch, num_outputs)."""
-        _check_batch(self.model, params, x)
+        check_batch(self.model, params, x)
         if self.solver == "dense":
             return P.predict_dense(*self._split(), params, x)
-        return P.predict_sparse(*self._split(), params, x)
-
-
-# --------------------------------------------------------------------------------------------
-# quantum thermal EP
-# --------------------------------------------------------------------------------------------
-def _thermal_free(model, temperature, c):
-    energies, vectors = eigh(model, c)
-    log_p = K.thermal_log_weights(energies, temperature)
-    return energies, vectors, log_p
-
-
-def _kubo_mori_example(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, y, key):
-    del key
-    model = est.model
-    c = model.coefficients(params, x)
-    jac = model.string_jacobian(params, x)
-    _, vectors, log_p = _thermal_free(model, numbers.temperature, c)
-    p = jnp.exp(log_p)
-    e_q = K.mixture_expectations(model.output_table, vectors, p)
-    loss, outputs, gamma = model.cost_string_coefficients(e_q, y)
-    rotated = K.rotate_cost(vectors, model.output_table, gamma)
-    covariances, _ = K.kubo_mori_traces(model.trainable_table, vectors, log_p, rotated)
-    g = -covariances / numbers.temperature
-    zero = jnp.zeros(jac.shape[1])
-    return Example(jac.T @ g, zero, loss, jnp.zeros(()), {"free_outputs": outputs})
-
-
-def _thermal_nudged_example(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, y, key):
-    model = est.model
-    c = model.coefficients(params, x)
-    jac = model.string_jacobian(params, x)
-    _, vectors, log_p = _thermal_free(model, numbers.temperature, c)
-    p = jnp.exp(log_p)
-    key_free, key_nudged = (key, key) if est.shots is None else jax.random.split(key)
-    e_q = K.mixture_expectations(model.output_table, vectors, p)
-    loss, _, gamma, loss_var = free_outputs(
-        model,
-        vectors,
-        p,
-        lambda: e_q,
-        y,
-        est.shots,
-        key_free,
-    )
-    nudge = model.embed_cost(gamma)
-    plan = measurement_plan(model.hamiltonian.trainable_strings)
-    grad = jnp.zeros(jac.shape[1])
-    var = jnp.zeros(jac.shape[1])
-    out_w, nudged = jnp.asarray(model.output_weights), []
-    phases = phase_weights(numbers.beta, est.richardson)
-    keys = phase_keys(key_nudged, len(phases), est.shots)
-    for i, (b, w) in enumerate(phases):
-        for sign, k in ((1.0, keys[2 * i]), (-1.0, keys[2 * i + 1])):
-            _, vecs, lp = _thermal_free(model, numbers.temperature, c + sign * b * nudge)
-            weights = jnp.exp(lp)
-
-            def exact(vecs=vecs, weights=weights):
-                rho = (vecs * weights[None, :]) @ jnp.conj(vecs).T
-                return K.traces(model.trainable_table, rho)
-
-            mean, v = measure(model, plan, vecs, weights, exact, est.shots, k, jac)
-            grad = grad + sign * w * mean
-            var = var + w**2 * v
-            nudged.append(out_w @ K.mixture_expectations(model.output_table, vecs, weights))
-    observables = {"free_outputs": out_w @ e_q, "nudged_outputs": jnp.stack(nudged)}
-    return Example(grad, var, loss, loss_var, observables)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _thermal_batch(est: _ThermalStatic, numbers: _ThermalNumbers, params, x, targets, rng_key):
-    keys = example_keys(rng_key, x.shape[0], est.shots)
-    fn = _kubo_mori_example if est.method == "kubo_mori" else _thermal_nudged_example
-    per_example = jax.vmap(fn, in_axes=(None, None, None, 0, 0, 0))(
-        est, numbers, params, x, targets, keys
-    )
-    betas = None if est.method == "kubo_mori" else nudged_betas(numbers.beta, est.richardson)
-    return assemble_estimate(per_example, betas, numbers.gap_tolerance, est.shots, eigen=False)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _thermal_predict(est: _ThermalStatic, numbers: _ThermalNumbers, params, x):
-    model = est.model
-
-    def one(xi):
-        c = model.coefficients(params, xi)
-        _, vectors, log_p = _thermal_free(model, numbers.temperature, c)
-        e_q = K.mixture_expectations(model.output_table, vectors, jnp.exp(log_p))
-        return jnp.asarray(model.output_weights) @ e_q
-
-    return jax.vmap(one)(x)
-
-
-@dataclasses.dataclass(frozen=True)
-class ThermalEP(Estimator):
-    """Quantum thermal EP with exact density matrices ``ρ = e^{−H/T}/Z`` (docs/mathematics.md).
-
-    The objective is ``L_T = ℓ(tr(ρ B_1), …)``, for the squared-error cost ``tr(ρ Ĉ)``.
-
-    * ``method="kubo_mori"`` (no clamping, no nudge): from one ``eigh`` of ``H``,
-      ``dL/dc_s = −(1/T) ⟨Ĉ ; P_s⟩_KM = −(1/T) tr(M P_s)`` with
-      ``M = U (δC̃ ∘ Λ) U†``, ``C̃ = U†ĈU`` and the logarithmic means
-      ``Λ_mn = Λ(p_m, p_n)`` computed in log space. After ``M`` every string costs O(d).
-      Not the symmetrised covariance ``½⟨{δĈ, δP}⟩``, which is wrong when ``Ĉ`` or ``P``
-      does not commute with ``H``.
-    * ``method="nudged"``: ``[tr(ρ_{+β} P_s) − tr(ρ_{−β} P_s)] / (2β)`` from ``H ± βĈ``
-      (optionally Richardson-extrapolated, and optionally from finite shots).
-
-    Attributes:
-        model: The :class:`QuantumNetwork`.
-        temperature: ``T > 0`` (energy units).
-        method: ``"kubo_mori"`` or ``"nudged"``.
-        beta: Nudging strength for ``"nudged"`` (``None``: 1e-3). Kubo–Mori does not nudge:
-            ``beta`` must stay ``None`` and ``richardson`` ``False`` with it (an error
-            otherwise, rather than settings silently ignored).
-        richardson: Richardson extrapolation for ``"nudged"``.
-        shots: Shots per basis setting for ``"nudged"`` (``None``: exact). The Kubo–Mori
-            covariance is a response function, not the expectation of one observable, so it
-            has no projective-measurement estimator; ``shots`` with it is an error.
-        gap_tolerance: Unused by thermal states (degenerate levels are fine); kept so every
-            estimator reports the same diagnostics.
-
-    Compiled once per ``model``, ``method``, ``richardson``, ``shots`` and batch shape;
-    ``temperature``, ``beta`` and ``gap_tolerance`` are traced, so a temperature sweep or an
-    annealed training run (``dataclasses.replace(est, temperature=T)`` every epoch) reuses
-    the compiled code.
-
-    Example:
-        >>> from thermoeqprop.quantum import classifier_network
-        >>> net = classifier_network(num_qubits=3, num_inputs=2)
-        >>> est = ThermalEP(net, temperature=0.5)
-        >>> params = net.init_params(jax.random.key(0))
-        >>> x = jnp.array([[0.3, -0.5]]); y = net.encode_labels(jnp.array([1]))
-        >>> bool(jnp.isfinite(est(params, x, y, jax.random.key(1)).loss))
-        True
-    """
-
-    model: QuantumNetwork
-    temperature: float = 0.1
-    method: str = "kubo_mori"
-    beta: float | None = None
-    richardson: bool = False
-    shots: int | None = None
-    gap_tolerance: float = 0.0
-
-    def __post_init__(self):
-        _check_model(self.model)
-        if self.method == "nudged" and self.beta is None:
-            object.__setattr__(self, "beta", 1e-3)
-        if self.method == "kubo_mori" and (self.beta is not None or self.richardson):
-            raise ValueError(
-                f"method='kubo_mori' does not nudge, so beta and richardson do not apply; got "
-                f"beta={self.beta!r}, richardson={self.richardson!r}: leave them at None and "
-                f"False, or use method='nudged'"
-            )
-        if self.beta is not None:
-            _check_beta(self.beta)
-        _check_shots(self.shots)
-        t = self.temperature
-        if not (isinstance(t, int | float) and np.isfinite(t) and t > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
-        if self.method not in ("kubo_mori", "nudged"):
-            raise ValueError(f"method must be 'kubo_mori' or 'nudged', got {self.method!r}")
-        if self.method == "kubo_mori" and self.shots is not None:
-            raise ValueError(
-                "shots are not available with method='kubo_mori': the Kubo–Mori covariance is "
-                "not the expectation of an observable; use method='nudged' with shots"
-            )
-        _check_dense_size(self.model.num_qubits, 4, 8 if self.model.is_real else 16)
-
-    def _split(self) -> tuple[_ThermalStatic, _ThermalNumbers]:
-        static = _ThermalStatic(
-            self.model, self.method, bool(self.richardson), _static_shots(self.shots)
-        )
-        beta = 0.0 if self.beta is None else float(self.beta)  # 0.0: unused by Kubo–Mori
-        numbers = _ThermalNumbers(float(self.temperature), beta, float(self.gap_tolerance))
-        return static, numbers
-
-    def __call__(self, params, x, targets, rng_key) -> GradientEstimate:
-        """Gradient of the mean thermal cost over the batch ``x`` (batch, num_inputs)."""
-        _check_batch(self.model, params, x, targets)
-        return _thermal_batch(*self._split(), params, x, targets, rng_key)
-
-    def predict(self, params, x, rng_key=None) -> jax.Array:
-        """Exact thermal outputs ``tr(ρ B_j)``, shape (batch, num_outputs)."""
-        _check_batch(self.model, params, x)
-        return _thermal_predict(*self._split(), params, x)
+        return predict_sparse(*self._split(), params, x)

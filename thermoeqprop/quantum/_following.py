@@ -79,11 +79,15 @@ def follow_host(energies: np.ndarray, vectors: np.ndarray, reference, level: int
     return j, float(overlaps[j]), min(upper, padded[j + 1] - padded[j]), best != level
 
 
+def nudge_norm(model, gamma: jax.Array) -> jax.Array:
+    """``Σ_k |γ_k|`` over the non-identity output strings ``Q_k``: a bound on ``‖δĈ‖``."""
+    moving = np.array([p.x_mask or p.z_mask for p in model.output_strings], dtype=bool)
+    return jnp.sum(jnp.where(moving, jnp.abs(gamma), 0.0))
+
+
 def nudge_ratio(model, beta, gamma: jax.Array, gap: jax.Array) -> jax.Array:
     """``r = β Σ_k |γ_k| / Δ`` over the non-identity output strings ``Q_k``."""
-    moving = np.array([p.x_mask or p.z_mask for p in model.output_strings], dtype=bool)
-    norm = jnp.sum(jnp.where(moving, jnp.abs(gamma), 0.0))
-    return beta * norm / gap
+    return beta * nudge_norm(model, gamma) / gap
 
 
 def _is_concrete(value) -> bool:

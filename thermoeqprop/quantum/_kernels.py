@@ -172,6 +172,16 @@ def thermal_log_weights(energies: jax.Array, temperature: float) -> jax.Array:
     return logits - jax.scipy.special.logsumexp(logits)
 
 
+def _flip_rows(vectors: jax.Array, mask: int, num_qubits: int) -> jax.Array:
+    """``vectors[b ⊕ mask, :]``: reversing the axes of the flipped qubits of the (2,)·n view
+    (qubit ``q`` is bit ``n − 1 − q``); measured a little faster than a gather of the rows."""
+    axes = tuple(q for q in range(num_qubits) if (mask >> (num_qubits - 1 - q)) & 1)
+    if not axes:
+        return vectors
+    shaped = vectors.reshape((2,) * num_qubits + vectors.shape[1:])
+    return jnp.flip(shaped, axis=axes).reshape(vectors.shape)
+
+
 def factored_traces(table: StringTable, left: jax.Array, vectors: jax.Array) -> jax.Array:
     """``Re tr(M P_s)`` for ``M = left · vectors†`` without forming ``M``, shape (S,).
 
@@ -181,28 +191,36 @@ def factored_traces(table: StringTable, left: jax.Array, vectors: jax.Array) -> 
     """
     masks = sorted({p.x_mask for p in table.strings})
     position = {m: i for i, m in enumerate(masks)}
-    b = np.arange(table.dimension)
+    n = table.num_qubits
     rows = jnp.stack(
-        [jnp.sum(left * jnp.conj(vectors[b ^ m, :]), axis=1) for m in masks]
+        [jnp.sum(left * jnp.conj(_flip_rows(vectors, m, n)), axis=1) for m in masks]
     )  # (num_masks, d)
     which = np.array([position[p.x_mask] for p in table.strings])
     return jnp.real(jnp.sum(rows[which] * jnp.asarray(table.phases), axis=-1))
 
 
 def kubo_mori_traces(
-    table: StringTable, vectors: jax.Array, log_p: jax.Array, cost_rotated: jax.Array
+    table: StringTable,
+    vectors: jax.Array,
+    log_p: jax.Array,
+    cost_rotated: jax.Array,
+    factored: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """``⟨Ĉ ; P_s⟩_KM = tr(M P_s)`` for every string of ``table``, and ``⟨Ĉ⟩``.
 
-    Forms ``left = U (δC̃ ∘ Λ)`` and ``M = left U†`` (two products), then O(d) per string.
-    :func:`factored_traces` would replace the second product by O(d²) work per distinct X/Y
-    mask, but its gathers are memory-bound: measured on 2 CPU cores at 10 qubits (21 masks) it
-    took 3× longer than the product, so the product is used.
+    Forms ``left = U (δC̃ ∘ Λ)``, then ``M = left U†`` (a second product) and O(d) per string,
+    or, with ``factored``, :func:`factored_traces`: O(d²) per distinct X/Y mask, without ``M``.
+    The product is the default: on 2 CPU cores (ring classifier, benchmarks/results/quantum.md)
+    the masks took longer at 10 and 11 qubits, and at 12 qubits, though alone they beat the
+    product (2.0 s against 3.4 s), the whole Kubo–Mori stage was slower with them (median
+    12.5 s against 11.9 s).
     """
     p = jnp.exp(log_p)
     mean_cost = jnp.real(jnp.diagonal(cost_rotated)) @ p
     centred = cost_rotated - mean_cost * jnp.eye(cost_rotated.shape[0], dtype=cost_rotated.dtype)
     left = vectors @ (centred * log_mean_weights(log_p).astype(cost_rotated.dtype))
+    if factored:
+        return factored_traces(table, left, vectors), mean_cost
     return traces(table, left @ jnp.conj(vectors).T), mean_cost
 
 

@@ -75,6 +75,7 @@ def _eigen_diagnostics(ex: Example, gap_tolerance, min_overlap):
         "worst_example": jnp.argmin(jnp.where(gap < gap_tolerance, gap, ex.overlap)),
         "min_free_gap": jnp.min(ex.free_gap),
         "free_gap": ex.free_gap,
+        "nudged_gap": ex.nudged_gap,
         "outcome": outcome,
         "num_crossed": jnp.sum(outcome == OUTCOMES.index("crossed")),
         "num_refused": jnp.sum(refused),

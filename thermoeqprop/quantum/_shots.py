@@ -8,6 +8,10 @@ outcome per shot is the product of ±1 over its support. A quantity linear in th
 read from the same shots are counted) and groups are independent, hence
 
 ``Â = Σ_g mean_shots(Σ_{s∈g} W_s o_s)``, ``Var Â = Σ_g var_shots(Σ_{s∈g} W_s o_s) / N``.
+
+The Gaussian model (:func:`gaussian_estimate`) is the common shortcut: each string is read
+independently as ``N(⟨P_s⟩, Var(P_s)/N)`` with ``Var(P_s) = 1 − ⟨P_s⟩²`` (``P_s² = 1``), so
+``Â ~ N(A, Σ_s W_s² (1 − ⟨P_s⟩²)/N)``: no basis settings, no covariances between strings.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ import numpy as np
 
 from thermoeqprop.quantum._pauli import PauliString, qubitwise_commuting_groups
 
-__all__ = ["MeasurementPlan", "measurement_plan", "sample_outcomes", "shot_estimate"]
+__all__ = [
+    "SHOT_MODELS",
+    "MeasurementPlan",
+    "gaussian_estimate",
+    "measurement_plan",
+    "sample_outcomes",
+    "shot_estimate",
+]
+
+SHOT_MODELS = ("projective", "gaussian")
 
 _HADAMARD = np.array([[1.0, 1.0], [1.0, -1.0]]) / np.sqrt(2.0)
 _ROTATIONS = {"X": _HADAMARD, "Y": _HADAMARD @ np.diag([1.0, -1.0j])}
@@ -138,3 +151,29 @@ def shot_estimate(
         mean = mean + jnp.mean(per_shot, axis=0)
         var = var + jnp.var(per_shot, axis=0, ddof=1) / o.shape[0]
     return mean, var
+
+
+def gaussian_estimate(
+    expectations: jax.Array, weights: jax.Array, shots: int, rng_key: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Estimate ``A_k = Σ_s W_sk ⟨P_s⟩`` with independent Gaussian shot noise per string.
+
+    Args:
+        expectations: Exact ``⟨P_s⟩`` of the strings, shape (S,).
+        weights: ``W``, shape (S, K).
+        shots: Shots ``N`` per string.
+        rng_key: PRNG key (one normal draw per string).
+
+    Returns:
+        ``(mean (K,), variance (K,))``: ``Σ_s W_sk (⟨P_s⟩ + σ_s z_s)`` with ``z_s ~ N(0, 1)``
+        and ``σ_s² = (1 − ⟨P_s⟩²)/N``, and the variance of that estimate,
+        ``Σ_s W_sk² σ_s²`` (the model's, at the exact expectations).
+
+    Example:
+        >>> mean, var = gaussian_estimate(jnp.array([1.0, 0.0]), jnp.eye(2), 100, jax.random.key(0))
+        >>> float(mean[0]), float(var[0]), float(var[1])  # a ±1 eigenstate has no noise
+        (1.0, 0.0, 0.01)
+    """
+    sigma2 = jnp.maximum(1.0 - expectations**2, 0.0) / shots
+    noise = jnp.sqrt(sigma2) * jax.random.normal(rng_key, expectations.shape, jnp.float64)
+    return weights.T @ (expectations + noise), (weights**2).T @ sigma2
