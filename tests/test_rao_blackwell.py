@@ -21,6 +21,7 @@ transition matrix) put at 1.35 (covariance) and 1.2 (nudged) for its network, te
 with MCSE norms good to a few per cent and computed from the same draws.
 """
 
+import functools
 import itertools
 
 import jax
@@ -32,10 +33,13 @@ from jax.flatten_util import ravel_pytree
 from thermoeqprop.estimators import Sampling, ThermalCovariance, ThermalExact, ThermalNudged
 from thermoeqprop.estimators._rao_blackwell import (
     conditional_moments,
+    conditional_points,
     independent_classes,
+    layered_grad_sums,
     rao_blackwell_statistics,
     resolve_rao_blackwell,
 )
+from thermoeqprop.estimators._statistics import point_statistics
 from thermoeqprop.estimators.thermal import draw_states, parameter_names
 from thermoeqprop.models import QuadraticNetwork, SpinNetwork
 from thermoeqprop.models.costs import CrossEntropy
@@ -278,3 +282,27 @@ def test_coverage_of_the_reported_mcse():
         grads, stderrs = jax.vmap(one_run)(*grouped)
         coverage = float(np.mean(np.abs(np.asarray(grads) - want) < 1.96 * np.asarray(stderrs)))
         assert 0.90 <= coverage <= 0.99, (type(estimator).__name__, coverage)
+
+
+def test_matrix_product_sums_equal_automatic_differentiation(nine_spins):
+    """The layered network's weighted gradient sums (matrix products) against the energy's
+    automatic differentiation, on the conditional points of sampled states, window 2."""
+    net, params, x, targets = nine_spins
+    sampling = Sampling(num_chains=2, num_samples=8, num_warmup=4)
+    states = draw_states(net, sampling, params, x, targets, 0.0, T, jax.random.key(6)).states
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def both(fast, params, states):
+        def one(state, x_b, y_b):
+            return conditional_points(net, params, state, x_b, y_b, 0.3, T)
+
+        vmapped = jax.vmap(jax.vmap(one, in_axes=(0, None, None)), in_axes=(0, None, None))
+        points, u, alpha, costs = jax.vmap(vmapped)(states, x, targets)
+        sums = layered_grad_sums(net, params) if fast else None
+        return point_statistics(
+            net, params, points, x, u[0, 0, 0], alpha, costs, (True, True), 2, sums
+        )
+
+    fast, generic = both(True, params, states), both(False, params, states)
+    for a, b in zip(fast, generic, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)

@@ -184,7 +184,7 @@ def _draw_statistics(model, params, states, x, targets, wanted, window):
 
 
 def point_statistics(model, params, points, x, mean_weights, product_weights, costs, wanted,
-                     window):  # fmt: skip
+                     window, grad_sums=None):  # fmt: skip
     """The series of :class:`DrawStatistics` from evaluation points, inside a compiled call.
 
     Each draw ``d`` of example ``b`` stands for ``m`` points ``z_j`` (the draw itself, or the
@@ -208,6 +208,9 @@ def point_statistics(model, params, points, x, mean_weights, product_weights, co
         costs: (B, C, D) ``b``.
         wanted: Flags for ``SERIES``.
         window: Draws per series entry.
+        grad_sums: ``grad_sums(points (E, B, p, n), weights (E, B, p), x) -> (E, P)``, the
+            raveled ``Σ_{b,j} weights · ∂θE(points)`` of each ``E``, where a model's structure
+            gives it faster than automatic differentiation; None differentiates the energy.
 
     Returns:
         ``(energy_grad, covariance, cost, output)`` as in :class:`DrawStatistics`.
@@ -223,28 +226,33 @@ def point_statistics(model, params, points, x, mean_weights, product_weights, co
     windows = entries(points)  # (C·K, B, w·m, n): the points of each entry, all examples
     energies = jax.vmap(model.energy, in_axes=(None, 0, None))  # (p, n) points of one example
 
-    def entry_grad(weights, entry_points):  # (B, w·m), (B, w·m, n) -> ∂θ Σ weights·E / (B w)
-        def weighted(flat_params):
-            p = unravel(flat_params)
-            e = jax.vmap(lambda z_b, x_b: energies(p, z_b, x_b))(entry_points, x)
-            return jnp.sum(weights * e) / (b * window)
+    def sums(weights, entry_points, xs=x):  # (E, B', p), (E, B', p, n), (B', …) -> (E, P)
+        if grad_sums is not None:
+            return grad_sums(entry_points, weights, xs)
 
-        return jax.grad(weighted)(flat)
+        def entry_grad(w, z):  # ∂θ Σ w·E over the points of one entry, all its examples
+            def weighted(flat_params):
+                p = unravel(flat_params)
+                return jnp.sum(w * jax.vmap(lambda z_b, x_b: energies(p, z_b, x_b))(z, xs))
+
+            return jax.grad(weighted)(flat)
+
+        return jax.vmap(entry_grad)(weights, entry_points)
 
     energy_grad = covariance = None
     u = jnp.broadcast_to(mean_weights.astype(flat.dtype), (b, c, d, m))
     if wanted[0]:
-        energy_grad = jax.vmap(entry_grad)(entries(u), windows).reshape(c, k, -1)
+        energy_grad = sums(entries(u), windows).reshape(c, k, -1) / (b * window)
     if wanted[1]:
         mean_cost = jnp.mean(costs, axis=(1, 2), keepdims=True)  # b̄_b
         weights = product_weights - mean_cost[..., None] * u  # α − b̄_b u, (B, C, D, m)
-        weighted = jax.vmap(entry_grad)(entries(weights), windows)  # (CK, P)
+        weighted = sums(entries(weights), windows) / (b * window)  # (CK, P)
 
-        def mean_grad(z_b, u_b, x_b):  # ḡ_b = mean over all chains and draws of one example
-            return jax.grad(lambda fp: jnp.sum(u_b * energies(unravel(fp), z_b, x_b)))(flat)
+        def mean_grad(u_b, z_b, x_b):  # ḡ_b = mean over all chains and draws of one example
+            return sums(u_b[None, None] / (c * d), z_b[None, None], x_b[None])[0]
 
         mean_grads = jax.vmap(mean_grad)(
-            points.reshape(b, c * d * m, n), u.reshape(b, c * d * m) / (c * d), x
+            u.reshape(b, c * d * m), points.reshape(b, c * d * m, n), x
         )  # (B, P)
         # Σ_{b,d∈entry} (b_d − b̄_b) ḡ_b, as one product of the centred costs' sums.
         centred = jnp.swapaxes((costs - mean_cost).reshape(b, c * k, window), 0, 1)
