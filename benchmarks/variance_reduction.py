@@ -19,6 +19,8 @@ Sections (``--sections spin main``; each appends its tables to one report):
      plain series and the conditional expectations given each class alone and averaged, per
      independent draw and along the chain.
 
+- ``wide`` (not run by default): ``benchmarks/thermal_scale.py``'s 2,010-spin network
+  (64, 2000, 10) on its first batch, plain against Rao–Blackwellised covariance gradients.
 - ``main``: the main job's per-batch gradient with the continuous control variates (added
   beside this section with them).
 
@@ -196,6 +198,34 @@ def _conditional(f, weights, labels):
     return (totals / mass[:, None])[labels]
 
 
+def _chain_variance(functions, kernels, pi):
+    """Asymptotic variance (× N) of the mean over sweeps of ``S_t = Σ_a f_a(x_{t,a})``, where
+    ``x_{t,a}`` is the state after the ``a``-th layer update of sweep ``t`` (``kernels`` are
+    the layer updates, in order; ``functions`` maps a position 1…L to f_a (2ⁿ, P))."""
+    size, layers = len(pi), len(kernels)
+
+    def product(first, last):  # kernels first+1 … last, as one matrix
+        out = np.eye(size)
+        for kernel in kernels[first:last]:
+            out = out @ kernel
+        return out
+
+    sweep = product(0, layers)
+    fundamental = np.linalg.inv(np.eye(size) - sweep + np.outer(np.ones(size), pi))
+    centred = {a: f - pi @ f for a, f in functions.items()}
+    total = 0.0
+    for a, fa in centred.items():
+        for b, fb in centred.items():
+            if a == b:
+                total = total + pi @ (fa * fa)
+            elif a < b:  # within a sweep, both orders
+                total = total + 2 * pi @ (fa * (product(a, b) @ fb))
+            # across sweeps: Σ_{h ≥ 1} Cov(f_a(x_{0,a}), f_b(x_{h,b}))
+            later = product(a, layers) @ fundamental @ product(0, b) @ fb
+            total = total + 2 * pi @ (fa * later)
+    return total
+
+
 def exact_asymptotic_variances(net, params, x, targets, temperature):
     """Σ over parameters and examples of the asymptotic variance of each series' mean (× N),
     per independent draw (``iid``) and along the chain of layered block-Gibbs sweeps."""
@@ -203,6 +233,7 @@ def exact_asymptotic_variances(net, params, x, targets, temperature):
     states = np.asarray(samplers.spin_states(jnp.arange(2**n), n, dtype=float))
     flat_params, unravel = ravel_pytree(params)
     classes = independent_classes(net)
+    layers = len(net.blocks)
     out: dict[tuple[str, str, str], float] = {}
     for x_b, y_b in zip(np.asarray(x), np.asarray(targets), strict=True):
         energy = np.asarray(jax.vmap(lambda s, x_b=x_b: net.energy(params, s, x_b))(states))
@@ -212,15 +243,14 @@ def exact_asymptotic_variances(net, params, x, targets, temperature):
         )(states))  # fmt: skip
         pi = np.exp(-(energy - energy.min()) / temperature)
         pi /= pi.sum()
-        sweep = np.eye(2**n)
+        kernels = []
         for layer in net.blocks:  # one sweep redraws the layers in order
             labels = _groups(states, [i for i in range(n) if i not in layer])
             kernel = np.zeros((2**n, 2**n))
             for label in np.unique(labels):
                 members = np.flatnonzero(labels == label)
                 kernel[np.ix_(members, members)] = pi[members] / pi[members].sum()
-            sweep = sweep @ kernel
-        fundamental = np.linalg.inv(np.eye(2**n) - sweep + np.outer(np.ones(2**n), pi))
+            kernels.append(kernel)
         series = {
             "covariance": (cost - pi @ cost)[:, None] * (grads - pi @ grads),
             "energy_grad": grads,
@@ -232,9 +262,14 @@ def exact_asymptotic_variances(net, params, x, targets, temperature):
             for name, g in variants.items():
                 g = g - pi @ g
                 iid = pi @ (g * g)
-                chain = iid + 2 * pi @ (g * ((sweep @ fundamental) @ g))
+                chain = _chain_variance({layers: g}, kernels, pi)
                 for label, value in (("iid", iid), ("chain", chain)):
                     out[kind, name, label] = out.get((kind, name, label), 0.0) + value.sum()
+            # Every half-sweep: after layer a is redrawn, its class is new; condition on it.
+            half = {a + 1: given[a % 2] / layers for a in range(layers)}
+            value = _chain_variance(half, kernels, pi).sum()
+            key = (kind, "each layer update, given its class", "chain")
+            out[key] = out.get(key, 0.0) + value
     return out
 
 
@@ -250,6 +285,9 @@ def exact_table(variances, classes) -> list[str]:
             iid = variances[kind, "plain", "iid"] / variances[kind, name, "iid"]
             chain = variances[kind, "plain", "chain"] / variances[kind, name, "chain"]
             lines.append(f"| {kind} | {name} | {iid:.2f} | {chain:.2f} | {np.sqrt(chain):.2f} |")
+        name = "each layer update, given its class"
+        chain = variances[kind, "plain", "chain"] / variances[kind, name, "chain"]
+        lines.append(f"| {kind} | {name} (half-sweeps) | – | {chain:.2f} | {np.sqrt(chain):.2f} |")
     return lines
 
 
@@ -277,9 +315,10 @@ def section_spin(args) -> list[str]:
         }  # fmt: skip
         calibration = run_routes(
             {name: build(s, name.startswith("rb")) for name, s in calibration_settings.items()},
-            problem, 3, 1000,
+            problem, 4, 1000,
         )  # fmt: skip
-        t = {name: statistics.median(r["seconds"]) for name, r in calibration.items()}
+        # The fastest of interleaved calls: the route's own cost, least disturbed by others.
+        t = {name: min(r["seconds"]) for name, r in calibration.items()}
         settings = {
             "plain": BASE,
             "Rao-Blackwellised": BASE,
@@ -309,11 +348,101 @@ def section_spin(args) -> list[str]:
         "",
         *exact_table(variances, classes),
         "",
+        *other_shapes(),
+        "",
     ]
     return body
 
 
-SECTIONS = {"spin": section_spin}
+# At most 10 spins: the 2¹¹ states of an 11-spin network take minutes here.
+OTHER_SHAPES = (((3, 4, 3, 2), 0.25), ((3, 4, 3, 2), 1.0), ((3, 6, 3), 0.5), ((3, 8, 2), 0.5),
+                ((3, 4, 2, 2, 2), 0.5))  # fmt: skip
+
+
+def other_shapes() -> list[str]:
+    """Which conditioning wins is not the same on every network: the exact chain-variance
+    ratios of the covariance series on a few more layered shapes and temperatures (the
+    benchmark's parameter recipe, 3 examples)."""
+    print("spin: exact asymptotic variances of other shapes", flush=True)
+    lines = [
+        "Other shapes (exact, covariance series along the chain; ratio plain / variant):",
+        "",
+        "| layers | T | spins | given class 0 only | given class 1 only | both (the estimator) "
+        "| both / best |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for sizes, temperature in OTHER_SHAPES:
+        net = SpinNetwork.layered(sizes)
+        params = net.init_params(jax.random.key(0))
+        params["fields"] = 0.2 * jax.random.normal(jax.random.key(5), (net.num_spins,))
+        x = jax.random.uniform(jax.random.key(1), (3, sizes[0]))
+        targets = net.encode_labels(jnp.arange(3) % net.num_classes)
+        v = exact_asymptotic_variances(net, params, x, targets, temperature)
+        ratio = [v["covariance", "plain", "chain"] / v["covariance", name, "chain"]
+                 for name in ("given class 0 only", "given class 1 only",
+                              "both classes (the estimator)")]  # fmt: skip
+        lines.append(
+            f"| {sizes} | {temperature:g} | {net.num_spins} | {ratio[0]:.2f} | {ratio[1]:.2f} | "
+            f"{ratio[2]:.2f} | {ratio[2] / max(ratio):.2f} |"
+        )
+    return lines
+
+
+def section_wide(args) -> list[str]:
+    """The wide network of benchmarks/thermal_scale.py on its first batch: plain against
+    Rao–Blackwellised covariance gradients (no exact gradient at 2,010 spins)."""
+    import thermal_scale  # its network class; the thread settings above are kept
+
+    hidden = 2000
+    net = thermal_scale.CentredTargetSpinNetwork((64, hidden, 10))
+    params = net.init_params(jax.random.key(0))
+    k_in, k_j = jax.random.split(jax.random.key(1))
+    params["input_weights"] = 0.5 * jax.random.normal(k_in, params["input_weights"].shape)
+    params["couplings"] = (0.01 * jax.random.normal(k_j, (hidden, 10)),)
+    data = thermal_scale.load_dataset("digits")
+    batch = thermal_scale.BATCH
+    x, targets = data.x_train[:batch], net.encode_labels(data.labels_train[:batch])
+    problem = (net, params, x, targets)
+    sampling = Sampling(method="gibbs", num_chains=4, num_samples=50, num_warmup=20)
+    routes = {
+        "plain": ThermalCovariance(net, 1.0, sampling, rao_blackwell=False),
+        "Rao-Blackwellised": ThermalCovariance(net, 1.0, sampling, rao_blackwell=True),
+    }
+    print("wide: measurement", flush=True)
+    results = run_routes(routes, problem, max(2, args.reps // 2), 3000)
+    lines = [
+        f"### wide: thermal_scale.py's CentredTargetSpinNetwork((64, {hidden}, 10)), T = 1, "
+        f"first batch of {batch} digits",
+        "",
+        f"Covariance estimator, {sampling.num_chains} chains × ({sampling.num_warmup} warm-up "
+        f"+ {sampling.num_samples} draws) per example, {net.num_spins} spins, "
+        f"{flat(params).size} parameters, initial input weights N(0, 0.5²), couplings "
+        "N(0, 0.01²) (the scale run's start). No exact gradient: `rel. MCSE` is the "
+        "estimator's ‖MCSE‖/‖ĝ‖ and `‖MCSE‖ ratio` the plain one's ‖MCSE‖ over the route's.",
+        "",
+        "| route | s/call | first call (compile) | rel. MCSE | ‖MCSE‖ ratio | efficiency ratio | "
+        "ESS min / median |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    norms = {}
+    for name, result in results.items():
+        norms[name] = (np.mean([np.linalg.norm(flat(e.stderr)) for e in result["estimates"]]),
+                       statistics.median(result["seconds"]))  # fmt: skip
+    for name, result in results.items():
+        last = result["estimates"][-1].diagnostics
+        relative = np.mean([float(e.diagnostics["relative_stderr"]) for e in result["estimates"]])
+        ratio = norms["plain"][0] / norms[name][0]
+        efficiency = ratio * np.sqrt(norms["plain"][1] / norms[name][1])
+        lines.append(
+            f"| {name} | {norms[name][1]:.2f} | {result['first']:.1f} ({result['compile']:.1f}) "
+            f"| {relative:.3f} | {ratio:.2f} | {efficiency:.2f} | "
+            f"{float(last['ess_min']):.0f} / {float(last['ess_median']):.0f} |"
+        )
+    print("\n".join(lines[-2:]), flush=True)
+    return [*lines, ""]
+
+
+SECTIONS = {"spin": section_spin, "wide": section_wide}
 
 
 def main() -> None:
