@@ -32,10 +32,12 @@ from jax.flatten_util import ravel_pytree
 
 from thermoeqprop.estimators import Sampling, ThermalCovariance, ThermalExact, ThermalNudged
 from thermoeqprop.estimators._rao_blackwell import (
+    class_points,
+    class_view,
     conditional_moments,
-    conditional_points,
     independent_classes,
     layered_grad_sums,
+    parameter_shares,
     rao_blackwell_statistics,
     resolve_rao_blackwell,
 )
@@ -172,10 +174,6 @@ def test_default_is_on_for_spins_and_off_elsewhere(nine_spins):
     ("build", "message"),
     [
         (
-            lambda: ThermalCovariance(QuadraticNetwork((2, 3, 1)), 0.1, rao_blackwell=True),
-            "not supported for QuadraticNetwork.*supported for spin networks",
-        ),
-        (
             lambda: ThermalNudged(
                 SpinNetwork.layered((2, 3, 2), cost=CrossEntropy()), 0.1, rao_blackwell=True
             ),
@@ -291,18 +289,41 @@ def test_matrix_product_sums_equal_automatic_differentiation(nine_spins):
     sampling = Sampling(num_chains=2, num_samples=8, num_warmup=4)
     states = draw_states(net, sampling, params, x, targets, 0.0, T, jax.random.key(6)).states
 
-    @functools.partial(jax.jit, static_argnums=0)
-    def both(fast, params, states):
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def both(fast, k, params, states):
         def one(state, x_b, y_b):
-            return conditional_points(net, params, state, x_b, y_b, 0.3, T)
+            return class_points(net, params, state, x_b, y_b, 0.3, T)
 
         vmapped = jax.vmap(jax.vmap(one, in_axes=(0, None, None)), in_axes=(0, None, None))
-        points, u, alpha, costs = jax.vmap(vmapped)(states, x, targets)
+        points, u, alpha, costs = class_view(net, k, *jax.vmap(vmapped)(states, x, targets))
         sums = layered_grad_sums(net, params) if fast else None
-        return point_statistics(
-            net, params, points, x, u[0, 0, 0], alpha, costs, (True, True), 2, sums
-        )
+        return point_statistics(net, params, points, x, u, alpha, costs, (True, True), 2, sums)
 
-    fast, generic = both(True, params, states), both(False, params, states)
-    for a, b in zip(fast, generic, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    for k in range(2):  # one class without the outputs (one point), one with (two)
+        fast, generic = both(True, k, params, states), both(False, k, params, states)
+        for a, b in zip(fast, generic, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("which", ["nine_spins", "graph"])
+def test_parameter_shares_follow_the_spins_each_parameter_holds(which, request):
+    net, params, _, _ = graph_problem() if which == "graph" else request.getfixturevalue(which)
+    shares = parameter_shares(net)
+    names = parameter_names(params)
+    assert shares.shape == (len(independent_classes(net)), len(names))
+    np.testing.assert_allclose(shares.sum(axis=0), 1.0)
+    class_of = {i: k for k, c in enumerate(independent_classes(net)) for i in c}
+    graph = net.to_graph() if which == "nine_spins" else net
+    for p, name in enumerate(names):
+        index = int(name.split("[")[-1].split(",")[-1].rstrip("]")) if "[" in name else None
+        if name.startswith("fields"):
+            spins = [index]
+        elif name.startswith("input_weights"):
+            spins = [graph.input_edges[p - names.index(next(
+                n for n in names if n.startswith("input_weights")))][1]]  # fmt: skip
+        else:
+            spins = list(graph.edges[p])  # couplings come first, in edge order
+        want = np.zeros(shares.shape[0])
+        for i in spins:
+            want[class_of[i]] += 1 / len(spins)
+        np.testing.assert_allclose(shares[:, p], want, err_msg=name)

@@ -7,7 +7,8 @@ even layers of a :class:`~thermoeqprop.models.LayeredSpinNetwork`, the colour bl
 :class:`~thermoeqprop.models.SpinNetwork`). Given the other classes, the spins of one class
 are independent with means :math:`m_i = \tanh(φ_i/T)`, :math:`φ = −∇_s F_β` (exact for the
 multilinear :math:`F_β = E + βC`). Every sampled quantity of the thermal estimators is
-replaced by its conditional expectation given the other classes, averaged over the classes:
+replaced by its conditional expectation given all classes but one; the estimates of the
+classes are mixed per parameter (:func:`parameter_shares`):
 
 .. math::
     b = E[C \mid ·] = C(\tilde s),\quad g = E[∂_θE \mid ·] = ∂_θE(\tilde s),\quad
@@ -38,7 +39,9 @@ from thermoeqprop.models.spin import LayeredSpinNetwork
 __all__ = [
     "check_option",
     "conditional_moments",
-    "conditional_points",
+    "class_points",
+    "class_view",
+    "parameter_shares",
     "independent_classes",
     "rao_blackwell_statistics",
     "resolve_rao_blackwell",
@@ -113,13 +116,39 @@ def _masks(model: EnergyModel) -> tuple[np.ndarray, np.ndarray]:
     return masks, holds_outputs
 
 
-def conditional_points(model, params, state, x, target, beta, temperature):
-    """The evaluation points and weights of one state, averaged over the classes.
+@functools.lru_cache(maxsize=64)
+def parameter_shares(model: EnergyModel) -> np.ndarray:
+    """``(K, P)``: the weight of each class's conditioning in each raveled parameter.
 
-    For each of the K classes, :math:`\\tilde s^κ` (class κ replaced by its conditional means);
-    for each class holding outputs, also :math:`\\tilde s^κ + v^κ`. With ``m`` points ``z_j``
-    the conditional expectations averaged over the classes are ``g = Σ_j u_j ∂θE(z_j)``,
-    ``a = Σ_j α_j ∂θE(z_j)`` and ``b = mean_κ C(\\tilde s^κ)``.
+    A parameter takes the classes of the spins its ``∂θE`` holds, in equal shares: a field or
+    an input weight the class of its spin, a coupling half of each of its two spins' classes
+    (the conditioning that averages a parameter's own spins removes most of its noise;
+    measured in docs/mathematics.md#rao-blackwellised-spin-estimators).
+    """
+    masks, _ = _masks(model)
+    class_of = np.argmax(masks, axis=0)  # (n,)
+    if isinstance(model, LayeredSpinNetwork):
+        layers = [np.asarray(b) for b in model.blocks]
+        pairs = [
+            np.broadcast_arrays(a[:, None], b[None, :])
+            for a, b in zip(layers, layers[1:], strict=False)
+        ]
+        first_layer = np.tile(layers[0], model.num_inputs)  # W_in (inputs, first layer)
+    else:
+        pairs = [np.asarray(model.edges, dtype=int).reshape(-1, 2).T]
+        first_layer = np.asarray(model.input_edges, dtype=int).reshape(-1, 2)[:, 1]
+    spins = np.arange(model.state_size)
+    # Ravel order: couplings, fields, input weights; (first, second) spin of each parameter.
+    first = np.concatenate([np.ravel(i) for i, _ in pairs] + [spins, first_layer])
+    second = np.concatenate([np.ravel(j) for _, j in pairs] + [spins, first_layer])
+    shares = np.zeros((masks.shape[0], first.size))
+    np.add.at(shares, (class_of[first], np.arange(first.size)), 0.5)
+    np.add.at(shares, (class_of[second], np.arange(first.size)), 0.5)
+    return shares
+
+
+def class_points(model, params, state, x, target, beta, temperature):
+    """The conditional-mean states of one state, one per class.
 
     Args:
         model: A supported spin network (:func:`supports_rao_blackwell`).
@@ -131,10 +160,12 @@ def conditional_points(model, params, state, x, target, beta, temperature):
         temperature: T > 0.
 
     Returns:
-        ``(points (m, n), u (m,), α (m,), b ())``, ``m = K +`` number of classes with outputs.
+        ``(s̃ (K, n), C(s̃) (K,), s̃ + v (K, n))``: class κ replaced by its means
+        ``tanh(φ/T)``, the cost there (``E[C | ·]``), and ``s̃`` shifted by
+        ``v_o = −y_o (1 − m_o²)`` on the averaged outputs (equal to ``s̃`` for a class
+        without outputs).
     """
-    masks, holds_outputs = _masks(model)
-    num_classes = masks.shape[0]
+    masks, _ = _masks(model)
     outputs = np.asarray(model.output_units)
     # φ = −∂F_β/∂s: for a multilinear F_β, spin i's field depends only on the other classes,
     # so one gradient at the state gives every class's conditional fields.
@@ -144,40 +175,38 @@ def conditional_points(model, params, state, x, target, beta, temperature):
     costs = jax.vmap(model.cost_fn, in_axes=(0, None))(tilde, target)  # (K,)
     # s_o² = 1: E[C s_o] = m_o E[C] − y_o (1 − m_o²) for an averaged output spin o.
     spread = jnp.zeros_like(state).at[outputs].set(-target * (1.0 - mean[outputs] ** 2))
-    with_outputs = np.flatnonzero(holds_outputs)
-    shifted = tilde[with_outputs] + masks[with_outputs] * spread
-    points = jnp.concatenate([tilde, shifted])
-    share = 1.0 / num_classes
-    u = jnp.concatenate([jnp.full(num_classes, share), jnp.zeros(len(shifted))])
-    alpha = jnp.concatenate(
-        [share * (costs - holds_outputs), jnp.full(len(shifted), share, costs.dtype)]
-    )
-    return points, u.astype(state.dtype), alpha, jnp.mean(costs)
+    return tilde, costs, tilde + masks * spread
+
+
+def class_view(model, k: int, tilde, costs, shifted):
+    """Class ``k``'s evaluation points and weights (any leading axes ``…``): ``g = Σ_j u_j
+    ∂θE(z_j)``, ``a = Σ_j α_j ∂θE(z_j)`` are ``E[∂θE | ·]`` and ``E[C ∂θE | ·]``.
+
+    Returns:
+        ``(points (…, m, n), u (m,), α (…, m), b (…))``: ``m = 1`` (``s̃``, ``α = b``) for a
+        class without outputs, ``m = 2`` (``s̃`` and ``s̃ + v``, ``α = (b − 1, 1)``) with them.
+    """
+    _, holds_outputs = _masks(model)
+    point, cost = tilde[..., k, :], costs[..., k]
+    if not holds_outputs[k]:
+        return point[..., None, :], np.ones(1), cost[..., None], cost
+    points = jnp.stack([point, shifted[..., k, :]], axis=-2)
+    return points, np.array([1.0, 0.0]), jnp.stack([cost - 1.0, jnp.ones_like(cost)], -1), cost
 
 
 def conditional_moments(model, params, state, x, target, beta, temperature, averaged: int):
-    """``(E[C | ·], E[∂θE | ·], E[C ∂θE | ·])`` given every class but class ``averaged``.
-
-    The one-class form of :func:`conditional_points` (the same code, with the class's weight
-    1), for checks against a sum over the averaged class; raveled ``(P,)`` gradients.
-    """
-    masks, holds_outputs = _masks(model)
-    points, u, alpha, _ = conditional_points(model, params, state, x, target, beta, temperature)
-    num_classes = masks.shape[0]
-    keep = [averaged]
-    if holds_outputs[averaged]:
-        keep.append(num_classes + int(np.sum(holds_outputs[:averaged])))
-    keep = np.asarray(keep)
+    """``(E[C | ·], E[∂θE | ·], E[C ∂θE | ·])`` given every class but class ``averaged``,
+    from :func:`class_points` and :func:`class_view` (the code the estimators run), for
+    checks against a sum over the averaged class; raveled ``(P,)`` gradients."""
+    views = class_points(model, params, state, x, target, beta, temperature)
+    points, u, alpha, cost = class_view(model, averaged, *views)
     flat, unravel = ravel_pytree(params)
 
     def grad_at(weights):
         energies = jax.vmap(model.energy, in_axes=(None, 0, None))
-        return jax.grad(lambda fp: jnp.sum(weights * energies(unravel(fp), points[keep], x)))(flat)
+        return jax.grad(lambda fp: jnp.sum(weights * energies(unravel(fp), points, x)))(flat)
 
-    g = grad_at(num_classes * u[keep])
-    a = grad_at(num_classes * alpha[keep])
-    cost = model.cost_fn(points[averaged], target)
-    return cost, g, a
+    return cost, grad_at(jnp.asarray(u, flat.dtype)), grad_at(alpha)
 
 
 def spin_statistics(estimator, params, states, x, targets, beta, window):
@@ -207,10 +236,11 @@ def rao_blackwell_statistics(
 
     The same series as :func:`~thermoeqprop.estimators._statistics.draw_statistics` (same
     shapes and windows, means that are consistent estimates of the same quantities) with every
-    draw replaced by the average over the classes of its conditional expectations given the
-    other classes: ``energy_grad`` the mean of ``g``, ``covariance`` the series
-    ``a_d − b̄ g_d − (b_d − b̄) ḡ`` whose mean is ``ā − b̄ ḡ``, ``cost`` of ``b``, outputs of
-    the conditional means.
+    draw replaced by its conditional expectations given all classes but ``κ``, for each class
+    ``κ``: ``energy_grad`` the mean of ``g^κ``, ``covariance`` the series
+    ``a^κ_d − b̄^κ g^κ_d − (b^κ_d − b̄^κ) ḡ^κ`` whose mean is ``ā^κ − b̄^κ ḡ^κ``, mixed per
+    parameter by :func:`parameter_shares`; ``cost`` of ``b`` and the outputs from the classes
+    that average the outputs.
 
     Args:
         model: A supported spin network (:func:`supports_rao_blackwell`).
@@ -223,10 +253,11 @@ def rao_blackwell_statistics(
         series: Which of ``"energy_grad"`` and ``"covariance"`` to compute.
         draws_per_entry: Consecutive draws averaged into one entry; must divide the draws.
 
-    Cost: one gradient of ``F_β`` in the state per draw for the means, and ``m = K + 1``
-    (3 for a layered network) energy gradients per draw where the plain series take one, all
-    as products over every state at once; compiled once per model, shapes and settings
-    (``beta`` and ``temperature`` are traced).
+    Cost: one gradient of ``F_β`` in the state per draw for the means, and one energy
+    gradient per class and draw (two for a class holding outputs: 3 for a layered network)
+    where the plain series take one, all as products over every state at once (parameter
+    blocks a class has no share in are skipped for the layered network); compiled once per
+    model, shapes and settings (``beta`` and ``temperature`` are traced).
     """
     wanted = wanted_series(series, states.shape[2], draws_per_entry)
     dtype = states.dtype
@@ -237,41 +268,48 @@ def rao_blackwell_statistics(
     return DrawStatistics(*out, draws_per_entry=draws_per_entry)
 
 
-def layered_grad_sums(model: LayeredSpinNetwork, params):
+def layered_grad_sums(model: LayeredSpinNetwork, params, needed=None):
     """``Σ_{b,j} w_bj ∂θE(z_bj)`` per entry for the layered energy, as matrix products.
 
     ``∂E/∂h = −z``, ``∂E/∂W_in = −x ⊗ z_1``, ``∂E/∂J_k = −z_k ⊗ z_{k+1}``: the weighted sums
     over an entry's examples and points are contractions of the weighted layers with their
     neighbours, in the parameters' ravel order (the ``grad_sums`` of
     :func:`~thermoeqprop.estimators._statistics.point_statistics`; automatic
-    differentiation of the energy gives the same sums, about twice as slowly).
+    differentiation of the energy gives the same sums, about twice as slowly). ``needed``:
+    one flag per parameter leaf (ravel order); a leaf not needed is left at zero.
     """
-    treedef = jax.tree_util.tree_structure(params)
+    leaves = jax.tree_util.tree_leaves(params)
+    needed = (True,) * len(leaves) if needed is None else needed
 
     def grad_sums(points, weights, x):  # (E, B, p, n), (E, B, p), (B, I) -> (E, P)
         layers = split_layers(points, model.layer_sizes[1:])
         weighted = [weights[..., None] * layer for layer in layers]
-        first = jnp.einsum("ebpi->ebi", weighted[0])
-        grads = {
-            "couplings": tuple(
-                -jnp.einsum("ebpi,ebpl->eil", weighted[k], layers[k + 1])
-                for k in range(len(layers) - 1)
-            ),
-            "fields": -jnp.concatenate([jnp.sum(w, axis=(1, 2)) for w in weighted], axis=-1),
-            "input_weights": -jnp.einsum("ba,ebi->eai", x, first),
-        }
-        leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_unflatten(
-            treedef, jax.tree_util.tree_leaves(grads)
-        ))  # fmt: skip
-        return jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], axis=1)
+        # One maker per leaf, in ravel order (couplings J_1 …, fields, input weights).
+        makers = [
+            (lambda k=k: -jnp.einsum("ebpi,ebpl->eil", weighted[k], layers[k + 1]))
+            for k in range(len(layers) - 1)
+        ] + [
+            lambda: -jnp.concatenate([jnp.sum(w, axis=(1, 2)) for w in weighted], axis=-1),
+            lambda: -jnp.einsum("ba,ebi->eai", x, jnp.sum(weighted[0], axis=2)),
+        ]
+        out = [
+            make() if keep else jnp.zeros((points.shape[0], *np.shape(leaf)), points.dtype)
+            for make, keep, leaf in zip(makers, needed, leaves, strict=True)
+        ]
+        return jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in out], axis=1)
 
     return grad_sums
 
 
-def _grad_sums(model, params):
-    """The matrix-product sums for the layered energy itself (not a subclass's own energy)."""
+def _grad_sums(model, params, shares):
+    """The matrix-product sums for the layered energy itself (not a subclass's own energy),
+    skipping the parameter leaves whose ``shares`` (P,) are all zero."""
     if isinstance(model, LayeredSpinNetwork) and type(model).energy is LayeredSpinNetwork.energy:
-        return layered_grad_sums(model, params)
+        sizes = np.cumsum([0] + [np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)])
+        needed = tuple(
+            bool(np.any(shares[a:b] > 0)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        return layered_grad_sums(model, params, needed)
     return None
 
 
@@ -279,21 +317,31 @@ def _grad_sums(model, params):
 def _rao_blackwell_statistics(model, params, states, x, targets, beta, temperature, wanted,
                               window):  # fmt: skip
     def one(state, x_b, y_b):
-        return conditional_points(model, params, state, x_b, y_b, beta, temperature)
+        return class_points(model, params, state, x_b, y_b, beta, temperature)
 
     per_example = jax.vmap(jax.vmap(one, in_axes=(0, None, None)), in_axes=(0, None, None))
-    # Computed once and kept: fused into each consumer it was recomputed (1.8 times slower).
-    points, u, alpha, costs = jax.lax.optimization_barrier(
-        jax.vmap(per_example)(states, x, targets)
-    )
-    if not wanted[1]:  # the shifted points serve only the covariance (their u is 0)
-        num_classes = len(independent_classes(model))
-        points, u, alpha = (
-            points[..., :num_classes, :],
-            u[..., :num_classes],
-            alpha[..., :num_classes],
-        )
-    return point_statistics(
-        model, params, points, x, u[0, 0, 0], alpha, costs, wanted, window,
-        _grad_sums(model, params),
-    )  # fmt: skip
+    # Computed once and kept: fused into each consumer they were recomputed (1.8 times slower).
+    views = jax.lax.optimization_barrier(jax.vmap(per_example)(states, x, targets))
+    masks, _ = _masks(model)
+    shares = parameter_shares(model)
+    # The cost and outputs from the classes that average them (each output from its own).
+    output_class = masks[:, np.asarray(model.output_units)]  # (K, outputs)
+    cost_share = output_class.mean(axis=1)
+    energy_grad = covariance = cost = output = 0.0
+    for k in range(masks.shape[0]):
+        points, u, alpha, b = class_view(model, k, *views)
+        if not wanted[1]:  # the shifted point serves only the covariance (its u is 0)
+            points, u, alpha = points[..., :1, :], u[:1], alpha[..., :1]
+        series = point_statistics(
+            model, params, points, x, u, alpha, b, wanted, window,
+            _grad_sums(model, params, shares[k]),
+        )  # fmt: skip
+        share = jnp.asarray(shares[k], states.dtype)
+        if wanted[0]:
+            energy_grad = energy_grad + share * series[0]
+        if wanted[1]:
+            covariance = covariance + share * series[1]
+        cost = cost + cost_share[k] * series[2]
+        output = output + jnp.asarray(output_class[k], states.dtype) * series[3]
+    return (energy_grad if wanted[0] else None, covariance if wanted[1] else None, cost,
+            output)  # fmt: skip
