@@ -365,10 +365,12 @@ def _tempered_records(spec, model, sampling, params, x, targets, ladder, rng_key
     jax.block_until_ready([t.samples for t in traces])
     records = []
     for rung, temperature in enumerate(ladder):
-        stats = [
-            estimator.statistics(params, t.samples[:, :, :, rung, :], x, targets) for t in traces
-        ]
+        # The rung's own T and each phase's β: Rao–Blackwellised statistics depend on both.
         rung_estimator = dataclasses.replace(estimator, temperature=float(temperature))
+        stats = [
+            rung_estimator.statistics(params, t.samples[:, :, :, rung, :], x, targets, beta)
+            for t, beta in zip(traces, estimator.phases(), strict=True)
+        ]
         combined = rung_estimator.combine(stats)
         records.append(
             dict(

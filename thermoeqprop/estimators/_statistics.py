@@ -154,59 +154,114 @@ def draw_statistics(
     O(chains × entries × parameters); the per-example means ``⟨∂θE⟩_b`` that centre the
     covariance are one more pass. Compiled once per model, shapes and settings.
     """
+    wanted = wanted_series(series, states.shape[2], draws_per_entry)
+    out = _draw_statistics(model, params, states, x, targets, wanted, draws_per_entry)
+    return DrawStatistics(*out, draws_per_entry=draws_per_entry)
+
+
+def wanted_series(series, num_draws: int, draws_per_entry: int) -> tuple[bool, ...]:
+    """Flags for ``SERIES``, after checking the names and that the window divides the draws."""
     unknown = sorted(set(series) - set(SERIES))
     if unknown:
         raise ValueError(f"unknown series {unknown}; valid: {SERIES}")
-    num_draws = states.shape[2]
     if not isinstance(draws_per_entry, int) or draws_per_entry < 1 or num_draws % draws_per_entry:
         raise ValueError(
             f"draws_per_entry must be a positive divisor of the {num_draws} draws per chain, "
             f"got {draws_per_entry!r}"
         )
-    out = _draw_statistics(
-        model, params, states, x, targets, tuple(s in series for s in SERIES), draws_per_entry
-    )
-    return DrawStatistics(*out, draws_per_entry=draws_per_entry)
+    return tuple(s in series for s in SERIES)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5, 6))
 def _draw_statistics(model, params, states, x, targets, wanted, window):
-    flat, unravel = ravel_pytree(params)
-    b, c, d, n = states.shape
-    k = d // window
     cost_of = jax.vmap(jax.vmap(jax.vmap(model.cost_fn, in_axes=(0, None)), in_axes=(0, None)))
     costs = cost_of(states, targets)  # (B, C, D)
-    # (C·K, B, w, n): the states of each series entry, all examples together.
-    windows = jnp.transpose(states.reshape(b, c * k, window, n), (1, 0, 2, 3))
-    energies = jax.vmap(model.energy, in_axes=(None, 0, None))  # (m, n) states of one example
+    # One evaluation point per draw, the draw itself: g = ∂θE(s), a = C ∂θE(s), b = C.
+    ones = jnp.ones((1,), states.dtype)
+    return point_statistics(
+        model, params, states[:, :, :, None, :], x, ones, costs[..., None], costs, wanted, window
+    )
 
-    def entry_grad(weights, entry_states):  # (B, w), (B, w, n) -> ∂θ Σ weights·E / (B w)
-        def weighted(flat_params):
-            p = unravel(flat_params)
-            e = jax.vmap(lambda s_b, x_b: energies(p, s_b, x_b))(entry_states, x)
-            return jnp.sum(weights * e) / (b * window)
 
-        return jax.grad(weighted)(flat)
+def point_statistics(model, params, points, x, mean_weights, product_weights, costs, wanted,
+                     window, grad_sums=None):  # fmt: skip
+    """The series of :class:`DrawStatistics` from evaluation points, inside a compiled call.
+
+    Each draw ``d`` of example ``b`` stands for ``m`` points ``z_j`` (the draw itself, or the
+    conditional-mean states of docs/mathematics.md#rao-blackwellised-spin-estimators); the
+    series are built from the linear functionals, per draw,
+
+        g_d = Σ_j u_j ∂θE(z_dj),   a_d = Σ_j α_dj ∂θE(z_dj),   b_d = costs_d,
+
+    (for the draw itself ``u = 1``, ``α = C``: ``a = C ∂θE``): ``energy_grad`` is the
+    entry mean of ``g``, ``covariance`` that of ``a_d − b̄_b g_d − (b_d − b̄_b) ḡ_b`` (the
+    influence function of ``ā − b̄ ḡ``, centred by each example's means over all its chains
+    and draws), ``cost`` that of ``b``, and the outputs ``Σ_j u_j output(z_j)``.
+
+    Args:
+        model: The energy model.
+        params: Parameters.
+        points: (B, C, D, m, n) evaluation points.
+        x: Inputs (B, num_inputs).
+        mean_weights: (m,) weights ``u``.
+        product_weights: (B, C, D, m) weights ``α``.
+        costs: (B, C, D) ``b``.
+        wanted: Flags for ``SERIES``.
+        window: Draws per series entry.
+        grad_sums: ``grad_sums(points (E, B, p, n), weights (E, B, p), x) -> (E, P)``, the
+            raveled ``Σ_{b,j} weights · ∂θE(points)`` of each ``E``, where a model's structure
+            gives it faster than automatic differentiation; None differentiates the energy.
+
+    Returns:
+        ``(energy_grad, covariance, cost, output)`` as in :class:`DrawStatistics`.
+    """
+    flat, unravel = ravel_pytree(params)
+    b, c, d, m, n = points.shape
+    k = d // window
+
+    def entries(values):  # (B, C, D, m, …) -> (C·K, B, w·m, …): the points of each entry
+        grouped = values.reshape((b, c * k, window * m) + values.shape[4:])
+        return jnp.swapaxes(grouped, 0, 1)
+
+    windows = entries(points)  # (C·K, B, w·m, n): the points of each entry, all examples
+    energies = jax.vmap(model.energy, in_axes=(None, 0, None))  # (p, n) points of one example
+
+    def sums(weights, entry_points, xs=x):  # (E, B', p), (E, B', p, n), (B', …) -> (E, P)
+        if grad_sums is not None:
+            return grad_sums(entry_points, weights, xs)
+
+        def entry_grad(w, z):  # ∂θ Σ w·E over the points of one entry, all its examples
+            def weighted(flat_params):
+                p = unravel(flat_params)
+                return jnp.sum(w * jax.vmap(lambda z_b, x_b: energies(p, z_b, x_b))(z, xs))
+
+            return jax.grad(weighted)(flat)
+
+        return jax.vmap(entry_grad)(weights, entry_points)
 
     energy_grad = covariance = None
+    u = jnp.broadcast_to(mean_weights.astype(flat.dtype), (b, c, d, m))
     if wanted[0]:
-        uniform = jnp.ones((c * k, b, window), flat.dtype)
-        energy_grad = jax.vmap(entry_grad)(uniform, windows).reshape(c, k, -1)
+        energy_grad = sums(entries(u), windows).reshape(c, k, -1) / (b * window)
     if wanted[1]:
-        centred = costs - jnp.mean(costs, axis=(1, 2), keepdims=True)  # C − C̄_b
-        weights = jnp.transpose(centred.reshape(b, c * k, window), (1, 0, 2))  # (CK, B, w)
-        weighted = jax.vmap(entry_grad)(weights, windows)  # (CK, P)
+        mean_cost = jnp.mean(costs, axis=(1, 2), keepdims=True)  # b̄_b
+        weights = product_weights - mean_cost[..., None] * u  # α − b̄_b u, (B, C, D, m)
+        weighted = sums(entries(weights), windows) / (b * window)  # (CK, P)
 
-        def mean_grad(s_b, x_b):  # ⟨∂θE⟩_b over all chains and draws of one example
-            return jax.grad(lambda fp: jnp.mean(energies(unravel(fp), s_b, x_b)))(flat)
+        def mean_grad(u_b, z_b, x_b):  # ḡ_b = mean over all chains and draws of one example
+            return sums(u_b[None, None] / (c * d), z_b[None, None], x_b[None])[0]
 
-        mean_grads = jax.vmap(mean_grad)(states.reshape(b, c * d, n), x)  # (B, P)
-        # Σ_{b,d∈entry} (C − C̄_b) ⟨∂θE⟩_b, as one product of the weights' sums.
-        covariance = weighted - jnp.sum(weights, axis=2) @ mean_grads / (b * window)
+        mean_grads = jax.vmap(mean_grad)(
+            u.reshape(b, c * d * m), points.reshape(b, c * d * m, n), x
+        )  # (B, P)
+        # Σ_{b,d∈entry} (b_d − b̄_b) ḡ_b, as one product of the centred costs' sums.
+        centred = jnp.swapaxes((costs - mean_cost).reshape(b, c * k, window), 0, 1)
+        covariance = weighted - jnp.sum(centred, axis=2) @ mean_grads / (b * window)
         covariance = covariance.reshape(c, k, -1)
     cost = jnp.mean(costs, axis=0).reshape(c, k, window).mean(axis=2)
-    outputs = jax.vmap(jax.vmap(jax.vmap(model.output)))(states)
-    return energy_grad, covariance, cost, jnp.mean(outputs, axis=(1, 2))
+    outputs = jax.vmap(jax.vmap(jax.vmap(jax.vmap(model.output))))(points)  # (B, C, D, m, o)
+    output = jnp.einsum("bcdmo,m->bo", outputs, mean_weights.astype(outputs.dtype)) / (c * d)
+    return energy_grad, covariance, cost, output
 
 
 def _merge_rounds(rounds: list[DrawStatistics]) -> DrawStatistics:

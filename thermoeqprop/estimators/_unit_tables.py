@@ -117,8 +117,7 @@ def unit_moments(activation: str, temperature: float, bound: float = 0.0, dtype=
         return UnitMoments(None, jnp.asarray(temperature, dtype), None, None)
     if activation not in _BOUNDED:
         raise ValueError(
-            f"conditional moments need activation 'sigmoid', 'tanh' or 'linear', got "
-            f"{activation!r}"
+            f"conditional moments need activation 'sigmoid', 'tanh' or 'linear', got {activation!r}"
         )
     covered = 2.0 ** max(2, math.ceil(math.log2(max(bound, 1e-300))))
     return _table(activation, temperature, covered, jnp.dtype(dtype).name)

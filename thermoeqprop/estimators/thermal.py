@@ -31,11 +31,8 @@ import samplers
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
-from thermoeqprop.estimators._conditional import (
-    check_rao_blackwell,
-    conditional_statistics,
-    uses_conditional,
-)
+from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
+from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics
 from thermoeqprop.estimators._sampling import (
     SAMPLING_METHODS,
     START_METHODS,
@@ -292,6 +289,9 @@ class _SampledEstimator(Estimator):
         replaced by their conditional expectations given one parity class of layers."""
         num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
         window = series_window(states.shape[2], states.shape[1], num_params)
+        spins = spin_statistics(self, params, states, x, targets, beta, window)
+        if spins is not None:
+            return spins
         if self._conditional(beta):
             wanted = tuple(s in self.needed_series for s in SERIES)
             out = conditional_statistics(
@@ -418,7 +418,8 @@ class ThermalCovariance(_SampledEstimator):
         temperature: T > 0.
         sampling: Sampler settings.
         rao_blackwell: Conditional expectations given one parity class of layers in place of
-            sampled values (docs/mathematics.md, "Conditional expectations"); None: where possible.
+            sampled values (docs/mathematics.md, "Conditional expectations", and for spins
+            "Rao-Blackwellised spin estimators"); None: where possible.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -439,7 +440,7 @@ class ThermalCovariance(_SampledEstimator):
     def __post_init__(self):
         _check_model(self.model, self.temperature)
         self.sampling.resolve_method(self.model)
-        check_rao_blackwell(self.model, self.rao_blackwell)
+        check_option(self.model, self.rao_blackwell)
 
     needed_series = ("covariance",)
     nudges = False
@@ -467,7 +468,8 @@ class ThermalNudged(_SampledEstimator):
         symmetric: Sample at ±β (bias O(β²)) instead of 0 and β (bias O(β)).
         sampling: Sampler settings.
         rao_blackwell: Conditional expectations given one parity class of layers in place of
-            sampled values (docs/mathematics.md, "Conditional expectations"); None: where possible.
+            sampled values (docs/mathematics.md, "Conditional expectations", and for spins
+            "Rao-Blackwellised spin estimators"); None: where possible.
     """
 
     model: EnergyModel
@@ -481,7 +483,7 @@ class ThermalNudged(_SampledEstimator):
         _check_model(self.model, self.temperature)
         check_positive("beta", self.beta)
         self.sampling.resolve_method(self.model)
-        check_rao_blackwell(self.model, self.rao_blackwell)
+        check_option(self.model, self.rao_blackwell)
 
     needed_series = ("energy_grad",)
 
