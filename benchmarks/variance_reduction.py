@@ -21,8 +21,9 @@ Sections (``--sections spin main``; each appends its tables to one report):
 
 - ``wide`` (not run by default): ``benchmarks/thermal_scale.py``'s 2,010-spin network
   (64, 2000, 10) on its first batch, plain against Rao–Blackwellised covariance gradients.
-- ``main``: the main job's per-batch gradient with the continuous control variates (added
-  beside this section with them).
+- ``main`` (``benchmarks/_vr_main.py``): the main job's per-batch covariance gradient, plain
+  against conditional expectations (docs/mathematics.md, "Conditional expectations"), at equal
+  draws and at equal wall time, at the initial and at EP-trained parameters.
 
 Columns: ``s/call`` = median steady wall time of a call (new key each; first calls, with
 compilation, reported apart); ``rel. MCSE`` = mean over calls of the estimator's
@@ -55,6 +56,7 @@ import _threads
 
 THREAD_ENV = _threads.apply(sys.argv[1:], x64=True)
 
+import _vr_main  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -453,13 +455,14 @@ def section_wide(args) -> list[str]:
     return [*lines, ""]
 
 
-SECTIONS = {"spin": section_spin, "wide": section_wide}
+SECTIONS = {"spin": section_spin, "wide": section_wide, "main": _vr_main.section_main}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sections", nargs="+", default=["spin"], choices=sorted(SECTIONS))
     parser.add_argument("--reps", type=int, default=8, help="interleaved repetitions (seeds)")
+    parser.add_argument("--batches", type=int, default=6, help="main: batches of 32 digits")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default all)")
     parser.add_argument("--output", default="benchmarks/results/variance_reduction.md")
     args = parser.parse_args()
