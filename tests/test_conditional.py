@@ -177,7 +177,7 @@ def check_against(estimate, exact_grad, rms_range=(0.5, 1.6)):
 def test_two_unit_sigmoid_network_against_quadrature():
     temperature = 0.1
     loss, exact = quadrature_gradient(temperature)
-    sampling = Sampling(num_chains=4, num_samples=2000, num_warmup=300)
+    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=1500, num_warmup=200)
     zs = []
     for i, estimator in enumerate([
         ThermalCovariance(TWO_UNITS, temperature, sampling),
@@ -203,7 +203,7 @@ def test_rao_blackwellised_estimators_match_the_gaussian_closed_form(deep_quadra
     net, params, x, targets = deep_quadratic
     temperature = 0.5
     exact = ThermalExact(net, temperature)(params, x, targets)
-    sampling = Sampling(num_chains=4, num_samples=500, num_warmup=150)
+    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=500, num_warmup=150)
     plain = ThermalCovariance(net, temperature, sampling, rao_blackwell=False)
     blackwell = ThermalCovariance(net, temperature, sampling, rao_blackwell=True)
     key = jax.random.key(7)
