@@ -378,6 +378,7 @@ def replicate_results(problem, kind, nudged, replicated):
 CASES = [(p, n, k) for p in PROBLEMS for n in (False, True) for k in KINDS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "nudged", "kind"), CASES)
 def test_replicated_estimates(name, nudged, kind, replicates, two_unit_exact):
     problem = PROBLEMS[name]

@@ -290,6 +290,9 @@ class _SampledEstimator(Estimator):
     #: Conditional expectations (Rao–Blackwell): None = wherever the model supports them.
     rao_blackwell: bool | None = None
 
+    #: Stein control variates (docs/mathematics.md#control-variates): None = off.
+    control_variates: str | None = None
+
     def _conditional(self, beta) -> bool:
         """Whether the statistics of a phase at ``beta`` use conditional expectations."""
         return uses_conditional(self.model, self.rao_blackwell, beta)
