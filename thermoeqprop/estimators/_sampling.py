@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
+import jax.numpy as jnp
+
 import samplers
 from thermoeqprop._validation import check_positive
 from thermoeqprop.models._base import EnergyModel
@@ -140,6 +143,27 @@ class Sampling:
         if method == "gibbs" and not getattr(model, "blocks", None):
             raise ValueError("sampling method 'gibbs' needs a model with blocks; use 'metropolis'")
         return method
+
+
+def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
+    """Means (sums for divergences) of the sampler's per-step facts at the target T."""
+    info = trace.info.local if tempering else trace.info
+    reductions = {
+        "acceptance_rate": ("acceptance_rate", jnp.mean),
+        "is_divergent": ("divergences", jnp.sum),
+        "flip_rate": ("flip_rate", jnp.mean),
+        "num_integration_steps": ("mean_integration_steps", jnp.mean),
+        "step_size": ("mean_step_size", jnp.mean),
+    }
+    out = {}
+    for field, (name, reduce) in reductions.items():
+        if hasattr(info, field):
+            value = getattr(info, field)
+            out[name] = reduce(value[..., 0] if tempering else value)
+    if tempering:
+        out["swap_rate_min"] = jnp.min(jnp.mean(trace.info.swap_probability, axis=(0, 1, 2)))
+        out["round_trips"] = jnp.mean(trace.info.round_trips[..., -1])
+    return out
 
 
 # Energies and kernels: one kernel object (hence one compilation) per model, sampling

@@ -31,6 +31,7 @@ import samplers
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
+from thermoeqprop.estimators import _control_variates
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics
 from thermoeqprop.estimators._sampling import (
@@ -39,6 +40,7 @@ from thermoeqprop.estimators._sampling import (
     Sampling,
     _kernel,
     _local_kernel,
+    _sampler_diagnostics,
 )
 from thermoeqprop.estimators._statistics import (
     SERIES,
@@ -228,27 +230,6 @@ def _on_one_device(states):
     return jax.device_put(states, jax.devices()[0])
 
 
-def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
-    """Means (sums for divergences) of the sampler's per-step facts at the target T."""
-    info = trace.info.local if tempering else trace.info
-    reductions = {
-        "acceptance_rate": ("acceptance_rate", jnp.mean),
-        "is_divergent": ("divergences", jnp.sum),
-        "flip_rate": ("flip_rate", jnp.mean),
-        "num_integration_steps": ("mean_integration_steps", jnp.mean),
-        "step_size": ("mean_step_size", jnp.mean),
-    }
-    out = {}
-    for field, (name, reduce) in reductions.items():
-        if hasattr(info, field):
-            value = getattr(info, field)
-            out[name] = reduce(value[..., 0] if tempering else value)
-    if tempering:
-        out["swap_rate_min"] = jnp.min(jnp.mean(trace.info.swap_probability, axis=(0, 1, 2)))
-        out["round_trips"] = jnp.mean(trace.info.round_trips[..., -1])
-    return out
-
-
 def _check_model(model, temperature):
     if not isinstance(model, EnergyModel):
         raise ValueError(f"model must be an EnergyModel, got {type(model).__name__}")
@@ -286,9 +267,15 @@ class _SampledEstimator(Estimator):
         """The :class:`DrawStatistics` this estimator needs, of states (batch, chain, draw,
         n) drawn at nudge ``beta``; long runs average consecutive draws into windows
         (:func:`series_window`). With :attr:`rao_blackwell` on, every draw's values are
-        replaced by their conditional expectations given one parity class of layers."""
+        replaced by their conditional expectations given one parity class of layers; with
+        ``control_variates``, two folds of chains are corrected by Stein control variates."""
         num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
         window = series_window(states.shape[2], states.shape[1], num_params)
+        if self.control_variates is not None:
+            return _control_variates.corrected(self, params, states, x, targets, beta, window)
+        return self._series(params, states, x, targets, beta, window)
+
+    def _series(self, params, states, x, targets, beta, window) -> DrawStatistics:
         spins = spin_statistics(self, params, states, x, targets, beta, window)
         if spins is not None:
             return spins
@@ -302,6 +289,9 @@ class _SampledEstimator(Estimator):
 
     #: Conditional expectations (Rao–Blackwell): None = wherever the model supports them.
     rao_blackwell: bool | None = None
+
+    #: Stein control variates (docs/mathematics.md#control-variates): None = off.
+    control_variates: str | None = None
 
     def _conditional(self, beta) -> bool:
         """Whether the statistics of a phase at ``beta`` use conditional expectations."""
@@ -420,6 +410,8 @@ class ThermalCovariance(_SampledEstimator):
         rao_blackwell: Conditional expectations given one parity class of layers in place of
             sampled values (docs/mathematics.md, "Conditional expectations", and for spins
             "Rao-Blackwellised spin estimators"); None: where possible.
+        control_variates: None (off), ``"zv1"``, ``"zv2"`` or ``"laplace"``: Stein control
+            variates, continuous states only (docs/mathematics.md#control-variates).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -436,11 +428,13 @@ class ThermalCovariance(_SampledEstimator):
     temperature: float = 0.05
     sampling: Sampling = Sampling()
     rao_blackwell: bool | None = None
+    control_variates: str | None = None
 
     def __post_init__(self):
         _check_model(self.model, self.temperature)
         self.sampling.resolve_method(self.model)
         check_option(self.model, self.rao_blackwell)
+        _control_variates.check(self.control_variates, self.model, self.sampling)
 
     needed_series = ("covariance",)
     nudges = False
@@ -470,6 +464,7 @@ class ThermalNudged(_SampledEstimator):
         rao_blackwell: Conditional expectations given one parity class of layers in place of
             sampled values (docs/mathematics.md, "Conditional expectations", and for spins
             "Rao-Blackwellised spin estimators"); None: where possible.
+        control_variates: As for :class:`ThermalCovariance`, from each phase's own law.
     """
 
     model: EnergyModel
@@ -478,12 +473,14 @@ class ThermalNudged(_SampledEstimator):
     symmetric: bool = True
     sampling: Sampling = Sampling()
     rao_blackwell: bool | None = None
+    control_variates: str | None = None
 
     def __post_init__(self):
         _check_model(self.model, self.temperature)
         check_positive("beta", self.beta)
         self.sampling.resolve_method(self.model)
         check_option(self.model, self.rao_blackwell)
+        _control_variates.check(self.control_variates, self.model, self.sampling)
 
     needed_series = ("energy_grad",)
 
