@@ -10,11 +10,13 @@ optimiser's chain, so every loop takes it without a hook of its own:
   parameters are the projection of the optimiser's step onto ``K`` (for example
   ``optax.projections.projection_box``: bounds on fields and couplings).
 
-For example, weight decay on the couplings of a qubit network only, Adam, then fields kept in
+For example, weight decay on the couplings of a qubit network only (one rate per parameter
+from one per group, ``Hamiltonian.group_values``), Adam, then every parameter kept in
 [−2, 2]::
 
+    rates = model.hamiltonian.group_values({"coupling": 1e-3, "field": 0.0})
     optax.chain(
-        optax.add_decayed_weights(model.by_group({"coupling": 1e-3, "field": 0, "input": 0})),
+        optax.add_decayed_weights(rates),
         optax.adam(0.02),
         project(lambda p: optax.projections.projection_box(p, -2.0, 2.0)),
     )
