@@ -62,14 +62,10 @@ import optax  # noqa: E402
 import thermoeqprop  # noqa: E402, F401  (x64)
 from thermoeqprop.quantum import (  # noqa: E402
     EigenstateEP,
-    ExpectationLoss,
-    Hamiltonian,
-    PauliSum,
     QuantumNetwork,
     _lanczos,  # noqa: E402
-    input_driven,
-    trainable,
 )
+from thermoeqprop.quantum import sensor_network as library_sensor_network  # noqa: E402
 from thermoeqprop.quantum._following import follow_host  # noqa: E402
 from thermoeqprop.quantum._observables import output_moments  # noqa: E402
 from thermoeqprop.quantum._sparse import (  # noqa: E402
@@ -82,27 +78,9 @@ BETA, SHOTS, BATCH, LEARNING_RATE = 0.4, 10, 10, 0.02
 
 
 def sensor_network() -> QuantumNetwork:
-    """The 10-qubit, 51-term network of the module docstring."""
-    n, chain, sensors = 10, range(8), (8, 9)
-    terms = [input_driven({q: "Z"}, q, 1.0, num_qubits=n) for q in chain]
-    for q in range(n):
-        terms += [trainable({q: "X"}, 1.0, num_qubits=n), trainable({q: "Z"}, 0.0, num_qubits=n)]
-    pairs = [(q, q + 1, "ZZ XX YY") for q in range(7)]
-    pairs += [(8, 9, "ZZ XX")] + [(c, s, "ZZ XX") for c in (6, 7) for s in sensors]
-    for a, b, kinds in pairs:
-        for p in kinds.split():
-            terms.append(trainable({a: p[0], b: p[1]}, 0.0, num_qubits=n))
-
-    def projector(bit_a, bit_b):
-        za, zb = 1 - 2 * bit_a, 1 - 2 * bit_b
-        return PauliSum.of(
-            [(0.25, "I" * n), (0.25 * za, {8: "Z"}), (0.25 * zb, {9: "Z"}),
-             (0.25 * za * zb, {8: "Z", 9: "Z"})], n,
-        )  # fmt: skip
-
-    ham = Hamiltonian(n, tuple(terms), num_inputs=8)
-    outputs = (projector(0, 0), projector(0, 1), projector(1, 0))
-    return QuantumNetwork(ham, outputs, ExpectationLoss.squared_error(), init_scale=0.1)
+    """The 10-qubit, 51-term network of the module docstring: the library's builder,
+    ``thermoeqprop.quantum.sensor_network(8)``."""
+    return library_sensor_network(8)
 
 
 def fresh_batch(key):

@@ -249,8 +249,29 @@ CLI_CASES = {
     "quantum too many qubits": (
         QUANTUM + ["--qubits", "40"],
         None,
-        "--qubits must be in 2 … 12 for training (dense eigh), got 40",
+        "--qubits must be in 2 … 12 for training with --solver dense, got 40",
     ),
+    "quantum sparse solver for a thermal estimator": (
+        QUANTUM + ["--estimator", "thermal", "--solver", "sparse"],
+        None,
+        "--solver sparse needs --estimator ground or excited, got 'thermal'",
+    ),
+    "quantum shot model without shots": (
+        QUANTUM + ["--shot-model", "gaussian"],
+        None,
+        "--shot-model gaussian and --error-signal noisy describe finite shots: give --shots N",
+    ),
+    "quantum unknown error signal": (
+        QUANTUM + ["--shots", "10", "--error-signal", "loud"],
+        None,
+        "invalid choice: 'loud' (choose from",
+    ),
+    "quantum evaluation every zero steps": (
+        QUANTUM + ["--eval-every", "0"],
+        None,
+        "eval_every must be an integer ≥ 1, got 0",
+    ),
+    "quantum zero epochs": (QUANTUM + ["--epochs", "0"], None, "epochs must be an integer ≥ 1"),
     "quantum shots with Kubo–Mori": (
         QUANTUM + ["--estimator", "thermal", "--shots", "100"],
         None,
@@ -408,6 +429,20 @@ def _training_config(**kwargs):
     return TrainConfig(**kwargs)
 
 
+def _train_steps(source, **kwargs):
+    from thermoeqprop.quantum import EigenstateEP, classifier_network
+    from thermoeqprop.training import StepConfig, train_steps
+
+    estimator = EigenstateEP(classifier_network(2, 2))
+    return train_steps(estimator, source, StepConfig(steps=1), **kwargs)
+
+
+def _step_config(**kwargs):
+    from thermoeqprop.training import StepConfig
+
+    return StepConfig(**kwargs)
+
+
 def _dataset(*args, **kwargs):
     from thermoeqprop.data import load_dataset
 
@@ -452,6 +487,30 @@ API_CASES = {
     "unknown optimizer name": (
         lambda: _training_config(optimizer="rmsprop"),
         "unknown optimizer 'rmsprop'; valid: ['adam', 'sgd', 'momentum']",
+    ),
+    "evaluation every zero steps": (
+        lambda: _step_config(eval_every=0),
+        "eval_every must be an integer ≥ 1, got 0",
+    ),
+    "data source of the wrong width": (
+        lambda: _train_steps(lambda key, step: (jnp.zeros((4, 3)), jnp.zeros((4, 1)))),
+        "x from the data source at step 1 must have shape (batch, 2) (examples × input "
+        "features), got shape (4, 3)",
+    ),
+    "data source without targets": (
+        lambda: _train_steps(lambda key, step: jnp.zeros((4, 2))),
+        "the data source must return (x, targets), got an array of shape (4, 2) at step 1",
+    ),
+    "initial scale for an unknown group": (
+        _quantum(
+            "classifier_network", 2, 2, init_scale={"field": 0.1, "coupling": 0.1, "inputs": 0.1}
+        ),  # fmt: skip
+        "init_scale must give a number for each parameter group ['coupling', 'field', "
+        "'input'] and no other; missing ['input'], unknown ['inputs']",
+    ),
+    "projector on a bit of 2": (
+        _quantum("projector", {0: 2}, 2),
+        "projector bits must be 0 or 1, got 2 for qubit 0",
     ),
     "unknown dataset name": (
         lambda: _dataset("mnist"),

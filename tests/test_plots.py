@@ -60,6 +60,16 @@ def test_training_and_decision_plots_keep_the_backend(tmp_path):
     assert (tmp_path / "decision.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_training_figure_of_a_stream_of_steps():
+    """``train_steps`` on fresh examples: no epochs, no accuracy, a held-out loss."""
+    steps = [{"step": 50, "train_loss": 0.34, "test_loss": 0.33},
+             {"step": 100, "train_loss": 0.30, "test_loss": 0.29}]  # fmt: skip
+    loss, right = training_figure(steps).axes
+    assert loss.get_xlabel() == right.get_xlabel() == "step"
+    assert right.get_ylabel() == "held-out loss (exact outputs)"
+    np.testing.assert_array_equal(right.lines[0].get_xydata(), [[50, 0.33], [100, 0.29]])
+
+
 def log_axis_figure(temperatures, values, width=5.0):
     fig = Figure(figsize=(width, 3.5), layout="constrained")
     ax = fig.subplots()

@@ -101,19 +101,24 @@ def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
 
 def training_figure(history: list[dict[str, Any]], title: str = "") -> Figure:
     """The figure of :func:`plot_training`, unsaved (it displays in a notebook)."""
-    epochs = [h["epoch"] for h in history]
+    unit = "epoch" if all("epoch" in h for h in history) else "step"
+    at = [h[unit] for h in history]
     fig = Figure(figsize=(9, 3.4), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3)
-    ax_loss.set(xlabel="epoch", ylabel="training loss (mean cost)", yscale="log")
-    if all("train_accuracy" in h for h in history):
-        ax_acc.plot(epochs, [100 * h["train_accuracy"] for h in history], marker="s", ms=3,
-                    c="C1", label="train")  # fmt: skip
-    ax_acc.plot(epochs, [100 * h["test_accuracy"] for h in history], marker="o", ms=3, c="C2",
-                label="test")  # fmt: skip
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
-    ax_acc.legend()
-    ax_acc.grid(alpha=0.3)
+    ax_loss, ax_right = fig.subplots(1, 2)
+    ax_loss.plot(at, [h["train_loss"] for h in history], marker="o", ms=3)
+    ax_loss.set(xlabel=unit, ylabel="training loss (mean cost)", yscale="log")
+    if all("test_accuracy" in h for h in history):
+        if all("train_accuracy" in h for h in history):
+            ax_right.plot(at, [100 * h["train_accuracy"] for h in history], marker="s", ms=3,
+                          c="C1", label="train")  # fmt: skip
+        ax_right.plot(at, [100 * h["test_accuracy"] for h in history], marker="o", ms=3,
+                      c="C2", label="test")  # fmt: skip
+        ax_right.set(xlabel=unit, ylabel="accuracy (%)")
+        ax_right.legend()
+    elif all("test_loss" in h for h in history):  # train_steps with held_out, no labels
+        ax_right.plot(at, [h["test_loss"] for h in history], marker="o", ms=3, c="C2")
+        ax_right.set(xlabel=unit, ylabel="held-out loss (exact outputs)")
+    ax_right.grid(alpha=0.3)
     ax_loss.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
@@ -124,7 +129,8 @@ def plot_training(history: list[dict[str, Any]], path: str | Path, title: str = 
     """Training loss and accuracy against epoch, side by side, saved as PNG.
 
     The accuracy panel shows ``test_accuracy``, and ``train_accuracy`` where the records have
-    it (``train(..., train_accuracy=True)``)."""
+    it (``train(..., train_accuracy=True)``). Records of ``train_steps`` without epochs are
+    drawn against the step, and without accuracies the second panel shows ``test_loss``."""
     return _save(training_figure(history, title), path, dpi=110)
 
 

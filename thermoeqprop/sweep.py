@@ -60,6 +60,7 @@ import samplers
 import thermoeqprop
 from thermoeqprop._barrier import BarrierTable, describe_barrier, joinable_parts, ladder_barrier
 from thermoeqprop._provenance import ENVIRONMENT_KEY, run_environment
+from thermoeqprop._runs import describe, write_atomic
 from thermoeqprop._validation import check_positive
 from thermoeqprop.estimators.thermal import (
     MAX_ENUMERATED_SPINS,
@@ -74,7 +75,6 @@ from thermoeqprop.estimators.thermal import (
 from thermoeqprop.estimators.zero_temperature import ImplicitDifferentiation
 from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.models.quadratic import QuadraticNetwork
-from thermoeqprop.training import describe, write_atomic
 
 __all__ = [
     "ESTIMATOR_KINDS",

@@ -8,7 +8,9 @@ import pytest
 MODULES = [
     "thermoeqprop.quantum._pauli",
     "thermoeqprop.quantum._kernels",
+    "thermoeqprop.quantum._terms",
     "thermoeqprop.quantum._network",
+    "thermoeqprop.quantum._builders",
     "thermoeqprop.quantum._estimators",
     "thermoeqprop.quantum._thermal",
     "thermoeqprop.quantum._references",

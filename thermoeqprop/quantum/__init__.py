@@ -7,7 +7,9 @@ docs/mathematics.md#eigenstate-ep and docs/mathematics.md#quantum-thermal-states
 * networks: :class:`Hamiltonian` from :func:`fixed`, :func:`input_driven` and
   :func:`trainable` terms with arbitrary Pauli operators; :class:`QuantumNetwork` (a
   :class:`~thermoeqprop._protocols.Model`) with output observables and a cost
-  (:class:`SquaredErrorCost` or :class:`ExpectationLoss`); :func:`classifier_network`;
+  (:class:`SquaredErrorCost` or :class:`ExpectationLoss`), parameters in groups
+  (:func:`parameter_group`; initial scales per group); :func:`classifier_network`,
+  :func:`sensor_network` (a chain read out by a sensor pair, :func:`projector` outputs);
 * estimators (:class:`~thermoeqprop._protocols.Estimator`): :class:`EigenstateEP` (any level,
   dense ``eigh`` or sparse lock-step Lanczos with warm starts carried in a
   :class:`SparseState`, exact or finite shots) and :class:`ThermalEP` (Kubo–Mori covariance
@@ -31,6 +33,7 @@ the environment.
 """
 
 from thermoeqprop.quantum import _xla  # noqa: F401  (sets XLA_FLAGS, see above)
+from thermoeqprop.quantum._builders import classifier_network, projector, sensor_network
 from thermoeqprop.quantum._estimators import (
     OUTCOMES,
     EigenstateEP,
@@ -44,11 +47,6 @@ from thermoeqprop.quantum._network import (
     Hamiltonian,
     QuantumNetwork,
     SquaredErrorCost,
-    Term,
-    classifier_network,
-    fixed,
-    input_driven,
-    trainable,
 )
 from thermoeqprop.quantum._pauli import (
     PauliString,
@@ -70,6 +68,7 @@ from thermoeqprop.quantum._shots import (
     sample_outcomes,
     shot_estimate,
 )
+from thermoeqprop.quantum._terms import Term, fixed, input_driven, parameter_group, trainable
 
 __all__ = [
     "OUTCOMES",
@@ -95,9 +94,12 @@ __all__ = [
     "linear_response_gradient",
     "logarithmic_mean",
     "measurement_plan",
+    "parameter_group",
     "pauli",
+    "projector",
     "qubitwise_commuting_groups",
     "sample_outcomes",
+    "sensor_network",
     "shot_estimate",
     "symmetrized_covariance",
     "trainable",

@@ -86,6 +86,9 @@ class EigenstateEP(Estimator):
     :class:`SparseState` to pass back next time (``None``: a cold start, as ``__call__``
     always makes). The estimate then differs from a cold start only within the solver
     tolerance, and the state is an array, so a checkpoint that keeps it resumes exactly.
+    ``initial_state(batch_size)`` is the state of a cold start, the shape to restore a
+    checkpointed one into; :func:`thermoeqprop.training.train_steps` carries the state from
+    step to step and checkpoints it.
 
     Attributes:
         model: The :class:`QuantumNetwork`.
@@ -224,6 +227,14 @@ class EigenstateEP(Estimator):
             estimate, state = sparse_batch(*self._split(), params, x, targets, rng_key, start)
         check_eigen_estimate(estimate, self.level, self.gap_tolerance, self.max_nudge_ratio)
         return estimate, state
+
+    def initial_state(self, batch_size: int) -> SparseState | None:
+        """The state before the first call: no warm start, the same as ``state=None`` in
+        :meth:`call_with_state` (a training loop restores a checkpointed state into its
+        shape); ``None`` for the dense solver, which carries nothing."""
+        if self.solver == "dense":
+            return None
+        return SparseState(self._start(None, int(batch_size)))
 
     def _start(self, state, batch: int) -> jax.Array:
         d = 1 << self.model.num_qubits

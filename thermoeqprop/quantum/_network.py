@@ -8,6 +8,11 @@ coefficients of three kinds:
   ``θ_k · x_f`` with a trainable weight ``θ_k``;
 * trainable: ``a_t = θ_k``. Terms may share a parameter by naming it.
 
+Each parameter belongs to a group (``"input"``, ``"field"``, ``"coupling"`` or a name given to
+its terms, ``quantum/_terms.py``): :meth:`Hamiltonian.group_values` spreads one number per
+group over the parameter vector, for initial scales (``QuantumNetwork.init_scale``), penalty
+weights or bounds.
+
 Collecting equal strings, ``H = Σ_s c_s(θ, x) P_s`` over distinct Pauli strings ``P_s``. Every
 estimator in this package measures ``dL/dc_s`` for the strings that depend on θ and applies the
 chain rule through the (cheap, classical) map ``θ ↦ c(θ, x)``: for a plain trainable term that
@@ -19,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -29,170 +34,35 @@ import numpy as np
 from thermoeqprop._protocols import Model
 from thermoeqprop.quantum._costs import ExpectationLoss, SquaredErrorCost
 from thermoeqprop.quantum._kernels import StringTable, assemble, string_table
-from thermoeqprop.quantum._pauli import PauliString, PauliSum, pauli
+from thermoeqprop.quantum._pauli import PauliString, PauliSum
+from thermoeqprop.quantum._terms import (
+    Term,
+    _name,
+    check_shared_parameters,
+    fixed,  # noqa: F401  (docstring examples)
+    shared_groups,
+    trainable,  # noqa: F401  (docstring examples)
+)
 
-__all__ = [
-    "ExpectationLoss",
-    "Hamiltonian",
-    "QuantumNetwork",
-    "SquaredErrorCost",
-    "Term",
-    "classifier_network",
-    "fixed",
-    "input_driven",
-    "trainable",
-]
-
-_KINDS = ("fixed", "input", "trainable")
+__all__ = ["ExpectationLoss", "Hamiltonian", "QuantumNetwork", "SquaredErrorCost"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Term:
-    """One term ``a(θ, x) · O`` of a Hamiltonian. Build with :func:`fixed`,
-    :func:`input_driven` or :func:`trainable`.
-
-    Attributes:
-        operator: Hermitian Pauli sum ``O``.
-        kind: ``"fixed"``, ``"input"`` or ``"trainable"``.
-        value: Fixed coefficient; input scale (or initial trainable input weight); initial
-            value of a trainable coefficient.
-        feature: Input feature index for input-driven terms.
-        feature_map: Fixed map ``x (num_inputs,) → scalar``; the coefficient is
-            ``value · feature_map(x)`` instead of ``value · x[feature]``.
-        parameter: Name of the trainable parameter (terms that share a name share it).
-    """
-
-    operator: PauliSum
-    kind: str
-    value: float = 1.0
-    feature: int | None = None
-    feature_map: Callable[[jax.Array], jax.Array] | None = None
-    parameter: str | None = None
-
-    def __post_init__(self):
-        if self.kind not in _KINDS:
-            raise ValueError(f"term kind must be one of {_KINDS}, got {self.kind!r}")
-        self.operator.check_hermitian(f"the operator of a {self.kind} term")
-        if isinstance(self.value, complex) or not math.isfinite(float(self.value)):
-            raise ValueError(
-                f"a term coefficient must be a finite real number (complex coefficients make "
-                f"the Hamiltonian non-Hermitian), got {self.value!r}"
-            )
-        if self.kind == "input" and self.feature is None and self.feature_map is None:
-            raise ValueError("an input-driven term needs a feature index or a feature_map")
-        if self.feature is not None and (
-            not isinstance(self.feature, int | np.integer) or self.feature < 0
-        ):
-            raise ValueError(f"feature must be a non-negative integer, got {self.feature!r}")
-
-    @property
-    def is_trainable(self) -> bool:
-        return self.parameter is not None
-
-
-def _operator(operator: Any, num_qubits: int | None, coefficient: Any = 1.0) -> PauliSum:
-    if isinstance(coefficient, complex) and coefficient.imag != 0:
+def _per_group(groups: tuple[str, ...], values: Any, what: str) -> np.ndarray:
+    """``values[group]`` for each entry of ``groups``; exactly the groups present."""
+    present = sorted(set(groups))
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{what} must map each parameter group {present} to a number, got "
+                         f"{values!r}")  # fmt: skip
+    missing, unknown = sorted(set(present) - set(values)), sorted(set(values) - set(present))
+    if missing or unknown:
         raise ValueError(
-            f"coefficient {coefficient!r} is complex; a Hamiltonian term needs a real "
-            f"coefficient to be Hermitian"
+            f"{what} must give a number for each parameter group {present} and no other; "
+            f"missing {missing}, unknown {unknown}"
         )
-    return PauliSum.of(operator, num_qubits).check_hermitian("term operator")
-
-
-def fixed(operator: Any, coefficient: float, num_qubits: int | None = None) -> Term:
-    """A fixed term ``c · O``.
-
-    Args:
-        operator: Pauli string spec (``"XZ"``, ``"X0 Z1"``, ``{0: "X"}``), :class:`PauliString`
-            or Hermitian :class:`PauliSum`.
-        coefficient: Real coefficient ``c``.
-        num_qubits: Needed for sparse specs.
-
-    Example:
-        >>> fixed("X0", 0.5, num_qubits=2).operator.strings[0].label
-        'XI'
-    """
-    return Term(_operator(operator, num_qubits, coefficient), "fixed", _real(coefficient))
-
-
-def input_driven(
-    operator: Any,
-    feature: int | None = None,
-    scale: float = 1.0,
-    *,
-    feature_map: Callable[[jax.Array], jax.Array] | None = None,
-    trainable: bool = False,
-    parameter: str | None = None,
-    num_qubits: int | None = None,
-) -> Term:
-    """A term driven by the input: ``scale · x[feature] · O``, or ``scale · feature_map(x) · O``.
-
-    With ``trainable=True`` the coefficient is ``θ · x[feature]`` with a trainable weight
-    ``θ`` initialised at ``scale`` (an input layer).
-
-    Example:
-        >>> t = input_driven("Z0", feature=1, scale=2.0, num_qubits=3)
-        >>> (t.kind, t.feature, t.value)
-        ('input', 1, 2.0)
-        >>> m = input_driven("Z", scale=2.0, feature_map=lambda x: x[0] * x[1])
-        >>> h = Hamiltonian(1, (m,), num_inputs=2)
-        >>> float(h.coefficients(jnp.zeros(0), jnp.array([0.5, 3.0]))[0])  # 2.0 · 0.5 · 3.0
-        3.0
-    """
-    if trainable and feature_map is not None:
-        raise ValueError("a trainable input weight needs feature=..., not a feature_map")
-    op = _operator(operator, num_qubits, scale)
-    if trainable and parameter is None:
-        parameter = f"w[x{feature}·{_name(op)}]"
-    return Term(op, "input", _real(scale), feature, feature_map, parameter if trainable else None)
-
-
-def trainable(
-    operator: Any, init: float = 0.0, *, parameter: str | None = None, num_qubits: int | None = None
-) -> Term:
-    """A trainable term ``θ · O`` with ``θ`` initialised at ``init``.
-
-    Terms given the same ``parameter`` name share one trainable coefficient.
-
-    Example:
-        >>> trainable("X0 X1", num_qubits=2).parameter
-        'XX'
-    """
-    op = _operator(operator, num_qubits, init)
-    return Term(op, "trainable", _real(init), None, None, parameter or _name(op))
-
-
-def _check_shared_initial_values(terms: Sequence[Term]) -> None:
-    """Terms sharing a parameter must agree on its initial value (else: which one?)."""
-    first: dict[str, Term] = {}
-    for t in terms:
-        if t.is_trainable and first.setdefault(t.parameter, t).value != t.value:
-            raise ValueError(
-                f"parameter {t.parameter!r} is shared by the terms on "
-                f"{_name(first[t.parameter].operator)} and {_name(t.operator)}, which give "
-                f"different initial values {first[t.parameter].value!r} and {t.value!r}; give "
-                f"them the same initial value or different parameter names"
-            )
-
-
-def _real(value: Any) -> float:
-    if isinstance(value, complex):
-        if value.imag != 0:
-            raise ValueError(f"coefficient {value!r} must be real for a Hermitian Hamiltonian")
-        value = value.real
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"coefficient must be a real number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"coefficient must be finite, got {value!r}")
-    return v
-
-
-def _name(op: PauliSum) -> str:
-    if len(op.strings) == 1:
-        return op.strings[0].label
-    return "+".join(f"{complex(c).real:g}{p.label}" for p, c in op._items())
+    out = np.asarray([values[g] for g in groups], dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{what} must be finite numbers, got {dict(values)!r}")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +111,7 @@ class Hamiltonian:
                 )
         used = [t.feature for t in self.terms if t.feature is not None]
         needed = max(used) + 1 if used else 0
-        _check_shared_initial_values(self.terms)
+        check_shared_parameters(self.terms)
         mapped = [_name(t.operator) for t in self.terms if t.feature_map is not None]
         if self.num_inputs is None and mapped:
             raise ValueError(
@@ -265,6 +135,26 @@ class Hamiltonian:
     @property
     def num_params(self) -> int:
         return len(self.parameter_names)
+
+    @functools.cached_property
+    def parameter_groups(self) -> tuple[str, ...]:
+        """The group of each trainable parameter (``quantum/_terms.py``), in order."""
+        groups = shared_groups(self.terms)
+        return tuple(groups[n] for n in self.parameter_names)
+
+    def group_values(self, values: Mapping[str, float], what: str = "values") -> jax.Array:
+        """One number per parameter from one per group, shape (num_params,).
+
+        Args:
+            values: A number for each group of :attr:`parameter_groups`, and no other.
+            what: How errors name ``values``.
+
+        Example:
+            >>> h = Hamiltonian(2, (trainable("XI"), trainable("ZZ")))
+            >>> h.group_values({"field": 0.1, "coupling": 0.5}).tolist()
+            [0.1, 0.5]
+        """
+        return jnp.asarray(_per_group(self.parameter_groups, values, what))
 
     @functools.cached_property
     def strings(self) -> tuple[PauliString, ...]:
@@ -337,21 +227,42 @@ class QuantumNetwork(Model):
         hamiltonian: The :class:`Hamiltonian`.
         outputs: Output observables ``B_j`` (Pauli specs or Hermitian :class:`PauliSum`).
         cost: :class:`SquaredErrorCost` (default) or :class:`ExpectationLoss`.
-        init_scale: Standard deviation of the Gaussian noise added to the initial values.
+        init_scale: Standard deviation of the Gaussian noise added to the initial values:
+            one number, or one per parameter group (``{"field": 0.1, "coupling": 0.5,
+            "input": 0.0}``, every group of :attr:`Hamiltonian.parameter_groups`; stored as
+            sorted pairs, so the network stays hashable).
 
     Example:
+        >>> from thermoeqprop.quantum import classifier_network
         >>> net = classifier_network(num_qubits=3, num_inputs=2)
         >>> params = net.init_params(jax.random.key(0))
         >>> net.encode_labels(jnp.array([0, 1])).tolist()
         [[-1.0], [1.0]]
+        >>> sorted(set(net.hamiltonian.parameter_groups))
+        ['coupling', 'field', 'input']
+        >>> scales = {"input": 0.0, "field": 0.1, "coupling": 0.5}
+        >>> dataclasses.replace(net, init_scale=scales).init_scale
+        (('coupling', 0.5), ('field', 0.1), ('input', 0.0))
     """
 
     hamiltonian: Hamiltonian
     outputs: tuple[PauliSum, ...]
     cost: Any = dataclasses.field(default_factory=SquaredErrorCost)
-    init_scale: float = 0.1
+    init_scale: float | tuple[tuple[str, float], ...] = 0.1
 
     def __post_init__(self):
+        scale = self.init_scale
+        if isinstance(scale, Mapping | tuple):
+            pairs = tuple(sorted(dict(scale).items()))
+            scales = _per_group(self.hamiltonian.parameter_groups, dict(pairs), "init_scale")
+            if np.any(scales < 0):
+                raise ValueError(f"init_scale must be ≥ 0 for every group, got {dict(pairs)!r}")
+            object.__setattr__(self, "init_scale", pairs)
+        elif not (isinstance(scale, int | float | np.floating) and 0 <= scale < math.inf):
+            raise ValueError(
+                f"init_scale must be a finite number ≥ 0 or a mapping from parameter group to "
+                f"one, got {scale!r}"
+            )
         n = self.hamiltonian.num_qubits
         outs = self.outputs
         if isinstance(outs, str | PauliString | PauliSum):
@@ -392,9 +303,13 @@ class QuantumNetwork(Model):
         return 2 if self.num_outputs == 1 else self.num_outputs
 
     def init_params(self, rng_key: jax.Array) -> jax.Array:
-        """Initial values of the terms plus ``init_scale`` Gaussian noise, (num_params,)."""
+        """Initial values of the terms plus ``init_scale`` Gaussian noise (per group when
+        ``init_scale`` names groups), shape (num_params,)."""
         base = self.hamiltonian.initial_params()
-        return base + self.init_scale * jax.random.normal(rng_key, base.shape, base.dtype)
+        scale = self.init_scale
+        if isinstance(scale, tuple):
+            scale = self.hamiltonian.group_values(dict(scale), "init_scale")
+        return base + scale * jax.random.normal(rng_key, base.shape, base.dtype)
 
     def encode_labels(self, labels: jax.Array) -> jax.Array:
         labels = self._checked_labels(labels)
@@ -493,54 +408,3 @@ class QuantumNetwork(Model):
     def string_jacobian(self, params: jax.Array, x: jax.Array) -> jax.Array:
         """``∂c_s/∂θ`` over trainable strings for one input, shape (T, num_params)."""
         return jax.jacfwd(lambda p: self.coefficients(p, x)[self.trainable_index])(params)
-
-
-def classifier_network(
-    num_qubits: int = 6,
-    num_inputs: int = 2,
-    *,
-    output_qubits: Sequence[int] = (0,),
-    couplings: str = "all",
-    transverse_field: float = 1.0,
-    input_scale: float = 1.0,
-    cost: Any = None,
-    init_scale: float = 0.1,
-) -> QuantumNetwork:
-    """A ready-made classifier: inputs as fields, trainable couplings and fields.
-
-    ``H = Σ_{q,i} w_{qi} x_i Z_q + Σ_q (h_q X_q + b_q Z_q) + Σ_{(q,r)} (J_qr Z_qZ_r + K_qr X_qX_r)``
-    with trainable input weights ``w`` (initialised at ``input_scale``, alternating sign across
-    qubits), transverse fields ``h`` (initialised at ``transverse_field``), biases ``b`` and
-    couplings over all pairs (``couplings="all"``) or a ring (``"ring"``). Outputs are ``Z`` on
-    ``output_qubits``. It is one example; any list of terms builds a :class:`Hamiltonian`.
-    """
-    if couplings not in ("all", "ring"):
-        raise ValueError(f"couplings must be 'all' or 'ring', got {couplings!r}")
-    n = num_qubits
-    terms: list[Term] = []
-    for q in range(n):
-        for i in range(num_inputs):
-            sign = 1.0 if (q + i) % 2 == 0 else -1.0
-            terms.append(
-                input_driven({q: "Z"}, i, sign * input_scale, trainable=True, num_qubits=n)
-            )
-    for q in range(n):
-        terms.append(trainable({q: "X"}, transverse_field, num_qubits=n))
-        terms.append(trainable({q: "Z"}, 0.0, num_qubits=n))
-    if couplings == "all":
-        pairs = [(q, r) for q in range(n) for r in range(q + 1, n)]
-    else:
-        pairs = [(q, (q + 1) % n) for q in range(n)] if n > 2 else [(0, 1)]
-    for q, r in pairs:
-        terms.append(trainable({q: "Z", r: "Z"}, 0.0, num_qubits=n))
-        terms.append(trainable({q: "X", r: "X"}, 0.0, num_qubits=n))
-    outputs = tuple(pauli({q: "Z"}, n) for q in output_qubits)
-    for q in output_qubits:
-        if not 0 <= q < n:
-            raise ValueError(f"output qubit {q} is out of range 0 … {n - 1}")
-    return QuantumNetwork(
-        Hamiltonian(n, tuple(terms), num_inputs),
-        outputs,
-        SquaredErrorCost() if cost is None else cost,
-        init_scale,
-    )
