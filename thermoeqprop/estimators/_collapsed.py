@@ -192,8 +192,18 @@ def _starts(model, sampling, params, x, targets, beta, temperature, rng_key):
     return base[:, None, :] + scale * jax.random.normal(rng_key, shape, dtype=base.dtype)
 
 
-def draw_collapsed(model, sampling, params, x, targets, beta: float, temperature: float,
-                   rng_key, initial_positions=None, nudged: bool = True) -> CollapsedSamples:  # fmt: skip
+def draw_collapsed(
+    model,
+    sampling,
+    params,
+    x,
+    targets,
+    beta: float,
+    temperature: float,
+    rng_key,
+    initial_positions=None,
+    nudged: bool = True,
+) -> CollapsedSamples:
     """Draw the kept class of ``p_β(s | x)`` from its marginal, every example of a batch;
     the arguments of ``thermal.draw_states`` (one temperature; ``initial_positions``
     (batch, chain, n_kept))."""
