@@ -107,13 +107,13 @@ def test_two_unit_sigmoid_network_against_quadrature():
     the exact gradient (and the covariance estimator's loss with the exact ⟨C⟩)."""
     temperature = 0.1
     loss, exact = quadrature_gradient(temperature)
-    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=600, num_warmup=100,
+    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=400, num_warmup=100,
                         collapse=True)  # fmt: skip
     # The draws behind the covariance estimator (its kernel): the kept unit's draws in place,
     # zeros (never read) for the collapsed one.
     drawn = draw_collapsed(TWO_UNITS, sampling, TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, 0.0,
                            temperature, jax.random.key(2), nudged=False)  # fmt: skip
-    assert drawn.states.shape == (3, 4, 600, 2) and drawn.final_positions.shape == (3, 4, 1)
+    assert drawn.states.shape == (3, 4, 400, 2) and drawn.final_positions.shape == (3, 4, 1)
     np.testing.assert_array_equal(drawn.states[..., 1:], drawn.trace.samples)
     np.testing.assert_array_equal(drawn.states[..., :1], 0.0)
     zs = []
