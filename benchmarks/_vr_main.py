@@ -4,13 +4,17 @@
 with 8 leapfrog steps and jitter 0.5, 2 chains × (50 warm-up + 50 draws) per example, batches
 of 32 digits; at the initial parameters and at parameters trained by T = 0 EP (10 epochs, the
 regime of a training run's later epochs). Routes on the same batches, interleaved (plain, RB,
-RB′, plain, …; a fresh key per call, every call synchronised):
+RB′, collapsed, collapsed′, plain, …; a fresh key per call, every call synchronised):
 
 - ``plain``: ``ThermalCovariance(rao_blackwell=False)``;
-- ``RB``: the default, conditional expectations given each parity class of layers
-  (docs/mathematics.md, "Conditional expectations"), the same draws;
+- ``RB``: conditional expectations given each parity class of layers (docs/mathematics.md,
+  "Conditional expectations") on draws of every unit (``Sampling(collapse=False)``);
 - ``RB′``: RB with fewer draws per chain, chosen by timed bisection so that its call takes no
-  longer than plain's (equal wall time, taken literally).
+  longer than plain's (equal wall time, taken literally);
+- ``collapsed``: the default, collapsed sampling (docs/mathematics.md, "Collapsed sampling"):
+  HMC on the outputs' marginal, the hidden layer averaged by its conditional expectations;
+- ``collapsed′``: collapsed with the most draws per chain (up to 4× the default's) whose call
+  takes no longer than plain's, by the same bisection.
 
 Per route: median seconds per call (first calls, which compile, apart), median and range of
 the relative MCSE ``‖MCSE‖ / ‖grad‖`` over the calls, median largest split R-hat; under the
@@ -73,13 +77,13 @@ def run_route(estimator, params, batch, key):
     )
 
 
-def equal_time_draws(model, params, batch, plain_seconds, reps=3) -> int:
-    """The most draws per chain (a divisor-free count ≥ 10) at which an RB call takes no longer
-    than a plain one, by bisection on timed calls."""
-    low, high = 10, MAIN_SAMPLING.num_samples
+def equal_time_draws(model, params, batch, plain_seconds, reps=3, collapse=False) -> int:
+    """The most draws per chain (≥ 10; up to the default's, or 4× it when collapsed) at which a
+    call of RB (or collapsed) takes no longer than a plain one, by bisection on timed calls."""
+    low, high = 10, MAIN_SAMPLING.num_samples * (4 if collapse else 1)
     while high - low > 2:
         mid = (low + high) // 2
-        est = ThermalCovariance(model, TEMPERATURE, _with_draws(mid))
+        est = ThermalCovariance(model, TEMPERATURE, _with_draws(mid, collapse))
         run_route(est, params, batch, jax.random.key(0))  # compile
         seconds = statistics.median(
             run_route(est, params, batch, jax.random.key(i + 1))[0] for i in range(reps)
@@ -88,8 +92,8 @@ def equal_time_draws(model, params, batch, plain_seconds, reps=3) -> int:
     return low
 
 
-def _with_draws(num_samples):
-    return dataclasses.replace(MAIN_SAMPLING, num_samples=num_samples)
+def _with_draws(num_samples, collapse=False):
+    return dataclasses.replace(MAIN_SAMPLING, num_samples=num_samples, collapse=collapse)
 
 
 def section_main(args) -> list[str]:
@@ -117,21 +121,34 @@ def section_main(args) -> list[str]:
     summary = []
     for label, params in settings.items():
         plain = ThermalCovariance(model, TEMPERATURE, MAIN_SAMPLING, rao_blackwell=False)
-        rb = ThermalCovariance(model, TEMPERATURE, MAIN_SAMPLING)
+        rb = ThermalCovariance(model, TEMPERATURE, _with_draws(MAIN_SAMPLING.num_samples))
+        collapsed = ThermalCovariance(model, TEMPERATURE, _with_draws(MAIN_SAMPLING.num_samples,
+                                                                      collapse=None))  # fmt: skip
         first = {}
-        for name, est in (("plain", plain), ("RB", rb)):
+        for name, est in (("plain", plain), ("RB", rb), ("collapsed", collapsed)):
             start = time.perf_counter()
             run_route(est, params, batches[0], jax.random.key(10**6))
             first[name] = time.perf_counter() - start
         plain_seconds = statistics.median(
             run_route(plain, params, batches[0], jax.random.key(i))[0] for i in range(3)
         )
-        draws = equal_time_draws(model, params, batches[0], plain_seconds)
-        matched = ThermalCovariance(model, TEMPERATURE, _with_draws(draws))
-        start = time.perf_counter()
-        run_route(matched, params, batches[0], jax.random.key(10**6 + 1))
-        first["RB′"] = time.perf_counter() - start
-        routes = {"plain": plain, "RB": rb, "RB′": matched}
+        draws = {
+            "RB′": equal_time_draws(model, params, batches[0], plain_seconds),
+            "collapsed′": equal_time_draws(model, params, batches[0], plain_seconds,
+                                           collapse=None),
+        }  # fmt: skip
+        matched = {
+            "RB′": ThermalCovariance(model, TEMPERATURE, _with_draws(draws["RB′"])),
+            "collapsed′": ThermalCovariance(
+                model, TEMPERATURE, _with_draws(draws["collapsed′"], collapse=None)
+            ),
+        }
+        for name, est in matched.items():
+            start = time.perf_counter()
+            run_route(est, params, batches[0], jax.random.key(10**6 + 1))
+            first[name] = time.perf_counter() - start
+        routes = {"plain": plain, "RB": rb, "RB′": matched["RB′"], "collapsed": collapsed,
+                  "collapsed′": matched["collapsed′"]}  # fmt: skip
         results = {name: [] for name in routes}
         seed = 0
         for rep in range(args.reps):
@@ -144,19 +161,22 @@ def section_main(args) -> list[str]:
         for name, rows in results.items():
             a = np.array(rows)
             med[name] = (np.median(a[:, 0]), np.median(a[:, 1]), np.median(a[:, 2]))
-            n_draws = MAIN_SAMPLING.num_samples if name != "RB′" else draws
+            n_draws = draws.get(name, MAIN_SAMPLING.num_samples)
             lines.append(
                 f"| {label} | {name} | {n_draws} | {first[name]:.2f} | {med[name][0]:.4f} | "
                 f"{med[name][1]:.3f} ({a[:, 1].min():.3f}–{a[:, 1].max():.3f}) | "
                 f"{med[name][2]:.3f} |"
             )
-        scaled = med["plain"][1] / (med["RB"][1] * np.sqrt(med["RB"][0] / med["plain"][0]))
-        literal = med["plain"][1] / med["RB′"][1]
-        summary.append(
-            f"- {label} parameters: relative MCSE plain {med['plain'][1]:.3f}, RB "
-            f"{med['RB'][1]:.3f} at {med['RB'][0] / med['plain'][0]:.2f}× plain's time; at "
-            f"equal wall time RB′ ({draws} draws) {med['RB′'][1]:.3f}: **{literal:.2f}×** lower "
-            f"(by the 1/√time scaling: {scaled:.2f}×)."
-        )
+        for name in ("RB", "collapsed"):
+            primed = f"{name}′"
+            scaled = med["plain"][1] / (med[name][1] * np.sqrt(med[name][0] / med["plain"][0]))
+            literal = med["plain"][1] / med[primed][1]
+            summary.append(
+                f"- {label} parameters, {name}: relative MCSE plain {med['plain'][1]:.3f}, "
+                f"{name} {med[name][1]:.3f} at {med[name][0] / med['plain'][0]:.2f}× plain's "
+                f"time; at equal wall time {primed} ({draws[primed]} draws) "
+                f"{med[primed][1]:.3f} at {med[primed][0] / med['plain'][0]:.2f}× plain's time: "
+                f"**{literal:.2f}×** lower (by the 1/√time scaling: {scaled:.2f}×)."
+            )
     lines += ["", *summary, ""]
     return lines

@@ -177,7 +177,9 @@ def check_against(estimate, exact_grad, rms_range=(0.5, 1.6)):
 def test_two_unit_sigmoid_network_against_quadrature():
     temperature = 0.1
     loss, exact = quadrature_gradient(temperature)
-    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=1500, num_warmup=200)
+    # Both units sampled; tests/test_collapsed.py checks the collapsed route.
+    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=1500, num_warmup=200,
+                        collapse=False)  # fmt: skip
     zs = []
     for i, estimator in enumerate([
         ThermalCovariance(TWO_UNITS, temperature, sampling),
@@ -203,7 +205,9 @@ def test_rao_blackwellised_estimators_match_the_gaussian_closed_form(deep_quadra
     net, params, x, targets = deep_quadratic
     temperature = 0.5
     exact = ThermalExact(net, temperature)(params, x, targets)
-    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=500, num_warmup=150)
+    # Every unit sampled (collapse=False): plain and conditional series of the same draws.
+    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=500, num_warmup=150,
+                        collapse=False)  # fmt: skip
     plain = ThermalCovariance(net, temperature, sampling, rao_blackwell=False)
     blackwell = ThermalCovariance(net, temperature, sampling, rao_blackwell=True)
     key = jax.random.key(7)

@@ -65,6 +65,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="relative step-size jitter of HMC after warm-up (0: off); breaks the resonances "
         "of a fixed trajectory length")  # fmt: skip
     add("--tempering", type=int, default=0, help="parallel-tempering replicas (0: off)")
+    add("--collapse", default="auto", choices=("auto", "on", "off"),
+        help="collapsed sampling of a layered network: HMC on the outputs' exact marginal, the "
+        "other layers averaged (auto: wherever possible; off: sample every unit)")  # fmt: skip
     add(
         "--start",
         default="auto",
@@ -133,6 +136,7 @@ def build_estimator(settings: dict[str, Any], num_inputs: int, num_classes: int)
             hmc_jitter=settings["hmc_jitter"],
             tempering=settings["tempering"],
             start=settings["start"],
+            collapse={"auto": None, "on": True, "off": False}[settings.get("collapse", "auto")],
         )
         if sampling.method == "auto" and not model.is_spin:
             sampling = dataclasses.replace(sampling, method="hmc")

@@ -128,7 +128,8 @@ def mixing_weights(model, params, conditionings) -> np.ndarray:
     )  # fmt: skip
 
 
-def conditional_statistics(model, params, states, x, targets, wanted, window, beta, temperature):
+def conditional_statistics(model, params, states, x, targets, wanted, window, beta, temperature,
+                           collapsed=False):  # fmt: skip
     """The series of :func:`~thermoeqprop.estimators._statistics.draw_statistics`, with every
     draw replaced by its conditional expectations (returns the same tuple of arrays).
 
@@ -142,11 +143,14 @@ def conditional_statistics(model, params, states, x, targets, wanted, window, be
         window: Draws averaged into one series entry.
         beta: The phase's nudging strength (the output layer is averaged only at 0).
         temperature: T of the draws.
+        collapsed: The states hold draws of the output's parity class only (collapsed
+            sampling, :mod:`thermoeqprop.estimators._collapsed`): average the other class
+            alone, whose entries are never read.
     """
     activation = conditional_activation(model)
     bound = field_bound(params, x, activation) if activation != "linear" else 0.0
     moments = unit_moments(activation, temperature, bound, states.dtype)
-    conditionings = plan(model, beta)
+    conditionings = plan(model, beta)[:1] if collapsed else plan(model, beta)
     weights = block_weights(model, conditionings)
     return _conditional(model, conditionings, tuple(wanted), window, weights, moments, params,
                         states, x, targets)  # fmt: skip

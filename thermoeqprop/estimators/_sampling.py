@@ -56,6 +56,14 @@ class Sampling:
             relaxed for continuous states, dispersed for spins.
         anneal_from: Start of the annealing schedule, as a multiple of T (> 1).
         anneal_stages: Number of annealing stages (two kernel steps each).
+        collapse: Collapsed sampling of a layered continuous network (docs/mathematics.md,
+            "Collapsed sampling"): HMC/NUTS draw only the parity class of layers that holds
+            the outputs, from its exact marginal with the other class integrated out, and the
+            estimators average the other class by conditional expectations. ``None`` (the
+            default): wherever the estimator allows it (a hidden layer, a 'sigmoid', 'tanh'
+            or 'linear' activation, ``rao_blackwell`` not False, no control variates, no
+            tempering, no annealed start); ``True``: required (an error names what is
+            missing); ``False``: every unit is sampled.
     """
 
     method: str = "auto"
@@ -72,6 +80,7 @@ class Sampling:
     start: str = "auto"
     anneal_from: float = 20.0
     anneal_stages: int = 20
+    collapse: bool | None = None
 
     def __post_init__(self):
         if self.method not in SAMPLING_METHODS:
@@ -114,6 +123,8 @@ class Sampling:
             raise ValueError(f"anneal_from must be > 1, got {self.anneal_from!r}")
         if not isinstance(self.anneal_stages, int) or self.anneal_stages < 2:
             raise ValueError(f"anneal_stages must be an integer ≥ 2, got {self.anneal_stages!r}")
+        if not (self.collapse is None or isinstance(self.collapse, bool)):
+            raise ValueError(f"collapse must be None, True or False, got {self.collapse!r}")
 
     def resolve_start(self, model: EnergyModel) -> str:
         if self.start == "auto":

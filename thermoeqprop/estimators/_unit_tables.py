@@ -33,7 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["MOMENT_ORDERS", "UnitMoments", "field_bound", "unit_moments"]
+__all__ = [
+    "MOMENT_ORDERS",
+    "UnitFreeEnergy",
+    "UnitMoments",
+    "field_bound",
+    "unit_free_energy",
+    "unit_moments",
+]
 
 #: The moments ``E[ρ^k | u]`` the estimators read, k = 1, 2, 3.
 MOMENT_ORDERS = 3
@@ -63,20 +70,47 @@ class UnitMoments(NamedTuple):
         if self.values is None:  # ρ(s) = s: the law is N(u, T)
             t = self.step
             return u, u**2 + t, u**3 + 3 * t * u
-        size = self.values.shape[0]
-        z = jnp.clip((u - self.start) / self.step, 0.0, size - 1.0)
-        i = jnp.minimum(jnp.floor(z).astype(jnp.int32), size - 2)
-        t = z - i
-        t2, t3 = t * t, t * t * t
-        basis = (2 * t3 - 3 * t2 + 1, (t3 - 2 * t2 + t) * self.step,
-                 -2 * t3 + 3 * t2, (t3 - t2) * self.step)  # fmt: skip
-        return tuple(
-            basis[0] * self.values[i, k]
-            + basis[1] * self.slopes[i, k]
-            + basis[2] * self.values[i + 1, k]
-            + basis[3] * self.slopes[i + 1, k]
-            for k in range(MOMENT_ORDERS)
-        )
+        return tuple(_hermite(self, u, k) for k in range(MOMENT_ORDERS))
+
+
+class UnitFreeEnergy(NamedTuple):
+    """The free energy ``f(u) = −T log Z(u)`` of one unit with field u, up to a constant,
+    ``Z(u) = ∫ exp(−(½ s² − u ρ(s)) / T) ds``: tabulated, or the closed form (linear ρ).
+
+    Its slope is exact, ``f′(u) = −m₁(u)``, so the cubic Hermite interpolant is C¹ and its
+    derivative (by autodiff) is what HMC on a collapsed marginal integrates
+    (docs/mathematics.md, "Collapsed sampling").
+
+    Attributes:
+        start: The first field of the grid (a scalar array), or None for the closed form.
+        step: The grid step (a scalar array).
+        values: (G, 1) free energies on the grid, or None.
+        slopes: (G, 1) their exact derivatives ``−m₁``, or None.
+    """
+
+    start: jax.Array | None
+    step: jax.Array
+    values: jax.Array | None
+    slopes: jax.Array | None
+
+    def __call__(self, u: jax.Array) -> jax.Array:
+        """``f(u)`` at fields ``u`` (any shape), shaped like ``u``."""
+        if self.values is None:  # ρ(s) = s: Z(u) = √(2πT) exp(u²/2T)
+            return -0.5 * u**2
+        return _hermite(self, u, 0)
+
+
+def _hermite(table, u, k):
+    """Column k of a table's cubic Hermite interpolant at ``u`` (clamped to the grid)."""
+    size = table.values.shape[0]
+    z = jnp.clip((u - table.start) / table.step, 0.0, size - 1.0)
+    i = jnp.minimum(jnp.floor(z).astype(jnp.int32), size - 2)
+    t = z - i
+    t2, t3 = t * t, t * t * t
+    return ((2 * t3 - 3 * t2 + 1) * table.values[i, k]
+            + (t3 - 2 * t2 + t) * table.step * table.slopes[i, k]
+            + (-2 * t3 + 3 * t2) * table.values[i + 1, k]
+            + (t3 - t2) * table.step * table.slopes[i + 1, k])  # fmt: skip
 
 
 def field_bound(params, x, activation: str) -> float:
@@ -115,16 +149,32 @@ def unit_moments(activation: str, temperature: float, bound: float = 0.0, dtype=
     temperature = float(temperature)
     if activation == "linear":
         return UnitMoments(None, jnp.asarray(temperature, dtype), None, None)
+    return _tables(activation, temperature, _covered(activation, bound), jnp.dtype(dtype).name)[0]
+
+
+def unit_free_energy(activation: str, temperature: float, bound: float = 0.0, dtype=float):
+    """The free energy ``f(u) = −T log Z(u)`` of one unit at ``temperature`` (up to a
+    constant), on the grid of :func:`unit_moments` (the same arguments).
+
+    Returns:
+        A :class:`UnitFreeEnergy`, callable on an array of fields.
+    """
+    temperature = float(temperature)
+    if activation == "linear":
+        return UnitFreeEnergy(None, jnp.asarray(temperature, dtype), None, None)
+    return _tables(activation, temperature, _covered(activation, bound), jnp.dtype(dtype).name)[1]
+
+
+def _covered(activation, bound):
     if activation not in _BOUNDED:
         raise ValueError(
             f"conditional moments need activation 'sigmoid', 'tanh' or 'linear', got {activation!r}"
         )
-    covered = 2.0 ** max(2, math.ceil(math.log2(max(bound, 1e-300))))
-    return _table(activation, temperature, covered, jnp.dtype(dtype).name)
+    return 2.0 ** max(2, math.ceil(math.log2(max(bound, 1e-300))))
 
 
 @functools.lru_cache(maxsize=32)
-def _table(activation: str, temperature: float, covered: float, dtype: str) -> UnitMoments:
+def _tables(activation: str, temperature: float, covered: float, dtype: str):
     from thermoeqprop.models.layered import ACTIVATIONS
 
     rho = ACTIVATIONS[activation]
@@ -143,10 +193,12 @@ def _table(activation: str, temperature: float, covered: float, dtype: str) -> U
     s_step = math.sqrt(temperature) / 10
     s = np.linspace(-s_max, s_max, int(math.ceil(2 * s_max / s_step)) + 1)
     fields = np.linspace(-covered, covered, size)
-    values, slopes = _tabulate(rho, temperature, jnp.asarray(fields), jnp.asarray(s))
+    values, slopes, free = _tabulate(rho, temperature, jnp.asarray(fields), jnp.asarray(s))
     dt = jnp.dtype(dtype)
-    return UnitMoments(
-        jnp.asarray(-covered, dt), jnp.asarray(step, dt), values.astype(dt), slopes.astype(dt)
+    start, step = jnp.asarray(-covered, dt), jnp.asarray(step, dt)
+    return (
+        UnitMoments(start, step, values.astype(dt), slopes.astype(dt)),
+        UnitFreeEnergy(start, step, free.astype(dt), -values[:, :1].astype(dt)),
     )
 
 
@@ -157,9 +209,12 @@ def _tabulate(rho, temperature, fields, s):
 
     def moments(u):
         phi = 0.5 * s**2 - u * r
-        w = jnp.exp(-(phi - jnp.min(phi)) / temperature)
-        return powers @ w / jnp.sum(w)
+        least = jnp.min(phi)
+        w = jnp.exp(-(phi - least) / temperature)
+        total = jnp.sum(w)
+        # f = −T log Σ exp(−φ/T), the trapezoid sum without its constant factor ds
+        return jnp.append(powers @ w / total, least - temperature * jnp.log(total))
 
-    m = jax.lax.map(moments, fields, batch_size=256)  # (G, 4)
-    slopes = (m[:, 1:] - m[:, :-1] * m[:, :1]) / temperature
-    return m[:, :MOMENT_ORDERS], slopes
+    m = jax.lax.map(moments, fields, batch_size=256)  # (G, 5)
+    slopes = (m[:, 1:4] - m[:, :3] * m[:, :1]) / temperature
+    return m[:, :MOMENT_ORDERS], slopes, m[:, 4:]

@@ -32,6 +32,7 @@ from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
 from thermoeqprop.estimators import _control_variates
+from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics
 from thermoeqprop.estimators._sampling import (
@@ -281,9 +282,8 @@ class _SampledEstimator(Estimator):
             return spins
         if self._conditional(beta):
             wanted = tuple(s in self.needed_series for s in SERIES)
-            out = conditional_statistics(
-                self.model, params, states, x, targets, wanted, window, beta, self.temperature
-            )
+            out = conditional_statistics(self.model, params, states, x, targets, wanted, window,
+                                         beta, self.temperature, collapses(self))  # fmt: skip
             return DrawStatistics(*out, draws_per_entry=window)
         return draw_statistics(self.model, params, states, x, targets, self.needed_series, window)
 
@@ -333,7 +333,7 @@ class _SampledEstimator(Estimator):
         for round_index in range(rounds):
             round_key = jax.random.fold_in(rng_key, round_index)
             for i, beta in enumerate(phases):
-                drawn = draw_states(
+                drawn = (draw_collapsed if collapses(self) else draw_states)(
                     self.model,
                     self.sampling,
                     params,
@@ -382,7 +382,7 @@ class _SampledEstimator(Estimator):
     def predict(self, params, x, rng_key) -> jax.Array:
         x, _ = self.model.validate_inputs(x)
         dummy = jnp.zeros((x.shape[0], self.model.num_outputs), x.dtype)
-        drawn = draw_states(
+        drawn = (draw_collapsed if collapses(self) else draw_states)(
             self.model,
             self.sampling,
             params,
@@ -432,7 +432,7 @@ class ThermalCovariance(_SampledEstimator):
 
     def __post_init__(self):
         _check_model(self.model, self.temperature)
-        self.sampling.resolve_method(self.model)
+        check_sampling(self)
         check_option(self.model, self.rao_blackwell)
         _control_variates.check(self.control_variates, self.model, self.sampling)
 
@@ -478,7 +478,7 @@ class ThermalNudged(_SampledEstimator):
     def __post_init__(self):
         _check_model(self.model, self.temperature)
         check_positive("beta", self.beta)
-        self.sampling.resolve_method(self.model)
+        check_sampling(self)
         check_option(self.model, self.rao_blackwell)
         _control_variates.check(self.control_variates, self.model, self.sampling)
 
