@@ -13,8 +13,9 @@ and start positions in; samples of shape ``(chain, draw, ...)`` and per-step dia
   :func:`anneal` with :func:`geometric_schedule`, :func:`linear_schedule`;
 - exact references: :func:`enumerate_spins`, :func:`spin_log_probabilities`,
   :func:`gaussian_reference`;
-- diagnostics (ArviZ): :func:`to_inference_data`, :func:`ess_bulk`, :func:`ess_tail`,
-  :func:`rhat`, :func:`mcse_mean`, :func:`summary`; vectorised in JAX over many quantities:
+- diagnostics (ArviZ): :func:`to_inference_data`, :func:`series_inference_data`,
+  :func:`ess_bulk`, :func:`ess_tail`, :func:`rhat`, :func:`mcse_mean`, :func:`summary`;
+  vectorised in JAX over many quantities:
   :func:`mean_diagnostics_many`, :func:`ess_mean_many`, :func:`mcse_mean_many`,
   :func:`rhat_split_many`.
 """
@@ -28,12 +29,12 @@ from samplers._arviz import (
     mcse_mean,
     rhat,
     save_inference_data,
-    save_rank_plot,
-    save_trace_plot,
+    series_inference_data,
     summary,
     summary_table,
     to_inference_data,
 )
+from samplers._arviz_plots import save_rank_plot, save_trace_plot
 from samplers._base import Kernel, NonFiniteEnergyError
 from samplers._driver import Trace, check_finite, sample
 from samplers._exact import (
@@ -129,6 +130,7 @@ __all__ = [
     "save_inference_data",
     "save_rank_plot",
     "save_trace_plot",
+    "series_inference_data",
     "spin_log_probabilities",
     "spin_states",
     "suggest_num_replicas",

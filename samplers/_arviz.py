@@ -8,19 +8,17 @@ Two kinds of functions:
   split R-hat, bulk/tail ESS, and MCSE of the mean, which uses the bulk ESS);
 - :func:`to_inference_data`, which turns a :class:`samplers.Trace` into ArviZ
   ``InferenceData`` with the kernel's Info as ``sample_stats``, and :func:`summary`;
-- :func:`save_trace_plot`, :func:`save_rank_plot`: ArviZ's plots of any posterior variable,
-  drawn on a ``matplotlib.figure.Figure`` made without pyplot and saved as PNG, so they never
-  switch the user's backend (a notebook's ``%matplotlib inline`` stays) nor leave a figure
-  open in pyplot, and need no display.
+- :func:`series_inference_data` (per-draw series of any quantities), netCDF saving and
+  loading, and :func:`summary_table`;
+- the plots are in ``samplers/_arviz_plots.py``: :func:`save_trace_plot`,
+  :func:`save_rank_plot`.
 
 ArviZ is imported lazily, so ``import samplers`` stays fast.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
 import os
 import warnings
 from pathlib import Path
@@ -236,7 +234,40 @@ def summary(trace: Any, *, unit_names: Any = None, **kwargs):
         return _az().summary(idata, var_names=["position"], **kwargs)
 
 
-# Gradient-estimate series (moved from thermoeqprop so that every ArviZ call lives here).
+# Series of per-draw quantities (what they mean is the caller's business).
+
+
+def series_inference_data(
+    variables: dict[str, Any],
+    *,
+    coords: dict[str, Any] | None = None,
+    dims: dict[str, list[str]] | None = None,
+    attrs: dict[str, Any] | None = None,
+):
+    """InferenceData whose posterior holds per-draw series of any quantities.
+
+    Args:
+        variables: Name to array of shape ``(chain, draw, *event)``.
+        coords: Coordinates of the event dims.
+        dims: Name to the names of its event dims.
+        attrs: Attributes of the posterior group (numbers and strings).
+
+    Returns:
+        ``arviz.InferenceData`` with one posterior variable per entry of ``variables``.
+
+    Example:
+        >>> idata = series_inference_data({"x": np.zeros((2, 5, 3))}, dims={"x": ["unit"]},
+        ...                               coords={"unit": ["a", "b", "c"]})
+        >>> idata.posterior["x"].dims
+        ('chain', 'draw', 'unit')
+    """
+    idata = _az().from_dict(
+        posterior={name: np.asarray(value) for name, value in variables.items()},
+        coords=coords,
+        dims=dims,
+    )
+    idata.posterior.attrs.update(attrs or {})
+    return idata
 
 
 def gradient_inference_data(
@@ -248,34 +279,25 @@ def gradient_inference_data(
     seeds: Any,
     attrs: dict[str, Any] | None = None,
 ):
-    """InferenceData whose posterior holds per-draw gradient series.
-
-    Args:
-        gradient: (chain, draw, temperature, seed, parameter) series whose draw means are the
-            gradient estimates.
-        cost: (chain, draw, temperature, seed) per-draw batch-mean cost.
-        parameter_names: Coordinates of ``parameter``.
-        temperatures: Coordinates of ``temperature``.
-        seeds: Coordinates of ``seed``.
-        attrs: Attributes of the posterior group (numbers and strings).
-
-    Returns:
-        ``arviz.InferenceData`` with ``posterior["gradient"]`` and ``posterior["cost"]``.
-    """
-    idata = _az().from_dict(
-        posterior={"gradient": np.asarray(gradient), "cost": np.asarray(cost)},
+    """Deprecated (removed in the next release): :func:`series_inference_data`; for a
+    gradient estimate's series, ``thermoeqprop.diagnostics.gradient_inference_data``."""
+    warnings.warn(
+        "samplers.gradient_inference_data is deprecated and will be removed in the next "
+        "release; use samplers.series_inference_data, or "
+        "thermoeqprop.diagnostics.gradient_inference_data for gradient series",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return series_inference_data(
+        {"gradient": gradient, "cost": cost},
         coords={
             "temperature": np.asarray(temperatures, dtype=float),
             "seed": np.asarray(seeds),
             "parameter": list(parameter_names),
         },
-        dims={
-            "gradient": ["temperature", "seed", "parameter"],
-            "cost": ["temperature", "seed"],
-        },
+        dims={"gradient": ["temperature", "seed", "parameter"], "cost": ["temperature", "seed"]},
+        attrs=attrs,
     )
-    idata.posterior.attrs.update(attrs or {})
-    return idata
 
 
 def save_inference_data(idata, path: str | os.PathLike) -> Path:
@@ -297,197 +319,31 @@ def load_inference_data(path: str | os.PathLike):
     return idata
 
 
-def summary_table(idata, coords: dict[str, Any] | None = None):
-    """ArviZ's summary of ``posterior["gradient"]``: mean, sd, MCSE, bulk/tail ESS, R-hat.
+def summary_table(
+    idata, coords: dict[str, Any] | None = None, *, var_names: str | list[str] | None = None
+):
+    """ArviZ's summary of posterior variables: mean, sd, MCSE, bulk/tail ESS, R-hat.
 
     Args:
-        idata: From :func:`gradient_inference_data`.
+        idata: From :func:`series_inference_data` or :func:`to_inference_data`.
         coords: Optional selection, e.g. ``{"seed": [0]}``.
+        var_names: The posterior variable(s) to summarise (default all).
 
     Returns:
-        ``xarray.Dataset`` with one variable per statistic (``mean``, ``sd``, ``mcse_mean``,
-        ``mcse_sd``, ``ess_bulk``, ``ess_tail``, ``r_hat``), dims as the gradient's event.
+        ``xarray.Dataset`` with one variable per posterior variable, each with a ``metric``
+        dim (``mean``, ``sd``, ``mcse_mean``, ``mcse_sd``, ``ess_bulk``, ``ess_tail``,
+        ``r_hat``…) beside the variable's event dims.
     """
+    if isinstance(var_names, str):
+        var_names = [var_names]
     # Components that never change give NaN diagnostics: the honest answer; NumPy's warnings
     # for them carry nothing more.
     with np.errstate(divide="ignore", invalid="ignore"):
         return _az().summary(
             idata,
-            var_names=["gradient"],
+            var_names=var_names,
             coords=coords,
             kind="all",
             fmt="xarray",
             hdi_prob=0.9,
         )
-
-
-@contextlib.contextmanager
-def _quiet_plotting():
-    # ArviZ 0.23's matplotlib backend calls normalize_kwargs in a way matplotlib 3.11
-    # deprecates; the warning is about ArviZ's internals, not our call, and the suite turns
-    # warnings into errors.
-    import matplotlib
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message="Passing a dict or None as alias_mapping",
-            category=matplotlib.MatplotlibDeprecationWarning,
-        )
-        yield
-
-
-def _plotted(idata, var_names: Any, coords: dict[str, Any] | None, limit: int) -> tuple:
-    """``(var_names, coords, count)``: the posterior variables checked, and how many panels
-    ArviZ draws for them (one per variable and selected element of its event dims)."""
-    if isinstance(var_names, str):
-        var_names = [var_names]
-    var_names = list(var_names)
-    posterior = getattr(idata, "posterior", None)
-    if posterior is None:
-        raise ValueError("idata has no posterior group; make it with to_inference_data.")
-    missing = [name for name in var_names if name not in posterior.data_vars]
-    if not var_names or missing:
-        raise ValueError(
-            f"var_names must name variables of idata.posterior {sorted(posterior.data_vars)}, "
-            f"got {var_names!r}."
-        )
-    coords = dict(coords or {})
-    unknown = sorted(set(coords) - set(posterior.dims) - {"chain", "draw"})
-    if unknown:
-        raise ValueError(
-            f"coords has dimensions {unknown} that idata.posterior lacks; its dimensions are "
-            f"{sorted(posterior.dims)}."
-        )
-    try:  # on the whole posterior, as ArviZ selects: a variable without a dim keeps all of it
-        selected = posterior.sel(coords)
-    except KeyError as error:
-        raise ValueError(f"coords select values idata.posterior lacks: {error}") from None
-    sizes = [selected[name].sizes for name in var_names]
-    count = sum(math.prod(n for dim, n in s.items() if dim not in ("chain", "draw")) for s in sizes)
-    if not 1 <= count <= limit:
-        raise ValueError(
-            f"var_names {var_names} with coords {coords} select {count} panels; select between "
-            f"1 and {limit} with coords (e.g. {{'parameter': [...]}})."
-        )
-    return var_names, coords, count
-
-
-def _panel_limit(az) -> int:
-    # ArviZ's own cap (rcParams["plot.max_subplots"], None for none); beyond it ArviZ would
-    # warn and draw only the first panels.
-    limit = az.rcParams["plot.max_subplots"]
-    return 10**9 if limit is None else max(int(limit), 2)
-
-
-def _figure(figsize: tuple[float, float]):
-    # A Figure of the object-oriented API, never pyplot's: no backend switch, nothing left
-    # open in pyplot's list of figures, no display needed; ArviZ draws on its axes.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=figsize, layout="constrained")
-
-
-def _save_figure(figure, path: str | os.PathLike, title: str) -> Path:
-    if title:
-        figure.suptitle(title)
-    path = Path(path)
-    figure.savefig(path, dpi=90)
-    return path
-
-
-def save_trace_plot(
-    idata,
-    path: str | os.PathLike,
-    coords: dict[str, Any] | None = None,
-    title: str = "",
-    *,
-    var_names: str | list[str] = "gradient",
-) -> Path:
-    """ArviZ trace plot (density and trace per chain) of selected posterior elements, as PNG.
-
-    One row per variable and selected element, e.g. per gradient component of
-    :func:`gradient_inference_data`, or per unit of a sampler's positions from
-    :func:`to_inference_data` (``var_names="position"``).
-
-    Args:
-        idata: ``arviz.InferenceData`` with a ``posterior`` group.
-        path: The PNG file to write.
-        coords: Selection of each dimension's coordinates, e.g.
-            ``{"parameter": ["weights[0][1,2]"]}`` or ``{"unit": ["x"]}``; None keeps all.
-        title: Figure title.
-        var_names: The posterior variable(s) to plot.
-
-    Returns:
-        The path written.
-
-    Example:
-        >>> import tempfile
-        >>> import jax, jax.numpy as jnp
-        >>> import samplers
-        >>> kernel = samplers.metropolis(lambda s, c: -s[0] * s[1])
-        >>> trace = samplers.sample(jax.random.key(0), kernel, jnp.ones((2, 2)), num_samples=20)
-        >>> idata = to_inference_data(trace, unit_names=["a", "b"])
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> save_trace_plot(idata, folder / "a.png", {"unit": ["a"]}, var_names="position").name
-        'a.png'
-    """
-    az = _az()
-    var_names, coords, rows = _plotted(idata, var_names, coords, _panel_limit(az) // 2)
-    figsize = (12.0, 2.0 * rows + 0.6)
-    figure = _figure(figsize)
-    with _quiet_plotting():
-        az.plot_trace(
-            idata,
-            var_names=var_names,
-            coords=coords,
-            compact=False,
-            labeller=az.labels.DimCoordLabeller(),
-            figsize=figsize,
-            axes=figure.subplots(rows, 2, squeeze=False),
-            show=False,
-        )
-    return _save_figure(figure, path, title)
-
-
-def save_rank_plot(
-    idata,
-    path: str | os.PathLike,
-    coords: dict[str, Any] | None = None,
-    title: str = "",
-    *,
-    var_names: str | list[str] = "gradient",
-) -> Path:
-    """ArviZ rank plot (rank histograms per chain) of selected posterior elements, as PNG.
-
-    One panel per variable and selected element, in rows of at most three; arguments as
-    :func:`save_trace_plot`.
-
-    Returns:
-        The path written.
-    """
-    az = _az()
-    var_names, coords, count = _plotted(idata, var_names, coords, _panel_limit(az))
-    cols = min(count, 3)
-    rows = -(-count // cols)
-    figsize = (4.5 * cols, 3.2 * rows)
-    figure = _figure(figsize)
-    axes = figure.subplots(rows, cols, squeeze=False).ravel()
-    for unused in axes[count:]:
-        unused.set_axis_off()
-    with _quiet_plotting():
-        az.plot_rank(
-            idata,
-            var_names=var_names,
-            coords=coords,
-            labeller=az.labels.DimCoordLabeller(),
-            figsize=figsize,
-            ax=axes[:count],
-            show=False,
-        )
-    for ax in axes[:count]:  # ArviZ sizes its text for 7-inch panels; these are 4.5 wide
-        ax.title.set_fontsize(10)
-        ax.xaxis.label.set_fontsize(10)
-        ax.yaxis.label.set_fontsize(10)
-        ax.tick_params(labelsize=9)
-    return _save_figure(figure, path, title)

@@ -8,6 +8,8 @@ Gibbs chains of 4 × 200 draws (observed at most 1.06, on the slowest component:
 output spin).
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +30,7 @@ from thermoeqprop.diagnostics import (
 from thermoeqprop.estimators import GradientSeries, Sampling, ThermalCovariance
 from thermoeqprop.models import SpinNetwork
 from thermoeqprop.sweep import load_sweep, temperature_sweep
-from thermoeqprop.training import TrainConfig, train
+from thermoeqprop.training import StepConfig, TrainConfig, dataset_source, train, train_steps
 
 SAMPLING = Sampling(num_chains=4, num_samples=200, num_warmup=100)
 
@@ -158,3 +160,28 @@ def test_diagnose_a_training_folder(problem, tmp_path, capsys):
     # Without series: the per-epoch summaries only, and the note says why.
     assert main(["diagnose", str(tmp_path / "plain")]) == 0
     assert "no trace or rank plots" in capsys.readouterr().out
+
+
+def test_diagnose_reads_the_kind_the_folder_records(problem, tmp_path, capsys):
+    """A step-counted run (what `thermoeqprop quantum` writes) is a training folder too; a
+    folder of another kind, or of none, is named."""
+    net = problem[0]
+    data = load_dataset("moons", num_examples=15)
+    source = dataset_source(data.x_train, net.encode_labels(data.labels_train), 3, name="moons")
+    folder = tmp_path / "steps"
+    train_steps(ThermalCovariance(net, 1.0, SAMPLING), source, StepConfig(steps=4, eval_every=2),
+                folder)  # fmt: skip
+    assert json.loads((folder / "config.json").read_text())["kind"] == "train_steps"
+    assert main(["diagnose", str(folder), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"thermoeqprop diagnose: train_steps folder {folder}")
+    assert "gradient health, step 4" in out
+    assert len((folder / "diagnose" / "training_diagnostics.csv").read_text().splitlines()) == 3
+
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "config.json").write_text('{"kind": "low_temperature_study"}')
+    with pytest.raises(ValueError, match="holds a low_temperature_study run, which records no"):
+        diagnose(tmp_path / "study")
+    (tmp_path / "guess" / "series").mkdir(parents=True)  # a series folder alone: no guessing
+    with pytest.raises(ValueError, match="neither a sweep nor a training results folder"):
+        diagnose(tmp_path / "guess")

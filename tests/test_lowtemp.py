@@ -23,6 +23,7 @@ components against the exact gradient: about 55 × 6.3e-5 ≈ 3.5e-3 per run. Se
 given code version passes or fails reproducibly.
 """
 
+import json
 import time
 
 import jax
@@ -345,7 +346,7 @@ def test_sampled_slope_matches_the_expansion(study, two_unit_exact):
     assert abs(intercept_gap) < K * float(ds["projected_intercept_stderr"])
     # Each sampled gradient agrees with the exact one (quadrature) at its temperature.
     exact_grads = np.array([exact[t][2] for t in temperatures])
-    z = (ds["grad"].values - exact_grads) / ds["stderr"].values
+    z = (ds["gradient"].values - exact_grads) / ds["stderr"].values
     assert np.max(np.abs(z)) < K, z
     # Healthy chains, all in the basin of s*.
     assert float(study["rhat_max"].max()) < 1.02
@@ -360,7 +361,7 @@ def test_nudged_estimator_in_the_study(study, two_unit_exact):
     _, _, exact = two_unit_exact
     ds = study.sel(estimator="nudged")
     exact_grads = np.array([exact[t][2] for t in ds["temperature"].values])
-    z = (ds["grad"].values - exact_grads) / ds["stderr"].values
+    z = (ds["gradient"].values - exact_grads) / ds["stderr"].values
     assert np.max(np.abs(z)) < K, z
     assert np.linalg.norm(study["nudge_bias"].values) < 0.1 * float(ds["stderr"].min())
     assert abs(float(ds["slope_z"])) < K
@@ -368,19 +369,25 @@ def test_nudged_estimator_in_the_study(study, two_unit_exact):
 
 def test_study_dataset_contents(study, two_unit_exact):
     _, result, _ = two_unit_exact
-    assert study["grad"].dims == ("estimator", "temperature", "parameter")
+    assert study["gradient"].dims == ("estimator", "temperature", "parameter")
+    # The names the temperature sweep uses; the old ones stay one release as aliases.
+    for name, old in (("gradient", "grad"), ("predicted_gradient", "predicted_grad"),
+                      ("wall_time", "seconds")):  # fmt: skip
+        xr.testing.assert_equal(study[old].variable.to_base_variable(),
+                                study[name].variable.to_base_variable())  # fmt: skip
+        assert "deprecated alias" in study[old].attrs["description"]
     assert list(study["parameter"].values)[:1] == ["biases[0][0]"]
     np.testing.assert_allclose(study["g0"].values, flat(result.grad), rtol=1e-12)
     np.testing.assert_allclose(study["g1"].values, flat(result.grad_first_order), rtol=1e-12)
     predicted = study["g0"] + study["temperature"] * study["g1"]
     xr.testing.assert_allclose(
-        study["predicted_grad"], predicted.transpose(*study["predicted_grad"].dims)
+        study["predicted_gradient"], predicted.transpose(*study["predicted_gradient"].dims)
     )
     np.testing.assert_allclose(
         study["predicted_loss"].values,
         float(result.loss) + study["temperature"].values * float(result.loss_first_order),
     )
-    z = (study["grad"] - study["predicted_grad"]) / study["stderr"]
+    z = (study["gradient"] - study["predicted_gradient"]) / study["stderr"]
     xr.testing.assert_allclose(study["z_score"], z.transpose(*study["z_score"].dims))
     assert study.attrs["test_seconds"] > 0
 
@@ -433,3 +440,21 @@ def test_errors_name_the_problem():
                               estimators=("exact",))  # fmt: skip
     with pytest.raises(ValueError, match="temperature"):
         LowTemperatureExpansion(TWO_UNITS, temperature=-1.0)
+
+
+def test_a_study_is_kept_in_a_results_folder(tmp_path):
+    net = LayeredNetwork((2, 1, 1))
+    params = net.init_params(jax.random.key(0))
+    args = (net, params, jnp.ones((2, 2)), jnp.ones((2, 1)), jax.random.key(1))
+    settings = dict(temperatures=(0.01, 0.02), estimators=("covariance",),
+                    sampling=Sampling(num_chains=2, num_samples=50, num_warmup=50))  # fmt: skip
+    folder = tmp_path / "study"
+    first = low_temperature_study(*args, **settings, results_dir=folder)
+    assert json.loads((folder / "config.json").read_text())["kind"] == "low_temperature_study"
+    plain = low_temperature_study(*args, **settings)
+    xr.testing.assert_identical(first.drop_vars(["wall_time", "seconds"]),
+                                plain.drop_vars(["wall_time", "seconds"]))  # fmt: skip
+    # Asked again: read back, not recomputed (the wall times are the first run's).
+    xr.testing.assert_identical(low_temperature_study(*args, **settings, results_dir=folder), first)
+    with pytest.raises(ValueError, match=r"different configuration \(beta: 0.02 there, 0.05 now"):
+        low_temperature_study(*args, **settings, beta=0.05, results_dir=folder)

@@ -42,14 +42,14 @@ from thermoeqprop.plots import (
     sweep_loss_figure,
 )
 from thermoeqprop.sweep import (
-    _ladder_trace,
-    _unit_key,
     load_sweep,
     matched_budgets,
     parse_estimator,
     save_sweep,
     temperature_sweep,
 )
+from thermoeqprop.sweep._grid import _unit_key
+from thermoeqprop.sweep._tempered import _ladder_trace
 
 K = 4.0
 SPIN_SAMPLING = Sampling(num_chains=4, num_samples=1000, num_warmup=100)
@@ -288,7 +288,9 @@ def test_resume_after_interruption_equals_uninterrupted(spin_problem, tmp_path):
     for result in (resumed, load_sweep(folder)):
         xr.testing.assert_identical(result.drop_vars("wall_time"), whole.drop_vars("wall_time"))
 
-    with pytest.raises(ValueError, match="different configuration \\(seeds differ\\)"):
+    with pytest.raises(
+        ValueError, match=r"different configuration \(seeds: \[0, 1\] there, \[0\] now\)"
+    ):
         temperature_sweep(net, params, x, targets, grid, **(kwargs | {"seeds": [0]}),
                           results_dir=folder)  # fmt: skip
 

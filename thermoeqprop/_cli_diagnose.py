@@ -2,9 +2,11 @@
 
 For a sweep folder: a summary table (worst R-hat, smallest bulk and tail ESS per estimator,
 temperature and seed), the per-component ArviZ summary as CSV, and ArviZ trace and rank plots
-of the least converged components. For a training folder: the per-epoch gradient diagnostics
-its metrics recorded, the ArviZ summary of the per-draw gradient series saved for each epoch's
-last batch (sampled estimators), and trace and rank plots of the latest.
+of the least converged components. For a training folder (by epochs, or by steps as
+``thermoeqprop quantum`` writes): the gradient diagnostics its metrics recorded, the ArviZ
+summary of the per-draw gradient series saved for each epoch's last batch (sampled
+estimators), and trace and rank plots of the latest. The folder's kind is what its
+``config.json`` records (:class:`thermoeqprop.results.RunFolder`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 # The printed columns of a training folder's per-epoch table, and their headings.
 TRAIN_COLUMNS = {
     "epoch": "epoch",
+    "step": "step",
     "temperature": "T",
     "relative_stderr": "rel. MCSE (mean of batches)",
     "diag_rhat_max": "split R-hat max (worst batch)",
@@ -52,7 +55,7 @@ def run(settings: dict[str, Any]) -> int:
         "display.float_format": "{:.4g}".format,
     }
     overview = diagnosis.overview
-    if diagnosis.kind == "train":  # a short table, every R-hat named (all columns: the CSV)
+    if diagnosis.kind != "sweep":  # training: a short table, every R-hat named (all: the CSV)
         overview = overview[[c for c in TRAIN_COLUMNS if c in overview]].rename(
             columns=TRAIN_COLUMNS
         )

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from thermoeqprop.results import RunFolder
+
 __all__ = ["build_estimator", "configure_parser", "run"]
 
 ESTIMATORS = ("ground", "excited", "thermal", "thermal-nudged")
@@ -270,7 +272,7 @@ def run(settings: dict[str, Any]) -> int:
         f"({platform.machine()}, {platform.system()}, JAX {jax.__version__})"
     )
     lines += [f"{k}: {v}" for k, v in history[-1].items() if k.startswith("diag_")]
-    (results_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+    RunFolder(results_dir).write_text("summary.txt", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from thermoeqprop.results import RunFolder
+
 MODELS = ("quadratic", "layered", "spin")
 DATASETS = ("moons", "circles", "digits", "random")
 
@@ -230,7 +232,7 @@ def run(settings: dict[str, Any]) -> int:
         "means over seeds (R-hat: max, ESS: min)",
         "files: sweep.nc, " + ", ".join(p.name for p in pictures) + ", series/*.nc",
     ]
-    (results_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+    RunFolder(results_dir).write_text("summary.txt", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from thermoeqprop.results import RunFolder
+
 THERMAL_ESTIMATORS = ("covariance", "nudged", "exact")
 ZERO_TEMPERATURE_ESTIMATORS = ("ep", "ep-one-sided", "implicit", "backprop")
 ESTIMATORS = THERMAL_ESTIMATORS + ZERO_TEMPERATURE_ESTIMATORS
@@ -261,6 +263,6 @@ def run(settings: dict[str, Any]) -> int:
         lines.append(f"mean relative gradient MCSE (last epoch): {final['relative_stderr']:.3f}")
     if "diag_num_chains" in final:
         lines.append(health_table(final))
-    (results_dir / "summary.txt").write_text("\n".join(lines) + "\n")
+    RunFolder(results_dir).write_text("summary.txt", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

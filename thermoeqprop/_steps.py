@@ -41,17 +41,16 @@ import optax
 
 from thermoeqprop._optim import build_optimizer, check_optimizer_settings
 from thermoeqprop._protocols import Estimator
-from thermoeqprop._provenance import ENVIRONMENT_KEY, run_environment
 from thermoeqprop._runs import (
     TrainResult,
     check_finite_losses,
-    describe,
     open_run,
     restore_tree,
     save_unit,
     summarise_diagnostics,
 )
 from thermoeqprop._validation import check_finite, check_matrix
+from thermoeqprop.results import describe
 
 __all__ = ["DatasetSource", "StepConfig", "dataset_source", "held_out", "train_steps"]
 
@@ -307,47 +306,49 @@ def train_steps(
             "source": describe(source),
             "optimizer": describe(optimizer) if given else "train.optimizer",
             **(extra_config or {}),
-            ENVIRONMENT_KEY: run_environment(),
         }
         opened = open_run(results_dir, record, "step", config.steps, log)
         folder, start, history = opened.folder, opened.start, opened.history
         arrays, path = opened.checkpoint, opened.path
+    try:
         if arrays is not None:
             params = restore_tree(arrays, "params_", params, path)
             opt_state = restore_tree(arrays, "opt_", opt_state, path)
+        stateful, state, first = _is_stateful(estimator), None, True
+        steps = range(start + 1, config.steps + 1)
+        if progress:
+            from tqdm.auto import tqdm
 
-    stateful, state, first = _is_stateful(estimator), None, True
-    steps = range(start + 1, config.steps + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, total=config.steps, initial=start, desc="steps", leave=False)
-    estimates, tic = [], time.perf_counter()
-    for step in steps:
-        x, targets = _draw(source, jax.random.fold_in(key_data, step), step, model)
-        key = jax.random.fold_in(key_estimate, step)
-        if stateful:
-            if first:  # the batch size is known now
-                state = estimator.initial_state(np.shape(x)[0])
-                if arrays is not None:  # the state the interrupted run had here
-                    state = restore_tree(arrays, "state_", state, path)
-                first = False
-            estimate, state = estimator.call_with_state(params, x, targets, key, state)
-        else:
-            estimate = estimator(params, x, targets, key)
-        params, opt_state = apply(params, opt_state, estimate.grad)
-        estimates.append(estimate)
-        if step % config.eval_every and step != config.steps:
-            continue
-        jax.block_until_ready((params, opt_state, estimates))  # the clock waits for the work
-        record = _record(step, estimates, time.perf_counter() - tic, estimator, source, params)
-        if evaluate is not None:
-            record |= evaluate(estimator, params, jax.random.fold_in(key_eval, step))
-        history.append(record)
-        if folder is not None:
-            trees = {"params_": params, "opt_": opt_state, "state_": state}
-            save_unit(folder, record, "step", trees)
-        if callback is not None:
-            callback(record)
+            steps = tqdm(steps, total=config.steps, initial=start, desc="steps", leave=False)
         estimates, tic = [], time.perf_counter()
-    return TrainResult(params, history, folder)
+        for step in steps:
+            x, targets = _draw(source, jax.random.fold_in(key_data, step), step, model)
+            key = jax.random.fold_in(key_estimate, step)
+            if stateful:
+                if first:  # the batch size is known now
+                    state = estimator.initial_state(np.shape(x)[0])
+                    if arrays is not None:  # the state the interrupted run had here
+                        state = restore_tree(arrays, "state_", state, path)
+                    first = False
+                estimate, state = estimator.call_with_state(params, x, targets, key, state)
+            else:
+                estimate = estimator(params, x, targets, key)
+            params, opt_state = apply(params, opt_state, estimate.grad)
+            estimates.append(estimate)
+            if step % config.eval_every and step != config.steps:
+                continue
+            jax.block_until_ready((params, opt_state, estimates))  # the clock waits for the work
+            record = _record(step, estimates, time.perf_counter() - tic, estimator, source, params)
+            if evaluate is not None:
+                record |= evaluate(estimator, params, jax.random.fold_in(key_eval, step))
+            history.append(record)
+            if folder is not None:
+                trees = {"params_": params, "opt_": opt_state, "state_": state}
+                save_unit(folder, record, "step", trees)
+            if callback is not None:
+                callback(record)
+            estimates, tic = [], time.perf_counter()
+    finally:
+        if folder is not None:
+            folder.release()
+    return TrainResult(params, history, None if folder is None else folder.path)

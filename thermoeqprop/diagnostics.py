@@ -22,8 +22,6 @@ Every ArviZ call lives in ``samplers/_arviz.py``.
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +35,8 @@ from thermoeqprop._health import (
     health_limits,
     rhat_limit,
 )
+from thermoeqprop._series import gradient_inference_data
+from thermoeqprop.results import RunFolder
 
 __all__ = [
     "RHAT_LIMIT",
@@ -51,57 +51,6 @@ RHAT_LIMIT = 1.01
 STATISTICS = ("mean", "sd", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat")
 
 
-def gradient_inference_data(
-    series,
-    *,
-    parameters: int | list[str] | None = None,
-    temperature: float = math.nan,
-    seed: int = 0,
-    estimator: str = "",
-):
-    """InferenceData of one estimate's per-draw gradient series.
-
-    Args:
-        series: The :class:`~thermoeqprop.estimators.GradientSeries` returned by
-            ``estimate_with_series``.
-        parameters: Which components: names, or a count of evenly spaced ones (default all).
-        temperature: Coordinate value of the ``temperature`` dim.
-        seed: Coordinate value of the ``seed`` dim.
-        estimator: Recorded as an attribute.
-
-    Returns:
-        ``arviz.InferenceData``; ``posterior["gradient"]`` has dims
-        ``(chain, draw, temperature, seed, parameter)``.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from thermoeqprop.estimators import Sampling, ThermalCovariance
-        >>> from thermoeqprop.models import SpinNetwork
-        >>> net = SpinNetwork.layered((2, 2, 1))
-        >>> est = ThermalCovariance(net, 1.0, Sampling(num_chains=2, num_samples=50))
-        >>> _, series = est.estimate_with_series(net.init_params(jax.random.key(0)),
-        ...     jnp.ones((2, 2)), jnp.ones((2, 1)), jax.random.key(1))
-        >>> gradient_inference_data(series).posterior["gradient"].shape
-        (2, 50, 1, 1, 9)
-    """
-    from thermoeqprop.sweep import _series_indices
-
-    names = list(series.parameter_names)
-    if parameters is None:
-        parameters = len(names)
-    indices = _series_indices(names, parameters)
-    gradient = np.asarray(series.gradient)[:, :, None, None, indices]
-    cost = np.asarray(series.cost)[:, :, None, None]
-    return samplers.gradient_inference_data(
-        gradient,
-        cost,
-        [names[i] for i in indices],
-        temperatures=[temperature],
-        seeds=[seed],
-        attrs={"estimator": estimator},
-    )
-
-
 def gradient_summary(idata):
     """Per-component ArviZ diagnostics of ``posterior["gradient"]`` as a long table.
 
@@ -110,32 +59,23 @@ def gradient_summary(idata):
         ``sd``, ``mcse_mean``, ``mcse_sd``, ``ess_bulk``, ``ess_tail``, ``r_hat`` (NaN for
         components that never change).
     """
-    table = samplers.summary_table(idata)["gradient"]
+    table = samplers.summary_table(idata, var_names="gradient")["gradient"]
     frame = table.sel(metric=list(STATISTICS)).to_dataset("metric").to_dataframe()
     return frame[list(STATISTICS)]
 
 
 def load_gradient_series(folder) -> list[tuple[Path, Any]]:
-    """The (path, InferenceData) pairs of the gradient series saved by a sweep in ``folder``."""
-    folder = Path(folder)
-    files = sorted((folder / "series").glob("*.nc"))
-    out = []
-    for path in files:
-        try:
-            out.append((path, samplers.load_inference_data(path)))
-        except Exception as exc:  # h5py/OSError: an unreadable file
-            raise ValueError(
-                f"gradient series {str(path)!r} is unreadable ({type(exc).__name__}); delete "
-                "it and the matching parts/ file, then re-run the sweep"
-            ) from None
-    return out
+    """The (path, InferenceData) pairs of the gradient series saved in a results folder
+    (:meth:`thermoeqprop.results.RunFolder.read_series`)."""
+    return RunFolder(folder).read_series()
 
 
 class Diagnosis(NamedTuple):
     """What :func:`diagnose` found.
 
     Attributes:
-        kind: ``"sweep"`` or ``"train"``.
+        kind: ``"sweep"``, or the training folder's kind: ``"train"`` (epochs) or
+            ``"train_steps"`` (steps, as ``thermoeqprop quantum`` writes).
         overview: ``pandas.DataFrame``, one row per (estimator, temperature, seed) of a sweep
             (worst R-hat, smallest bulk and tail ESS, flags) or per epoch of a training run.
         components: Per-component ArviZ summary (None for a training run without series).
@@ -165,6 +105,14 @@ def _flags(r_hat_max, ess_bulk_min, ess_tail_min, num_chains, num_draws, compone
     if per_draw < ESS_PER_DRAW_MIN:
         flags.append(f"few effective draws (ESS {per_draw:.2g} per draw < {ESS_PER_DRAW_MIN})")
     return "; ".join(flags) or "ok"
+
+
+def _trace_plot(idata, path: Path, coords, title: str) -> Path:
+    return samplers.save_trace_plot(idata, path, coords, title, var_names="gradient")
+
+
+def _rank_plot(idata, path: Path, coords, title: str) -> Path:
+    return samplers.save_rank_plot(idata, path, coords, title, var_names="gradient")
 
 
 def _plot_parameters(frame, count: int) -> list[str]:
@@ -219,8 +167,8 @@ def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -
             coords = {"temperature": [temperature], "seed": [first_seed], "parameter": chosen}
             stem = f"{path.stem.split('_', 1)[-1]}_T{temperature:g}_seed{first_seed}"
             title = f"{estimator} at T = {temperature:g}, seed {first_seed}"
-            files.append(samplers.save_trace_plot(idata, out / f"trace_{stem}.png", coords, title))
-            files.append(samplers.save_rank_plot(idata, out / f"rank_{stem}.png", coords, title))
+            files.append(_trace_plot(idata, out / f"trace_{stem}.png", coords, title))
+            files.append(_rank_plot(idata, out / f"rank_{stem}.png", coords, title))
     overview = pd.DataFrame(rows).sort_values(["estimator", "temperature", "seed"])
     overview = overview.reset_index(drop=True)
     table = pd.concat(components, ignore_index=True)
@@ -254,29 +202,26 @@ def _series_overview(frame) -> dict[str, Any]:
     }
 
 
-def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool) -> Diagnosis:
+def _diagnose_training(
+    folder: Path, out: Path, max_parameters: int, plots: bool, kind: str
+) -> Diagnosis:
+    """A training folder counted in epochs (``train``) or steps (``train_steps``)."""
     import pandas as pd
 
-    metrics = folder / "metrics.jsonl"
-    records = []
-    if metrics.exists():
-        for line in metrics.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a kill
+    unit, width = ("epoch", 4) if kind == "train" else ("step", 8)
+    records = RunFolder(folder).read_metrics()
     if not records:
-        raise ValueError(f"training folder {str(folder)!r} has no finished epoch in metrics.jsonl")
-    keys = ["epoch"] + [
+        raise ValueError(f"training folder {str(folder)!r} has no finished {unit} in metrics.jsonl")
+    keys = [unit] + [
         k for k in records[0] if k.startswith("diag_") or k in ("relative_stderr", "temperature")
     ]
     overview = pd.DataFrame([{k: r.get(k, np.nan) for k in keys} for r in records])
-    finished = set(overview.epoch)
+    finished = set(overview[unit])
     loaded = [
-        (int(path.stem.removeprefix("epoch_")), path, idata)
-        for path, idata in load_gradient_series(folder)
-        if path.stem.startswith("epoch_") and int(path.stem.removeprefix("epoch_")) in finished
-    ]  # a series past the last finished epoch belongs to an epoch that will be redone
+        (int(path.stem.removeprefix(f"{unit}_")), path, idata)
+        for path, idata in RunFolder(folder).read_series(f"{unit}_")
+        if int(path.stem.removeprefix(f"{unit}_")) in finished
+    ]  # a series past the last finished unit belongs to one that will be redone
     notes: list[str] = []
     files: list[Path] = []
     components = None
@@ -285,13 +230,13 @@ def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool
         frames = []
         for epoch, _, idata in loaded:
             frame = gradient_summary(idata).reset_index()
-            frame.insert(0, "epoch", epoch)
+            frame.insert(0, unit, epoch)
             frames.append(frame)
         components = pd.concat(frames, ignore_index=True)
         per_epoch = pd.DataFrame(
-            [{"epoch": f.epoch.iloc[0]} | _series_overview(f) for f in frames]
-        ).rename(columns=lambda c: c if c == "epoch" else f"series_{c}")
-        overview = overview.merge(per_epoch, on="epoch", how="left")
+            [{unit: f[unit].iloc[0]} | _series_overview(f) for f in frames]
+        ).rename(columns=lambda c: c if c == unit else f"series_{c}")
+        overview = overview.merge(per_epoch, on=unit, how="left")
         path = out / "gradient_summary.csv"
         components.to_csv(path, index=False)
         files.append(path)
@@ -304,11 +249,11 @@ def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool
             ].itertuples(index=False)
         ]  # fmt: skip
         overview = overview.merge(
-            pd.DataFrame({"epoch": per_epoch.epoch, "series_flags": flags}), on="epoch",
+            pd.DataFrame({unit: per_epoch[unit], "series_flags": flags}), on=unit,
             how="left",
         )  # fmt: skip
         notes.append(
-            f"per-draw gradient series of each epoch's last batch: {len(loaded)} epochs, "
+            f"per-draw gradient series of each {unit}'s last batch: {len(loaded)} {unit}s, "
             f"{per_epoch.series_components.iloc[-1]} components each; "
             f"{sum(f != 'ok' for f in flags)} flagged (rank-normalised R-hat above what "
             "independent draws of this size exceed with probability 5 %, or bulk/tail ESS "
@@ -319,7 +264,7 @@ def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool
         notes.append(
             format_checks(
                 gradient_checks(last),
-                f"gradient health, epoch {last['epoch']} (worst of its batches; split R-hat: "
+                f"gradient health, {unit} {last[unit]} (worst of its batches; split R-hat: "
                 "Gelman et al., not rank-normalised, recorded by train on every batch):",
             )
         )
@@ -328,7 +273,7 @@ def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool
         notes.append("its estimator is deterministic (no Monte Carlo diagnostics to show)")
     elif not loaded:
         notes.append(
-            "no per-draw gradient series saved (series/epoch_*.nc): per-epoch summaries only, "
+            f"no per-draw gradient series saved (series/{unit}_*.nc): per-{unit} summaries only, "
             "no trace or rank plots"
         )
     path = out / "training_diagnostics.csv"
@@ -343,28 +288,28 @@ def _diagnose_training(folder: Path, out: Path, max_parameters: int, plots: bool
         axes = fig.subplots(1, len(sampled), squeeze=False)
         for ax, key in zip(axes[0], sampled, strict=True):
             title, limit = limits[key]
-            ax.plot(overview.epoch, overview[key], "o-", ms=3, label="worst batch"
+            ax.plot(overview[unit], overview[key], "o-", ms=3, label="worst batch"
                     if key.startswith("diag_") else "mean over batches")  # fmt: skip
             if limit is not None:
                 ax.axhline(limit, color="tab:red", ls="--", lw=1, label=f"limit {limit:.3g}")
-            ax.set(xlabel="epoch", title=title)
+            ax.set(xlabel=unit, title=title)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
-        fig.suptitle(f"gradient diagnostics per epoch: {folder.name}")
+        fig.suptitle(f"gradient diagnostics per {unit}: {folder.name}")
         picture = out / "training_diagnostics.png"
         fig.savefig(picture, dpi=100)
         files.append(picture)
     if plots and loaded:
         epoch, _, idata = loaded[-1]
-        frame = components[components.epoch == epoch].set_index("parameter")
+        frame = components[components[unit] == epoch].set_index("parameter")
         chosen = _plot_parameters(frame, max_parameters)
-        title = f"epoch {epoch}, last batch"
+        title = f"{unit} {epoch}, last batch"
         coords = {"parameter": chosen}
-        stem = f"epoch_{epoch:04d}"
-        files.append(samplers.save_trace_plot(idata, out / f"trace_{stem}.png", coords, title))
-        files.append(samplers.save_rank_plot(idata, out / f"rank_{stem}.png", coords, title))
-    return Diagnosis("train", overview, components, files, notes)
+        stem = f"{unit}_{epoch:0{width}d}"
+        files.append(_trace_plot(idata, out / f"trace_{stem}.png", coords, title))
+        files.append(_rank_plot(idata, out / f"rank_{stem}.png", coords, title))
+    return Diagnosis(kind, overview, components, files, notes)
 
 
 def diagnose(folder, out_dir=None, *, max_parameters: int = 4, plots: bool = True) -> Diagnosis:
@@ -390,23 +335,17 @@ def diagnose(folder, out_dir=None, *, max_parameters: int = 4, plots: bool = Tru
     ):
         raise ValueError(f"max_parameters must be an integer ≥ 1, got {max_parameters!r}")
     out = Path(out_dir) if out_dir is not None else folder / "diagnose"
-    config = folder / "config.json"
-    kind = None
-    if config.exists():
-        try:
-            record = json.loads(config.read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{str(config)!r} is not valid JSON") from None
-        kind = "sweep" if record.get("kind") == "temperature_sweep" else (
-            "train" if "train" in record else None
-        )  # fmt: skip
-    if kind is None and (folder / "series").is_dir():
-        kind = "sweep"
-    if kind == "sweep":
+    kind = RunFolder(folder).kind
+    if kind == "temperature_sweep":
         return _diagnose_sweep(folder, out, max_parameters, plots)
-    if kind == "train":
-        return _diagnose_training(folder, out, max_parameters, plots)
+    if kind in ("train", "train_steps"):
+        return _diagnose_training(folder, out, max_parameters, plots, kind)
+    if kind is not None:
+        raise ValueError(
+            f"{str(folder)!r} holds a {kind} run, which records no gradient diagnostics; give "
+            "a folder that `thermoeqprop sweep`, `train` or `quantum` wrote"
+        )
     raise ValueError(
         f"{str(folder)!r} is neither a sweep nor a training results folder (no config.json "
-        "naming one); give the folder that `thermoeqprop sweep` or `train` wrote"
+        "naming one); give the folder that `thermoeqprop sweep`, `train` or `quantum` wrote"
     )

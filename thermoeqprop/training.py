@@ -12,7 +12,9 @@ A run writes ``RESULTS_DIR/``:
 - ``series/epoch_NNNN.nc`` (sampled estimators): the per-draw gradient series of the epoch's
   last batch as ArviZ InferenceData, for ``thermoeqprop diagnose``.
 
-Calling :func:`train` again on the same folder resumes after the last checkpoint. Every
+The folder is a :class:`thermoeqprop.results.RunFolder` of kind ``"train"`` (locked while the
+run writes it; a second process is refused). Calling :func:`train` again on the same folder
+resumes after the last checkpoint. Every
 random choice of epoch ``e`` derives from ``(seed, e)`` alone, so a resumed run ends with
 bit-for-bit the same parameters as one that was never interrupted.
 """
@@ -33,22 +35,19 @@ import optax
 
 from thermoeqprop._optim import add_penalty, build_optimizer, check_optimizer_settings, project
 from thermoeqprop._protocols import Estimator
-from thermoeqprop._provenance import ENVIRONMENT_KEY, run_environment
 from thermoeqprop._runs import (
-    CheckpointError,
     TrainResult,
     check_finite_losses,
-    describe,
     open_run,
     read_checkpoint,
     restore_tree,
     save_unit,
     summarise_diagnostics,
-    write_atomic,
     write_checkpoint,
 )
 from thermoeqprop._steps import StepConfig, dataset_source, held_out, train_steps
 from thermoeqprop.data import Dataset
+from thermoeqprop.results import CheckpointError, RunFolder, describe, write_atomic
 
 __all__ = [
     "CheckpointError",
@@ -130,10 +129,11 @@ def evaluate(estimator: Estimator, params, x, labels, rng_key, batch_size: int =
     return correct / len(labels)
 
 
-def _save_series(path: Path, series, estimator, config: TrainConfig, count: int) -> None:
+def _save_series(
+    folder: RunFolder, name: str, series, estimator, config: TrainConfig, count: int
+) -> None:
     """The per-draw gradient series of one estimate as netCDF InferenceData (atomically)."""
-    import samplers
-    from thermoeqprop.diagnostics import gradient_inference_data
+    from thermoeqprop._series import gradient_inference_data
 
     idata = gradient_inference_data(
         series,
@@ -142,8 +142,7 @@ def _save_series(path: Path, series, estimator, config: TrainConfig, count: int)
         seed=config.seed,
         estimator=type(estimator).__name__,
     )
-    path.parent.mkdir(exist_ok=True)
-    samplers.save_inference_data(idata, path)
+    folder.write_series(name, idata)
 
 
 def train(
@@ -228,88 +227,93 @@ def train(
             "estimator": describe(estimator),
             "dataset": dataset.name,
             **(extra_config or {}),
-            ENVIRONMENT_KEY: run_environment(),
         }
         opened = open_run(results_dir, record, "epoch", config.epochs, log)
         folder, start_epoch, history = opened.folder, opened.start, opened.history
-        if opened.checkpoint is not None:
-            params = restore_tree(opened.checkpoint, "params_", params, opened.path)
-            opt_state = restore_tree(opened.checkpoint, "opt_", opt_state, opened.path)
 
     targets_train = np.asarray(model.encode_labels(dataset.labels_train))
-    epochs = range(start_epoch + 1, config.epochs + 1)
-    for epoch in epochs:
-        tic = time.perf_counter()
-        current = schedule(estimator, epoch) if schedule is not None else estimator
-        key_epoch = jax.random.fold_in(key_epochs, epoch)
-        key_steps, key_eval = jax.random.split(key_epoch)
-        order = np.random.default_rng([config.seed, epoch]).permutation(num_train)
-        batches = range(steps_per_epoch)
-        if progress:
-            from tqdm.auto import tqdm
+    try:
+        if folder is not None and opened.checkpoint is not None:
+            params = restore_tree(opened.checkpoint, "params_", params, opened.path)
+            opt_state = restore_tree(opened.checkpoint, "opt_", opt_state, opened.path)
+        epochs = range(start_epoch + 1, config.epochs + 1)
+        for epoch in epochs:
+            tic = time.perf_counter()
+            current = schedule(estimator, epoch) if schedule is not None else estimator
+            key_epoch = jax.random.fold_in(key_epochs, epoch)
+            key_steps, key_eval = jax.random.split(key_epoch)
+            order = np.random.default_rng([config.seed, epoch]).permutation(num_train)
+            batches = range(steps_per_epoch)
+            if progress:
+                from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False)
-        estimates = []
-        series = None
-        keep_series = (
-            folder is not None and series_parameters and hasattr(current, "estimate_with_series")
-        )
-        for step in batches:
-            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
-            step_key = jax.random.fold_in(key_steps, step)
-            batch = (params, dataset.x_train[idx], targets_train[idx], step_key)
-            if keep_series and step == steps_per_epoch - 1:
-                # The same estimate as current(...) (same key), with the draws behind it.
-                estimate, series = current.estimate_with_series(*batch)
-            else:
-                estimate = current(*batch)
-            params, opt_state = apply(params, opt_state, estimate.grad)
-            estimates.append(estimate)
-        # JAX dispatches asynchronously: without this the clock stops before the last
-        # batches' work is done (a T = 0 epoch read about a third short).
-        jax.block_until_ready((params, opt_state, estimates))
-        train_seconds = time.perf_counter() - tic
-        test_accuracy = evaluate(
-            current,
-            params,
-            dataset.x_test,
-            dataset.labels_test,
-            key_eval,
-            config.eval_batch_size,
-        )
-        losses = np.asarray([float(e.loss) for e in estimates])
-        check_finite_losses(losses, f"epoch {epoch}")
-        grad_norm = np.mean([float(optax.tree.norm(e.grad)) for e in estimates])
-        record = {
-            "epoch": epoch,
-            "train_loss": float(losses.mean()),
-            "test_accuracy": test_accuracy,
-        }
-        if train_accuracy:
-            record["train_accuracy"] = evaluate(
+                batches = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False)
+            estimates = []
+            series = None
+            keep_series = (
+                folder is not None
+                and series_parameters
+                and hasattr(current, "estimate_with_series")
+            )
+            for step in batches:
+                idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+                step_key = jax.random.fold_in(key_steps, step)
+                batch = (params, dataset.x_train[idx], targets_train[idx], step_key)
+                if keep_series and step == steps_per_epoch - 1:
+                    # The same estimate as current(...) (same key), with the draws behind it.
+                    estimate, series = current.estimate_with_series(*batch)
+                else:
+                    estimate = current(*batch)
+                params, opt_state = apply(params, opt_state, estimate.grad)
+                estimates.append(estimate)
+            # JAX dispatches asynchronously: without this the clock stops before the last
+            # batches' work is done (a T = 0 epoch read about a third short).
+            jax.block_until_ready((params, opt_state, estimates))
+            train_seconds = time.perf_counter() - tic
+            test_accuracy = evaluate(
                 current,
                 params,
-                dataset.x_train,
-                dataset.labels_train,
-                jax.random.fold_in(key_epoch, 1),
+                dataset.x_test,
+                dataset.labels_test,
+                key_eval,
                 config.eval_batch_size,
             )
-        record |= {
-            "grad_norm": float(grad_norm),
-            "epoch_seconds": train_seconds,
-            "batches": steps_per_epoch,
-            "parameters": num_parameters,
-            **summarise_diagnostics(estimates),
-        }
-        temperature = getattr(current, "temperature", None)
-        if temperature is not None:
-            record["temperature"] = float(temperature)
-        history.append(record)
-        if series is not None:
-            _save_series(folder / "series" / f"epoch_{epoch:04d}.nc", series, current, config,
-                         series_parameters)  # fmt: skip
+            losses = np.asarray([float(e.loss) for e in estimates])
+            check_finite_losses(losses, f"epoch {epoch}")
+            grad_norm = np.mean([float(optax.tree.norm(e.grad)) for e in estimates])
+            record = {
+                "epoch": epoch,
+                "train_loss": float(losses.mean()),
+                "test_accuracy": test_accuracy,
+            }
+            if train_accuracy:
+                record["train_accuracy"] = evaluate(
+                    current,
+                    params,
+                    dataset.x_train,
+                    dataset.labels_train,
+                    jax.random.fold_in(key_epoch, 1),
+                    config.eval_batch_size,
+                )
+            record |= {
+                "grad_norm": float(grad_norm),
+                "epoch_seconds": train_seconds,
+                "batches": steps_per_epoch,
+                "parameters": num_parameters,
+                **summarise_diagnostics(estimates),
+            }
+            temperature = getattr(current, "temperature", None)
+            if temperature is not None:
+                record["temperature"] = float(temperature)
+            history.append(record)
+            if series is not None:
+                _save_series(folder, f"epoch_{epoch:04d}", series, current, config,
+                             series_parameters)  # fmt: skip
+            if folder is not None:
+                save_unit(folder, record, "epoch", {"params_": params, "opt_": opt_state})
+            if callback is not None:
+                callback(record)
+    finally:
         if folder is not None:
-            save_unit(folder, record, "epoch", {"params_": params, "opt_": opt_state})
-        if callback is not None:
-            callback(record)
-    return TrainResult(params, history, folder)
+            folder.release()
+    return TrainResult(params, history, None if folder is None else folder.path)

@@ -26,16 +26,32 @@ def gibbs_trace():
     return samplers.sample(jax.random.key(1), kernel, start, context, 1.0, num_samples=60)
 
 
+def series_idata(gradient, cost, names, temperatures, seeds):
+    """A gradient-like series: a (temperature, seed, parameter) event and a cost beside it."""
+    return samplers.series_inference_data(
+        {"gradient": gradient, "cost": cost},
+        coords={"temperature": temperatures, "seed": seeds, "parameter": names},
+        dims={"gradient": ["temperature", "seed", "parameter"], "cost": ["temperature", "seed"]},
+    )
+
+
 @pytest.fixture(scope="module")
 def gradient_idata():
     rng = np.random.default_rng(0)
-    return samplers.gradient_inference_data(
-        rng.normal(size=(4, 50, 2, 1, 3)),
-        rng.normal(size=(4, 50, 2, 1)),
-        ["a", "b", "c"],
-        temperatures=[0.5, 1.0],
-        seeds=[0],
-    )
+    return series_idata(
+        rng.normal(size=(4, 50, 2, 1, 3)), rng.normal(size=(4, 50, 2, 1)), ["a", "b", "c"],
+        [0.5, 1.0], [0],
+    )  # fmt: skip
+
+
+def test_the_old_gradient_builder_is_a_deprecated_alias(gradient_idata):
+    posterior = gradient_idata.posterior
+    with pytest.warns(DeprecationWarning, match="samplers.series_inference_data"):
+        old = samplers.gradient_inference_data(
+            posterior["gradient"].values, posterior["cost"].values, ["a", "b", "c"],
+            temperatures=[0.5, 1.0], seeds=[0],
+        )  # fmt: skip
+    assert old.posterior.equals(posterior)
 
 
 def png_size(path):
@@ -62,15 +78,15 @@ def test_trace_and_rank_plots_of_sampler_positions(gibbs_trace, tmp_path):
     assert png_size(rank) == (2 * 4.5 * 90, 3.2 * 90)  # two panels side by side
 
 
-def test_gradient_plots_stay_the_default(gradient_idata, tmp_path):
+def test_plots_of_chosen_or_all_variables(gradient_idata, tmp_path):
     coords = {"temperature": [0.5], "seed": [0], "parameter": ["a", "c"]}
     with foreign_backend():
-        path = samplers.save_trace_plot(gradient_idata, tmp_path / "trace.png", coords, "title")
-        samplers.save_rank_plot(gradient_idata, tmp_path / "rank.png", coords)
-        # Several variables at once: two gradient components and the cost.
-        both = samplers.save_trace_plot(
-            gradient_idata, tmp_path / "both.png", coords, var_names=["gradient", "cost"]
+        path = samplers.save_trace_plot(
+            gradient_idata, tmp_path / "trace.png", coords, "title", var_names="gradient"
         )
+        samplers.save_rank_plot(gradient_idata, tmp_path / "rank.png", coords, var_names="gradient")
+        # Every variable by default: two gradient components and the cost.
+        both = samplers.save_trace_plot(gradient_idata, tmp_path / "both.png", coords)
     assert rows_of(path, 2.0, 0.6) == pytest.approx(2, abs=0.02)
     assert rows_of(both, 2.0, 0.6) == pytest.approx(3, abs=0.02)
     # A selection of parameters leaves the cost, which has no such dimension, whole.
@@ -98,11 +114,14 @@ def test_bad_plot_selection_is_named(gradient_idata, tmp_path, var_names, coords
 
 def test_too_many_panels_is_refused(gradient_idata, tmp_path):
     rng = np.random.default_rng(1)
-    idata = samplers.gradient_inference_data(
+    idata = series_idata(
         rng.normal(size=(2, 10, 1, 1, 50)), rng.normal(size=(2, 10, 1, 1)),
-        [f"p{i}" for i in range(50)], temperatures=[1.0], seeds=[0],
+        [f"p{i}" for i in range(50)], [1.0], [0],
     )  # fmt: skip
     with pytest.raises(ValueError, match="select 50 panels; select between 1 and 20"):
+        samplers.save_trace_plot(idata, tmp_path / "x.png", var_names="gradient")
+    # Without var_names: every posterior variable (50 gradient panels and the cost's one).
+    with pytest.raises(ValueError, match="select 51 panels"):
         samplers.save_trace_plot(idata, tmp_path / "x.png")
 
 

@@ -21,13 +21,9 @@ from thermoeqprop.lowtemp._expansion import (
     laplace_expansion,
     low_temperature_gradient,
 )
-from thermoeqprop.lowtemp._study import (
-    DEFAULT_TEMPERATURES,
-    ESTIMATORS,
-    low_temperature_study,
-    plot_low_temperature_study,
-    weighted_line_fit,
-)
+from thermoeqprop.lowtemp._fit import weighted_line_fit
+from thermoeqprop.lowtemp._plot import plot_low_temperature_study
+from thermoeqprop.lowtemp._study import DEFAULT_TEMPERATURES, ESTIMATORS, low_temperature_study
 
 __all__ = [
     "DEFAULT_TEMPERATURES",

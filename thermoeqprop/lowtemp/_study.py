@@ -25,8 +25,8 @@ initial parameters (``benchmarks/results/lowtemp.md``).
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -49,74 +49,19 @@ from thermoeqprop.lowtemp._expansion import (
     check_smooth_model,
     low_temperature_gradient,
 )
+from thermoeqprop.lowtemp._fit import weighted_line_fit
 from thermoeqprop.models._base import EnergyModel
+from thermoeqprop.results import RunFolder, describe, fingerprint
 
-__all__ = [
-    "DEFAULT_TEMPERATURES",
-    "ESTIMATORS",
-    "low_temperature_study",
-    "plot_low_temperature_study",
-    "weighted_line_fit",
-]
+__all__ = ["DEFAULT_TEMPERATURES", "ESTIMATORS", "low_temperature_study"]
 
 DEFAULT_TEMPERATURES = (0.005, 0.01, 0.02, 0.04, 0.07, 0.1)
 ESTIMATORS = ("covariance", "nudged")
 STUDY_SAMPLING = Sampling(num_chains=4, num_samples=1000, num_warmup=500)
-
-
-def weighted_line_fit(t, y, stderr, degree: int = 1) -> dict[str, np.ndarray]:
-    r"""Weighted least squares ``y ≈ a + b t (+ c t²)`` with weights ``1/stderr²``, vectorised.
-
-    Args:
-        t: (K,) abscissae.
-        y: (K, ...) values, fitted independently along the trailing axes.
-        stderr: Standard errors, shaped like ``y``; a column with an entry ≤ 0 gives NaN.
-        degree: 1 (a line) or 2 (a line plus a ``c t²`` term that absorbs curvature, so that
-            the slope ``b`` at t = 0 is unbiased to O(t²) instead of O(t)).
-
-    Returns:
-        ``intercept``, ``slope`` (and ``curvature`` for degree 2), their standard errors
-        ``intercept_stderr``, ``slope_stderr`` (``curvature_stderr``) from the stated errors,
-        not rescaled by the residuals, and ``chi2`` of the fit (K − degree − 1 degrees of
-        freedom), each shaped like ``y[0]``.
-
-    Example:
-        >>> fit = weighted_line_fit(np.array([0.0, 1.0, 2.0]), np.array([1.0, 3.0, 5.0]),
-        ...                         np.ones(3))
-        >>> [round(float(fit[k]), 12) for k in ("slope", "intercept", "slope_stderr")]
-        [2.0, 1.0, 0.707106781187]
-    """
-    t = np.asarray(t, dtype=float)
-    y = np.asarray(y, dtype=float)
-    stderr = np.asarray(stderr, dtype=float)
-    if degree not in (1, 2):
-        raise ValueError(f"degree must be 1 or 2, got {degree!r}")
-    if t.ndim != 1 or y.shape[0] != t.shape[0] or y.shape != stderr.shape:
-        raise ValueError(
-            f"need t (K,), y and stderr (K, ...) of one shape; got {t.shape}, {y.shape}, "
-            f"{stderr.shape}"
-        )
-    if np.unique(t).size < degree + 1:
-        raise ValueError(
-            f"a degree-{degree} fit needs at least {degree + 1} distinct abscissae, got t={t}"
-        )
-    columns = y.reshape(t.size, -1)
-    errors = stderr.reshape(t.size, -1)
-    valid = np.all(errors > 0, axis=0)
-    w = 1.0 / np.where(errors > 0, errors, 1.0) ** 2  # (K, M)
-    design = np.vander(t, degree + 1, increasing=True)  # (K, D)
-    normal = np.einsum("km,kd,ke->mde", w, design, design)  # (M, D, D)
-    covariance = np.linalg.inv(normal)
-    coefficients = np.einsum("mde,km,ke,km->md", covariance, w, design, columns)
-    chi2 = np.sum(w * (columns - design @ coefficients.T) ** 2, axis=0)
-    names = ("intercept", "slope", "curvature")[: degree + 1]
-    out = {}
-    for i, name in enumerate(names):
-        out[name] = np.where(valid, coefficients[:, i], np.nan).reshape(y.shape[1:])
-        stderr_i = np.sqrt(covariance[:, i, i])
-        out[f"{name}_stderr"] = np.where(valid, stderr_i, np.nan).reshape(y.shape[1:])
-    out["chi2"] = np.where(valid, chi2, np.nan).reshape(y.shape[1:])
-    return out
+STUDY_FILE = "study.nc"
+#: Variables named as the temperature sweep names them, and their names before (deprecated
+#: aliases in the Dataset for one release).
+RENAMED = {"gradient": "grad", "predicted_gradient": "predicted_grad", "wall_time": "seconds"}
 
 
 def _flat(tree) -> np.ndarray:
@@ -157,6 +102,7 @@ def low_temperature_study(
     fit_max_temperature: float | None = None,
     fit_degree: int = 1,
     progress: bool = False,
+    results_dir: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     r"""Thermal gradients over a grid of low temperatures against :math:`g_0 + T g_1`.
 
@@ -182,19 +128,22 @@ def low_temperature_study(
         fit_degree: 1 fits ``a + bT``; 2 fits ``a + bT + cT²`` (then ``projected_curvature``
             estimates the O(T²) coefficient, and the slope stays unbiased over a wider grid).
         progress: Print one line per sampled estimate.
+        results_dir: A folder to keep the study in (``config.json`` and ``study.nc``,
+            through :class:`thermoeqprop.results.RunFolder`): a finished study of the same
+            configuration there is read back instead of recomputed, another is refused.
 
     Returns:
         An ``xarray.Dataset`` with coordinates ``temperature``, ``estimator`` and
             ``parameter`` (names from :func:`~thermoeqprop.estimators.parameter_names`) and
 
-            - ``grad``, ``stderr``, ``z_score`` ((grad − prediction)/stderr): (estimator,
-              temperature, parameter);
-            - ``g0``, ``g1``, ``nudge_bias``: (parameter); ``predicted_grad`` = g0 + T g1:
+            - ``gradient``, ``stderr``, ``z_score`` ((gradient − prediction)/stderr):
+              (estimator, temperature, parameter);
+            - ``g0``, ``g1``, ``nudge_bias``: (parameter); ``predicted_gradient`` = g0 + T g1:
               (temperature, parameter);
             - ``loss``, ``loss_stderr``, ``projection`` (:math:`\hat g_1 \cdot (G − g_0)`),
               ``projection_stderr``, ``cosine_with_g0``, ``relative_error_to_prediction``,
               ``relative_error_to_g0``, ``mean_squared_z``, ``ess_min``, ``rhat_max``,
-              ``acceptance_rate``, ``divergences``, ``basin_distance``, ``seconds``:
+              ``acceptance_rate``, ``divergences``, ``basin_distance``, ``wall_time``:
               (estimator, temperature); ``predicted_loss`` = L0 + T c1: (temperature);
             - fits by :func:`weighted_line_fit`: ``slope``, ``slope_stderr``, ``intercept``,
               ``intercept_stderr`` per (estimator, parameter); ``projected_slope``,
@@ -207,6 +156,9 @@ def low_temperature_study(
               ``loss_first_order``, ``min_hessian_eigenvalue``, ``free_residual``, ``beta``,
               the sampling settings, ``num_examples``.
 
+            ``grad``, ``predicted_grad`` and ``seconds``, the names before the temperature
+            sweep's were adopted, remain one release as deprecated aliases.
+
     Example:
         >>> import jax, jax.numpy as jnp
         >>> from thermoeqprop.models import LayeredNetwork
@@ -215,7 +167,7 @@ def low_temperature_study(
         >>> ds = low_temperature_study(net, params, jnp.ones((2, 2)), jnp.ones((2, 1)),
         ...     jax.random.key(1), temperatures=(0.01, 0.02), estimators=("covariance",),
         ...     sampling=Sampling(num_chains=2, num_samples=50, num_warmup=50))
-        >>> ds["grad"].dims
+        >>> ds["gradient"].dims
         ('estimator', 'temperature', 'parameter')
     """
     check_smooth_model(model)
@@ -240,6 +192,23 @@ def low_temperature_study(
             f"fit_max_temperature={fit_max_temperature} leaves {in_fit.sum()} temperature(s) of "
             f"{temperatures}; a degree-{fit_degree} fit needs at least {fit_degree + 1}"
         )
+
+    if results_dir is not None:
+        record = {
+            "model": describe(model),
+            "data_sha256": fingerprint(_flat(params), x, targets),
+            "rng_key": np.asarray(jax.random.key_data(rng_key)).tolist(),
+            "temperatures": temperatures.tolist(),
+            "estimators": list(estimators),
+            "sampling": describe(sampling),
+            "beta": float(beta),
+            "relaxation": describe(relaxation),
+            "fit_max_temperature": fit_max_temperature,
+            "fit_degree": fit_degree,
+        }
+        arguments = (model, params, x, targets, rng_key, temperatures, estimators, sampling,
+                     beta, relaxation, fit_max_temperature, fit_degree, progress)  # fmt: skip
+        return _kept_study(results_dir, record, lambda: low_temperature_study(*arguments))
 
     expansion = low_temperature_gradient(model, params, x, targets, relaxation)
     laplace = expansion.expansion
@@ -270,7 +239,7 @@ def low_temperature_study(
             "acceptance_rate",
             "divergences",
             "basin_distance",
-            "seconds",
+            "wall_time",
         )
     }
     for e, name in enumerate(estimators):
@@ -299,7 +268,7 @@ def low_temperature_study(
                     values[diag] = estimate.diagnostics[diag]
             for k, v in values.items():
                 per_run[k][e, i] = float(v)
-            per_run["seconds"][e, i] = time.perf_counter() - start
+            per_run["wall_time"][e, i] = time.perf_counter() - start
             if progress:
                 print(
                     f"{name:10s} T={temperature:<8.4g} projection "
@@ -329,13 +298,13 @@ def low_temperature_study(
     dims2 = ("estimator", "temperature")
     dims_fit = ("estimator", "parameter")
     data = {
-        "grad": (dims3, grads),
+        "gradient": (dims3, grads),
         "stderr": (dims3, stderrs),
         "z_score": (dims3, z),
         "g0": (("parameter",), g0),
         "g1": (("parameter",), g1),
         "nudge_bias": (("parameter",), nudge_bias),
-        "predicted_grad": (("temperature", "parameter"), predicted),
+        "predicted_gradient": (("temperature", "parameter"), predicted),
         "predicted_loss": (
             ("temperature",),
             float(expansion.loss) + temperatures * float(expansion.loss_first_order),
@@ -387,7 +356,7 @@ def low_temperature_study(
         "num_warmup": sampling.num_warmup,
         "model": repr(model),
     }
-    return xr.Dataset(
+    dataset = xr.Dataset(
         data,
         coords={
             "estimator": list(estimators),
@@ -396,109 +365,17 @@ def low_temperature_study(
         },
         attrs=attrs,
     )
+    for name, old in RENAMED.items():
+        dataset[old] = dataset[name]
+        dataset[old].attrs["description"] = f"deprecated alias of {name} (one release)"
+    return dataset
 
 
-def plot_low_temperature_study(
-    dataset: xr.Dataset, path: str | Path, num_components: int = 3, title: str = ""
-) -> Path:
-    r"""Plot a :func:`low_temperature_study` dataset and save it as PNG.
-
-    Four panels against T, error bars one standard error, T = 0 EP as a star at T = 0:
-    (top) the projection :math:`\hat g_1 \cdot G_T` of each estimator with the prediction
-    :math:`\hat g_1 \cdot g_0 + T \lVert g_1 \rVert` and the weighted fit, over the fitted
-    range (left) and over the whole grid (right; points outside the fit are hollow);
-    (bottom left) the ``num_components`` components with the largest predicted change
-    :math:`|g_1| T` relative to their standard error over the fitted range, with their lines
-    :math:`g_0 + T g_1`; (bottom right) the sampled loss :math:`⟨C⟩_T` against
-    :math:`L_0 + T c_1`.
-
-    Returns:
-        The path written.
-    """
-    # The object-oriented API only: no pyplot, so the user's backend and figures stay as they were.
-    from matplotlib.figure import Figure
-
-    temps = dataset["temperature"].values
-    in_fit = dataset["in_fit"].values if "in_fit" in dataset else np.ones(temps.size, bool)
-    g0, g1 = dataset["g0"].values, dataset["g1"].values
-    g1_norm = dataset.attrs["g1_norm"]
-    base = float(g1 @ g0) / g1_norm
-    estimators = list(dataset["estimator"].values)
-    spread = np.arange(len(estimators)) - (len(estimators) - 1) / 2
-    fig = Figure(figsize=(12, 8.5), layout="constrained")
-    axes = fig.subplots(2, 2)
-
-    def draw(ax, values, errors, t_max, fitted_curve=None, predicted=None, star=None, **style):
-        """Points (filled inside the fit, hollow outside) up to t_max, with lines."""
-        t_line = np.linspace(0.0, t_max * 1.05, 100)
-        if predicted is not None:
-            ax.plot(t_line, predicted(t_line), c=style.get("line_color", "k"), lw=1.2,
-                    label=style.get("line_label"))  # fmt: skip
-        if star is not None:
-            ax.plot([0], [star], marker="*", ms=14, c=style.get("line_color", "k"), ls="none",
-                    label=style.get("star_label"))  # fmt: skip
-        for e, name in enumerate(estimators):
-            color = style.get("color", f"C{e}")
-            shown = temps <= t_max * 1.001
-            offset = spread[e] * 0.01 * t_max
-            for mask, fill, label in (
-                (shown & in_fit, color, style.get("label", "{name}").format(name=name)),
-                (shown & ~in_fit, "none", None),
-            ):
-                if mask.any():
-                    ax.errorbar(temps[mask] + offset, values[e][mask], yerr=errors[e][mask],
-                                fmt="os"[e % 2], ms=4, capsize=3, c=color, mfc=fill,
-                                label=label)  # fmt: skip
-            if fitted_curve is not None:
-                t_fit = t_line[t_line <= temps[in_fit].max() * 1.02]
-                slope, curve = fitted_curve(e, t_fit)
-                ax.plot(t_fit, curve, c=color, ls="--", lw=1,
-                        label=f"{name} fit: slope {slope}")  # fmt: skip
-
-    projections = [base + dataset.sel(estimator=n)["projection"].values for n in estimators]
-    projection_errors = [dataset.sel(estimator=n)["projection_stderr"].values for n in estimators]
-
-    def fitted(e, t):
-        sel = dataset.sel(estimator=estimators[e])
-        curvature = float(sel["projected_curvature"]) if "projected_curvature" in sel else 0.0
-        curve = base + float(sel["projected_intercept"]) + float(sel["projected_slope"]) * t
-        slope = f"{float(sel['projected_slope']):.3g} ± {float(sel['projected_slope_stderr']):.2g}"
-        return slope, curve + curvature * t**2
-
-    fit_max = temps[in_fit].max()
-    for ax, t_max in ((axes[0, 0], fit_max), (axes[0, 1], temps.max())):
-        draw(ax, projections, projection_errors, t_max, fitted_curve=fitted,
-             predicted=lambda t: base + g1_norm * t, star=base,
-             line_label=r"Laplace $g_0 + T g_1$", star_label="T = 0 EP")  # fmt: skip
-        ax.set(xlabel="temperature T", ylabel=r"$\hat g_1 \cdot dL_T/d\theta$")
-    axes[0, 0].set_title(f"projection on $\\hat g_1$, fitted range (predicted slope {g1_norm:.3g})")
-    axes[0, 1].set_title("projection on $\\hat g_1$, whole grid")
-
-    ax = axes[1, 0]
-    reference = dataset.sel(estimator=estimators[0])["stderr"].values[in_fit].mean(axis=0)
-    picked = np.argsort(np.abs(g1) * fit_max / np.maximum(reference, 1e-300))[::-1]
-    for k, j in enumerate(picked[:num_components]):
-        name = str(dataset["parameter"].values[j])
-        values = [dataset.sel(estimator=n)["grad"].values[:, j] for n in estimators]
-        errors = [dataset.sel(estimator=n)["stderr"].values[:, j] for n in estimators]
-        draw(ax, values, errors, fit_max, predicted=lambda t, j=j: g0[j] + g1[j] * t,
-             star=g0[j], color=f"C{k}", line_color=f"C{k}",
-             label=name + " ({name})")  # fmt: skip
-    ax.set(xlabel="temperature T", ylabel="gradient component", title="components")
-
-    ax = axes[1, 1]
-    losses = [dataset.sel(estimator=n)["loss"].values for n in estimators]
-    loss_errors = [dataset.sel(estimator=n)["loss_stderr"].values for n in estimators]
-    l0, c1 = dataset.attrs["loss_zero_temperature"], dataset.attrs["loss_first_order"]
-    draw(ax, losses, loss_errors, temps.max(), predicted=lambda t: l0 + c1 * t, star=l0,
-         line_label=r"Laplace $L_0 + T c_1$")  # fmt: skip
-    ax.set(xlabel="temperature T", ylabel=r"loss $⟨C⟩_T$ (nudged: mean of ±β phases)",
-           title="loss")  # fmt: skip
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path
+def _kept_study(results_dir, record: dict[str, Any], compute) -> xr.Dataset:
+    """The study kept in ``results_dir``, or ``compute()`` saved there."""
+    with RunFolder(results_dir).create("low_temperature_study", record) as folder:
+        if (folder / STUDY_FILE).exists():
+            return folder.read_dataset(STUDY_FILE)
+        dataset = compute()
+        folder.write_dataset(STUDY_FILE, dataset)
+        return dataset

@@ -13,7 +13,6 @@ built from that rule in O(d) work per string (d = 2^n), never by Kronecker produ
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -22,6 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse
+
+# What a dense matrix of n qubits costs, checked before one is made; re-exported for the
+# estimators that check their own dense work.
+from thermoeqprop.quantum._memory import _check_dense_size, available_memory_bytes  # noqa: F401
 
 __all__ = [
     "PauliString",
@@ -175,41 +178,6 @@ def _check_same_size(p: PauliString, q: PauliString) -> None:
         raise ValueError(
             f"Pauli strings {p.label!r} and {q.label!r} act on {p.num_qubits} and "
             f"{q.num_qubits} qubits; they must act on the same number"
-        )
-
-
-def _dense_bytes(num_qubits: int, copies: int, itemsize: int = 16) -> int:
-    d = 1 << num_qubits
-    return copies * d * d * itemsize
-
-
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
-
-
-def available_memory_bytes() -> int:
-    """Physical memory of this machine in bytes (the bound for dense requests)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 16 * 1024**3
-
-
-def _check_dense_size(num_qubits: int, copies: int, itemsize: int = 16) -> None:
-    """Raise if ``copies`` dense d×d matrices of ``num_qubits`` qubits exceed this machine."""
-    need = _dense_bytes(num_qubits, copies, itemsize)
-    have = available_memory_bytes()
-    if need > have:
-        raise ValueError(
-            f"a dense request on {num_qubits} qubits needs about {_format_bytes(need)} "
-            f"({copies} matrices of {1 << num_qubits}×{1 << num_qubits} entries of {itemsize} "
-            f"bytes), more than the {_format_bytes(have)} of memory on this machine; use the "
-            f"sparse path instead (solver='sparse': Lanczos on a sparse matrix, for the ground "
-            f"state and a few low levels), or fewer qubits"
         )
 
 

@@ -1,0 +1,151 @@
+"""The sweep's Dataset: exact references, and everything derived from them and the parts."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from jax.flatten_util import ravel_pytree
+
+from thermoeqprop._barrier import describe_barrier, joinable_parts
+from thermoeqprop.estimators.thermal import ThermalExact
+from thermoeqprop.estimators.zero_temperature import ImplicitDifferentiation
+from thermoeqprop.sweep._grid import Plan
+from thermoeqprop.sweep._spec import has_exact_reference
+
+__all__ = ["DESCRIPTIONS", "finalise", "references"]
+
+
+def references(plan: Plan) -> xr.Dataset:
+    """Exact thermal gradients and the T = 0 EP gradient, where they exist."""
+    ref = xr.Dataset(
+        coords={
+            "estimator": [s.label for s in plan.specs],
+            "temperature": plan.temperatures,
+            "parameter": plan.names,
+        }
+    )
+    num_p = len(plan.names)
+    if has_exact_reference(plan.model):
+        exact_grad = np.empty((len(plan.temperatures), num_p))
+        exact_loss = np.empty(len(plan.temperatures))
+        expected = np.empty((len(plan.specs), len(plan.temperatures), num_p))
+        for i, t in enumerate(plan.temperatures):
+            exact = ThermalExact(plan.model, float(t))
+            result = exact(plan.params, plan.x, plan.targets)
+            exact_grad[i] = ravel_pytree(result.grad)[0]
+            exact_loss[i] = float(result.loss)
+            for e, spec in enumerate(plan.specs):
+                if spec.kind == "covariance":
+                    expected[e, i] = exact_grad[i]
+                    continue
+                high = exact.nudged_energy_grad(plan.params, plan.x, plan.targets, spec.beta)
+                low_beta = -spec.beta if spec.symmetric else 0.0
+                low = exact.nudged_energy_grad(plan.params, plan.x, plan.targets, low_beta)
+                scale = 2 * spec.beta if spec.symmetric else spec.beta
+                expected[e, i] = (ravel_pytree(high)[0] - ravel_pytree(low)[0]) / scale
+        ref["exact_gradient"] = (("temperature", "parameter"), exact_grad)
+        ref["exact_loss"] = (("temperature",), exact_loss)
+        ref["expected_gradient"] = (("estimator", "temperature", "parameter"), expected)
+    if not plan.model.is_spin:
+        zero = ImplicitDifferentiation(plan.model)(plan.params, plan.x, plan.targets)
+        ref["zero_temperature_gradient"] = (("parameter",), np.asarray(ravel_pytree(zero.grad)[0]))
+        ref["zero_temperature_loss"] = ((), float(zero.loss))
+        ref["zero_temperature_min_hessian_eigenvalue"] = (
+            (),
+            float(zero.diagnostics["min_hessian_eigenvalue"]),
+        )
+    return ref
+
+
+def _norm(a: xr.DataArray) -> xr.DataArray:
+    return np.sqrt((a**2).sum("parameter", skipna=False))
+
+
+def _cosine(a: xr.DataArray, b: xr.DataArray) -> xr.DataArray:
+    return (a * b).sum("parameter") / (_norm(a) * _norm(b))
+
+
+DESCRIPTIONS = {
+    "gradient": "sampled estimate of dL_T/dθ, L_T = <C>_0 (batch mean)",
+    "stderr": "Monte Carlo standard error of gradient (from the ESS of its per-draw series)",
+    "loss": "sampled <C> (covariance: free phase; symmetric nudged: mean of the ±β phases)",
+    "loss_stderr": "Monte Carlo standard error of loss",
+    "ess": "effective sample size of the mean of the per-draw gradient series (NaN: constant)",
+    "rhat": "split R-hat of the per-draw gradient series (NaN: constant)",
+    "ess_min": "smallest ess over parameters",
+    "rhat_max": "largest rhat over parameters",
+    "wall_time": "seconds for the estimate (a tempered run's time is shared by its rungs; "
+    "the first estimate of a configuration includes compilation)",
+    "num_steps": "sampler steps per example: phases × chains × (warm-up + draws)",
+    "acceptance_rate": "mean acceptance probability (HMC/NUTS, Metropolis)",
+    "flip_rate": "mean fraction of spins flipped per block-Gibbs sweep",
+    "divergences": "number of divergent HMC/NUTS transitions",
+    "mean_integration_steps": "mean leapfrog steps per HMC/NUTS draw",
+    "swap_rate_min": "smallest mean swap probability over the tempering ladder's pairs",
+    "round_trips": "mean completed replica round trips per chain (tempering)",
+    "exact_gradient": "exact dL_T/dθ (enumeration or Gaussian closed form)",
+    "exact_loss": "exact <C>_0",
+    "expected_gradient": "exact expectation of the estimator: dL_T/dθ for covariance, the "
+    "finite-β difference of exact <∂θE>_β for nudged",
+    "bias": "expected_gradient − exact_gradient (the nudged estimator's finite-β bias)",
+    "error": "gradient − exact_gradient",
+    "error_norm": "‖gradient − exact_gradient‖ over parameters",
+    "relative_error": "error_norm / ‖exact_gradient‖",
+    "stderr_norm": "‖stderr‖ over parameters",
+    "relative_stderr": "stderr_norm / ‖exact_gradient‖ (or / ‖gradient‖ without reference)",
+    "z_score": "(gradient − expected_gradient) / stderr: Monte Carlo error in units of MCSE",
+    "z_rms": "root mean square of z_score over parameters (≈ 1 for honest MCSEs)",
+    "loss_error": "loss − exact_loss",
+    "zero_temperature_gradient": "T = 0 EP gradient (implicit differentiation)",
+    "zero_temperature_loss": "C(s*) at the free minimum",
+    "zero_temperature_min_hessian_eigenvalue": "smallest Hessian eigenvalue at the free minimum",
+    "cosine_zero_temperature": "cosine between gradient and the T = 0 EP gradient",
+    "exact_cosine_zero_temperature": "cosine between exact_gradient and the T = 0 EP gradient",
+}
+
+
+def finalise(parts: list[xr.Dataset], reference: xr.Dataset, plan: Plan, attrs) -> xr.Dataset:
+    """Join finished parts, add references and everything derived from them."""
+    dim = "seed" if plan.tempering else "temperature"
+    ds = xr.concat(
+        joinable_parts(parts), dim=dim, data_vars="all", coords="different", compat="equals"
+    )
+    ds = ds.sortby(dim)
+    reference = reference.sel(temperature=ds.temperature)
+    ds = xr.merge([ds, reference], join="left", compat="no_conflicts")
+    ds["ess_min"] = ds.ess.min("parameter")
+    ds["rhat_max"] = ds.rhat.max("parameter")
+    ds["stderr_norm"] = _norm(ds.stderr)
+    if "exact_gradient" in ds:
+        ds["error"] = ds.gradient - ds.exact_gradient
+        ds["error_norm"] = _norm(ds.error)
+        scale = _norm(ds.exact_gradient)
+        ds["relative_error"] = ds.error_norm / scale
+        ds["relative_stderr"] = ds.stderr_norm / scale
+        ds["bias"] = ds.expected_gradient - ds.exact_gradient
+        safe = ds.stderr.where(ds.stderr > 0)
+        ds["z_score"] = (ds.gradient - ds.expected_gradient) / safe
+        ds["z_rms"] = np.sqrt((ds.z_score**2).mean("parameter"))
+        ds["loss_error"] = ds.loss - ds.exact_loss
+    else:
+        ds["relative_stderr"] = ds.stderr_norm / _norm(ds.gradient)
+    if "zero_temperature_gradient" in ds:
+        ds["cosine_zero_temperature"] = _cosine(ds.gradient, ds.zero_temperature_gradient)
+        if "exact_gradient" in ds:
+            ds["exact_cosine_zero_temperature"] = _cosine(
+                ds.exact_gradient, ds.zero_temperature_gradient
+            )
+    ds = ds.assign_coords(
+        beta=("estimator", [s.beta for s in plan.specs]),
+        symmetric=("estimator", [int(s.symmetric) for s in plan.specs]),
+    )
+    for name, text in DESCRIPTIONS.items():
+        if name in ds:
+            ds[name].attrs["description"] = text
+    describe_barrier(ds)
+    ds.temperature.attrs["units"] = "energy units (k_B = 1)"
+    ds.attrs.update(attrs)
+    ds.attrs["complete"] = int(
+        ds.sizes["temperature"] == len(plan.temperatures) and ds.sizes["seed"] == len(plan.seeds)
+    )
+    return ds

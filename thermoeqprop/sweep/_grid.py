@@ -1,0 +1,152 @@
+"""The grid runner: every estimator at every temperature and seed of one unit of work."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+import xarray as xr
+from jax.flatten_util import ravel_pytree
+
+from thermoeqprop._barrier import BarrierTable
+from thermoeqprop.estimators.thermal import Sampling, series_window
+from thermoeqprop.models._base import EnergyModel
+from thermoeqprop.sweep._spec import EstimatorSpec
+from thermoeqprop.sweep._tempered import tempered_records
+
+__all__ = ["SAMPLER_STATISTICS", "Plan", "run_unit"]
+
+SAMPLER_STATISTICS = (
+    "acceptance_rate",
+    "flip_rate",
+    "divergences",
+    "mean_integration_steps",
+    "swap_rate_min",
+    "round_trips",
+)
+
+
+def _unit_key(seed: int, label: str, index: int) -> jax.Array:
+    key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(label.encode()) & 0x7FFFFFFF)
+    return jax.random.fold_in(key, index)
+
+
+def _record_from_estimate(estimate, series, wall_time, num_steps) -> dict[str, Any]:
+    grad, _ = ravel_pytree(estimate.grad)
+    stderr, _ = ravel_pytree(estimate.stderr)
+    gradient_series = np.asarray(series.gradient)
+    stats = {
+        name: float(estimate.diagnostics[name])
+        for name in SAMPLER_STATISTICS
+        if name in estimate.diagnostics
+    }
+    return dict(
+        gradient=np.asarray(grad),
+        stderr=np.asarray(stderr),
+        loss=float(estimate.loss),
+        loss_stderr=float(estimate.loss_stderr),
+        ess=series.ess,
+        rhat=series.rhat,
+        series=gradient_series,
+        cost_series=np.asarray(series.cost),
+        wall_time=wall_time,
+        num_steps=num_steps,
+        **stats,
+    )
+
+
+@dataclasses.dataclass
+class Plan:
+    model: EnergyModel
+    params: Any
+    x: jax.Array
+    targets: jax.Array
+    temperatures: np.ndarray
+    specs: list[EstimatorSpec]
+    seeds: list[int]
+    sampling: dict[str, Sampling]
+    tempering: bool
+    names: list[str]
+    series_indices: np.ndarray
+
+    def units(self) -> list[tuple[str, list[int], list[int]]]:
+        """(name, temperature indices, seed indices) of every unit of work."""
+        all_t = list(range(len(self.temperatures)))
+        all_s = list(range(len(self.seeds)))
+        if self.tempering:
+            return [(f"seed{j:03d}", all_t, [j]) for j in all_s]
+        return [(f"T{i:03d}", [i], all_s) for i in all_t]
+
+
+def run_unit(plan: Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str, Any]]:
+    """Estimates for one unit: a Dataset part and the gradient series per estimator."""
+    num_e, num_t, num_s, num_p = len(plan.specs), len(t_idx), len(s_idx), len(plan.names)
+    temps = plan.temperatures[t_idx]
+    scalar_names = ("loss", "loss_stderr", "wall_time", "num_steps", *SAMPLER_STATISTICS)
+    vectors = {n: np.full((num_e, num_t, num_s, num_p), np.nan) for n in ("gradient", "stderr")}
+    vectors |= {n: np.full((num_e, num_t, num_s, num_p), np.nan) for n in ("ess", "rhat")}
+    scalars = {n: np.full((num_e, num_t, num_s), np.nan) for n in scalar_names}
+    series: dict[str, Any] = {}
+    barrier = BarrierTable(num_e, num_s, temps) if plan.tempering else None
+    for e, spec in enumerate(plan.specs):
+        sampling = plan.sampling[spec.label]
+        # Long runs keep window means of consecutive draws (thermal.series_window).
+        entries = sampling.num_samples // series_window(
+            sampling.num_samples, sampling.num_chains, num_p
+        )
+        grads = np.full(
+            (sampling.num_chains, entries, num_t, num_s, len(plan.series_indices)), np.nan
+        )
+        costs = np.full((sampling.num_chains, entries, num_t, num_s), np.nan)
+        for js, s in enumerate(s_idx):
+            seed = plan.seeds[s]
+            if plan.tempering:
+                records, pairs = tempered_records(
+                    spec, plan.model, sampling, plan.params, plan.x, plan.targets, temps,
+                    _unit_key(seed, spec.label, 0),
+                )  # fmt: skip
+                barrier.put(e, js, pairs)
+                advance(len(records))
+            else:
+                records = []
+                for t in t_idx:
+                    estimator = spec.build(plan.model, float(plan.temperatures[t]), sampling)
+                    tic = time.perf_counter()
+                    estimate, drawn = estimator.estimate_with_series(
+                        plan.params, plan.x, plan.targets, _unit_key(seed, spec.label, t)
+                    )
+                    wall = time.perf_counter() - tic
+                    steps = (
+                        len(estimator.phases())
+                        * sampling.num_chains
+                        * (sampling.num_warmup + sampling.num_samples)
+                    )
+                    records.append(_record_from_estimate(estimate, drawn, wall, steps))
+                    advance(1)
+            for jt, record in enumerate(records):
+                for name in vectors:
+                    vectors[name][e, jt, js] = record[name]
+                for name in scalars:
+                    scalars[name][e, jt, js] = record.get(name, np.nan)
+                grads[:, :, jt, js] = record["series"][:, :, plan.series_indices]
+                costs[:, :, jt, js] = record["cost_series"]
+        series[spec.label] = (grads, costs)
+    dims4 = ("estimator", "temperature", "seed", "parameter")
+    dims3 = dims4[:3]
+    part = xr.Dataset(
+        {name: (dims4, value) for name, value in vectors.items()}
+        | {name: (dims3, value) for name, value in scalars.items()},
+        coords={
+            "estimator": [spec.label for spec in plan.specs],
+            "temperature": temps,
+            "seed": [plan.seeds[s] for s in s_idx],
+            "parameter": plan.names,
+        },
+    )
+    if barrier is not None:
+        part = barrier.add_to(part)
+    return part, series

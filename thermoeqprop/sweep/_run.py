@@ -1,0 +1,195 @@
+"""``temperature_sweep``: validate, plan, run unit by unit (resumably), join."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import xarray as xr
+from jax.flatten_util import ravel_pytree
+
+import thermoeqprop
+from thermoeqprop._provenance import ENVIRONMENT_KEY, run_environment
+from thermoeqprop._series import series_indices
+from thermoeqprop.estimators.thermal import Sampling, parameter_names
+from thermoeqprop.models._base import EnergyModel
+from thermoeqprop.models.quadratic import QuadraticNetwork
+from thermoeqprop.results import describe, fingerprint
+from thermoeqprop.sweep._dataset import finalise, references
+from thermoeqprop.sweep._folder import finished_part, open_folder, save_unit
+from thermoeqprop.sweep._grid import Plan, run_unit
+from thermoeqprop.sweep._spec import (
+    ESTIMATOR_KINDS,
+    check_sampling,
+    check_seeds,
+    check_temperatures,
+    check_tempering,
+    parse_estimator,
+)
+
+__all__ = ["temperature_sweep"]
+
+DEFAULT_SAMPLING = Sampling()
+
+
+def temperature_sweep(
+    model: EnergyModel,
+    params,
+    x,
+    targets,
+    temperatures: Sequence[float],
+    *,
+    estimators: Sequence[str] | str = ("covariance", "nudged"),
+    seeds: Sequence[int] | int = (0, 1),
+    beta: float = 0.1,
+    sampling: Sampling | Mapping[str, Sampling] = DEFAULT_SAMPLING,
+    tempering: bool = False,
+    series_parameters: int | Sequence[str | int] | None = None,
+    results_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    callback: Callable[[str, xr.Dataset], None] | None = None,
+    extra_config: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    r"""Run thermal gradient estimators across temperatures and seeds.
+
+    Args:
+        model: A spin, quadratic or smooth layered network.
+        params: Its parameters (a pytree).
+        x: Inputs (batch, num_inputs).
+        targets: Targets (batch, num_outputs).
+        temperatures: The grid, T > 0 (sorted increasingly in the result).
+        estimators: Names, see :func:`parse_estimator`: ``"covariance"``, ``"nudged"``,
+            ``"nudged:0.05"``, ``"nudged-one-sided"``…
+        seeds: Seeds; the key of each estimate derives from (seed, estimator, temperature).
+        beta: β of nudged estimators named without one.
+        sampling: Sampler settings, one for all estimators or a mapping from the names in
+            ``estimators`` to settings (for example twice the draws for the covariance
+            estimator, which samples one phase where the symmetric nudged one samples two).
+            ``target_relative_stderr`` must be None: a sweep runs at a fixed budget.
+        tempering: Run ONE parallel-tempering chain per seed (and nudge sign) whose ladder is
+            the temperature grid, and read every temperature's estimate from its rung (needs
+            at least two temperatures and ``sampling.tempering == 0``).
+        series_parameters: Which gradient components' per-draw series are saved for ArviZ
+            diagnostics: a count (evenly spaced over the raveled parameters; default 64, all
+            for smaller models) or names/indices.
+        results_dir: Folder to save into and resume from (see the module docstring).
+        progress: Show a progress bar.
+        callback: Called as ``callback(unit, part)`` after each unit is finished (and saved).
+        extra_config: More JSON-friendly facts for ``config.json`` (not checked on resume).
+
+    Returns:
+        A Dataset with dims ``(estimator, temperature, seed, parameter)``; each variable's
+        ``description`` attribute says what it is (``gradient``, ``stderr``, ``loss``,
+        ``exact_gradient``, ``z_score``, ``cosine_zero_temperature``, ``rhat``, ``ess``…).
+        With ``tempering``, also the ladder's swap rates and communication barrier:
+        ``swap_probability``, ``swap_rate``, ``local_barrier`` (dims ``(estimator,
+        pair_temperature, seed)``), ``cumulative_barrier`` ``(estimator, temperature, seed)``
+        and ``global_barrier`` ``(estimator, seed)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from thermoeqprop.models import QuadraticNetwork
+        >>> net = QuadraticNetwork((2, 2, 1))
+        >>> ds = temperature_sweep(net, net.init_params(jax.random.key(0)), jnp.ones((2, 2)),
+        ...     jnp.ones((2, 1)), [0.1, 1.0], seeds=[0],
+        ...     sampling=Sampling(num_chains=2, num_samples=50, num_warmup=50))
+        >>> ds.gradient.dims, ds.sizes["parameter"]
+        (('estimator', 'temperature', 'seed', 'parameter'), 9)
+    """
+    if not isinstance(model, EnergyModel):
+        raise ValueError(f"model must be an EnergyModel, got {type(model).__name__}")
+    temps = check_temperatures(temperatures)
+    seed_list = check_seeds(seeds)
+    raw = [estimators] if isinstance(estimators, str) else list(estimators)
+    if not raw:
+        raise ValueError("estimators is empty; choose from " + str(list(ESTIMATOR_KINDS)))
+    specs = [parse_estimator(name, beta) for name in raw]
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"estimators name the same estimator twice: {labels}")
+    chosen = check_sampling(sampling, specs, raw)
+    check_tempering(tempering, temps, chosen)
+    for spec in specs:  # validates model, sampler and β before any work
+        spec.build(model, float(temps[0]), chosen[spec.label])
+    x, targets = model.validate_inputs(x, targets)
+    if isinstance(model, QuadraticNetwork):
+        model.check_positive_definite(params)
+    flat, _ = ravel_pytree(params)
+    names = parameter_names(params)
+    plan = Plan(
+        model, params, x, targets, temps, specs, seed_list, chosen, bool(tempering), names,
+        series_indices(names, series_parameters),
+    )  # fmt: skip
+
+    record = {
+        "kind": "temperature_sweep",
+        "model": describe(model),
+        "temperatures": temps.tolist(),
+        "estimators": labels,
+        "seeds": seed_list,
+        "sampling": {label: describe(value) for label, value in chosen.items()},
+        "tempering": bool(tempering),
+        "series_parameters": [names[i] for i in plan.series_indices],
+        "data_sha256": fingerprint(flat, x, targets),
+    }
+    checked = set(record)
+    extra = dict(extra_config or {}) | {ENVIRONMENT_KEY: run_environment()}
+    record = json.loads(json.dumps(record | extra))
+    attrs = {
+        "title": "thermoeqprop temperature sweep",
+        "thermoeqprop_version": thermoeqprop.__version__,
+        "model": type(model).__name__,
+        "tempering": int(bool(tempering)),
+        "config": json.dumps(record),
+    }
+
+    folder = None if results_dir is None else open_folder(results_dir, record, checked)
+    try:
+        return _run(plan, folder, attrs, progress, callback)
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _run(plan: Plan, folder, attrs, progress: bool, callback) -> xr.Dataset:
+    """The units not yet finished in ``folder`` (if any), one by one, then the joined Dataset."""
+    reference = references(plan)
+    units = plan.units()
+    tasks_per_unit = [len(plan.specs) * len(t) * len(s) for _, t, s in units]
+    parts: list[xr.Dataset] = []
+    todo = []
+    for unit, tasks in zip(units, tasks_per_unit, strict=True):
+        saved = finished_part(folder, unit[0]) if folder is not None else None
+        if saved is not None:
+            parts.append(saved)
+        else:
+            todo.append((unit, tasks))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(tasks_per_unit), initial=sum(tasks_per_unit) - sum(t for _, t in todo),
+                   desc="sweep", unit="estimate")  # fmt: skip
+
+    def advance(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    try:
+        for (unit, t_idx, s_idx), _ in todo:
+            part, series = run_unit(plan, t_idx, s_idx, advance)
+            parts.append(part)
+            if folder is not None:
+                save_unit(folder, unit, plan, part, series, finalise(parts, reference, plan, attrs))
+            if callback is not None:
+                callback(unit, part)
+    finally:
+        if bar is not None:
+            bar.close()
+    dataset = finalise(parts, reference, plan, attrs)
+    if folder is not None:
+        folder.write_dataset("sweep.nc", dataset)
+    return dataset
