@@ -79,11 +79,13 @@ def classes(model) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
 
 @functools.lru_cache(maxsize=64)
 def kept_units(model) -> np.ndarray:
-    """Indices in the flat state of the kept class's units, in state order."""
+    """Indices (int32) in the flat state of the kept class's units, in state order."""
     sizes = model.layer_sizes[1:]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     kept, _ = classes(model)
-    return np.concatenate([np.arange(offsets[k - 1], offsets[k]) for k in kept])
+    # int32 in both precision modes: with x64 off, a numpy int64 index failed JAX 0.10's
+    # index normalisation (int64 + int32) after float64 calls on the same model.
+    return np.concatenate([np.arange(offsets[k - 1], offsets[k]) for k in kept]).astype(np.int32)
 
 
 def _blockers(estimator) -> list[str]:
