@@ -25,6 +25,7 @@ initial parameters (``benchmarks/results/lowtemp.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -193,6 +194,11 @@ def low_temperature_study(
             f"{temperatures}; a degree-{fit_degree} fit needs at least {fit_degree + 1}"
         )
 
+    if sampling.collapse:  # the basin check reads every unit of the drawn states
+        raise ValueError(
+            "the low-temperature study samples every unit: pass Sampling(collapse=None or False)"
+        )
+    sampling = dataclasses.replace(sampling, collapse=False)
     if results_dir is not None:
         record = {
             "model": describe(model),
