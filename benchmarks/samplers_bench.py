@@ -26,6 +26,7 @@ import platform
 import time
 
 import jax
+from _report import append_run
 
 jax.config.update("jax_enable_x64", True)
 
@@ -273,11 +274,7 @@ def main():
     header = (
         "# samplers benchmarks\n\nProduced by `benchmarks/samplers_bench.py`; newest run last.\n\n"
     )
-    exists = os.path.exists(args.output)
-    with open(args.output, "a", encoding="utf-8") as handle:
-        if not exists:
-            handle.write(header)
-        handle.write(text + "\n")
+    append_run(args.output, header, text + "\n")
 
 
 if __name__ == "__main__":

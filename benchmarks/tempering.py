@@ -61,30 +61,10 @@ import sys
 import time
 from typing import Any, NamedTuple
 
+import _threads
+from _report import append_run
 
-def thread_settings(argv: list[str]) -> dict[str, str]:
-    """Environment for ``--threads N`` (default: every core this process may use)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--threads", type=int, default=None)
-    available = sorted(os.sched_getaffinity(0))
-    threads = parser.parse_known_args(argv)[0].threads or len(available)
-    threads = max(1, min(threads, len(available)))
-    if threads < len(available):
-        os.sched_setaffinity(0, available[:threads])
-    eigen = "true" if threads > 1 else "false"
-    xla = os.environ.get("XLA_FLAGS", "")
-    xla = f"{xla} --xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={threads}"
-    return {
-        "XLA_FLAGS": xla.strip(),
-        "OMP_NUM_THREADS": str(threads),
-        "OPENBLAS_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "BENCH_THREADS": str(threads),
-    }
-
-
-THREAD_ENV = thread_settings(sys.argv[1:])
-os.environ.update(THREAD_ENV)
+THREAD_ENV = _threads.apply(sys.argv[1:], x64=False)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -484,15 +464,12 @@ def main():
         ]
     )
     print(text)
-    exists = os.path.exists(args.output)
-    with open(args.output, "a", encoding="utf-8") as handle:
-        if not exists:
-            handle.write(
-                "# Parallel tempering benchmarks\n\n"
-                "Produced by `benchmarks/tempering.py`; newest run last. How to read the tables: "
-                "see the script's docstring.\n\n"
-            )
-        handle.write(text + "\n")
+    header = (
+        "# Parallel tempering benchmarks\n\n"
+        "Produced by `benchmarks/tempering.py`; newest run last. How to read the tables: "
+        "see the script's docstring.\n\n"
+    )
+    append_run(args.output, header, text + "\n")
 
 
 if __name__ == "__main__":

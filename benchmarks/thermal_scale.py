@@ -42,6 +42,7 @@ os.environ.setdefault("THERMOEQPROP_X64", "0")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from _report import append_run  # noqa: E402
 
 from thermoeqprop.data import load_dataset  # noqa: E402
 from thermoeqprop.estimators import Sampling, ThermalCovariance  # noqa: E402
@@ -289,14 +290,10 @@ def main():
         summary,
         "",
     ]
-    exists = os.path.exists(args.output)
-    with open(args.output, "a") as handle:
-        if not exists:
-            handle.write(
-                "# Thermal EP at scale\n\nProduced by `benchmarks/thermal_scale.py`; newest run "
-                "last.\n"
-            )
-        handle.write("\n".join(lines))
+    header = (
+        "# Thermal EP at scale\n\nProduced by `benchmarks/thermal_scale.py`; newest run last.\n"
+    )
+    append_run(args.output, header, "\n".join(lines))
     print("\n".join(lines))
 
 

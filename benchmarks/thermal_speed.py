@@ -72,41 +72,11 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-# ------------------------------------------------------------------------------------------
+import _threads
+from _report import append_run
+
 # Threads: set before JAX (and NumPy's BLAS) are imported, and printed.
-
-
-def thread_settings(argv: list[str]) -> dict[str, str]:
-    """Environment for ``--threads N`` (default: every core this process may use).
-
-    XLA's CPU thread pool is sized from the CPUs the process may run on, so with N below that
-    the process is also pinned to the first N of them (``os.sched_setaffinity``).
-    """
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--threads", type=int, default=None)
-    available = sorted(os.sched_getaffinity(0))
-    threads = parser.parse_known_args(argv)[0].threads or len(available)
-    threads = max(1, min(threads, len(available)))
-    if threads < len(available):
-        os.sched_setaffinity(0, available[:threads])
-    eigen = "true" if threads > 1 else "false"
-    xla = os.environ.get("XLA_FLAGS", "")
-    xla = (
-        f"{xla} --xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={threads}"
-    ).strip()
-    return {
-        "XLA_FLAGS": xla,
-        "OMP_NUM_THREADS": str(threads),
-        "OPENBLAS_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "BENCH_THREADS": str(threads),
-        # thermoeqprop turns on JAX's x64 at import unless told not to: these sections are float32.
-        "THERMOEQPROP_X64": "0",
-    }
-
-
-THREAD_ENV = thread_settings(sys.argv[1:])
-os.environ.update(THREAD_ENV)
+THREAD_ENV = _threads.apply(sys.argv[1:], x64=False)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -1222,11 +1192,7 @@ def main():
         "# Thermal path speed benchmarks\n\n"
         "Produced by `benchmarks/thermal_speed.py`; newest run last.\n\n"
     )
-    exists = os.path.exists(args.output)
-    with open(args.output, "a", encoding="utf-8") as handle:
-        if not exists:
-            handle.write(header)
-        handle.write(text + "\n")
+    append_run(args.output, header, text + "\n")
 
 
 if __name__ == "__main__":

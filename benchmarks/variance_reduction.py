@@ -53,6 +53,7 @@ import sys
 import time
 
 import _threads
+from _report import append_run
 
 THREAD_ENV = _threads.apply(sys.argv[1:], x64=True)
 
@@ -499,11 +500,7 @@ def main() -> None:
         "# Variance reduction of thermal gradients at equal wall time\n\n"
         "Produced by `benchmarks/variance_reduction.py`; newest run last.\n\n"
     )
-    exists = os.path.exists(args.output)
-    with open(args.output, "a", encoding="utf-8") as handle:
-        if not exists:
-            handle.write(header)
-        handle.write(text + "\n")
+    append_run(args.output, header, text + "\n")
 
 
 if __name__ == "__main__":
