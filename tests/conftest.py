@@ -34,6 +34,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # oversubscribe them. Subprocesses inherit it; tests/test_cpu_devices.py checks the default in
 # processes of its own.
 os.environ.setdefault("THERMOEQPROP_CPU_DEVICES", "1")
+# One BLAS thread per worker for the same reason (numpy's and scipy's OpenBLAS would each start
+# a pool per core). It also keeps the quantum sparse solver from switching the pools on XLA's
+# callback threads (quantum/_sparse_paths.py, blas_limit), which OpenBLAS does not make safe
+# beside a BLAS call in flight. Set before anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 

@@ -4,6 +4,8 @@ References: ``numpy.linalg.eigh`` of the dense matrices (levels, with multiplici
 dense ``EigenstateEP`` (gradients, shots, outcomes). Deterministic: tolerances are numerical.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -190,26 +192,46 @@ def test_one_level_when_weyls_bound_settles_the_gap(chain_batch):
 
 
 def test_blas_threads_are_limited_while_the_solver_runs(chain_batch, monkeypatch):
-    from threadpoolctl import threadpool_info
+    """Pools above the limit are lowered for the solve and restored after it; pools already
+    under it are never switched (tests run with OPENBLAS_NUM_THREADS=1, so the first part
+    raises them to 2 itself)."""
+    from threadpoolctl import ThreadpoolController, threadpool_info
 
     model, params, x, y = chain_batch
     seen = []
     solve = SP.lowest_levels_batch
 
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
     def spy(*args, **kwargs):
-        seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+        seen.append(blas_threads())
         return solve(*args, **kwargs)
 
     monkeypatch.setattr(SP, "lowest_levels_batch", spy)
-    outside = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
-    EigenstateEP(model, beta=1e-3, solver="sparse")(params, x, y, jax.random.key(0))
-    assert seen and all(s == {1} for s in seen)
-    assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == outside
-    seen.clear()
-    EigenstateEP(model, beta=1e-3, solver="sparse", blas_threads=None)(
-        params, x, y, jax.random.key(0)
-    )
-    assert seen and all(s == outside for s in seen)
+    with ThreadpoolController().limit(limits=2, user_api="blas"):
+        outside = blas_threads()
+        assert outside == {2}
+        EigenstateEP(model, beta=1e-3, solver="sparse")(params, x, y, jax.random.key(0))
+        assert seen and all(s == {1} for s in seen)
+        assert blas_threads() == outside
+        seen.clear()
+        EigenstateEP(model, beta=1e-3, solver="sparse", blas_threads=None)(
+            params, x, y, jax.random.key(0)
+        )
+        assert seen and all(s == outside for s in seen)
+    # Under the limit: the pools are left alone (no set_num_threads call at all).
+    with ThreadpoolController().limit(limits=1, user_api="blas"):
+        switched = []
+        monkeypatch.setattr(
+            SP._controller(),
+            "limit",
+            lambda *a, **k: switched.append(k) or contextlib.nullcontext(),
+        )
+        seen.clear()
+        EigenstateEP(model, beta=1e-3, solver="sparse")(params, x, y, jax.random.key(1))
+        assert seen and all(s == {1} for s in seen)
+        assert switched == []
 
 
 def test_sparse_state_is_a_checkpointable_array(chain_batch, tmp_path):

@@ -19,13 +19,18 @@ Everything after the solves (outputs, shots, observables, the chain rule) runs i
 code of the dense path (``quantum/_eigen_paths.py``), so finite shots, both shot models and
 both error signals work the same on both paths. The callbacks limit the BLAS thread pool to
 ``blas_threads`` (threadpoolctl) while they run: their matrix products are small, and a pool
-per process multiplied by parallel workers would oversubscribe the cores.
+per process multiplied by parallel workers would oversubscribe the cores. OpenBLAS's
+``openblas_set_num_threads`` is not safe while another thread is inside BLAS, and the callbacks
+run on XLA's threads beside the caller's: the pools are changed only when one is above the
+limit, under one process-wide lock, so a process whose pools already fit (a worker started with
+``OPENBLAS_NUM_THREADS=1``, say) never touches them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from typing import NamedTuple
 
 import jax
@@ -74,11 +79,26 @@ def _controller():
     return ThreadpoolController()
 
 
+_BLAS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
 def blas_limit(threads: int | None):
-    """Context that limits the BLAS thread pools to ``threads`` (``None``: leave them)."""
+    """Context that limits the BLAS thread pools to ``threads`` (``None``: leave them).
+
+    Pools already at or under the limit are left alone; changes are made, and undone, under one
+    process-wide lock, so two callbacks never switch the pools at once.
+    """
     if threads is None:
-        return contextlib.nullcontext()
-    return _controller().limit(limits=threads, user_api="blas")
+        yield
+        return
+    with _BLAS_LOCK:
+        pools = _controller().select(user_api="blas").lib_controllers
+        if all(pool.num_threads <= threads for pool in pools):
+            yield
+            return
+        with _controller().limit(limits=threads, user_api="blas"):
+            yield
 
 
 def _state_dtype(model):
