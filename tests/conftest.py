@@ -41,6 +41,7 @@ os.environ.setdefault("THERMOEQPROP_CPU_DEVICES", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
@@ -49,3 +50,27 @@ def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pyproject's addopts): one worker per core, at most four. Each worker is a
     multithreaded JAX process of its own, and the notebook test starts two kernels besides."""
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bound_compiled_programs():
+    """Forget the compiled programs of the worker when a test module ends above 3 GiB.
+
+    A worker runs many modules (``--dist loadfile``), and every model, shape and static option
+    compiles programs of its own that JAX keeps for the life of the process: a worker grew past
+    5 GB in a full run, and four of them on a 24 GB machine met the OOM killer. Clearing after
+    every module cost time (the next module reloads what it shares from the persistent cache
+    above); clearing only past 3 GiB bounds the memory and leaves most modules alone.
+    """
+    yield
+    if _resident_bytes() > 3 * 2**30:
+        jax.clear_caches()
