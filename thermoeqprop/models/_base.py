@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,10 +31,16 @@ class EnergyModel(Model):
             to a box (the hard-sigmoid network) or are spins (``(-1, 1)`` with ``is_spin``).
     """
 
+    family: ClassVar[str] = "classical"
     state_size: int
     cost: Any
     state_bounds: tuple[float, float] | None = None
     is_spin: bool = False
+
+    @property
+    def architecture(self) -> str:
+        """The number of free units, e.g. ``"12 units"`` (layered networks give their sizes)."""
+        return f"{self.state_size} units"
 
     @abc.abstractmethod
     def energy(self, params: PyTree, state: jax.Array, x: jax.Array) -> jax.Array:

@@ -207,6 +207,11 @@ class SpinNetwork(_SpinModel):
     def state_size(self) -> int:
         return self.num_spins
 
+    @property
+    def architecture(self) -> str:
+        """The number of spins, e.g. ``"12 spins"``."""
+        return f"{self.num_spins} spins"
+
     def init_params(self, rng_key):
         degree = np.zeros(self.num_spins)
         for i, j in self.edges:
@@ -291,6 +296,11 @@ class LayeredSpinNetwork(_SpinModel):
     @property
     def state_size(self) -> int:
         return self.num_spins
+
+    @property
+    def architecture(self) -> str:
+        """The layer sizes, e.g. ``"(64, 128, 10)"``."""
+        return str(self.layer_sizes)
 
     @property
     def blocks(self) -> tuple[tuple[int, ...], ...]:

@@ -8,13 +8,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from thermoeqprop import registry
 from thermoeqprop._validation import check_positive
-from thermoeqprop.estimators.thermal import (
-    MAX_ENUMERATED_SPINS,
-    Sampling,
-    ThermalCovariance,
-    ThermalNudged,
-)
+from thermoeqprop.estimators.thermal import MAX_ENUMERATED_SPINS, Sampling
 from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.models.quadratic import QuadraticNetwork
 
@@ -53,9 +49,9 @@ class EstimatorSpec:
         return self.kind == "nudged"
 
     def build(self, model: EnergyModel, temperature: float, sampling: Sampling):
-        if self.kind == "covariance":
-            return ThermalCovariance(model, temperature, sampling)
-        return ThermalNudged(model, temperature, self.beta, self.symmetric, sampling)
+        # The kinds are names of thermoeqprop.registry (covariance reads no β).
+        options = registry.EstimatorOptions(temperature, self.beta, sampling)
+        return registry.build(self.kind, model, options)
 
 
 def parse_estimator(spec: str, beta: float = 0.1) -> EstimatorSpec:
