@@ -37,12 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import thermoeqprop
 import thermoeqprop.estimators  # noqa: F401  (every estimator class defined, for the census)
 import thermoeqprop.lowtemp  # noqa: F401
 import thermoeqprop.quantum  # noqa: F401
 from thermoeqprop import Estimator, GradientEstimate, Model, registry
 from thermoeqprop.estimators import GradientSeries, Relaxation, Sampling
-from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork
+from thermoeqprop.models import EnergyModel, LayeredNetwork, QuadraticNetwork, SpinNetwork
+from thermoeqprop.models.costs import SquaredError
 from thermoeqprop.quantum import classifier_network
 from thermoeqprop.registry import EstimatorOptions
 
@@ -284,3 +286,63 @@ def test_predict_gives_finite_outputs(case):
 @pytest.mark.parametrize("case", CASES)
 def test_new_values_and_numbers_do_not_recompile(case):
     assert outcome(case).compiled_again == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The drivers ask a model only through declared members.
+
+
+@dataclasses.dataclass(frozen=True)
+class _PlainModel(EnergyModel):
+    """The least an energy model defines: the abstract members, nothing else (continuous
+    units, ``E = ½|s|² − s·(W x)``)."""
+
+    num_inputs: int = 2
+    num_outputs: int = 1
+    state_size: int = 1
+    cost: object = dataclasses.field(default_factory=SquaredError)
+
+    def init_params(self, rng_key):
+        return {"w": 0.1 * jax.random.normal(rng_key, (self.num_inputs, self.state_size))}
+
+    def energy(self, params, state, x):
+        return 0.5 * jnp.sum(state**2) - state @ (x @ params["w"])
+
+    def output(self, state):
+        return state
+
+    def encode_labels(self, labels):
+        return 2.0 * jnp.asarray(labels, float)[:, None] - 1.0
+
+    def decode_outputs(self, outputs):
+        return (outputs[:, 0] > 0).astype(jnp.int32)
+
+
+def test_a_model_with_only_the_abstract_members_gets_every_default():
+    model = _PlainModel()
+    assert (model.state_bounds, model.is_spin, model.blocks) == (None, False, None)
+    assert not model.multilinear and model.ising_layer_sizes is None
+    with pytest.raises(NotImplementedError, match="_PlainModel has no layered Ising form"):
+        model.ising_form(None, None, None, 0.0)
+    assert Sampling().resolve_method(model) == "nuts"
+    with pytest.raises(ValueError, match="needs spins"):
+        Sampling(method="gibbs").resolve_method(model)
+    est = registry.build("covariance", model, EstimatorOptions(temperature=0.5,
+                                                               sampling=SAMPLING))  # fmt: skip
+    params, x, targets = problem(model)
+    assert np.all(np.isfinite(leaves(est(params, x, targets, jax.random.key(0)).grad)[0]))
+
+
+def test_no_driver_or_estimator_probes_a_model_for_members():
+    import pathlib
+    import re
+
+    root = pathlib.Path(thermoeqprop.__file__).parent
+    probes = re.compile(r"(getattr|hasattr)\((self\.|estimator\.)?model\b")
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for path in sorted(root.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if probes.search(line)
+    ]
+    assert not found, f"getattr/hasattr on a model (declare the member instead): {found}"

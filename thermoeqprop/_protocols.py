@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from thermoeqprop._result import GradientEstimate
-from thermoeqprop._validation import check_labels
+from thermoeqprop._validation import check_labels, check_matrix
 
 __all__ = ["Estimator", "Model"]
 
@@ -70,6 +70,21 @@ class Model(abc.ABC):
         """A few words on the network's size for progress lines and summaries, e.g.
         ``"(64, 128, 10)"`` (layer sizes), ``"12 spins"`` or ``"6 qubits"``."""
         return f"{self.num_inputs} inputs, {self.num_outputs} outputs"
+
+    def validate_inputs(self, x, targets=None):
+        """Check inputs (batch, num_inputs) and targets (batch, num_outputs) at the boundary.
+
+        Returns them as arrays of the default float dtype.
+        """
+        x = check_matrix("x", x, self.num_inputs, "examples × input features")
+        if targets is None:
+            return jnp.asarray(x, dtype=float), None
+        targets = check_matrix("targets", targets, self.num_outputs, "examples × output units")
+        if targets.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"x has {x.shape[0]} examples but targets has {targets.shape[0]}; they must match"
+            )
+        return jnp.asarray(x, dtype=float), jnp.asarray(targets, dtype=float)
 
     def _checked_labels(self, labels) -> jax.Array:
         """``labels`` as an array, raising if concrete ones lie outside 0 … num_classes − 1.

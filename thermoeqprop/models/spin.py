@@ -303,6 +303,11 @@ class LayeredSpinNetwork(_SpinModel):
         return str(self.layer_sizes)
 
     @property
+    def ising_layer_sizes(self) -> tuple[int, ...] | None:
+        """The free layers' sizes when :meth:`ising_form` applies (the squared-error cost)."""
+        return tuple(self.layer_sizes[1:]) if self.multilinear else None
+
+    @property
     def blocks(self) -> tuple[tuple[int, ...], ...]:
         offsets = np.cumsum((0,) + self.layer_sizes[1:])
         return tuple(
