@@ -5,6 +5,7 @@ Deterministic: nothing is sampled (the estimators are only constructed and compa
 """
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -131,6 +132,12 @@ def test_train_builds_the_same_estimators_as_before():
         SpinNetwork.layered((2, 4, 1)), 0.02, Sampling(num_chains=2, num_samples=50,
                                                        num_warmup=50, hmc_steps=8)
     )  # fmt: skip
+    # --collapse reaches the estimator as the registry's sampling option (Sampling.collapse).
+    for flag, collapse in (("auto", None), ("on", True), ("off", False)):
+        chosen = _settings(_cli_train.configure_parser, "--collapse", flag)
+        assert _cli_train.build_estimator(chosen, 2, 2) == ThermalCovariance(
+            net, 0.02, dataclasses.replace(sampling, collapse=collapse)
+        ), flag
     # A T = 0 estimator builds no sampler settings, so it never rejects them.
     bad_sampler = _settings(_cli_train.configure_parser, "--estimator", "ep", "--num-chains", "1")
     assert isinstance(_cli_train.build_estimator(bad_sampler, 2, 2), ZeroTemperatureEP)

@@ -72,7 +72,9 @@ class EstimatorOptions:
     Attributes:
         temperature: ``T`` of the thermal estimators.
         beta: Nudging strength ``β``.
-        sampling: :class:`~thermoeqprop.estimators.Sampling` of the sampled estimators.
+        sampling: :class:`~thermoeqprop.estimators.Sampling` of the sampled estimators,
+            which carries every sampler setting, collapsed sampling included
+            (``Sampling.collapse``, ``thermoeqprop train --collapse``).
         relaxation: :class:`~thermoeqprop.estimators.Relaxation` of the T = 0 estimators.
         level: Eigenstate index of ``eigenstate``.
         solver: ``"dense"`` or ``"sparse"`` (quantum ``ep`` and ``eigenstate``).
