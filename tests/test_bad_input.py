@@ -252,9 +252,9 @@ CLI_CASES = {
         "--qubits must be in 2 … 12 for training with --solver dense, got 40",
     ),
     "quantum sparse solver for a thermal estimator": (
-        QUANTUM + ["--estimator", "thermal", "--solver", "sparse"],
+        QUANTUM + ["--estimator", "covariance", "--solver", "sparse"],
         None,
-        "--solver sparse needs --estimator ground or excited, got 'thermal'",
+        "--solver sparse needs --estimator ep or eigenstate, got 'covariance'",
     ),
     "quantum shot model without shots": (
         QUANTUM + ["--shot-model", "gaussian"],
@@ -273,17 +273,17 @@ CLI_CASES = {
     ),
     "quantum zero epochs": (QUANTUM + ["--epochs", "0"], None, "epochs must be an integer ≥ 1"),
     "quantum shots with Kubo–Mori": (
-        QUANTUM + ["--estimator", "thermal", "--shots", "100"],
+        QUANTUM + ["--estimator", "covariance", "--shots", "100"],
         None,
         "shots are not available with method",
     ),
     "quantum negative temperature": (
-        QUANTUM + ["--estimator", "thermal", "--temperature", "-0.1"],
+        QUANTUM + ["--estimator", "covariance", "--temperature", "-0.1"],
         None,
         "temperature must be a finite number > 0, got -0.1",
     ),
     "quantum level beyond the spectrum": (
-        QUANTUM + ["--estimator", "excited", "--level", "8"],
+        QUANTUM + ["--estimator", "eigenstate", "--level", "8"],
         None,
         "level must be an integer in 0 … 7 for 3 qubits, got 8",
     ),

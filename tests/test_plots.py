@@ -48,7 +48,7 @@ HISTORY = [
 
 
 def test_training_and_decision_plots_keep_the_backend(tmp_path):
-    estimator = types.SimpleNamespace(predict=lambda params, points: np.tanh(points[:, :1]))
+    estimator = types.SimpleNamespace(predict=lambda params, x, rng_key: np.tanh(x[:, :1]))
     dataset = types.SimpleNamespace(
         x_test=np.array([[0.1, 0.2], [-0.5, 0.4]]), labels_test=np.array([1, 0])
     )

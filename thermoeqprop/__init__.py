@@ -55,8 +55,9 @@ _split_the_cpu()
 if os.environ.get("THERMOEQPROP_X64", "1") != "0":
     jax.config.update("jax_enable_x64", True)
 
+from thermoeqprop._protocols import Estimator, Model  # noqa: E402
 from thermoeqprop._result import GradientEstimate  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["GradientEstimate", "__version__"]
+__all__ = ["Estimator", "GradientEstimate", "Model", "__version__"]

@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from thermoeqprop import registry
 from thermoeqprop.results import RunFolder
 
 __all__ = ["build_estimator", "configure_parser", "run"]
 
-ESTIMATORS = ("ground", "excited", "thermal", "thermal-nudged")
 #: Settings that change what is shown, not what is computed (left out of the run's identity).
 PRESENTATION = ("results_dir", "no_progress", "quiet")
 
@@ -49,16 +49,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     add = parser.add_argument
     add(
         "--estimator",
-        choices=ESTIMATORS,
-        default="ground",
-        help="ground: ground-state EP; excited: EP in level --level; thermal: Kubo–Mori "
-        "covariance (no nudge) at --temperature; thermal-nudged: nudged thermal EP",
+        choices=registry.choices("quantum"),
+        default="ep",
+        help="ep: ground-state EP; eigenstate: EP in level --level; covariance: Kubo–Mori "
+        "covariance (no nudge) at --temperature; nudged: nudged thermal EP (thermoeqprop."
+        "registry; the former names ground, excited, thermal and thermal-nudged are "
+        "deprecated aliases)",
     )
     add("--dataset", choices=("moons", "circles"), default="moons")
     add("--qubits", type=int, default=6, help="number of qubits (default 6)")
     add("--couplings", choices=("ring", "all"), default="ring")
     add("--temperature", type=float, default=0.05, help="T for the thermal estimators")
-    add("--level", type=int, default=1, help="eigenstate index for --estimator excited")
+    add("--level", type=int, default=1, help="eigenstate index for --estimator eigenstate")
     add(
         "--beta",
         type=float,
@@ -69,7 +71,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--shots",
         type=int,
         default=None,
-        help="shots per basis setting (ground, excited, thermal-nudged); default exact",
+        help="shots per basis setting (ep, eigenstate, nudged); default exact",
     )
     add(
         "--shot-model",
@@ -88,7 +90,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         "--solver",
         choices=("dense", "sparse"),
         default="dense",
-        help="ground and excited: dense eigh, or sparse Lanczos warm-started from the previous "
+        help="ep and eigenstate: dense eigh, or sparse Lanczos warm-started from the previous "
         "step's states",
     )
     add(
@@ -129,12 +131,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def build_estimator(settings: dict[str, Any]):
-    """The network and estimator that ``settings`` (the parsed options) describe."""
-    from thermoeqprop.quantum import EigenstateEP, ExpectationLoss, ThermalEP, classifier_network
+    """The network and estimator that ``settings`` (the parsed options) describe; the
+    estimator by its name in :mod:`thermoeqprop.registry`."""
+    from thermoeqprop.quantum import ExpectationLoss, classifier_network
 
-    qubits, solver, name = settings["qubits"], settings["solver"], settings["estimator"]
-    if solver == "sparse" and name not in ("ground", "excited"):
-        raise ValueError(f"--solver sparse needs --estimator ground or excited, got {name!r}")
+    qubits, solver = settings["qubits"], settings["solver"]
+    name = registry.resolve(settings["estimator"], "quantum")
+    if solver == "sparse" and name not in ("ep", "eigenstate"):
+        raise ValueError(f"--solver sparse needs --estimator ep or eigenstate, got {name!r}")
     low, high = (3, 16) if solver == "sparse" else (2, 12)
     if not low <= qubits <= high:
         raise ValueError(
@@ -160,14 +164,14 @@ def build_estimator(settings: dict[str, Any]):
     # shots. Not too large: near the decision boundary the trained network's gap closes
     # (down to 0.02 on moons), and at β = 0.2 level tracking was lost there (seed 0).
     beta = settings["beta"] if settings["beta"] is not None else (0.1 if shots["shots"] else 0.01)
-    if name in ("ground", "excited"):
-        level = settings["level"] if name == "excited" else 0
-        return EigenstateEP(model, level=level, beta=beta, solver=solver, **shots)
-    if name == "thermal":
-        return ThermalEP(model, temperature=settings["temperature"], **shots)
-    return ThermalEP(
-        model, temperature=settings["temperature"], method="nudged", beta=beta, **shots
+    options = registry.EstimatorOptions(
+        temperature=settings["temperature"],
+        beta=beta,
+        level=settings["level"],
+        solver=solver,
+        **shots,
     )
+    return registry.build(name, model, options)
 
 
 def step_config(settings: dict[str, Any], steps_per_epoch: int):
@@ -217,6 +221,8 @@ def run(settings: dict[str, Any]) -> int:
     from thermoeqprop.training import dataset_source, train_steps
 
     tic = time.perf_counter()
+    # A deprecated alias warns once here, and the run records the canonical name.
+    settings = {**settings, "estimator": registry.resolve(settings["estimator"], "quantum")}
     estimator = build_estimator(settings)
     dataset = load_dataset(
         settings["dataset"],
@@ -231,10 +237,10 @@ def run(settings: dict[str, Any]) -> int:
                             seed=settings["seed"], name=dataset.name)  # fmt: skip
     config = step_config(settings, source.steps_per_epoch)
     results_dir = Path(settings["results_dir"])
-    name = settings["estimator"]
+    name = f"{settings['estimator']} ({type(estimator).__name__})"
     sizes = f"{len(dataset.labels_train)} train / {len(dataset.labels_test)} test"
     print(
-        f"thermoeqprop quantum: {name} EP on {dataset.name} ({sizes}), {model.num_qubits} "
+        f"thermoeqprop quantum: {name} on {dataset.name} ({sizes}), {model.num_qubits} "
         f"qubits, {model.hamiltonian.num_params} parameters, {config.steps} steps, results in "
         f"{results_dir}",
         flush=True,
@@ -264,7 +270,7 @@ def run(settings: dict[str, Any]) -> int:
         log=None if quiet else (lambda line: print(line, flush=True)),
     )
     history = result.history
-    plot_training(history, results_dir / "training_curves.png", f"{name} EP on {dataset.name}")
+    plot_training(history, results_dir / "training_curves.png", f"{name} on {dataset.name}")
     _plot_decision(results_dir / "decision.png", estimator, result.params, dataset)
     lines = _summary(settings, estimator, dataset, config, history)
     lines.append(
@@ -283,16 +289,16 @@ def _summary(settings, estimator, dataset, config, history) -> list[str]:
     final = history[-1]
     best = max(history, key=lambda h: h["test_accuracy"])
     seconds = sum(h["seconds"] for h in history)
-    how = f"T = {settings['temperature']}, " if name.startswith("thermal") else ""
-    if name == "excited":
+    how = f"T = {settings['temperature']}, " if estimator.temperature is not None else ""
+    if name == "eigenstate":
         how = f"level {settings['level']}, "
-    if name != "thermal":
+    if name != "covariance":
         how += f"β = {estimator.beta}, "
     if shots:
         how += f"{shots} shots ({settings['shot_model']}, {settings['error_signal']} error signal)"
     else:
         how += "exact expectations"
-    if name in ("ground", "excited"):
+    if name in ("ep", "eigenstate"):
         how += f", {settings['solver']} solver"
     return [
         f"estimator: {name} ({type(estimator).__name__}, {how})",
@@ -318,7 +324,8 @@ def _plot_decision(path: Path, estimator, params, dataset) -> None:
     grid = np.linspace(-1.2, 1.2, 41)
     gx, gy = np.meshgrid(grid, grid)
     points = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1))
-    outputs = np.asarray(estimator.predict(params, points))[:, 0].reshape(gx.shape)
+    outputs = np.asarray(estimator.predict(params, points, jax.random.key(0)))
+    outputs = outputs[:, 0].reshape(gx.shape)
     fig = Figure(figsize=(4.5, 4), layout="constrained")
     ax = fig.subplots()
     mesh = ax.contourf(gx, gy, outputs, levels=20, cmap="RdBu_r", vmin=-1, vmax=1)

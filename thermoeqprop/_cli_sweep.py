@@ -191,7 +191,7 @@ def run(settings: dict[str, Any]) -> int:
         sampling = matched_budgets(estimators, sampling, settings["beta"])
     results_dir = Path(settings["results_dir"])
     exact = "exact reference" if _has_exact(model) else "no exact reference"
-    shape = getattr(model, "layer_sizes", None) or f"{model.state_size} spins"
+    shape = model.architecture
     print(
         f"thermoeqprop sweep: {type(model).__name__} {shape} ({exact}) on {described}; "
         f"T = {settings['temperatures']}; "

@@ -11,11 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from thermoeqprop import registry
 from thermoeqprop.results import RunFolder
-
-THERMAL_ESTIMATORS = ("covariance", "nudged", "exact")
-ZERO_TEMPERATURE_ESTIMATORS = ("ep", "ep-one-sided", "implicit", "backprop")
-ESTIMATORS = THERMAL_ESTIMATORS + ZERO_TEMPERATURE_ESTIMATORS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -39,10 +36,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add(
         "--estimator",
         default="covariance",
-        choices=ESTIMATORS,
-        help="covariance: thermal, unclamped −Cov(C, ∂θE)/T; nudged: thermal, ±β phases; "
-        "exact: thermal by enumeration (spins) or closed form (quadratic); ep, ep-one-sided: "
-        "zero-temperature EP; implicit: exact T = 0 gradient; backprop: feedforward baseline",
+        choices=registry.choices("classical"),
+        help="; ".join(
+            f"{name}: {registry.entry(name, 'classical').summary}"
+            for name in registry.names("classical")
+        )
+        + " (thermoeqprop.registry)",
     )
     add("--temperature", type=float, default=0.02, help="T for the thermal estimators")
     add(
@@ -52,7 +51,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="anneal the temperature geometrically from this value (epoch 1) down to "
         "--temperature (last epoch)",
     )
-    add("--beta", type=float, default=0.5, help="nudging strength (nudged, ep)")
+    add(
+        "--beta",
+        type=float,
+        default=0.5,
+        help="nudging strength (nudged, ep and their one-sided forms)",
+    )
     add(
         "--sampler",
         default="auto",
@@ -110,25 +114,20 @@ def build_model(settings: dict[str, Any], num_inputs: int, num_classes: int):
 
 
 def build_estimator(settings: dict[str, Any], num_inputs: int, num_classes: int):
-    from thermoeqprop.estimators import (
-        FeedforwardBackprop,
-        ImplicitDifferentiation,
-        Relaxation,
-        Sampling,
-        ThermalCovariance,
-        ThermalExact,
-        ThermalNudged,
-        ZeroTemperatureEP,
-    )
+    """The estimator ``settings["estimator"]`` names (:mod:`thermoeqprop.registry`) for the
+    model the settings describe; only the options that estimator reads are built, so a
+    T = 0 estimator never validates the sampler flags."""
+    from thermoeqprop.estimators import Relaxation, Sampling
 
     model = build_model(settings, num_inputs, num_classes)
     name = settings["estimator"]
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; valid: {list(ESTIMATORS)}")
-    temperature = settings["temperature"]
-    if name in THERMAL_ESTIMATORS:
-        if name == "exact":
-            return ThermalExact(model, temperature)
+    reads = registry.entry(name, model.family).options
+    options = {}
+    if "temperature" in reads:
+        options["temperature"] = settings["temperature"]
+    if "beta" in reads:
+        options["beta"] = settings["beta"]
+    if "sampling" in reads:
         sampling = Sampling(
             method=settings["sampler"],
             num_chains=settings["num_chains"],
@@ -142,21 +141,12 @@ def build_estimator(settings: dict[str, Any], num_inputs: int, num_classes: int)
         )
         if sampling.method == "auto" and not model.is_spin:
             sampling = dataclasses.replace(sampling, method="hmc")
-        if name == "covariance":
-            return ThermalCovariance(model, temperature, sampling)
-        return ThermalNudged(model, temperature, beta=settings["beta"], sampling=sampling)
-    relaxation = Relaxation(
-        tolerance=settings["tolerance"], max_iterations=settings["max_iterations"]
-    )
-    if name == "ep":
-        return ZeroTemperatureEP(model, beta=settings["beta"], relaxation=relaxation)
-    if name == "ep-one-sided":
-        return ZeroTemperatureEP(
-            model, beta=settings["beta"], symmetric=False, relaxation=relaxation
+        options["sampling"] = sampling
+    if "relaxation" in reads:
+        options["relaxation"] = Relaxation(
+            tolerance=settings["tolerance"], max_iterations=settings["max_iterations"]
         )
-    if name == "implicit":
-        return ImplicitDifferentiation(model, relaxation)
-    return FeedforwardBackprop(model)
+    return registry.build(name, model, registry.EstimatorOptions(**options))
 
 
 def temperature_schedule(settings: dict[str, Any], epochs: int):
@@ -170,10 +160,11 @@ def temperature_schedule(settings: dict[str, Any], epochs: int):
     final = settings["temperature"]
     if not start > final:
         raise ValueError(f"anneal_from must exceed the final temperature {final}, got {start}")
-    if settings["estimator"] not in THERMAL_ESTIMATORS:
+    thermal = [n for n in registry.names("classical")
+               if "temperature" in registry.entry(n, "classical").options]  # fmt: skip
+    if settings["estimator"] not in thermal:
         raise ValueError(
-            f"--anneal-from needs a thermal estimator {list(THERMAL_ESTIMATORS)}, "
-            f"got {settings['estimator']!r}"
+            f"--anneal-from needs a thermal estimator {thermal}, got {settings['estimator']!r}"
         )
 
     def schedule(estimator, epoch):
@@ -213,15 +204,16 @@ def run(settings: dict[str, Any]) -> int:
     from thermoeqprop.plots import plot_training
     from thermoeqprop.training import train
 
+    # A deprecated alias warns once here, and the run records the canonical name.
+    settings = {**settings, "estimator": registry.resolve(settings["estimator"], "classical")}
     dataset = load_dataset(settings["dataset"], seed=0)
     estimator = build_estimator(settings, dataset.num_features, dataset.num_classes)
     config = train_config(settings)
     schedule = temperature_schedule(settings, config.epochs)
     results_dir = Path(settings["results_dir"])
     model = estimator.model
-    shape = getattr(model, "layer_sizes", None) or f"{model.state_size} spins"
-    thermal = settings["estimator"] in THERMAL_ESTIMATORS
-    where = f" at T = {settings['temperature']}" if thermal else ""
+    shape = model.architecture
+    where = f" at T = {settings['temperature']}" if estimator.temperature is not None else ""
     print(
         f"thermoeqprop train: {settings['estimator']}{where} on {dataset.name} "
         f"({len(dataset.labels_train)} train / {len(dataset.labels_test)} test), "

@@ -13,10 +13,11 @@ set (docs/design.md, section "Training step by step"):
   (:func:`held_out`, or any ``(estimator, params, rng_key) -> dict``) and a checkpoint;
 * the optimiser is any ``optax.GradientTransformation``: penalties and constraints are
   transformations in its chain (``thermoeqprop._optim``);
-* an estimator with a warm-start state (``initial_state(batch_size)`` and
-  ``call_with_state(params, x, targets, rng_key, state) -> (estimate, state)``, as
-  :class:`~thermoeqprop.quantum.EigenstateEP`) gets the state of the previous step, and the
-  state is checkpointed with the parameters.
+* every estimator is called through ``call_with_state(params, x, targets, rng_key, state)
+  -> (estimate, state)``, starting from ``initial_state(batch_size)``
+  (:class:`~thermoeqprop.Estimator`): an estimator with a warm-start state (the sparse
+  solver of :class:`~thermoeqprop.quantum.EigenstateEP`) gets the state of the previous step,
+  and the state is checkpointed with the parameters; a stateless one carries ``None``.
 
 The results folder is the epoch loop's (``thermoeqprop._runs``) counted in steps:
 ``metrics.jsonl`` with a ``"step"`` per line, ``checkpoints/step_NNNNNNNN.npz`` (parameters,
@@ -179,13 +180,8 @@ def held_out(x, targets, labels=None, *, name: str = "test", batch_size: int = 4
             estimator.predict(params, x[i : i + batch_size], jax.random.fold_in(rng_key, i))
             for i in range(0, len(x), batch_size)
         ])  # fmt: skip
-        cost = getattr(estimator.model, "cost", None)
-        if not callable(cost):
-            raise ValueError(
-                f"held_out needs a model with a cost of (outputs, targets); "
-                f"{type(estimator.model).__name__} has none"
-            )
-        out = {f"{name}_loss": float(jnp.mean(jax.vmap(cost)(outputs, targets)))}
+        cost = jax.vmap(estimator.model.cost)(outputs, targets)
+        out = {f"{name}_loss": float(jnp.mean(cost))}
         if labels is not None:
             predicted = np.asarray(estimator.model.decode_outputs(outputs))
             out[f"{name}_accuracy"] = float(np.mean(predicted == np.asarray(labels)))
@@ -213,12 +209,6 @@ def _draw(source: Source, rng_key: jax.Array, step: int, model) -> tuple[jax.Arr
     return x, targets
 
 
-def _is_stateful(estimator) -> bool:
-    return callable(getattr(estimator, "call_with_state", None)) and callable(
-        getattr(estimator, "initial_state", None)
-    )
-
-
 def _record(step: int, estimates: list, seconds: float, estimator, source, params) -> dict:
     """The metrics line of the steps since the last one (before the evaluation)."""
     losses = np.asarray([float(e.loss) for e in estimates])
@@ -235,9 +225,8 @@ def _record(step: int, estimates: list, seconds: float, estimator, source, param
         "parameters": sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params)),
         **summarise_diagnostics(estimates),
     }
-    temperature = getattr(estimator, "temperature", None)
-    if temperature is not None:
-        record["temperature"] = float(temperature)
+    if estimator.temperature is not None:
+        record["temperature"] = float(estimator.temperature)
     return record
 
 
@@ -258,8 +247,8 @@ def train_steps(
     """Train ``estimator.model`` for ``config.steps`` steps on batches from ``source``.
 
     Args:
-        estimator: Any :class:`~thermoeqprop.Estimator`; one with ``initial_state`` and
-            ``call_with_state`` gets its state carried from step to step (module docstring).
+        estimator: Any :class:`~thermoeqprop.Estimator`; its ``call_with_state`` state is
+            carried from step to step (module docstring).
         source: ``source(rng_key, step) -> (x, targets)`` with ``x`` (batch, num_inputs) and
             ``targets`` (batch, num_outputs), called for steps 1, 2, …; the key derives from
             ``(config.seed, step)``, so a source that draws from it alone repeats on resume.
@@ -314,7 +303,7 @@ def train_steps(
         if arrays is not None:
             params = restore_tree(arrays, "params_", params, path)
             opt_state = restore_tree(arrays, "opt_", opt_state, path)
-        stateful, state, first = _is_stateful(estimator), None, True
+        state, first = None, True
         steps = range(start + 1, config.steps + 1)
         if progress:
             from tqdm.auto import tqdm
@@ -324,15 +313,12 @@ def train_steps(
         for step in steps:
             x, targets = _draw(source, jax.random.fold_in(key_data, step), step, model)
             key = jax.random.fold_in(key_estimate, step)
-            if stateful:
-                if first:  # the batch size is known now
-                    state = estimator.initial_state(np.shape(x)[0])
-                    if arrays is not None:  # the state the interrupted run had here
-                        state = restore_tree(arrays, "state_", state, path)
-                    first = False
-                estimate, state = estimator.call_with_state(params, x, targets, key, state)
-            else:
-                estimate = estimator(params, x, targets, key)
+            if first:  # the batch size is known now (a stateless estimator's state is None)
+                state = estimator.initial_state(np.shape(x)[0])
+                if arrays is not None:  # the state the interrupted run had here
+                    state = restore_tree(arrays, "state_", state, path)
+                first = False
+            estimate, state = estimator.call_with_state(params, x, targets, key, state)
             params, opt_state = apply(params, opt_state, estimate.grad)
             estimates.append(estimate)
             if step % config.eval_every and step != config.steps:

@@ -126,13 +126,15 @@ def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -
     import pandas as pd
 
     loaded = load_gradient_series(folder)
-    if not loaded:
+    without = _rows_without_series(folder, {str(i.posterior.attrs.get("estimator", p.stem))
+                                            for p, i in loaded})  # fmt: skip
+    if not loaded and not without:
         raise ValueError(
             f"sweep folder {str(folder)!r} has no gradient series (series/*.nc); run the sweep "
             "there until at least one temperature is finished"
         )
     out.mkdir(parents=True, exist_ok=True)
-    rows, components, files = [], [], []
+    rows, components, files = list(without), [], []
     for path, idata in loaded:
         estimator = str(idata.posterior.attrs.get("estimator", path.stem))
         num_chains, num_draws = idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]
@@ -171,21 +173,67 @@ def _diagnose_sweep(folder: Path, out: Path, max_parameters: int, plots: bool) -
             files.append(_rank_plot(idata, out / f"rank_{stem}.png", coords, title))
     overview = pd.DataFrame(rows).sort_values(["estimator", "temperature", "seed"])
     overview = overview.reset_index(drop=True)
-    table = pd.concat(components, ignore_index=True)
-    table = table.sort_values(["estimator", "temperature", "seed", "parameter"])
     overview_path, table_path = out / "overview.csv", out / "gradient_summary.csv"
     overview.to_csv(overview_path, index=False)
-    table.to_csv(table_path, index=False)
-    files = [overview_path, table_path, *files]
+    table = None
+    if components:
+        table = pd.concat(components, ignore_index=True)
+        table = table.sort_values(["estimator", "temperature", "seed", "parameter"])
+        table.to_csv(table_path, index=False)
+    files = [overview_path, *([table_path] if components else []), *files]
     notes = [
-        f"{len(table)} gradient components in {len(loaded)} series files; R-hat is ArviZ's "
+        f"{0 if table is None else len(table)} gradient components in {len(loaded)} series "
+        "files; R-hat is ArviZ's "
         "rank-normalised split R-hat (Vehtari et al. 2021); flags: the worst R-hat above what "
         "independent draws of the run's size exceed with probability 5 % (at least "
         f"{RHAT_LIMIT}), or bulk/tail ESS below {ESS_PER_DRAW_MIN} per draw",
     ]
-    flagged = int((overview["flags"] != "ok").sum())
-    notes.append(f"{flagged} of {len(overview)} (estimator, temperature, seed) rows flagged")
+    if without:
+        notes.append(
+            f"{len({r['estimator'] for r in without})} estimator(s) without per-draw series "
+            "(exact expectations, or shots): their rows come from sweep.nc, with the MCSE the "
+            "estimator reported and no R-hat or ESS"
+        )
+    judged = overview[~overview["flags"].str.startswith("n/a:")]
+    flagged = int((judged["flags"] != "ok").sum())
+    notes.append(f"{flagged} of {len(judged)} (estimator, temperature, seed) rows flagged")
     return Diagnosis("sweep", overview, table, files, notes)
+
+
+def _rows_without_series(folder: Path, with_series: set[str]) -> list[dict[str, Any]]:
+    """Overview rows, from the folder's ``sweep.nc``, of the estimators that saved no per-draw
+    series (a quantum estimator of exact expectations or of shots): what the estimate itself
+    says, its relative MCSE, and no R-hat or ESS."""
+    if not (folder / "sweep.nc").is_file():
+        return []
+    from thermoeqprop.sweep import load_sweep
+
+    ds = load_sweep(folder)
+    rows = []
+    for estimator in map(str, ds.estimator.values):
+        if estimator in with_series:
+            continue
+        for temperature in ds.temperature.values:
+            for seed in ds.seed.values:
+                at = ds.sel(estimator=estimator, temperature=temperature, seed=seed)
+                gradient, stderr = at.gradient.values, at.stderr.values
+                if not np.isfinite(gradient).any():  # not yet computed
+                    continue
+                scale = np.where(gradient != 0, np.abs(gradient), np.nan)
+                exact = bool(np.all(stderr == 0))
+                rows.append({
+                    "estimator": estimator,
+                    "temperature": float(temperature),
+                    "seed": int(seed),
+                    "components": int(gradient.size),
+                    "r_hat_max": np.nan,
+                    "ess_bulk_min": np.nan,
+                    "ess_tail_min": np.nan,
+                    "mcse_over_mean_median": float(np.nanmedian(stderr / scale)),
+                    "worst_component": "",
+                    "flags": "n/a: exact, no draws" if exact else "n/a: no per-draw series",
+                })  # fmt: skip
+    return rows
 
 
 def _series_overview(frame) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def _save_series(
     idata = gradient_inference_data(
         series,
         parameters=int(count),
-        temperature=float(getattr(estimator, "temperature", math.nan)),
+        temperature=math.nan if estimator.temperature is None else float(estimator.temperature),
         seed=config.seed,
         estimator=type(estimator).__name__,
     )
@@ -250,17 +250,14 @@ def train(
                 batches = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False)
             estimates = []
             series = None
-            keep_series = (
-                folder is not None
-                and series_parameters
-                and hasattr(current, "estimate_with_series")
-            )
+            keep_series = folder is not None and series_parameters
             for step in batches:
                 idx = order[step * config.batch_size : (step + 1) * config.batch_size]
                 step_key = jax.random.fold_in(key_steps, step)
                 batch = (params, dataset.x_train[idx], targets_train[idx], step_key)
                 if keep_series and step == steps_per_epoch - 1:
-                    # The same estimate as current(...) (same key), with the draws behind it.
+                    # The same estimate as current(...) (same key), with the draws behind
+                    # it (None from an estimator that does not average draws: nothing saved).
                     estimate, series = current.estimate_with_series(*batch)
                 else:
                     estimate = current(*batch)
@@ -302,9 +299,8 @@ def train(
                 "parameters": num_parameters,
                 **summarise_diagnostics(estimates),
             }
-            temperature = getattr(current, "temperature", None)
-            if temperature is not None:
-                record["temperature"] = float(temperature)
+            if current.temperature is not None:
+                record["temperature"] = float(current.temperature)
             history.append(record)
             if series is not None:
                 _save_series(folder, f"epoch_{epoch:04d}", series, current, config,

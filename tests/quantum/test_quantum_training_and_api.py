@@ -60,7 +60,7 @@ SMALL = ["quantum", "--qubits", "3", "--num-examples", "40", "--test-fraction", 
 
 def test_cli_writes_a_results_folder(tmp_path, capsys):
     folder = tmp_path / "run"
-    args = [*SMALL, "--estimator", "thermal", "--epochs", "2", "--results-dir", str(folder)]
+    args = [*SMALL, "--estimator", "covariance", "--epochs", "2", "--results-dir", str(folder)]
     assert main(args) == 0
     # 20 training examples in batches of 5: 4 steps per epoch, evaluated once per epoch.
     for name in ("config.json", "metrics.jsonl", "summary.txt", "checkpoints/step_00000008.npz"):
@@ -70,7 +70,7 @@ def test_cli_writes_a_results_folder(tmp_path, capsys):
     text = (folder / "config.json").read_text()
     assert " at 0x" not in text  # no memory addresses: a resumed process must compare equal
     config = json.loads(text)
-    assert config["command_line"]["estimator"] == "thermal"
+    assert config["command_line"]["estimator"] == "covariance"
     assert config["command_line"]["qubits"] == 3
     assert config["estimator"]["type"] == "ThermalEP"
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

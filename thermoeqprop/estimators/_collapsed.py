@@ -69,7 +69,7 @@ class CollapsedSamples(NamedTuple):
 def classes(model) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """``(kept, collapsed)`` layer indices (1 … L, ascending) of a layered continuous network
     whose units have a tabulated one-field law and which has a hidden layer; else None."""
-    if getattr(model, "is_spin", False) or conditional_activation(model) is None:
+    if model.is_spin or conditional_activation(model) is None:
         return None
     depth = len(model.layer_sizes) - 1
     kept = tuple(range(depth, 0, -2))[::-1]

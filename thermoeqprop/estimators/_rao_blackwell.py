@@ -58,11 +58,7 @@ SUPPORTED = (
 def supports_rao_blackwell(model: EnergyModel) -> bool:
     """Whether ``model`` has the structure the conditional expectations need: ±1 spins in
     classes of mutually uncoupled spins and a multilinear ``E + βC``."""
-    return (
-        bool(getattr(model, "is_spin", False))
-        and bool(getattr(model, "multilinear", False))
-        and bool(getattr(model, "blocks", None))
-    )
+    return bool(model.is_spin and model.multilinear and model.blocks)
 
 
 def resolve_rao_blackwell(option: bool | None, model: EnergyModel) -> bool:
@@ -76,11 +72,9 @@ def resolve_rao_blackwell(option: bool | None, model: EnergyModel) -> bool:
         raise ValueError(f"rao_blackwell must be None, True or False, got {option!r}")
     supported = supports_rao_blackwell(model)
     if option and not supported:
-        cost = getattr(model, "cost", None)
         raise ValueError(
-            f"rao_blackwell=True is not supported for {type(model).__name__}"
-            + (f" with cost {cost!r}" if cost is not None else "")
-            + f"; it is supported for {SUPPORTED}"
+            f"rao_blackwell=True is not supported for {type(model).__name__} with cost "
+            f"{model.cost!r}; it is supported for {SUPPORTED}"
         )
     return supported if option is None else option
 
@@ -88,7 +82,7 @@ def resolve_rao_blackwell(option: bool | None, model: EnergyModel) -> bool:
 def check_option(model: EnergyModel, rao_blackwell) -> None:
     """The estimators' ``rao_blackwell`` check: spin networks here (:func:`resolve_rao_blackwell`),
     other models by :func:`~thermoeqprop.estimators._conditional.check_rao_blackwell`."""
-    if getattr(model, "is_spin", False):
+    if model.is_spin:
         resolve_rao_blackwell(rao_blackwell, model)
     else:
         check_rao_blackwell(model, rao_blackwell)

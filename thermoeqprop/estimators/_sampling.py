@@ -140,7 +140,7 @@ class Sampling:
         if method == "auto":
             if not model.is_spin:
                 return "nuts"
-            return "gibbs" if getattr(model, "blocks", None) else "metropolis"
+            return "gibbs" if model.blocks else "metropolis"
         if model.is_spin and method in ("nuts", "hmc"):
             raise ValueError(
                 f"sampling method {method!r} needs continuous states; "
@@ -151,7 +151,7 @@ class Sampling:
                 f"sampling method {method!r} needs spins; {type(model).__name__} has "
                 "continuous states: use 'nuts' or 'hmc'"
             )
-        if method == "gibbs" and not getattr(model, "blocks", None):
+        if method == "gibbs" and not model.blocks:
             raise ValueError("sampling method 'gibbs' needs a model with blocks; use 'metropolis'")
         return method
 
@@ -235,14 +235,14 @@ def _local_kernel(model: EnergyModel, sampling: Sampling, nudged: bool = True) -
             trajectory_length=None,
             jitter=float(sampling.hmc_jitter),
         )
-    elif method == "gibbs" and hasattr(model, "ising_form") and model.multilinear:
+    elif method == "gibbs" and model.ising_layer_sizes is not None:
         # Dense layers: fields and energies as matrix products, one layer per block.
-        kernel = samplers.layered_gibbs(_ising_form(model), model.layer_sizes[1:])
+        kernel = samplers.layered_gibbs(_ising_form(model), model.ising_layer_sizes)
     elif method == "gibbs":
         # The networks' own energies are Ising energies without self-couplings: multilinear
         # by construction, so the driver need not probe them on every call.
-        multilinear = bool(getattr(model, "multilinear", False))
-        kernel = samplers.block_gibbs(energy_fn, model.blocks, check_energy=not multilinear)
+        check = not model.multilinear
+        kernel = samplers.block_gibbs(energy_fn, model.blocks, check_energy=check)
     else:
         kernel = samplers.metropolis(energy_fn)
     return kernel

@@ -235,7 +235,7 @@ def _check_model(model, temperature):
     if not isinstance(model, EnergyModel):
         raise ValueError(f"model must be an EnergyModel, got {type(model).__name__}")
     check_positive("temperature", temperature)
-    if getattr(model, "state_bounds", None) is not None and not model.is_spin:
+    if model.state_bounds is not None and not model.is_spin:
         raise ValueError(
             f"{type(model).__name__} confines its states to a box ({model.state_bounds}); "
             "thermal sampling needs states in R^n: use a smooth activation such as 'sigmoid'"

@@ -37,14 +37,10 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 import samplers
+from thermoeqprop import registry
 from thermoeqprop._validation import check_positive
-from thermoeqprop.estimators.thermal import (
-    Sampling,
-    ThermalCovariance,
-    ThermalNudged,
-    parameter_names,
-)
-from thermoeqprop.estimators.zero_temperature import Relaxation, ZeroTemperatureEP
+from thermoeqprop.estimators.thermal import Sampling, parameter_names
+from thermoeqprop.estimators.zero_temperature import Relaxation
 from thermoeqprop.lowtemp._expansion import (
     DEFAULT_RELAXATION,
     check_smooth_model,
@@ -67,12 +63,6 @@ RENAMED = {"gradient": "grad", "predicted_gradient": "predicted_grad", "wall_tim
 
 def _flat(tree) -> np.ndarray:
     return np.asarray(ravel_pytree(tree)[0])
-
-
-def _estimator(name, model, temperature, beta, sampling):
-    if name == "covariance":
-        return ThermalCovariance(model, temperature, sampling)
-    return ThermalNudged(model, temperature, beta=beta, symmetric=True, sampling=sampling)
 
 
 def _basin_distance(trace, state, inverse_hessian, temperature) -> float:
@@ -118,7 +108,7 @@ def low_temperature_study(
         rng_key: PRNG key; estimator e at temperature i uses ``fold_in(fold_in(key, e), i)``.
         temperatures: Increasing grid of T > 0, at least two.
         estimators: Any of ``"covariance"`` (:class:`ThermalCovariance`) and ``"nudged"``
-            (:class:`ThermalNudged`, symmetric at ±β).
+            (:class:`ThermalNudged`, symmetric at ±β), built by :mod:`thermoeqprop.registry`.
         sampling: Sampler settings (NUTS by default).
         beta: Nudging strength of the nudged estimator. Its O(β²) bias is recorded as
             ``nudge_bias`` (the T = 0 EP estimate at this β minus g_0; NaN when the nudged
@@ -227,7 +217,9 @@ def low_temperature_study(
     predicted = g0[None, :] + temperatures[:, None] * g1[None, :]
     nudge_bias = np.full_like(g0, np.nan)
     if "nudged" in estimators:
-        ep = ZeroTemperatureEP(model, beta=beta, symmetric=True, relaxation=relaxation)
+        ep = registry.build(
+            "ep", model, registry.EstimatorOptions(beta=beta, relaxation=relaxation)
+        )
         nudge_bias = _flat(ep(params, x, targets).grad) - g0
 
     shape = (len(estimators), temperatures.size)
@@ -252,9 +244,12 @@ def low_temperature_study(
         for i, temperature in enumerate(temperatures):
             key = jax.random.fold_in(jax.random.fold_in(rng_key, e), i)
             start = time.perf_counter()
-            estimate, series = _estimator(
-                name, model, float(temperature), beta, sampling
-            ).estimate_with_series(params, x, targets, key)
+            options = registry.EstimatorOptions(
+                temperature=float(temperature), beta=beta, sampling=sampling
+            )
+            estimate, series = registry.build(name, model, options).estimate_with_series(
+                params, x, targets, key
+            )
             grads[e, i], stderrs[e, i] = _flat(estimate.grad), _flat(estimate.stderr)
             projected = np.asarray(series.gradient) @ direction  # (chain, draw)
             values = {

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from thermoeqprop._protocols import Model
-from thermoeqprop._validation import check_labels, check_matrix
+from thermoeqprop._validation import check_labels
 
 __all__ = ["EnergyModel"]
 
@@ -29,12 +29,45 @@ class EnergyModel(Model):
         cost: The cost on the outputs, ``C(output(s), y)``.
         state_bounds: ``None`` for states in R^n, or ``(low, high)`` when states are confined
             to a box (the hard-sigmoid network) or are spins (``(-1, 1)`` with ``is_spin``).
+        is_spin: Whether the states are ±1 spins (default ``False``: continuous units).
+        blocks: Groups of units that are conditionally independent given the rest, for block
+            Gibbs sampling and the Rao–Blackwellised spin estimators; ``None`` (the default)
+            for a model without them.
+
+    The samplers and estimators ask a model only through these members and the properties
+    below (:attr:`multilinear`, :attr:`ising_layer_sizes`), never whether it happens to have
+    some other attribute; a new model overrides the defaults that do not fit it.
     """
 
+    family: ClassVar[str] = "classical"
     state_size: int
     cost: Any
     state_bounds: tuple[float, float] | None = None
     is_spin: bool = False
+    blocks: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def multilinear(self) -> bool:
+        """Whether ``E + βC`` is multilinear in every spin by construction, so block Gibbs
+        need not check it (default ``False``; spin networks with the squared-error cost)."""
+        return False
+
+    @property
+    def ising_layer_sizes(self) -> tuple[int, ...] | None:
+        """The free layers' sizes of a layered Ising form (:meth:`ising_form`), which
+        :func:`samplers.layered_gibbs` samples with matrix products; ``None`` (the default)
+        for a model without one."""
+        return None
+
+    def ising_form(self, params: PyTree, x: jax.Array, target: jax.Array, beta):
+        """``E + βC`` of one example as layered Ising ``(couplings, fields)``, up to a
+        constant; only for a model whose :attr:`ising_layer_sizes` is not ``None``."""
+        raise NotImplementedError(f"{type(self).__name__} has no layered Ising form")
+
+    @property
+    def architecture(self) -> str:
+        """The number of free units, e.g. ``"12 units"`` (layered networks give their sizes)."""
+        return f"{self.state_size} units"
 
     @abc.abstractmethod
     def energy(self, params: PyTree, state: jax.Array, x: jax.Array) -> jax.Array:
@@ -75,21 +108,6 @@ class EnergyModel(Model):
             return jnp.mean(self.batch_energy(p, states, x))
 
         return jax.grad(mean_energy)(params)
-
-    def validate_inputs(self, x, targets=None):
-        """Check inputs (batch, num_inputs) and targets (batch, num_outputs) at the boundary.
-
-        Returns them as arrays of the default float dtype.
-        """
-        x = check_matrix("x", x, self.num_inputs, "examples × input features")
-        if targets is None:
-            return jnp.asarray(x, dtype=float), None
-        targets = check_matrix("targets", targets, self.num_outputs, "examples × output units")
-        if targets.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"x has {x.shape[0]} examples but targets has {targets.shape[0]}; they must match"
-            )
-        return jnp.asarray(x, dtype=float), jnp.asarray(targets, dtype=float)
 
     def validate_labels(self, labels) -> np.ndarray:
         return check_labels("labels", labels, self.num_classes)

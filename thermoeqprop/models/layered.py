@@ -138,6 +138,11 @@ class LayeredNetwork(EnergyModel):
         return sum(self.layer_sizes[1:])
 
     @property
+    def architecture(self) -> str:
+        """The layer sizes, e.g. ``"(64, 128, 10)"``."""
+        return str(self.layer_sizes)
+
+    @property
     def state_bounds(self):
         return (0.0, 1.0) if self.activation == "hard_sigmoid" else None
 

@@ -67,6 +67,11 @@ class QuadraticNetwork(EnergyModel):
     def state_size(self) -> int:
         return sum(self.layer_sizes[1:])
 
+    @property
+    def architecture(self) -> str:
+        """The layer sizes, e.g. ``"(64, 128, 10)"``."""
+        return str(self.layer_sizes)
+
     def init_params(self, rng_key):
         return glorot_params(rng_key, self.layer_sizes, self.init_gain)
 

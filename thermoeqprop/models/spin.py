@@ -207,6 +207,11 @@ class SpinNetwork(_SpinModel):
     def state_size(self) -> int:
         return self.num_spins
 
+    @property
+    def architecture(self) -> str:
+        """The number of spins, e.g. ``"12 spins"``."""
+        return f"{self.num_spins} spins"
+
     def init_params(self, rng_key):
         degree = np.zeros(self.num_spins)
         for i, j in self.edges:
@@ -291,6 +296,16 @@ class LayeredSpinNetwork(_SpinModel):
     @property
     def state_size(self) -> int:
         return self.num_spins
+
+    @property
+    def architecture(self) -> str:
+        """The layer sizes, e.g. ``"(64, 128, 10)"``."""
+        return str(self.layer_sizes)
+
+    @property
+    def ising_layer_sizes(self) -> tuple[int, ...] | None:
+        """The free layers' sizes when :meth:`ising_form` applies (the squared-error cost)."""
+        return tuple(self.layer_sizes[1:]) if self.multilinear else None
 
     @property
     def blocks(self) -> tuple[tuple[int, ...], ...]:

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -245,6 +245,7 @@ class QuantumNetwork(Model):
         (('coupling', 0.5), ('field', 0.1), ('input', 0.0))
     """
 
+    family: ClassVar[str] = "quantum"
     hamiltonian: Hamiltonian
     outputs: tuple[PauliSum, ...]
     cost: Any = dataclasses.field(default_factory=SquaredErrorCost)
@@ -289,6 +290,11 @@ class QuantumNetwork(Model):
     @property
     def num_qubits(self) -> int:
         return self.hamiltonian.num_qubits
+
+    @property
+    def architecture(self) -> str:
+        """The number of qubits, e.g. ``"6 qubits"``."""
+        return f"{self.num_qubits} qubits"
 
     @property
     def num_inputs(self) -> int:

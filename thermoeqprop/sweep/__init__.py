@@ -1,13 +1,16 @@
 r"""Temperature sweeps: thermal gradient estimators across a grid of temperatures and seeds.
 
 :func:`temperature_sweep` runs the chosen estimators (covariance, nudged at any β, one-sided or
-symmetric) at every temperature and seed and returns an :class:`xarray.Dataset` with dims
-``(estimator, temperature, seed, parameter)``. Every sampled gradient comes with its Monte Carlo
-standard error (MCSE, from the effective sample size of its per-draw series), and is compared
-with every exact answer that exists (docs/mathematics.md#exact-thermal-references):
+symmetric, named by :mod:`thermoeqprop.registry`; or any thermal estimator, classical or
+quantum, given as such or as a factory of the temperature) at every temperature and seed and
+returns an :class:`xarray.Dataset` with dims ``(estimator, temperature, seed, parameter)``.
+Every sampled gradient comes with its Monte Carlo standard error (MCSE, from the effective
+sample size of its per-draw series, or as the estimator reports it), and is compared with
+every exact answer that exists (docs/mathematics.md#exact-thermal-references):
 
 - the exact thermal gradient :math:`dL_T/dθ` (spin networks up to 20 spins by enumeration, the
-  quadratic network in closed form), and the exact *expectation of each estimator*: the
+  quadratic network in closed form, qubit networks by ``jax.grad`` through ``expm`` of the
+  density matrix), and the exact *expectation of each named estimator*: the
   gradient itself for the covariance estimator, the finite-β difference
   :math:`[∂_θA(β) − ∂_θA(−β)]/2β` for the nudged one, so that an error splits into the
   estimator's bias (deterministic, O(β²) or O(β)) and its Monte Carlo error (the z-scores);
@@ -44,6 +47,7 @@ from thermoeqprop.sweep._run import temperature_sweep
 from thermoeqprop.sweep._spec import (
     ESTIMATOR_KINDS,
     EstimatorSpec,
+    GivenEstimator,
     has_exact_reference,
     matched_budgets,
     parse_estimator,
@@ -52,6 +56,7 @@ from thermoeqprop.sweep._spec import (
 __all__ = [
     "ESTIMATOR_KINDS",
     "EstimatorSpec",
+    "GivenEstimator",
     "has_exact_reference",
     "load_sweep",
     "matched_budgets",

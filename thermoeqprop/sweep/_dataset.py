@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
@@ -9,6 +10,7 @@ from jax.flatten_util import ravel_pytree
 from thermoeqprop._barrier import describe_barrier, joinable_parts
 from thermoeqprop.estimators.thermal import ThermalExact
 from thermoeqprop.estimators.zero_temperature import ImplicitDifferentiation
+from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.sweep._grid import Plan
 from thermoeqprop.sweep._spec import has_exact_reference
 
@@ -16,7 +18,8 @@ __all__ = ["DESCRIPTIONS", "finalise", "references"]
 
 
 def references(plan: Plan) -> xr.Dataset:
-    """Exact thermal gradients and the T = 0 EP gradient, where they exist."""
+    """Exact thermal gradients and the T = 0 EP gradient, where they exist (energy models);
+    an estimator given to the sweep (not named) has no known expectation (NaN)."""
     ref = xr.Dataset(
         coords={
             "estimator": [s.label for s in plan.specs],
@@ -25,28 +28,19 @@ def references(plan: Plan) -> xr.Dataset:
         }
     )
     num_p = len(plan.names)
-    if has_exact_reference(plan.model):
+    exact_at = _classical_exact if has_exact_reference(plan.model) else None
+    if plan.model.family == "quantum":
+        exact_at = _quantum_exact
+    if exact_at is not None:
         exact_grad = np.empty((len(plan.temperatures), num_p))
         exact_loss = np.empty(len(plan.temperatures))
         expected = np.empty((len(plan.specs), len(plan.temperatures), num_p))
         for i, t in enumerate(plan.temperatures):
-            exact = ThermalExact(plan.model, float(t))
-            result = exact(plan.params, plan.x, plan.targets)
-            exact_grad[i] = ravel_pytree(result.grad)[0]
-            exact_loss[i] = float(result.loss)
-            for e, spec in enumerate(plan.specs):
-                if spec.kind == "covariance":
-                    expected[e, i] = exact_grad[i]
-                    continue
-                high = exact.nudged_energy_grad(plan.params, plan.x, plan.targets, spec.beta)
-                low_beta = -spec.beta if spec.symmetric else 0.0
-                low = exact.nudged_energy_grad(plan.params, plan.x, plan.targets, low_beta)
-                scale = 2 * spec.beta if spec.symmetric else spec.beta
-                expected[e, i] = (ravel_pytree(high)[0] - ravel_pytree(low)[0]) / scale
+            exact_grad[i], exact_loss[i], expected[:, i] = exact_at(plan, float(t))
         ref["exact_gradient"] = (("temperature", "parameter"), exact_grad)
         ref["exact_loss"] = (("temperature",), exact_loss)
         ref["expected_gradient"] = (("estimator", "temperature", "parameter"), expected)
-    if not plan.model.is_spin:
+    if isinstance(plan.model, EnergyModel) and not plan.model.is_spin:
         zero = ImplicitDifferentiation(plan.model)(plan.params, plan.x, plan.targets)
         ref["zero_temperature_gradient"] = (("parameter",), np.asarray(ravel_pytree(zero.grad)[0]))
         ref["zero_temperature_loss"] = ((), float(zero.loss))
@@ -55,6 +49,47 @@ def references(plan: Plan) -> xr.Dataset:
             float(zero.diagnostics["min_hessian_eigenvalue"]),
         )
     return ref
+
+
+def _classical_exact(plan: Plan, temperature: float):
+    """Exact dL_T/dθ, <C>_0 and each named estimator's exact expectation (enumeration or the
+    Gaussian closed form); NaN for an estimator given to the sweep (its expectation is
+    unknown)."""
+    exact = ThermalExact(plan.model, temperature)
+    result = exact(plan.params, plan.x, plan.targets)
+    grad = ravel_pytree(result.grad)[0]
+    expected = np.full((len(plan.specs), grad.size), np.nan)
+    for e, spec in enumerate(plan.specs):
+        if spec.kind == "covariance":
+            expected[e] = grad
+        elif spec.kind is not None:
+            high = exact.nudged_energy_grad(plan.params, plan.x, plan.targets, spec.beta)
+            low_beta = -spec.beta if spec.symmetric else 0.0
+            low = exact.nudged_energy_grad(plan.params, plan.x, plan.targets, low_beta)
+            scale = 2 * spec.beta if spec.symmetric else spec.beta
+            expected[e] = (ravel_pytree(high)[0] - ravel_pytree(low)[0]) / scale
+    return grad, float(result.loss), expected
+
+
+def _quantum_exact(plan: Plan, temperature: float):
+    """A qubit network's exact dL_T/dθ by ``jax.grad`` through ``expm`` of the density
+    matrix (a code path apart from the estimators'), its loss, and the exact expectation of
+    each named estimator: the gradient for the Kubo–Mori covariance, the exact (shot-free)
+    finite-β difference of the density matrices for the nudged one."""
+    from thermoeqprop.quantum import ThermalEP, autodiff_thermal_loss
+
+    loss_fn = autodiff_thermal_loss(plan.model, temperature)
+    loss, grad = jax.value_and_grad(loss_fn)(plan.params, plan.x, plan.targets)
+    grad = np.asarray(ravel_pytree(grad)[0])
+    expected = np.full((len(plan.specs), grad.size), np.nan)
+    for e, spec in enumerate(plan.specs):
+        if spec.kind == "covariance":
+            expected[e] = grad
+        elif spec.kind == "nudged":
+            nudged = ThermalEP(plan.model, temperature, method="nudged", beta=spec.beta)
+            estimate = nudged(plan.params, plan.x, plan.targets, jax.random.key(0))
+            expected[e] = ravel_pytree(estimate.grad)[0]
+    return grad, float(loss), expected
 
 
 def _norm(a: xr.DataArray) -> xr.DataArray:
@@ -83,10 +118,11 @@ DESCRIPTIONS = {
     "mean_integration_steps": "mean leapfrog steps per HMC/NUTS draw",
     "swap_rate_min": "smallest mean swap probability over the tempering ladder's pairs",
     "round_trips": "mean completed replica round trips per chain (tempering)",
-    "exact_gradient": "exact dL_T/dθ (enumeration or Gaussian closed form)",
+    "exact_gradient": "exact dL_T/dθ (enumeration or Gaussian closed form; qubit networks: "
+    "jax.grad through expm of the density matrix)",
     "exact_loss": "exact <C>_0",
     "expected_gradient": "exact expectation of the estimator: dL_T/dθ for covariance, the "
-    "finite-β difference of exact <∂θE>_β for nudged",
+    "finite-β difference of exact <∂θE>_β for nudged (NaN: an estimator given to the sweep)",
     "bias": "expected_gradient − exact_gradient (the nudged estimator's finite-β bias)",
     "error": "gradient − exact_gradient",
     "error_norm": "‖gradient − exact_gradient‖ over parameters",

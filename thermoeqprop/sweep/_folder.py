@@ -70,9 +70,12 @@ def save_unit(
 
 
 def save_series(folder: RunFolder, unit: str, plan: Plan, part: xr.Dataset, series) -> None:
-    """The per-draw gradient series of each estimator of a unit, for ``diagnose``."""
+    """The per-draw gradient series of each estimator of a unit that has them, for
+    ``diagnose``."""
     names = [plan.names[i] for i in plan.series_indices]
     for spec in plan.specs:
+        if spec.label not in series:  # no per-draw series (exact expectations, shots)
+            continue
         grads, costs = series[spec.label]
         idata = gradient_series_data(
             grads,

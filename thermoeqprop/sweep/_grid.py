@@ -13,9 +13,9 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from thermoeqprop._barrier import BarrierTable
-from thermoeqprop.estimators.thermal import Sampling, series_window
-from thermoeqprop.models._base import EnergyModel
-from thermoeqprop.sweep._spec import EstimatorSpec
+from thermoeqprop._protocols import Model
+from thermoeqprop.estimators.thermal import Sampling, _SampledEstimator
+from thermoeqprop.sweep._spec import EstimatorSpec, GivenEstimator
 from thermoeqprop.sweep._tempered import tempered_records
 
 __all__ = ["SAMPLER_STATISTICS", "Plan", "run_unit"]
@@ -36,37 +36,53 @@ def _unit_key(seed: int, label: str, index: int) -> jax.Array:
 
 
 def _record_from_estimate(estimate, series, wall_time, num_steps) -> dict[str, Any]:
-    grad, _ = ravel_pytree(estimate.grad)
-    stderr, _ = ravel_pytree(estimate.stderr)
-    gradient_series = np.asarray(series.gradient)
+    """One estimate's record; an estimate without a per-draw series (exact expectations, or
+    shots) has NaN ``ess`` and ``rhat``, and an exact one a zero ``stderr``."""
+    grad = np.asarray(ravel_pytree(estimate.grad)[0])
+    if estimate.stderr is None:
+        stderr, loss_stderr = np.zeros_like(grad), 0.0
+    else:
+        stderr = np.asarray(ravel_pytree(estimate.stderr)[0])
+        loss_stderr = np.nan if estimate.loss_stderr is None else float(estimate.loss_stderr)
     stats = {
         name: float(estimate.diagnostics[name])
         for name in SAMPLER_STATISTICS
         if name in estimate.diagnostics
     }
+    unknown = np.full_like(grad, np.nan)
     return dict(
-        gradient=np.asarray(grad),
-        stderr=np.asarray(stderr),
+        gradient=grad,
+        stderr=stderr,
         loss=float(estimate.loss),
-        loss_stderr=float(estimate.loss_stderr),
-        ess=series.ess,
-        rhat=series.rhat,
-        series=gradient_series,
-        cost_series=np.asarray(series.cost),
+        loss_stderr=loss_stderr,
+        ess=unknown if series is None else series.ess,
+        rhat=unknown if series is None else series.rhat,
+        series=None if series is None else np.asarray(series.gradient),
+        cost_series=None if series is None else np.asarray(series.cost),
         wall_time=wall_time,
         num_steps=num_steps,
         **stats,
     )
 
 
+def _num_steps(estimator) -> float:
+    """Sampler steps per example of a sampled thermal estimator (NaN for any other)."""
+    if not isinstance(estimator, _SampledEstimator):
+        return np.nan
+    sampling = estimator.sampling
+    return (
+        len(estimator.phases()) * sampling.num_chains * (sampling.num_warmup + sampling.num_samples)
+    )
+
+
 @dataclasses.dataclass
 class Plan:
-    model: EnergyModel
+    model: Model
     params: Any
     x: jax.Array
     targets: jax.Array
     temperatures: np.ndarray
-    specs: list[EstimatorSpec]
+    specs: list[EstimatorSpec | GivenEstimator]
     seeds: list[int]
     sampling: dict[str, Sampling]
     tempering: bool
@@ -93,15 +109,8 @@ def run_unit(plan: Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str, A
     series: dict[str, Any] = {}
     barrier = BarrierTable(num_e, num_s, temps) if plan.tempering else None
     for e, spec in enumerate(plan.specs):
-        sampling = plan.sampling[spec.label]
-        # Long runs keep window means of consecutive draws (thermal.series_window).
-        entries = sampling.num_samples // series_window(
-            sampling.num_samples, sampling.num_chains, num_p
-        )
-        grads = np.full(
-            (sampling.num_chains, entries, num_t, num_s, len(plan.series_indices)), np.nan
-        )
-        costs = np.full((sampling.num_chains, entries, num_t, num_s), np.nan)
+        sampling = plan.sampling.get(spec.label)  # None: an estimator given with its own
+        grads = costs = None  # the series arrays, shaped by the first record that has one
         for js, s in enumerate(s_idx):
             seed = plan.seeds[s]
             if plan.tempering:
@@ -119,12 +128,9 @@ def run_unit(plan: Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str, A
                     estimate, drawn = estimator.estimate_with_series(
                         plan.params, plan.x, plan.targets, _unit_key(seed, spec.label, t)
                     )
+                    jax.block_until_ready(estimate)
                     wall = time.perf_counter() - tic
-                    steps = (
-                        len(estimator.phases())
-                        * sampling.num_chains
-                        * (sampling.num_warmup + sampling.num_samples)
-                    )
+                    steps = _num_steps(estimator)
                     records.append(_record_from_estimate(estimate, drawn, wall, steps))
                     advance(1)
             for jt, record in enumerate(records):
@@ -132,9 +138,18 @@ def run_unit(plan: Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str, A
                     vectors[name][e, jt, js] = record[name]
                 for name in scalars:
                     scalars[name][e, jt, js] = record.get(name, np.nan)
+                if record["series"] is None:
+                    continue
+                # (chain, entries): long runs keep window means of draws (series_window).
+                if grads is None:
+                    chains, entries = record["series"].shape[:2]
+                    grads = np.full((chains, entries, num_t, num_s, len(plan.series_indices)),
+                                    np.nan)  # fmt: skip
+                    costs = np.full((chains, entries, num_t, num_s), np.nan)
                 grads[:, :, jt, js] = record["series"][:, :, plan.series_indices]
                 costs[:, :, jt, js] = record["cost_series"]
-        series[spec.label] = (grads, costs)
+        if grads is not None:
+            series[spec.label] = (grads, costs)
     dims4 = ("estimator", "temperature", "seed", "parameter")
     dims3 = dims4[:3]
     part = xr.Dataset(

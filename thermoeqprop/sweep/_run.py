@@ -11,22 +11,22 @@ import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 import thermoeqprop
+from thermoeqprop._protocols import Estimator, Model
 from thermoeqprop._provenance import ENVIRONMENT_KEY, run_environment
 from thermoeqprop._series import series_indices
 from thermoeqprop.estimators.thermal import Sampling, parameter_names
-from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.models.quadratic import QuadraticNetwork
 from thermoeqprop.results import describe, fingerprint
 from thermoeqprop.sweep._dataset import finalise, references
 from thermoeqprop.sweep._folder import finished_part, open_folder, save_unit
 from thermoeqprop.sweep._grid import Plan, run_unit
 from thermoeqprop.sweep._spec import (
-    ESTIMATOR_KINDS,
+    GivenEstimator,
     check_sampling,
     check_seeds,
     check_temperatures,
     check_tempering,
-    parse_estimator,
+    estimator_specs,
 )
 
 __all__ = ["temperature_sweep"]
@@ -34,14 +34,20 @@ __all__ = ["temperature_sweep"]
 DEFAULT_SAMPLING = Sampling()
 
 
+#: What ``estimators`` takes: a name, an Estimator or a factory of the temperature, a
+#: sequence of them, or a mapping from labels to them.
+EstimatorChoice = str | Estimator | Callable[[float], Estimator]
+Estimators = EstimatorChoice | Sequence[EstimatorChoice] | Mapping[str, EstimatorChoice]
+
+
 def temperature_sweep(
-    model: EnergyModel,
+    model: Model,
     params,
     x,
     targets,
     temperatures: Sequence[float],
     *,
-    estimators: Sequence[str] | str = ("covariance", "nudged"),
+    estimators: Estimators = ("covariance", "nudged"),
     seeds: Sequence[int] | int = (0, 1),
     beta: float = 0.1,
     sampling: Sampling | Mapping[str, Sampling] = DEFAULT_SAMPLING,
@@ -55,13 +61,22 @@ def temperature_sweep(
     r"""Run thermal gradient estimators across temperatures and seeds.
 
     Args:
-        model: A spin, quadratic or smooth layered network.
+        model: Any :class:`~thermoeqprop.Model`: a spin, quadratic or smooth layered network,
+            or a qubit network (:class:`~thermoeqprop.quantum.QuantumNetwork`).
         params: Its parameters (a pytree).
         x: Inputs (batch, num_inputs).
         targets: Targets (batch, num_outputs).
         temperatures: The grid, T > 0 (sorted increasingly in the result).
-        estimators: Names, see :func:`parse_estimator`: ``"covariance"``, ``"nudged"``,
-            ``"nudged:0.05"``, ``"nudged-one-sided"``…
+        estimators: Names, see :func:`parse_estimator` (``"covariance"``, ``"nudged"``,
+            ``"nudged:0.05"``, ``"nudged-one-sided"``…; built by :mod:`thermoeqprop.registry`
+            for the model's family), thermal :class:`~thermoeqprop.Estimator` objects (swept
+            by ``dataclasses.replace(estimator, temperature=T)``) or factories
+            ``temperature -> Estimator``; a sequence of them, or a mapping from labels (the
+            ``estimator`` coordinate) to them. An estimator or factory is labelled by its
+            class unless a mapping names it, brings its own sampler settings, and is compared
+            with no exact expectation (its ``z_score`` is NaN). An estimator that gives no
+            per-draw series (exact expectations, shots) gets NaN ``ess`` and ``rhat`` and
+            saves no series; ``thermoeqprop diagnose`` lists it from ``sweep.nc``.
         seeds: Seeds; the key of each estimate derives from (seed, estimator, temperature).
         beta: β of nudged estimators named without one.
         sampling: Sampler settings, one for all estimators or a mapping from the names in
@@ -98,21 +113,17 @@ def temperature_sweep(
         >>> ds.gradient.dims, ds.sizes["parameter"]
         (('estimator', 'temperature', 'seed', 'parameter'), 9)
     """
-    if not isinstance(model, EnergyModel):
-        raise ValueError(f"model must be an EnergyModel, got {type(model).__name__}")
+    if not isinstance(model, Model):
+        raise ValueError(f"model must be a thermoeqprop.Model, got {type(model).__name__}")
     temps = check_temperatures(temperatures)
     seed_list = check_seeds(seeds)
-    raw = [estimators] if isinstance(estimators, str) else list(estimators)
-    if not raw:
-        raise ValueError("estimators is empty; choose from " + str(list(ESTIMATOR_KINDS)))
-    specs = [parse_estimator(name, beta) for name in raw]
+    specs, raw = estimator_specs(estimators, beta, float(temps[0]))
     labels = [s.label for s in specs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"estimators name the same estimator twice: {labels}")
     chosen = check_sampling(sampling, specs, raw)
-    check_tempering(tempering, temps, chosen)
-    for spec in specs:  # validates model, sampler and β before any work
-        spec.build(model, float(temps[0]), chosen[spec.label])
+    check_tempering(tempering, temps, chosen, specs, model)
+    first = {  # validates model, sampler and β before any work
+        spec.label: spec.build(model, float(temps[0]), chosen.get(spec.label)) for spec in specs
+    }
     x, targets = model.validate_inputs(x, targets)
     if isinstance(model, QuadraticNetwork):
         model.check_positive_definite(params)
@@ -134,6 +145,9 @@ def temperature_sweep(
         "series_parameters": [names[i] for i in plan.series_indices],
         "data_sha256": fingerprint(flat, x, targets),
     }
+    given = {s.label: describe(first[s.label]) for s in specs if isinstance(s, GivenEstimator)}
+    if given:  # what each given estimator is, at the first temperature (checked on resume)
+        record["given_estimators"] = given
     checked = set(record)
     extra = dict(extra_config or {}) | {ENVIRONMENT_KEY: run_environment()}
     record = json.loads(json.dumps(record | extra))

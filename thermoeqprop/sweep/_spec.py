@@ -1,30 +1,30 @@
-"""The estimators of a sweep, named by strings, and the checks of a sweep's arguments."""
+"""The estimators of a sweep (named by strings, or given as estimators or factories of the
+temperature) and the checks of a sweep's arguments."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from thermoeqprop import registry
+from thermoeqprop._protocols import Estimator, Model
 from thermoeqprop._validation import check_positive
-from thermoeqprop.estimators.thermal import (
-    MAX_ENUMERATED_SPINS,
-    Sampling,
-    ThermalCovariance,
-    ThermalNudged,
-)
+from thermoeqprop.estimators.thermal import MAX_ENUMERATED_SPINS, Sampling
 from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.models.quadratic import QuadraticNetwork
 
 __all__ = [
     "ESTIMATOR_KINDS",
     "EstimatorSpec",
+    "GivenEstimator",
     "check_sampling",
     "check_seeds",
     "check_temperatures",
     "check_tempering",
+    "estimator_specs",
     "has_exact_reference",
     "matched_budgets",
     "parse_estimator",
@@ -52,10 +52,111 @@ class EstimatorSpec:
     def symmetric(self) -> bool:
         return self.kind == "nudged"
 
-    def build(self, model: EnergyModel, temperature: float, sampling: Sampling):
-        if self.kind == "covariance":
-            return ThermalCovariance(model, temperature, sampling)
-        return ThermalNudged(model, temperature, self.beta, self.symmetric, sampling)
+    def build(self, model: Model, temperature: float, sampling: Sampling | None):
+        # The kinds are names of thermoeqprop.registry (covariance reads no β), so a quantum
+        # model gets its own covariance (Kubo–Mori) and nudged estimators.
+        options = registry.EstimatorOptions(temperature, self.beta, sampling)
+        return registry.build(self.kind, model, options)
+
+
+@dataclasses.dataclass(frozen=True)
+class GivenEstimator:
+    """An estimator of a sweep given as a factory of the temperature (any family).
+
+    Attributes:
+        label: The sweep's ``estimator`` coordinate.
+        factory: ``temperature -> Estimator``; an estimator given as such becomes
+            ``lambda T: dataclasses.replace(estimator, temperature=T)``.
+
+    Its sampler settings are its own (the sweep's ``sampling`` is for named estimators), its
+    expectation is not known to the sweep (``expected_gradient`` and ``z_score`` are NaN
+    for it) and it runs without the sweep's tempering.
+    """
+
+    label: str
+    factory: Callable[[float], Estimator]
+    kind = None
+    beta = math.nan
+    symmetric = False
+
+    def build(self, model: Model, temperature: float, sampling: Sampling | None = None):
+        """The factory's estimator at ``temperature``, checked: an Estimator of ``model``
+        whose temperature is the one asked for."""
+        del sampling
+        built = self.factory(temperature)
+        if not isinstance(built, Estimator):
+            raise ValueError(
+                f"estimator {self.label!r}: the factory must return a thermoeqprop.Estimator, "
+                f"got {type(built).__name__}"
+            )
+        if built.model != model:
+            raise ValueError(
+                f"estimator {self.label!r} estimates the gradient of another model "
+                f"({type(built.model).__name__}) than the sweep's ({type(model).__name__})"
+            )
+        if built.temperature is None or not math.isclose(built.temperature, temperature):
+            raise ValueError(
+                f"estimator {self.label!r}: asked for T = {temperature:g}, the factory gave an "
+                f"estimator at T = {built.temperature!r}; a sweep needs thermal estimators "
+                "whose temperature is the grid's"
+            )
+        return built
+
+
+def _factory_of(item) -> Callable[[float], Estimator]:
+    if isinstance(item, Estimator):
+        if item.temperature is None or not dataclasses.is_dataclass(item):
+            raise ValueError(
+                f"{type(item).__name__} has no temperature to sweep; give a thermal estimator "
+                "(a dataclass with a temperature) or a factory of the temperature"
+            )
+        return lambda temperature: dataclasses.replace(item, temperature=temperature)
+    if callable(item):
+        return item
+    raise ValueError(
+        f"an estimator of a sweep is a name, an Estimator or a factory of the temperature, "
+        f"got {item!r}"
+    )
+
+
+def estimator_specs(
+    estimators, beta: float, first_temperature: float
+) -> tuple[list[EstimatorSpec | GivenEstimator], list[str]]:
+    """The specs of a sweep's ``estimators`` (a name, or a sequence or a label → item mapping
+    of names, Estimators and factories of the temperature) and the names the caller used
+    (the keys a ``sampling`` mapping may take).
+
+    A name is parsed by :func:`parse_estimator`; an Estimator or a factory without a label is
+    labelled by the class of its estimator at ``first_temperature``.
+    """
+    if isinstance(estimators, str | Estimator) or (
+        callable(estimators) and not isinstance(estimators, Mapping)
+    ):
+        estimators = [estimators]
+    items = list(estimators.items()) if isinstance(estimators, Mapping) else [
+        (None, item) for item in estimators
+    ]  # fmt: skip
+    if not items:
+        raise ValueError("estimators is empty; choose from " + str(list(ESTIMATOR_KINDS)))
+    specs, raw = [], []
+    for label, item in items:
+        if isinstance(item, str):
+            spec = parse_estimator(item, beta)
+            specs.append(spec if label is None else dataclasses.replace(spec, label=str(label)))
+            raw.append(item if label is None else str(label))
+            continue
+        factory = _factory_of(item)
+        if label is None:
+            label = type(factory(first_temperature)).__name__
+        specs.append(GivenEstimator(str(label), factory))
+        raw.append(str(label))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(
+            f"estimators name the same estimator twice: {labels} (give a mapping from labels "
+            "to estimators to tell two of one class apart)"
+        )
+    return specs, raw
 
 
 def parse_estimator(spec: str, beta: float = 0.1) -> EstimatorSpec:
@@ -143,18 +244,21 @@ def check_seeds(seeds) -> list[int]:
 
 
 def check_sampling(sampling, specs, raw_names) -> dict[str, Sampling]:
+    """The sampler settings of each named estimator (by label); an estimator given as such
+    or by a factory has its own."""
+    named = [(s, r) for s, r in zip(specs, raw_names, strict=True) if isinstance(s, EstimatorSpec)]
     if isinstance(sampling, Sampling):
-        chosen = {spec.label: sampling for spec in specs}
+        chosen = {spec.label: sampling for spec, _ in named}
     elif isinstance(sampling, Mapping):
-        known = set(raw_names) | {spec.label for spec in specs}
+        known = {r for _, r in named} | {spec.label for spec, _ in named}
         unknown = sorted(str(k) for k in sampling if k not in known)
         if unknown:
             raise ValueError(
-                f"sampling names estimators {unknown} that the sweep does not run; its "
-                f"estimators are {raw_names}"
+                f"sampling names estimators {unknown} that the sweep does not run by name (an "
+                f"estimator given as such has its own settings); its estimators are {raw_names}"
             )
         chosen = {}
-        for spec, raw in zip(specs, raw_names, strict=True):
+        for spec, raw in named:
             value = sampling.get(raw, sampling.get(spec.label))
             if value is None:
                 raise ValueError(
@@ -175,18 +279,30 @@ def check_sampling(sampling, specs, raw_names) -> dict[str, Sampling]:
     return chosen
 
 
-def has_exact_reference(model: EnergyModel) -> bool:
+def has_exact_reference(model: Model) -> bool:
     """Whether :class:`ThermalExact` applies (quadratic network, or ≤ 20 spins)."""
+    if not isinstance(model, EnergyModel):
+        return False
     if isinstance(model, QuadraticNetwork):
         return True
     return bool(model.is_spin and model.state_size <= MAX_ENUMERATED_SPINS)
 
 
-def check_tempering(tempering: bool, temperatures: np.ndarray, chosen: dict[str, Sampling]):
-    """A tempered sweep's ladder is its grid: at least two temperatures, no tempering of its
-    own in any estimator's sampler settings."""
+def check_tempering(
+    tempering: bool, temperatures: np.ndarray, chosen: dict[str, Sampling], specs, model: Model
+):
+    """A tempered sweep's ladder is its grid: at least two temperatures, sampled estimators
+    named by the sweep on an energy model, no tempering of its own in any estimator's sampler
+    settings."""
     if not tempering:
         return
+    given = [s.label for s in specs if not isinstance(s, EstimatorSpec)]
+    if given or not isinstance(model, EnergyModel):
+        raise ValueError(
+            "tempering=True runs the sampled estimators the sweep names (covariance, nudged) on "
+            f"an energy model; got {type(model).__name__}"
+            + (f" and the given estimators {given}" if given else "")
+        )
     if len(temperatures) < 2:
         raise ValueError(
             f"tempering needs at least two temperatures (the ladder), got {temperatures.tolist()}"
