@@ -6,174 +6,76 @@ covariance estimator, states drawn by HMC, on digits.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
 
-from thermoeqprop.results import RunFolder
+from thermoeqprop._cli_common import build_model, build_sampling, model_shape, write_summary
+from thermoeqprop.options import TrainOptions, recorded
 
 THERMAL_ESTIMATORS = ("covariance", "nudged", "exact")
 ZERO_TEMPERATURE_ESTIMATORS = ("ep", "ep-one-sided", "implicit", "backprop")
 ESTIMATORS = THERMAL_ESTIMATORS + ZERO_TEMPERATURE_ESTIMATORS
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--dataset", default="digits", choices=("digits", "moons", "circles"))
-    add(
-        "--model",
-        default="layered",
-        choices=("layered", "spin", "quadratic"),
-        help="layered: continuous Scellier–Bengio network; spin: ±1 Ising network; "
-        "quadratic: linear units (Gaussian Gibbs law)",
-    )
-    add("--hidden", type=int, nargs="+", default=[128], help="hidden layer sizes")
-    add(
-        "--activation",
-        default="sigmoid",
-        choices=("sigmoid", "hard_sigmoid", "tanh", "linear"),
-        help="layered model only",
-    )
-    add("--cost", default="squared_error", choices=("squared_error", "cross_entropy"))
-    add(
-        "--estimator",
-        default="covariance",
-        choices=ESTIMATORS,
-        help="covariance: thermal, unclamped −Cov(C, ∂θE)/T; nudged: thermal, ±β phases; "
-        "exact: thermal by enumeration (spins) or closed form (quadratic); ep, ep-one-sided: "
-        "zero-temperature EP; implicit: exact T = 0 gradient; backprop: feedforward baseline",
-    )
-    add("--temperature", type=float, default=0.02, help="T for the thermal estimators")
-    add(
-        "--anneal-from",
-        type=float,
-        default=None,
-        help="anneal the temperature geometrically from this value (epoch 1) down to "
-        "--temperature (last epoch)",
-    )
-    add("--beta", type=float, default=0.5, help="nudging strength (nudged, ep)")
-    add(
-        "--sampler",
-        default="auto",
-        choices=("auto", "hmc", "nuts", "gibbs", "metropolis"),
-        help="auto: HMC for continuous states, block Gibbs for spins",
-    )
-    add("--num-chains", type=int, default=2, help="chains per example")
-    add("--num-samples", type=int, default=50, help="draws per chain and estimate")
-    add("--num-warmup", type=int, default=50, help="discarded steps per chain")
-    add("--hmc-steps", type=int, default=8, help="leapfrog steps per HMC trajectory")
-    add("--hmc-jitter", type=float, default=0.5,
-        help="relative step-size jitter of HMC after warm-up (0: off); breaks the resonances "
-        "of a fixed trajectory length")  # fmt: skip
-    add("--tempering", type=int, default=0, help="parallel-tempering replicas (0: off)")
-    add("--collapse", default="auto", choices=("auto", "on", "off"),
-        help="collapsed sampling of a layered network: HMC on the outputs' exact marginal, the "
-        "other layers averaged (auto: wherever possible; off: sample every unit)")  # fmt: skip
-    add(
-        "--start",
-        default="auto",
-        choices=("auto", "relaxed", "annealed", "dispersed"),
-        help="where chains start (auto: relaxed minimum for continuous states)",
-    )
-    add("--epochs", type=int, default=15)
-    add("--batch-size", type=int, default=32)
-    add("--learning-rate", type=float, default=2e-3)
-    add("--optimizer", default="adam", choices=("adam", "sgd", "momentum"))
-    add("--lr-schedule", default="cosine", choices=("cosine", "constant"))
-    add("--seed", type=int, default=0)
-    add("--tolerance", type=float, default=1e-4, help="T = 0 relaxation tolerance on |∇F|")
-    add("--max-iterations", type=int, default=500, help="T = 0 relaxation iteration budget")
-    add(
-        "--results-dir",
-        default="results/train",
-        help="results folder; an unfinished run of the same configuration there is resumed",
-    )
-    add("--no-progress", action="store_true", help="hide progress bars")
+#: The options of ``thermoeqprop train`` (flags, config-file keys, ``config.json``).
+OPTIONS = TrainOptions
 
 
-def build_model(settings: dict[str, Any], num_inputs: int, num_classes: int):
-    from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork, get_cost
-
-    kind = settings["model"]
-    outputs = 1 if (kind == "spin" and num_classes == 2) else num_classes
-    sizes = (num_inputs, *settings["hidden"], outputs)
-    if kind == "spin":
-        return SpinNetwork.layered(sizes, cost=get_cost(settings["cost"]))
-    if kind == "quadratic":
-        if settings["cost"] != "squared_error":
-            raise ValueError(
-                f"the quadratic model needs cost 'squared_error', got {settings['cost']!r}"
-            )
-        return QuadraticNetwork(sizes)
-    return LayeredNetwork(sizes, activation=settings["activation"], cost=get_cost(settings["cost"]))
-
-
-def build_estimator(settings: dict[str, Any], num_inputs: int, num_classes: int):
+def build_estimator(options: TrainOptions, num_inputs: int, num_classes: int):
+    """The estimator ``options.estimator`` on the network the options describe: the one
+    place ``train`` turns a name into an estimator."""
     from thermoeqprop.estimators import (
         FeedforwardBackprop,
         ImplicitDifferentiation,
         Relaxation,
-        Sampling,
         ThermalCovariance,
         ThermalExact,
         ThermalNudged,
         ZeroTemperatureEP,
     )
 
-    model = build_model(settings, num_inputs, num_classes)
-    name = settings["estimator"]
+    outputs = 1 if (options.model == "spin" and num_classes == 2) else num_classes
+    model = build_model(options, (num_inputs, *options.hidden, outputs))
+    name, temperature = options.estimator, options.temperature
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; valid: {list(ESTIMATORS)}")
-    temperature = settings["temperature"]
     if name in THERMAL_ESTIMATORS:
         if name == "exact":
             return ThermalExact(model, temperature)
-        sampling = Sampling(
-            method=settings["sampler"],
-            num_chains=settings["num_chains"],
-            num_samples=settings["num_samples"],
-            num_warmup=settings["num_warmup"],
-            hmc_steps=settings["hmc_steps"],
-            hmc_jitter=settings["hmc_jitter"],
-            tempering=settings["tempering"],
-            start=settings["start"],
-            collapse={"auto": None, "on": True, "off": False}[settings.get("collapse", "auto")],
-        )
-        if sampling.method == "auto" and not model.is_spin:
-            sampling = dataclasses.replace(sampling, method="hmc")
+        replicas = 0
+        if options.tempering:
+            replicas = 4 if options.replicas is None else options.replicas
+            if replicas < 2:
+                raise ValueError(f"--replicas must be an integer ≥ 2, got {replicas}")
+        sampling = build_sampling(options, model, replicas=replicas, command="train")
         if name == "covariance":
             return ThermalCovariance(model, temperature, sampling)
-        return ThermalNudged(model, temperature, beta=settings["beta"], sampling=sampling)
-    relaxation = Relaxation(
-        tolerance=settings["tolerance"], max_iterations=settings["max_iterations"]
-    )
+        return ThermalNudged(model, temperature, beta=options.beta, sampling=sampling)
+    relaxation = Relaxation(tolerance=options.tolerance, max_iterations=options.max_iterations)
     if name == "ep":
-        return ZeroTemperatureEP(model, beta=settings["beta"], relaxation=relaxation)
+        return ZeroTemperatureEP(model, beta=options.beta, relaxation=relaxation)
     if name == "ep-one-sided":
-        return ZeroTemperatureEP(
-            model, beta=settings["beta"], symmetric=False, relaxation=relaxation
-        )
+        return ZeroTemperatureEP(model, beta=options.beta, symmetric=False, relaxation=relaxation)
     if name == "implicit":
         return ImplicitDifferentiation(model, relaxation)
     return FeedforwardBackprop(model)
 
 
-def temperature_schedule(settings: dict[str, Any], epochs: int):
+def temperature_schedule(options: TrainOptions, epochs: int):
     """``(estimator, epoch) -> estimator`` annealing T geometrically, or None."""
-    start = settings.get("anneal_from")
+    start = options.anneal_from
     if start is None:
         return None
     from thermoeqprop._validation import check_positive
 
     start = check_positive("anneal_from", start)
-    final = settings["temperature"]
+    final = options.temperature
     if not start > final:
         raise ValueError(f"anneal_from must exceed the final temperature {final}, got {start}")
-    if settings["estimator"] not in THERMAL_ESTIMATORS:
+    if options.estimator not in THERMAL_ESTIMATORS:
         raise ValueError(
             f"--anneal-from needs a thermal estimator {list(THERMAL_ESTIMATORS)}, "
-            f"got {settings['estimator']!r}"
+            f"got {options.estimator!r}"
         )
 
     def schedule(estimator, epoch):
@@ -183,12 +85,12 @@ def temperature_schedule(settings: dict[str, Any], epochs: int):
     return schedule
 
 
-def train_config(settings: dict[str, Any]):
-    """The :class:`~thermoeqprop.training.TrainConfig` of a command's training settings."""
+def train_config(options: TrainOptions):
+    """The :class:`~thermoeqprop.training.TrainConfig` of a command's training options."""
     from thermoeqprop.training import TrainConfig
 
     names = ("epochs", "batch_size", "learning_rate", "optimizer", "lr_schedule", "seed")
-    return TrainConfig(**{name: settings[name] for name in names})
+    return TrainConfig(**{name: getattr(options, name) for name in names})
 
 
 def health_table(record) -> str:
@@ -205,7 +107,7 @@ def health_table(record) -> str:
     return format_checks(gradient_checks(record), heading)
 
 
-def run(settings: dict[str, Any]) -> int:
+def run(options: TrainOptions) -> int:
     import numpy as np
 
     from thermoeqprop._health import epoch_line
@@ -213,17 +115,17 @@ def run(settings: dict[str, Any]) -> int:
     from thermoeqprop.plots import plot_training
     from thermoeqprop.training import train
 
-    dataset = load_dataset(settings["dataset"], seed=0)
-    estimator = build_estimator(settings, dataset.num_features, dataset.num_classes)
-    config = train_config(settings)
-    schedule = temperature_schedule(settings, config.epochs)
-    results_dir = Path(settings["results_dir"])
+    dataset = load_dataset(options.dataset, seed=0)
+    estimator = build_estimator(options, dataset.num_features, dataset.num_classes)
+    config = train_config(options)
+    schedule = temperature_schedule(options, config.epochs)
+    results_dir = Path(options.results_dir)
     model = estimator.model
-    shape = getattr(model, "layer_sizes", None) or f"{model.state_size} spins"
-    thermal = settings["estimator"] in THERMAL_ESTIMATORS
-    where = f" at T = {settings['temperature']}" if thermal else ""
+    shape = model_shape(model)
+    thermal = options.estimator in THERMAL_ESTIMATORS
+    where = f" at T = {options.temperature}" if thermal else ""
     print(
-        f"thermoeqprop train: {settings['estimator']}{where} on {dataset.name} "
+        f"thermoeqprop train: {options.estimator}{where} on {dataset.name} "
         f"({len(dataset.labels_train)} train / {len(dataset.labels_test)} test), "
         f"{type(model).__name__} {shape}, results in {results_dir}"
     )
@@ -233,24 +135,20 @@ def run(settings: dict[str, Any]) -> int:
         config,
         results_dir,
         schedule=schedule,
-        progress=not settings["no_progress"],
+        progress=not options.no_progress,
         callback=lambda record: print(epoch_line(record, config.epochs), flush=True),
         log=lambda line: print(line, flush=True),
-        extra_config={
-            "command_line": {
-                k: v for k, v in settings.items() if k not in ("no_progress", "results_dir")
-            }
-        },
+        extra_config={"command_line": recorded(options)},
     )
     history = result.history
     plot_training(
-        history, results_dir / "training_curves.png", f"{settings['estimator']} on {dataset.name}"
+        history, results_dir / "training_curves.png", f"{options.estimator} on {dataset.name}"
     )
     final = history[-1]
     best = max(history, key=lambda h: h["test_accuracy"])
     seconds = np.mean([h["epoch_seconds"] for h in history])
     lines = [
-        f"estimator: {settings['estimator']}{where}",
+        f"estimator: {options.estimator}{where}",
         f"dataset: {dataset.name}",
         f"model: {type(model).__name__} {shape}",
         f"epochs: {final['epoch']}",
@@ -263,6 +161,5 @@ def run(settings: dict[str, Any]) -> int:
         lines.append(f"mean relative gradient MCSE (last epoch): {final['relative_stderr']:.3f}")
     if "diag_num_chains" in final:
         lines.append(health_table(final))
-    RunFolder(results_dir).write_text("summary.txt", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_summary(results_dir, lines)
     return 0
