@@ -48,12 +48,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Help(jsonargparse.DefaultHelpFormatter):
+    """jsonargparse's help without its ``type: Literal[...]`` notes (the metavar shows them)."""
+
+    def _get_type_str(self, action):
+        return None
+
+
 class CommandParser(jsonargparse.ArgumentParser):
     """A sub-command's parser: jsonargparse, its errors in one line naming the flag, the
     value and what is valid (the annotation of the option, :func:`describe_type`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("exit_on_error", True)
+        kwargs.setdefault("formatter_class", _Help)
         super().__init__(*args, **kwargs)
         self.annotations: dict[str, Any] = {}
 
@@ -104,7 +112,9 @@ def add_options(parser: CommandParser, options: type) -> None:
         union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
         inner = next(a for a in args if a is not type(None)) if union else annotation
         if field.metadata.get("deprecated_int"):
-            kwargs |= {"type": _switch, "nargs": "?", "const": True, "default": default}
+            kwargs |= {"type": _switch, "nargs": "?", "const": True, "default": default,
+                       "metavar": "N"}  # fmt: skip
+            kwargs["help"] += f" (--{field.name} N, a replica count, is deprecated)"
         elif annotation is bool:
             kwargs |= {"action": "store_true"}
         elif typing.get_origin(annotation) is list:

@@ -284,9 +284,15 @@ class DiagnoseOptions:
 
 
 def option_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
-    """``(field, resolved type)`` of each option of ``cls``, in the order of the help."""
+    """``(field, resolved type)`` of each option of ``cls``, in the order of the help: the
+    command's own options first, then the groups it shares."""
     hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)
+                 for f in dataclasses.fields(base)}  # fmt: skip
+    fields = dataclasses.fields(cls)
+    ordered = [f for f in fields if f.name not in inherited]
+    ordered += [f for f in fields if f.name in inherited]
+    return [(f, hints[f.name]) for f in ordered]
 
 
 def recorded(options: Any) -> dict[str, Any]:
