@@ -157,19 +157,33 @@ CLI_CASES = {
     "train unknown estimator flag": (
         TRAIN + ["--estimator", "magic"],
         None,
-        "invalid choice: 'magic' (choose from",
+        "--estimator has value 'magic'; valid: ['covariance', 'nudged',",
     ),
     "train unknown sampler flag": (
         TRAIN + ["--sampler", "slice"],
         None,
-        "invalid choice: 'slice' (choose from",
+        "--sampler has value 'slice'; valid: ['auto', 'hmc',",
     ),
     "train HMC jitter of one": (
         TRAIN + ["--estimator", "covariance", "--hmc-jitter", "1"],
         None,
         "hmc_jitter must be a number in [0, 1), got 1.0",
     ),
-    "train not a number": (TRAIN + ["--temperature", "warm"], None, "invalid float value: 'warm'"),
+    "train not a number": (
+        TRAIN + ["--temperature", "warm"],
+        None,
+        "argument --temperature: invalid number value: 'warm'",
+    ),
+    "train fractional epochs flag": (
+        TRAIN + ["--epochs", "1.5"],
+        None,
+        "--epochs has value '1.5'; valid: an integer",
+    ),
+    "train not an integer in a list flag": (
+        TRAIN + ["--hidden", "16", "x"],
+        None,
+        "--hidden has value 'x'; valid: a list of integers",
+    ),
     # train: config files
     "train unknown config key": (TRAIN, _config('{"epoch": 3}'), "unknown config key(s) ['epoch']"),
     "train config value of the wrong type": (
@@ -186,6 +200,41 @@ CLI_CASES = {
         TRAIN,
         _config('sampler = "slice"\n', ".toml"),
         "config key 'sampler' has value 'slice'; valid: ['auto'",
+    ),
+    "train fractional epochs in config": (
+        TRAIN,
+        _config("epochs = 1.7\n", ".toml"),
+        "config key 'epochs' has value 1.7; valid: an integer",
+    ),
+    "train infinite epochs in config": (
+        TRAIN,
+        _config("epochs = inf\n", ".toml"),
+        "config key 'epochs' has value inf; valid: an integer",
+    ),
+    "train boolean temperature in config": (
+        TRAIN,
+        _config("temperature = true\n", ".toml"),
+        "config key 'temperature' has value True; valid: a number",
+    ),
+    "train top-level number in config": (
+        TRAIN,
+        _config("3"),
+        "must hold a table of settings (key = value), got a number (3)",
+    ),
+    "train string for an integer list in config": (
+        TRAIN,
+        _config('{"hidden": "8"}'),
+        "config key 'hidden' has value '8'; valid: a list of integers",
+    ),
+    "train number as a folder name in config": (
+        TRAIN,
+        _config('{"results_dir": 3}'),
+        "config key 'results_dir' has value 3; valid: a string",
+    ),
+    "train string for a switch in config": (
+        TRAIN,
+        _config('{"no_progress": "yes"}'),
+        "config key 'no_progress' has value 'yes'; valid: true or false",
     ),
     "train broken JSON": (TRAIN, _config("{not json"), "is not valid JSON"),
     "train broken TOML": (TRAIN, _config("epochs = = 3", ".toml"), "is not valid TOML"),
@@ -244,6 +293,11 @@ CLI_CASES = {
         _config('{"temperature": 0.5}'),
         "unknown config key(s) ['temperature']",
     ),
+    "sweep string for a seed list in config": (
+        SWEEP,
+        _config('seeds = "0 1"\n', ".toml"),
+        "config key 'seeds' has value '0 1'; valid: a list of integers",
+    ),
     "sweep corrupted part": (SWEEP, _corrupted_sweep_part, "T000.nc' is unreadable"),
     # quantum
     "quantum too many qubits": (
@@ -264,7 +318,7 @@ CLI_CASES = {
     "quantum unknown error signal": (
         QUANTUM + ["--shots", "10", "--error-signal", "loud"],
         None,
-        "invalid choice: 'loud' (choose from",
+        "--error-signal has value 'loud'; valid: ['noisy', 'exact']",
     ),
     "quantum evaluation every zero steps": (
         QUANTUM + ["--eval-every", "0"],

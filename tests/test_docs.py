@@ -133,7 +133,7 @@ def test_the_slugs_are_mkdocs_own():
 
 
 def _default_text(action: argparse.Action) -> str:
-    if isinstance(action, argparse._StoreTrueAction):
+    if isinstance(action, argparse._StoreTrueAction) or action.default is False:
         return "off"
     if action.default is None:
         return "—"

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from thermoeqprop import _cli_quantum, _cli_train, registry
+from thermoeqprop import _cli_quantum, _cli_train, cli, registry
 from thermoeqprop.cli import main
 from thermoeqprop.estimators import (
     FeedforwardBackprop,
@@ -96,10 +96,11 @@ def test_an_estimator_of_ones_own_can_be_registered(monkeypatch):
 # The commands build what they built before the registry (bit for bit: equal dataclasses).
 
 
-def _settings(configure, *argv):
-    parser = argparse.ArgumentParser()
-    configure(parser)
-    return vars(parser.parse_args(list(argv)))
+def _settings(command, *argv):
+    """The options object the command line gives for ``argv`` (thermoeqprop.options)."""
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return cli.parse_options(subparsers.choices[command], cli._commands()[command][0], list(argv))
 
 
 def test_train_builds_the_same_estimators_as_before():
@@ -120,26 +121,26 @@ def test_train_builds_the_same_estimators_as_before():
         "laplace": LowTemperatureExpansion(net, 0.02, relaxation),
     }
     for name, estimator in expected.items():
-        settings = _settings(_cli_train.configure_parser, "--estimator", name)
+        settings = _settings("train", "--estimator", name)
         assert _cli_train.build_estimator(settings, 2, 2) == estimator, name
-    settings = _settings(_cli_train.configure_parser, "--estimator", "exact", "--model",
+    settings = _settings("train", "--estimator", "exact", "--model",
                          "quadratic")  # fmt: skip
     assert _cli_train.build_estimator(settings, 2, 2) == ThermalExact(
         QuadraticNetwork((2, 128, 2)), 0.02
     )
-    spin = _settings(_cli_train.configure_parser, "--model", "spin", "--hidden", "4")
+    spin = _settings("train", "--model", "spin", "--hidden", "4")
     assert _cli_train.build_estimator(spin, 2, 2) == ThermalCovariance(
         SpinNetwork.layered((2, 4, 1)), 0.02, Sampling(num_chains=2, num_samples=50,
                                                        num_warmup=50, hmc_steps=8)
     )  # fmt: skip
     # --collapse reaches the estimator as the registry's sampling option (Sampling.collapse).
     for flag, collapse in (("auto", None), ("on", True), ("off", False)):
-        chosen = _settings(_cli_train.configure_parser, "--collapse", flag)
+        chosen = _settings("train", "--collapse", flag)
         assert _cli_train.build_estimator(chosen, 2, 2) == ThermalCovariance(
             net, 0.02, dataclasses.replace(sampling, collapse=collapse)
         ), flag
     # A T = 0 estimator builds no sampler settings, so it never rejects them.
-    bad_sampler = _settings(_cli_train.configure_parser, "--estimator", "ep", "--num-chains", "1")
+    bad_sampler = _settings("train", "--estimator", "ep", "--num-chains", "1")
     assert isinstance(_cli_train.build_estimator(bad_sampler, 2, 2), ZeroTemperatureEP)
 
 
@@ -154,15 +155,15 @@ def test_quantum_builds_the_same_estimators_as_before():
         "nudged": ThermalEP(net, temperature=0.05, method="nudged", beta=0.01, **exact),
     }
     for name, estimator in expected.items():
-        settings = _settings(_cli_quantum.configure_parser, "--estimator", name)
+        settings = _settings("quantum", "--estimator", name)
         assert _cli_quantum.build_estimator(settings) == estimator, name
-    default = _settings(_cli_quantum.configure_parser)
-    assert default["estimator"] == "ep"
-    sparse = _settings(_cli_quantum.configure_parser, "--solver", "sparse", "--shots", "10")
+    default = _settings("quantum")
+    assert default.estimator == "ep"
+    sparse = _settings("quantum", "--solver", "sparse", "--shots", "10")
     assert _cli_quantum.build_estimator(sparse) == EigenstateEP(
         net, beta=0.1, solver="sparse", shots=10
     )
-    old = _settings(_cli_quantum.configure_parser, "--estimator", "excited")
+    old = _settings("quantum", "--estimator", "excited")
     with pytest.warns(FutureWarning, match="'excited' is deprecated; use 'eigenstate'"):
         assert _cli_quantum.build_estimator(old) == expected["eigenstate"]
 

@@ -11,8 +11,7 @@ estimators), and trace and rank plots of the latest. The folder's kind is what i
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from thermoeqprop.options import DiagnoseOptions
 
 # The printed columns of a training folder's per-epoch table, and their headings.
 TRAIN_COLUMNS = {
@@ -28,25 +27,20 @@ TRAIN_COLUMNS = {
 }
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("run_folder", help="a results folder written by `thermoeqprop sweep` (or `train`)")
-    add("--max-parameters", type=int, default=4,
-        help="gradient components per trace and rank plot (the worst R-hat first)")  # fmt: skip
-    add("--out", default=None, help="folder for tables and plots (default RUN_FOLDER/diagnose)")
-    add("--no-plots", action="store_true", help="tables only")
+#: The options of ``thermoeqprop diagnose`` (flags and config-file keys).
+OPTIONS = DiagnoseOptions
 
 
-def run(settings: dict[str, Any]) -> int:
+def run(options: DiagnoseOptions) -> int:
     import pandas as pd
 
     from thermoeqprop.diagnostics import diagnose
 
     diagnosis = diagnose(
-        settings["run_folder"],
-        settings["out"],
-        max_parameters=settings["max_parameters"],
-        plots=not settings["no_plots"],
+        options.run_folder,
+        options.out,
+        max_parameters=options.max_parameters,
+        plots=not options.no_plots,
     )
     display = {
         "display.width": 160,
@@ -60,7 +54,7 @@ def run(settings: dict[str, Any]) -> int:
             columns=TRAIN_COLUMNS
         )
     with pd.option_context(*[item for pair in display.items() for item in pair]):
-        print(f"thermoeqprop diagnose: {diagnosis.kind} folder {settings['run_folder']}")
+        print(f"thermoeqprop diagnose: {diagnosis.kind} folder {options.run_folder}")
         print(overview.to_string(index=False))
     for note in diagnosis.notes:
         print(note)

@@ -19,124 +19,32 @@ commands should not inherit.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import platform
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from thermoeqprop import registry
-from thermoeqprop.results import RunFolder
+from thermoeqprop._cli_common import write_summary
+from thermoeqprop.options import QuantumOptions, recorded
 
-__all__ = ["build_estimator", "configure_parser", "run"]
+__all__ = ["OPTIONS", "build_estimator", "run"]
 
-#: Settings that change what is shown, not what is computed (left out of the run's identity).
-PRESENTATION = ("results_dir", "no_progress", "quiet")
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``thermoeqprop quantum`` to ``parser`` and return it."""
-    parser.description = (
-        "Train a qubit network (inputs as fields on the qubits, trainable X/Z fields and "
-        "ZZ/XX couplings, output ⟨Z0⟩) by quantum equilibrium propagation on a two-class "
-        "scikit-learn data set, and write a results folder with metrics, checkpoints and "
-        "plots. An interrupted run resumes when the same command is run again."
-    )
-    add = parser.add_argument
-    add(
-        "--estimator",
-        choices=registry.choices("quantum"),
-        default="ep",
-        help="ep: ground-state EP; eigenstate: EP in level --level; covariance: Kubo–Mori "
-        "covariance (no nudge) at --temperature; nudged: nudged thermal EP (thermoeqprop."
-        "registry; the former names ground, excited, thermal and thermal-nudged are "
-        "deprecated aliases)",
-    )
-    add("--dataset", choices=("moons", "circles"), default="moons")
-    add("--qubits", type=int, default=6, help="number of qubits (default 6)")
-    add("--couplings", choices=("ring", "all"), default="ring")
-    add("--temperature", type=float, default=0.05, help="T for the thermal estimators")
-    add("--level", type=int, default=1, help="eigenstate index for --estimator eigenstate")
-    add(
-        "--beta",
-        type=float,
-        default=None,
-        help="nudging strength (default 0.01 exact, 0.1 with --shots)",
-    )
-    add(
-        "--shots",
-        type=int,
-        default=None,
-        help="shots per basis setting (ep, eigenstate, nudged); default exact",
-    )
-    add(
-        "--shot-model",
-        choices=("projective", "gaussian"),
-        default="projective",
-        help="with --shots: projective (N bit strings per qubit-wise commuting basis setting) "
-        "or gaussian (each Pauli string N(<P>, (1 - <P>^2)/N), independently)",
-    )
-    add(
-        "--error-signal",
-        choices=("noisy", "exact"),
-        default="noisy",
-        help="with --shots: the loss and the nudge from measured (noisy) or exact free outputs",
-    )
-    add(
-        "--solver",
-        choices=("dense", "sparse"),
-        default="dense",
-        help="ep and eigenstate: dense eigh, or sparse Lanczos warm-started from the previous "
-        "step's states",
-    )
-    add(
-        "--cost",
-        choices=("expectation-mse", "operator"),
-        default="expectation-mse",
-        help="½(⟨Z⟩ − y)² nudged by (⟨Z⟩ − y)Z, or the operator cost ½(Z − y)²",
-    )
-    add("--epochs", type=int, default=20)
-    add("--batch-size", type=int, default=20)
-    add(
-        "--eval-every",
-        type=int,
-        default=None,
-        help="evaluate, write a metrics line and a checkpoint every N steps (default: once "
-        "per epoch)",
-    )
-    add("--learning-rate", type=float, default=0.05)
-    add("--optimizer", default="adam", choices=("adam", "sgd", "momentum"))
-    add("--lr-schedule", default="cosine", choices=("cosine", "constant"))
-    add("--num-examples", type=int, default=400, help="examples generated (train + test)")
-    add("--test-fraction", type=float, default=0.5, help="fraction held out for testing")
-    add(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the initial parameters, the batch order and the shot noise (the data "
-        "split is fixed)",
-    )
-    add(
-        "--results-dir",
-        default="results/quantum",
-        help="results folder; an unfinished run of the same configuration there is resumed",
-    )
-    add("--no-progress", action="store_true", help="hide progress bars")
-    add("--quiet", action="store_true", help="no progress bars and no lines per evaluation")
-    return parser
+#: The options of ``thermoeqprop quantum`` (flags, config-file keys, ``config.json``).
+OPTIONS = QuantumOptions
 
 
-def build_estimator(settings: dict[str, Any]):
-    """The network and estimator that ``settings`` (the parsed options) describe; the
-    estimator by its name in :mod:`thermoeqprop.registry`."""
+def build_estimator(options: QuantumOptions):
+    """The network and estimator that ``options`` describe; the estimator by its name in
+    :mod:`thermoeqprop.registry`."""
     from thermoeqprop.quantum import ExpectationLoss, classifier_network
 
-    qubits, solver = settings["qubits"], settings["solver"]
-    name = registry.resolve(settings["estimator"], "quantum")
+    qubits, solver = options.qubits, options.solver
+    name = registry.resolve(options.estimator, "quantum")
     if solver == "sparse" and name not in ("ep", "eigenstate"):
         raise ValueError(f"--solver sparse needs --estimator ep or eigenstate, got {name!r}")
     low, high = (3, 16) if solver == "sparse" else (2, 12)
@@ -144,52 +52,48 @@ def build_estimator(settings: dict[str, Any]):
         raise ValueError(
             f"--qubits must be in {low} … {high} for training with --solver {solver}, got {qubits}"
         )
-    shots = {"shot_model": settings["shot_model"], "error_signal": settings["error_signal"]}
-    if settings["shots"] is None and shots != {"shot_model": "projective", "error_signal": "noisy"}:
+    shots = {"shot_model": options.shot_model, "error_signal": options.error_signal}
+    if options.shots is None and shots != {"shot_model": "projective", "error_signal": "noisy"}:
         raise ValueError(
             f"--shot-model {shots['shot_model']} and --error-signal {shots['error_signal']} "
             "describe finite shots: give --shots N too (or leave them at projective and noisy)"
         )
-    cost = ExpectationLoss.squared_error() if settings["cost"] == "expectation-mse" else None
+    cost = ExpectationLoss.squared_error() if options.cost == "expectation-mse" else None
     # Fields of ±2 on features in [−1, 1] (load_dataset's feature_range below).
     model = classifier_network(
         num_qubits=qubits,
         num_inputs=2,
-        couplings=settings["couplings"],
+        couplings=options.couplings,
         input_scale=2.0,
         cost=cost,
     )
-    shots |= {"shots": settings["shots"]}
+    shots |= {"shots": options.shots}
     # Shot noise in the difference of two nudged phases scales like 1/β: a larger β with
     # shots. Not too large: near the decision boundary the trained network's gap closes
     # (down to 0.02 on moons), and at β = 0.2 level tracking was lost there (seed 0).
-    beta = settings["beta"] if settings["beta"] is not None else (0.1 if shots["shots"] else 0.01)
-    options = registry.EstimatorOptions(
-        temperature=settings["temperature"],
-        beta=beta,
-        level=settings["level"],
-        solver=solver,
-        **shots,
+    beta = options.beta if options.beta is not None else (0.1 if shots["shots"] else 0.01)
+    settings = registry.EstimatorOptions(
+        temperature=options.temperature, beta=beta, level=options.level, solver=solver, **shots
     )
-    return registry.build(name, model, options)
+    return registry.build(name, model, settings)
 
 
-def step_config(settings: dict[str, Any], steps_per_epoch: int):
+def step_config(options: QuantumOptions, steps_per_epoch: int):
     """The :class:`~thermoeqprop.training.StepConfig` of ``--epochs`` over batches of the data
     set, evaluated every ``--eval-every`` steps (default: once per epoch)."""
     from thermoeqprop.training import StepConfig
 
-    epochs, every = settings["epochs"], settings["eval_every"]
+    epochs, every = options.epochs, options.eval_every
     for flag, value in (("epochs", epochs), ("eval_every", every)):
         if value is not None and not (isinstance(value, int) and value >= 1):
             raise ValueError(f"{flag} must be an integer ≥ 1, got {value!r}")
     return StepConfig(
         steps=epochs * steps_per_epoch,
         eval_every=steps_per_epoch if every is None else every,
-        learning_rate=settings["learning_rate"],
-        optimizer=settings["optimizer"],
-        lr_schedule=settings["lr_schedule"],
-        seed=settings["seed"],
+        learning_rate=options.learning_rate,
+        optimizer=options.optimizer,
+        lr_schedule=options.lr_schedule,
+        seed=options.seed,
     )
 
 
@@ -210,10 +114,10 @@ def evaluation(model, dataset):
     return evaluate
 
 
-def run(settings: dict[str, Any]) -> int:
+def run(options: QuantumOptions) -> int:
     """Train (or resume), then write plots and ``summary.txt``; returns 0.
 
-    Bad settings raise ``ValueError``; the ``thermoeqprop`` command turns that into one line
+    Bad options raise ``ValueError``; the ``thermoeqprop`` command turns that into one line
     and exit status 2.
     """
     from thermoeqprop.data import load_dataset
@@ -222,22 +126,22 @@ def run(settings: dict[str, Any]) -> int:
 
     tic = time.perf_counter()
     # A deprecated alias warns once here, and the run records the canonical name.
-    settings = {**settings, "estimator": registry.resolve(settings["estimator"], "quantum")}
-    estimator = build_estimator(settings)
+    options = dataclasses.replace(options, estimator=registry.resolve(options.estimator, "quantum"))
+    estimator = build_estimator(options)
     dataset = load_dataset(
-        settings["dataset"],
-        num_examples=settings["num_examples"],
-        test_fraction=settings["test_fraction"],
+        options.dataset,
+        num_examples=options.num_examples,
+        test_fraction=options.test_fraction,
         seed=0,
         feature_range=(-1.0, 1.0),
     )
     model = estimator.model
     targets = model.encode_labels(dataset.labels_train)
-    source = dataset_source(dataset.x_train, targets, settings["batch_size"],
-                            seed=settings["seed"], name=dataset.name)  # fmt: skip
-    config = step_config(settings, source.steps_per_epoch)
-    results_dir = Path(settings["results_dir"])
-    name = f"{settings['estimator']} ({type(estimator).__name__})"
+    source = dataset_source(dataset.x_train, targets, options.batch_size,
+                            seed=options.seed, name=dataset.name)  # fmt: skip
+    config = step_config(options, source.steps_per_epoch)
+    results_dir = Path(options.results_dir)
+    name = f"{options.estimator} ({type(estimator).__name__})"
     sizes = f"{len(dataset.labels_train)} train / {len(dataset.labels_test)} test"
     print(
         f"thermoeqprop quantum: {name} on {dataset.name} ({sizes}), {model.num_qubits} "
@@ -254,16 +158,16 @@ def run(settings: dict[str, Any]) -> int:
             flush=True,
         )
 
-    quiet = settings["quiet"]
+    quiet = options.quiet
     result = train_steps(
         estimator,
         source,
         config,
         results_dir,
         evaluate=evaluation(model, dataset),
-        progress=not (quiet or settings["no_progress"]),
+        progress=not (quiet or options.no_progress),
         extra_config={
-            "command_line": {k: v for k, v in settings.items() if k not in PRESENTATION},
+            "command_line": recorded(options),
             "num_params": model.hamiltonian.num_params,
         },
         callback=None if quiet else report,
@@ -272,42 +176,41 @@ def run(settings: dict[str, Any]) -> int:
     history = result.history
     plot_training(history, results_dir / "training_curves.png", f"{name} on {dataset.name}")
     _plot_decision(results_dir / "decision.png", estimator, result.params, dataset)
-    lines = _summary(settings, estimator, dataset, config, history)
+    lines = _summary(options, estimator, dataset, config, history)
     lines.append(
         f"wall time of this invocation: {time.perf_counter() - tic:.1f} s "
         f"({platform.machine()}, {platform.system()}, JAX {jax.__version__})"
     )
     lines += [f"{k}: {v}" for k, v in history[-1].items() if k.startswith("diag_")]
-    RunFolder(results_dir).write_text("summary.txt", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_summary(results_dir, lines)
     return 0
 
 
-def _summary(settings, estimator, dataset, config, history) -> list[str]:
+def _summary(options, estimator, dataset, config, history) -> list[str]:
     """The lines of ``summary.txt`` about the run and its final and best records."""
-    model, name, shots = estimator.model, settings["estimator"], settings["shots"]
+    model, name, shots = estimator.model, options.estimator, options.shots
     final = history[-1]
     best = max(history, key=lambda h: h["test_accuracy"])
     seconds = sum(h["seconds"] for h in history)
-    how = f"T = {settings['temperature']}, " if estimator.temperature is not None else ""
+    how = f"T = {options.temperature}, " if estimator.temperature is not None else ""
     if name == "eigenstate":
-        how = f"level {settings['level']}, "
+        how = f"level {options.level}, "
     if name != "covariance":
         how += f"β = {estimator.beta}, "
     if shots:
-        how += f"{shots} shots ({settings['shot_model']}, {settings['error_signal']} error signal)"
+        how += f"{shots} shots ({options.shot_model}, {options.error_signal} error signal)"
     else:
         how += "exact expectations"
     if name in ("ep", "eigenstate"):
-        how += f", {settings['solver']} solver"
+        how += f", {options.solver} solver"
     return [
         f"estimator: {name} ({type(estimator).__name__}, {how})",
         f"dataset: {dataset.name}, {len(dataset.labels_train)} train / "
         f"{len(dataset.labels_test)} test, features in [-1, 1]",
-        f"model: {model.num_qubits} qubits, {settings['couplings']} couplings, "
-        f"{model.hamiltonian.num_params} parameters, cost {settings['cost']}",
+        f"model: {model.num_qubits} qubits, {options.couplings} couplings, "
+        f"{model.hamiltonian.num_params} parameters, cost {options.cost}",
         f"training: {final['step']} steps ({final['epoch']:g} epochs), batch "
-        f"{settings['batch_size']}, {config.optimizer} lr {config.learning_rate} "
+        f"{options.batch_size}, {config.optimizer} lr {config.learning_rate} "
         f"({config.lr_schedule}), evaluated every {config.eval_every} steps, seed {config.seed}",
         f"final test accuracy: {100 * final['test_accuracy']:.2f}%",
         f"best test accuracy: {100 * best['test_accuracy']:.2f}% (step {best['step']})",
@@ -324,8 +227,7 @@ def _plot_decision(path: Path, estimator, params, dataset) -> None:
     grid = np.linspace(-1.2, 1.2, 41)
     gx, gy = np.meshgrid(grid, grid)
     points = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1))
-    outputs = np.asarray(estimator.predict(params, points, jax.random.key(0)))
-    outputs = outputs[:, 0].reshape(gx.shape)
+    outputs = np.asarray(estimator.predict(params, points))[:, 0].reshape(gx.shape)
     fig = Figure(figsize=(4.5, 4), layout="constrained")
     ax = fig.subplots()
     mesh = ax.contourf(gx, gy, outputs, levels=20, cmap="RdBu_r", vmin=-1, vmax=1)
@@ -334,3 +236,11 @@ def _plot_decision(path: Path, estimator, params, dataset) -> None:
     fig.colorbar(mesh, ax=ax, label="⟨Z0⟩")
     ax.set(title="decision function (test points)", xlabel="x0", ylabel="x1")
     fig.savefig(path, dpi=110)
+
+
+run.description = (
+    "Train a qubit network (inputs as fields on the qubits, trainable X/Z fields and ZZ/XX "
+    "couplings, output ⟨Z0⟩) by quantum equilibrium propagation on a two-class scikit-learn "
+    "data set, and write a results folder with metrics, checkpoints and plots. An interrupted "
+    "run resumes when the same command is run again."
+)

@@ -9,91 +9,37 @@ Re-running the same command resumes: finished temperatures are not recomputed.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Any
 
-from thermoeqprop.results import RunFolder
+from thermoeqprop._cli_common import build_model, build_sampling, model_shape, write_summary
+from thermoeqprop.options import SweepOptions, recorded
 
-MODELS = ("quadratic", "layered", "spin")
-DATASETS = ("moons", "circles", "digits", "random")
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--model", default="quadratic", choices=MODELS,
-        help="quadratic: Gaussian Gibbs law, exact in closed form; layered: smooth sigmoid "
-        "network (no exact reference; compared with T = 0 EP); spin: Ising network (exact by "
-        "enumeration up to 20 spins)")  # fmt: skip
-    add("--hidden", type=int, nargs="+", default=[4], help="hidden layer sizes")
-    add("--activation", default="sigmoid", choices=("sigmoid", "tanh"),
-        help="activation of the layered model")  # fmt: skip
-    add("--init-scale", type=float, default=None,
-        help="scale of the initial couplings (default: the model's own)")  # fmt: skip
-    add(
-        "--dataset",
-        default="moons",
-        choices=DATASETS,
-        help="where the batch of examples comes from (random: uniform inputs, random labels)",
-    )
-    add("--num-examples", type=int, default=4, help="examples in the batch")
-    add("--num-inputs", type=int, default=2, help="inputs of random data")
-    add("--num-classes", type=int, default=2, help="classes of random data")
-    add("--data-seed", type=int, default=0, help="seed of the data and of the batch choice")
-    add("--param-seed", type=int, default=0, help="seed of the network's parameters")
-    add("--temperatures", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0])
-    add("--estimators", nargs="+", default=["covariance", "nudged"],
-        help="covariance, nudged, nudged-one-sided; nudged ones may carry their own β as "
-        "nudged:0.05")  # fmt: skip
-    add("--beta", type=float, default=0.1, help="β of nudged estimators named without one")
-    add("--seeds", type=int, nargs="+", default=[0, 1])
-    add("--sampler", default="auto", choices=("auto", "nuts", "hmc", "gibbs", "metropolis"))
-    add("--num-chains", type=int, default=4)
-    add("--num-samples", type=int, default=300, help="draws per chain and phase")
-    add("--num-warmup", type=int, default=200)
-    add("--equal-budget", action="store_true",
-        help="give one-phase estimators (covariance) as many sampler steps as two-phase ones "
-        "(nudged): twice the draws and warm-up")  # fmt: skip
-    add(
-        "--tempering",
-        action="store_true",
-        help="one parallel-tempering run over the temperature grid serves every temperature",
-    )
-    add("--series-parameters", type=int, default=64,
-        help="gradient components whose per-draw series are saved for diagnose")  # fmt: skip
-    add(
-        "--results-dir",
-        default="results/sweep",
-        help="results folder; an unfinished sweep of the same settings there is resumed",
-    )
-    add("--no-progress", action="store_true", help="hide the progress bar")
+#: The options of ``thermoeqprop sweep`` (flags, config-file keys, ``config.json``).
+OPTIONS = SweepOptions
 
 
-def build_problem(settings: dict[str, Any]):
-    """(model, params, x, targets, data description) from the command-line settings."""
+def build_problem(options: SweepOptions):
+    """(model, params, x, targets, data description) from the sweep's options."""
     import jax
     import numpy as np
 
-    from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork
-
-    num = settings["num_examples"]
+    num = options.num_examples
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"num_examples must be an integer ≥ 1, got {num!r}")
-    name = settings["dataset"]
+    name = options.dataset
     if name == "random":
-        for key in ("num_inputs", "num_classes"):
-            if settings[key] < 1 or (key == "num_classes" and settings[key] < 2):
-                low = 2 if key == "num_classes" else 1
-                raise ValueError(f"{key} must be an integer ≥ {low}, got {settings[key]!r}")
-        rng = np.random.default_rng(settings["data_seed"])
-        x = rng.uniform(size=(num, settings["num_inputs"]))
-        labels = rng.integers(0, settings["num_classes"], size=num)
-        num_classes = settings["num_classes"]
+        for key, low in (("num_inputs", 1), ("num_classes", 2)):
+            if getattr(options, key) < low:
+                raise ValueError(f"{key} must be an integer ≥ {low}, got {getattr(options, key)!r}")
+        rng = np.random.default_rng(options.data_seed)
+        x = rng.uniform(size=(num, options.num_inputs))
+        labels = rng.integers(0, options.num_classes, size=num)
+        num_classes = options.num_classes
         described = f"random ({num} examples)"
     else:
         from thermoeqprop.data import load_dataset
 
-        data = load_dataset(name, seed=settings["data_seed"])
+        data = load_dataset(name, seed=options.data_seed)
         if num > len(data.labels_train):
             raise ValueError(
                 f"num_examples {num} exceeds the {len(data.labels_train)} training examples of "
@@ -102,21 +48,8 @@ def build_problem(settings: dict[str, Any]):
         x, labels = data.x_train[:num], data.labels_train[:num]
         num_classes = data.num_classes
         described = f"{name} (first {num} training examples)"
-    sizes = (x.shape[1], *settings["hidden"], num_classes)
-    kwargs = {}
-    kind = settings["model"]
-    if kind not in MODELS:
-        raise ValueError(f"unknown model {kind!r}; valid: {list(MODELS)}")
-    if settings["init_scale"] is not None:
-        key = "init_scale" if kind == "spin" else "init_gain"
-        kwargs[key] = settings["init_scale"]
-    if kind == "quadratic":
-        model = QuadraticNetwork(sizes, **kwargs)
-    elif kind == "layered":
-        model = LayeredNetwork(sizes, activation=settings["activation"], **kwargs)
-    else:
-        model = SpinNetwork.layered(sizes, **kwargs)
-    params = model.init_params(jax.random.key(settings["param_seed"]))
+    model = build_model(options, (x.shape[1], *options.hidden, num_classes), options.init_scale)
+    params = model.init_params(jax.random.key(options.param_seed))
     targets = model.encode_labels(labels)
     return model, params, x, targets, described
 
@@ -174,47 +107,37 @@ def barrier_lines(dataset) -> list[str]:
     return [*lines, ""]
 
 
-def run(settings: dict[str, Any]) -> int:
-    from thermoeqprop.estimators import Sampling
+def run(options: SweepOptions) -> int:
     from thermoeqprop.plots import plot_sweep
     from thermoeqprop.sweep import matched_budgets, temperature_sweep
 
-    model, params, x, targets, described = build_problem(settings)
-    sampling = Sampling(
-        method=settings["sampler"],
-        num_chains=settings["num_chains"],
-        num_samples=settings["num_samples"],
-        num_warmup=settings["num_warmup"],
-    )
-    estimators = list(settings["estimators"])
-    if settings["equal_budget"]:
-        sampling = matched_budgets(estimators, sampling, settings["beta"])
-    results_dir = Path(settings["results_dir"])
+    model, params, x, targets, described = build_problem(options)
+    sampling = build_sampling(options, model, command="sweep")
+    estimators = list(options.estimators)
+    if options.equal_budget:
+        sampling = matched_budgets(estimators, sampling, options.beta)
+    results_dir = Path(options.results_dir)
     exact = "exact reference" if _has_exact(model) else "no exact reference"
-    shape = model.architecture
     print(
-        f"thermoeqprop sweep: {type(model).__name__} {shape} ({exact}) on {described}; "
-        f"T = {settings['temperatures']}; "
-        f"estimators {estimators}; seeds {settings['seeds']}; results in {results_dir}"
+        f"thermoeqprop sweep: {type(model).__name__} {model_shape(model)} ({exact}) on "
+        f"{described}; T = {options.temperatures}; estimators {estimators}; seeds "
+        f"{options.seeds}; results in {results_dir}"
     )
     dataset = temperature_sweep(
         model,
         params,
         x,
         targets,
-        settings["temperatures"],
+        options.temperatures,
         estimators=estimators,
-        seeds=settings["seeds"],
-        beta=settings["beta"],
+        seeds=options.seeds,
+        beta=options.beta,
         sampling=sampling,
-        tempering=settings["tempering"],
-        series_parameters=settings["series_parameters"],
+        tempering=options.tempering,
+        series_parameters=options.series_parameters,
         results_dir=results_dir,
-        progress=not settings["no_progress"],
-        extra_config={
-            "command_line": {k: v for k, v in settings.items() if k != "no_progress"},
-            "data": described,
-        },
+        progress=not options.no_progress,
+        extra_config={"command_line": recorded(options), "data": described},
     )
     pictures = plot_sweep(dataset, results_dir)
     lines = [
@@ -222,7 +145,7 @@ def run(settings: dict[str, Any]) -> int:
         f"data: {described}",
         f"temperatures: {dataset.temperature.values.tolist()}",
         f"seeds: {dataset.seed.values.tolist()}",
-        f"tempering: {bool(settings['tempering'])}",
+        f"tempering: {options.tempering}",
         "",
         *summary_lines(dataset),
         "",
@@ -232,8 +155,7 @@ def run(settings: dict[str, Any]) -> int:
         "means over seeds (R-hat: max, ESS: min)",
         "files: sweep.nc, " + ", ".join(p.name for p in pictures) + ", series/*.nc",
     ]
-    RunFolder(results_dir).write_text("summary.txt", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_summary(results_dir, lines)
     return 0
 
 

@@ -6,165 +6,66 @@ covariance estimator, states drawn by HMC, on digits.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 from thermoeqprop import registry
-from thermoeqprop.results import RunFolder
+from thermoeqprop._cli_common import build_model, build_sampling, model_shape, write_summary
+from thermoeqprop.options import TrainOptions, recorded
+
+#: The options of ``thermoeqprop train`` (flags, config-file keys, ``config.json``).
+OPTIONS = TrainOptions
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--dataset", default="digits", choices=("digits", "moons", "circles"))
-    add(
-        "--model",
-        default="layered",
-        choices=("layered", "spin", "quadratic"),
-        help="layered: continuous Scellier–Bengio network; spin: ±1 Ising network; "
-        "quadratic: linear units (Gaussian Gibbs law)",
-    )
-    add("--hidden", type=int, nargs="+", default=[128], help="hidden layer sizes")
-    add(
-        "--activation",
-        default="sigmoid",
-        choices=("sigmoid", "hard_sigmoid", "tanh", "linear"),
-        help="layered model only",
-    )
-    add("--cost", default="squared_error", choices=("squared_error", "cross_entropy"))
-    add(
-        "--estimator",
-        default="covariance",
-        choices=registry.choices("classical"),
-        help="; ".join(
-            f"{name}: {registry.entry(name, 'classical').summary}"
-            for name in registry.names("classical")
-        )
-        + " (thermoeqprop.registry)",
-    )
-    add("--temperature", type=float, default=0.02, help="T for the thermal estimators")
-    add(
-        "--anneal-from",
-        type=float,
-        default=None,
-        help="anneal the temperature geometrically from this value (epoch 1) down to "
-        "--temperature (last epoch)",
-    )
-    add(
-        "--beta",
-        type=float,
-        default=0.5,
-        help="nudging strength (nudged, ep and their one-sided forms)",
-    )
-    add(
-        "--sampler",
-        default="auto",
-        choices=("auto", "hmc", "nuts", "gibbs", "metropolis"),
-        help="auto: HMC for continuous states, block Gibbs for spins",
-    )
-    add("--num-chains", type=int, default=2, help="chains per example")
-    add("--num-samples", type=int, default=50, help="draws per chain and estimate")
-    add("--num-warmup", type=int, default=50, help="discarded steps per chain")
-    add("--hmc-steps", type=int, default=8, help="leapfrog steps per HMC trajectory")
-    add("--hmc-jitter", type=float, default=0.5,
-        help="relative step-size jitter of HMC after warm-up (0: off); breaks the resonances "
-        "of a fixed trajectory length")  # fmt: skip
-    add("--tempering", type=int, default=0, help="parallel-tempering replicas (0: off)")
-    add("--collapse", default="auto", choices=("auto", "on", "off"),
-        help="collapsed sampling of a layered network: HMC on the outputs' exact marginal, the "
-        "other layers averaged (auto: wherever possible; off: sample every unit)")  # fmt: skip
-    add(
-        "--start",
-        default="auto",
-        choices=("auto", "relaxed", "annealed", "dispersed"),
-        help="where chains start (auto: relaxed minimum for continuous states)",
-    )
-    add("--epochs", type=int, default=15)
-    add("--batch-size", type=int, default=32)
-    add("--learning-rate", type=float, default=2e-3)
-    add("--optimizer", default="adam", choices=("adam", "sgd", "momentum"))
-    add("--lr-schedule", default="cosine", choices=("cosine", "constant"))
-    add("--seed", type=int, default=0)
-    add("--tolerance", type=float, default=1e-4, help="T = 0 relaxation tolerance on |∇F|")
-    add("--max-iterations", type=int, default=500, help="T = 0 relaxation iteration budget")
-    add(
-        "--results-dir",
-        default="results/train",
-        help="results folder; an unfinished run of the same configuration there is resumed",
-    )
-    add("--no-progress", action="store_true", help="hide progress bars")
+def thermal_estimators() -> list[str]:
+    """The classical estimators of the registry that read a temperature."""
+    return [n for n in registry.names("classical")
+            if "temperature" in registry.entry(n, "classical").options]  # fmt: skip
 
 
-def build_model(settings: dict[str, Any], num_inputs: int, num_classes: int):
-    from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork, get_cost
+def build_estimator(options: TrainOptions, num_inputs: int, num_classes: int):
+    """The estimator ``options.estimator`` names (:mod:`thermoeqprop.registry`) on the network
+    the options describe; only the settings that estimator reads are built, so a T = 0
+    estimator never validates the sampler flags."""
+    from thermoeqprop.estimators import Relaxation
 
-    kind = settings["model"]
-    outputs = 1 if (kind == "spin" and num_classes == 2) else num_classes
-    sizes = (num_inputs, *settings["hidden"], outputs)
-    if kind == "spin":
-        return SpinNetwork.layered(sizes, cost=get_cost(settings["cost"]))
-    if kind == "quadratic":
-        if settings["cost"] != "squared_error":
-            raise ValueError(
-                f"the quadratic model needs cost 'squared_error', got {settings['cost']!r}"
-            )
-        return QuadraticNetwork(sizes)
-    return LayeredNetwork(sizes, activation=settings["activation"], cost=get_cost(settings["cost"]))
-
-
-def build_estimator(settings: dict[str, Any], num_inputs: int, num_classes: int):
-    """The estimator ``settings["estimator"]`` names (:mod:`thermoeqprop.registry`) for the
-    model the settings describe; only the options that estimator reads are built, so a
-    T = 0 estimator never validates the sampler flags."""
-    from thermoeqprop.estimators import Relaxation, Sampling
-
-    model = build_model(settings, num_inputs, num_classes)
-    name = settings["estimator"]
-    reads = registry.entry(name, model.family).options
-    options = {}
+    outputs = 1 if (options.model == "spin" and num_classes == 2) else num_classes
+    model = build_model(options, (num_inputs, *options.hidden, outputs))
+    reads = registry.entry(options.estimator, model.family).options
+    settings = {}
     if "temperature" in reads:
-        options["temperature"] = settings["temperature"]
+        settings["temperature"] = options.temperature
     if "beta" in reads:
-        options["beta"] = settings["beta"]
+        settings["beta"] = options.beta
     if "sampling" in reads:
-        sampling = Sampling(
-            method=settings["sampler"],
-            num_chains=settings["num_chains"],
-            num_samples=settings["num_samples"],
-            num_warmup=settings["num_warmup"],
-            hmc_steps=settings["hmc_steps"],
-            hmc_jitter=settings["hmc_jitter"],
-            tempering=settings["tempering"],
-            start=settings["start"],
-            collapse={"auto": None, "on": True, "off": False}[settings.get("collapse", "auto")],
-        )
-        if sampling.method == "auto" and not model.is_spin:
-            sampling = dataclasses.replace(sampling, method="hmc")
-        options["sampling"] = sampling
+        replicas = 0
+        if options.tempering:
+            replicas = 4 if options.replicas is None else options.replicas
+            if replicas < 2:
+                raise ValueError(f"--replicas must be an integer ≥ 2, got {replicas}")
+        settings["sampling"] = build_sampling(options, model, replicas=replicas, command="train")
     if "relaxation" in reads:
-        options["relaxation"] = Relaxation(
-            tolerance=settings["tolerance"], max_iterations=settings["max_iterations"]
+        settings["relaxation"] = Relaxation(
+            tolerance=options.tolerance, max_iterations=options.max_iterations
         )
-    return registry.build(name, model, registry.EstimatorOptions(**options))
+    return registry.build(options.estimator, model, registry.EstimatorOptions(**settings))
 
 
-def temperature_schedule(settings: dict[str, Any], epochs: int):
+def temperature_schedule(options: TrainOptions, epochs: int):
     """``(estimator, epoch) -> estimator`` annealing T geometrically, or None."""
-    start = settings.get("anneal_from")
+    start = options.anneal_from
     if start is None:
         return None
     from thermoeqprop._validation import check_positive
 
     start = check_positive("anneal_from", start)
-    final = settings["temperature"]
+    final = options.temperature
     if not start > final:
         raise ValueError(f"anneal_from must exceed the final temperature {final}, got {start}")
-    thermal = [n for n in registry.names("classical")
-               if "temperature" in registry.entry(n, "classical").options]  # fmt: skip
-    if settings["estimator"] not in thermal:
+    thermal = thermal_estimators()
+    if registry.resolve(options.estimator, "classical") not in thermal:
         raise ValueError(
-            f"--anneal-from needs a thermal estimator {thermal}, got {settings['estimator']!r}"
+            f"--anneal-from needs a thermal estimator {thermal}, got {options.estimator!r}"
         )
 
     def schedule(estimator, epoch):
@@ -174,12 +75,12 @@ def temperature_schedule(settings: dict[str, Any], epochs: int):
     return schedule
 
 
-def train_config(settings: dict[str, Any]):
-    """The :class:`~thermoeqprop.training.TrainConfig` of a command's training settings."""
+def train_config(options: TrainOptions):
+    """The :class:`~thermoeqprop.training.TrainConfig` of a command's training options."""
     from thermoeqprop.training import TrainConfig
 
     names = ("epochs", "batch_size", "learning_rate", "optimizer", "lr_schedule", "seed")
-    return TrainConfig(**{name: settings[name] for name in names})
+    return TrainConfig(**{name: getattr(options, name) for name in names})
 
 
 def health_table(record) -> str:
@@ -196,7 +97,7 @@ def health_table(record) -> str:
     return format_checks(gradient_checks(record), heading)
 
 
-def run(settings: dict[str, Any]) -> int:
+def run(options: TrainOptions) -> int:
     import numpy as np
 
     from thermoeqprop._health import epoch_line
@@ -205,17 +106,20 @@ def run(settings: dict[str, Any]) -> int:
     from thermoeqprop.training import train
 
     # A deprecated alias warns once here, and the run records the canonical name.
-    settings = {**settings, "estimator": registry.resolve(settings["estimator"], "classical")}
-    dataset = load_dataset(settings["dataset"], seed=0)
-    estimator = build_estimator(settings, dataset.num_features, dataset.num_classes)
-    config = train_config(settings)
-    schedule = temperature_schedule(settings, config.epochs)
-    results_dir = Path(settings["results_dir"])
+    options = dataclasses.replace(
+        options, estimator=registry.resolve(options.estimator, "classical")
+    )
+    dataset = load_dataset(options.dataset, seed=0)
+    estimator = build_estimator(options, dataset.num_features, dataset.num_classes)
+    config = train_config(options)
+    schedule = temperature_schedule(options, config.epochs)
+    results_dir = Path(options.results_dir)
     model = estimator.model
-    shape = model.architecture
-    where = f" at T = {settings['temperature']}" if estimator.temperature is not None else ""
+    shape = model_shape(model)
+    thermal = options.estimator in thermal_estimators()
+    where = f" at T = {options.temperature}" if thermal else ""
     print(
-        f"thermoeqprop train: {settings['estimator']}{where} on {dataset.name} "
+        f"thermoeqprop train: {options.estimator}{where} on {dataset.name} "
         f"({len(dataset.labels_train)} train / {len(dataset.labels_test)} test), "
         f"{type(model).__name__} {shape}, results in {results_dir}"
     )
@@ -225,24 +129,20 @@ def run(settings: dict[str, Any]) -> int:
         config,
         results_dir,
         schedule=schedule,
-        progress=not settings["no_progress"],
+        progress=not options.no_progress,
         callback=lambda record: print(epoch_line(record, config.epochs), flush=True),
         log=lambda line: print(line, flush=True),
-        extra_config={
-            "command_line": {
-                k: v for k, v in settings.items() if k not in ("no_progress", "results_dir")
-            }
-        },
+        extra_config={"command_line": recorded(options)},
     )
     history = result.history
     plot_training(
-        history, results_dir / "training_curves.png", f"{settings['estimator']} on {dataset.name}"
+        history, results_dir / "training_curves.png", f"{options.estimator} on {dataset.name}"
     )
     final = history[-1]
     best = max(history, key=lambda h: h["test_accuracy"])
     seconds = np.mean([h["epoch_seconds"] for h in history])
     lines = [
-        f"estimator: {settings['estimator']}{where}",
+        f"estimator: {options.estimator}{where}",
         f"dataset: {dataset.name}",
         f"model: {type(model).__name__} {shape}",
         f"epochs: {final['epoch']}",
@@ -255,6 +155,5 @@ def run(settings: dict[str, Any]) -> int:
         lines.append(f"mean relative gradient MCSE (last epoch): {final['relative_stderr']:.3f}")
     if "diag_num_chains" in final:
         lines.append(health_table(final))
-    RunFolder(results_dir).write_text("summary.txt", "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_summary(results_dir, lines)
     return 0

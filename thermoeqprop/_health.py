@@ -56,7 +56,7 @@ RHAT_MEDIAN_MAX = 1.01
 LEVERS = {
     "mcse": "more draws (--num-samples) or chains (--num-chains): the MCSE falls as 1/√(draws)",
     "rhat": "chains disagree: longer warm-up (--num-warmup), more chains (--num-chains), or "
-    "parallel tempering (--tempering R) if the target has several modes",
+    "parallel tempering (--tempering --replicas R) if the target has several modes",
     "ess": "draws are strongly correlated: more leapfrog steps (--hmc-steps), step-size jitter "
     "(--hmc-jitter 0.5), NUTS (--sampler nuts), or more draws",
     "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "

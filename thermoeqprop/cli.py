@@ -5,24 +5,33 @@ package version.
 
 Every sub-command takes its settings from flags or from a config file (``--config FILE``,
 JSON or TOML, keys named like the flags with underscores; flags given on the command line
-win). Errors in the input end the program with one line naming the bad value, never a
-traceback. SIGINT and SIGTERM stop a run after its last finished unit of work was saved;
-running the same command again resumes it.
+win). Both come from one place: the options dataclasses of :mod:`thermoeqprop.options`, whose
+fields become the flags (parsed and type-checked by jsonargparse; docs/design.md, "Options")
+and the config-file keys (checked strictly by :func:`thermoeqprop.options.check_config`).
+Errors in the input end the program with one line naming the bad value, never a traceback.
+SIGINT and SIGTERM stop a run after its last finished unit of work was saved; running the
+same command again resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
 import tomllib
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonargparse
+
 from thermoeqprop import _cli_diagnose, _cli_quantum, _cli_sweep, _cli_train
 from thermoeqprop._provenance import package_version
+from thermoeqprop.options import check_config, deprecations, describe_type, option_fields
 from thermoeqprop.training import CheckpointError
 
 __all__ = ["main"]
@@ -39,8 +48,92 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """Read a JSON or TOML config file into a flat dict."""
+class _Help(jsonargparse.DefaultHelpFormatter):
+    """jsonargparse's help without its ``type: Literal[...]`` notes (the metavar shows them)."""
+
+    def _get_type_str(self, action):
+        return None
+
+
+class CommandParser(jsonargparse.ArgumentParser):
+    """A sub-command's parser: jsonargparse, its errors in one line naming the flag, the
+    value and what is valid (the annotation of the option, :func:`describe_type`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("exit_on_error", True)
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+        self.annotations: dict[str, Any] = {}
+
+    def error(self, message: str, ex: Exception | None = None):
+        found = re.match(r'Parser key "(\w+)"(?: element \d+)?:\s*.*Got value: (.*)$', message,
+                         re.S)  # fmt: skip
+        if found and found[1] in self.annotations:
+            key, value = found[1], found[2].strip()
+            message = (
+                f"--{key.replace('_', '-')} has value {value!r}; valid: "
+                f"{describe_type(self.annotations[key])}"
+            )
+        message = " ".join(message.split())
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+class _Parse:
+    """A flag's type: ``convert`` applied to text; values already parsed (defaults, a config
+    file) pass unchanged. Named for argparse's messages ("invalid number value") and shown
+    by its annotation's name in the help."""
+
+    def __init__(self, name: str, shown: str, convert: Callable, passes: tuple[type, ...]):
+        self.__name__, self.shown, self.convert, self.passes = name, shown, convert, passes
+
+    def __call__(self, value):
+        if value is None or isinstance(value, self.passes):
+            return value
+        return self.convert(value)
+
+    def __repr__(self) -> str:
+        return self.shown
+
+
+#: A float flag: any float Python reads (``nan`` and ``inf`` too, for the range checks of
+#: the library to name; jsonargparse's own ``float`` refuses them).
+_number = _Parse("number", "float", float, (int, float))
+#: A switch that also takes the deprecated integer (``--tempering 8``, a replica count).
+_switch = _Parse("replica count", "bool", int, (bool, int))
+
+
+def add_options(parser: CommandParser, options: type) -> None:
+    """One flag per field of ``options`` (a dataclass of :mod:`thermoeqprop.options`)."""
+    for field, annotation in option_fields(options):
+        kwargs: dict[str, Any] = {"help": field.metadata.get("help") or None}
+        default = field.default_factory() if callable(field.default_factory) else field.default
+        args = typing.get_args(annotation)
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        inner = next(a for a in args if a is not type(None)) if union else annotation
+        if field.metadata.get("deprecated_int"):
+            kwargs |= {"type": _switch, "nargs": "?", "const": True, "default": default,
+                       "metavar": "N"}  # fmt: skip
+            kwargs["help"] += f" (--{field.name} N, a replica count, is deprecated)"
+        elif annotation is bool:
+            kwargs |= {"action": "store_true"}
+        elif typing.get_origin(annotation) is list:
+            element = _number if args[0] is float else args[0]
+            kwargs |= {"type": element, "nargs": "+", "default": default}
+        else:
+            kwargs |= {"type": _number if inner is float else inner, "default": default}
+            parser.annotations[field.name] = annotation
+        if field.metadata.get("positional"):
+            kwargs.pop("default")
+            parser.add_argument(field.name, **kwargs)
+        else:
+            parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+        if typing.get_origin(annotation) is list:
+            parser.annotations[field.name] = annotation
+
+
+def load_config_file(path: str) -> Any:
+    """Read a JSON or TOML config file (its settings unchecked: :func:`check_config`)."""
     file = Path(path)
     if not file.is_file():
         raise CommandError(f"config file {path!r} does not exist")
@@ -54,74 +147,47 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise CommandError(f"config file {path!r} is not valid {kind}: {exc}") from None
 
 
-def resolve_settings(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]
-) -> dict[str, Any]:
-    """Defaults, overridden by the config file, overridden by flags given explicitly."""
-    defaults = {
-        action.dest: action.default
-        for action in parser._actions
-        if action.dest not in ("help", "config", "command")
-    }
-    settings = dict(defaults)
-    if getattr(args, "config", None):
-        from_file = load_config_file(args.config)
-        unknown = sorted(set(from_file) - set(defaults))
-        if unknown:
-            raise CommandError(
-                f"unknown config key(s) {unknown} in {args.config}; valid keys are "
-                f"{sorted(defaults)}"
-            )
-        for key, value in from_file.items():
-            action = next(a for a in parser._actions if a.dest == key)
-            if action.type is not None and value is not None and not isinstance(value, list):
-                try:
-                    value = action.type(value)
-                except (TypeError, ValueError):
-                    raise CommandError(
-                        f"config key {key!r} has value {value!r}, which is not a valid "
-                        f"{getattr(action.type, '__name__', 'value')}"
-                    ) from None
-            if action.choices is not None and value not in action.choices:
-                raise CommandError(
-                    f"config key {key!r} has value {value!r}; valid: {list(action.choices)}"
-                )
-            settings[key] = value
-    for action in parser._actions:
-        given = any(
-            token == option or token.startswith(option + "=")
-            for token in argv
-            for option in action.option_strings
-        )
-        if given or (not action.option_strings and action.dest in defaults):
-            settings[action.dest] = getattr(args, action.dest)
-    return settings
+def parse_options(parser: CommandParser, options: type, argv: list[str]):
+    """The options of one command: defaults, overridden by the config file, overridden by
+    the flags given."""
+    config = _config_path(argv)
+    if config is not None:
+        settings = check_config(options, load_config_file(config), config)
+        parser.set_defaults(**settings)
+    parsed = parser.parse_args(argv)
+    names = [field.name for field, _ in option_fields(options)]
+    return options(**{name: parsed[name] for name in names})
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for i, token in enumerate(argv):
+        if token == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--config="):
+            return token.partition("=")[2]
+    return None
 
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _commands() -> dict[str, tuple[Callable, Callable, str]]:
-    """Each sub-command: how it configures its parser, how it runs (on the settings dict)."""
+def _commands() -> dict[str, tuple[type, Callable, str]]:
+    """Each sub-command: its options, how it runs (on them), its one-line help."""
     return {
         "train": (
-            _cli_train.configure_parser,
+            _cli_train.OPTIONS,
             _cli_train.run,
             "train a network by equilibrium propagation (the main job)",
         ),
         "sweep": (
-            _cli_sweep.configure_parser,
+            _cli_sweep.OPTIONS,
             _cli_sweep.run,
             "run estimators across temperatures and seeds",
         ),
-        "quantum": (
-            _cli_quantum.configure_parser,
-            _cli_quantum.run,
-            "train a qubit network by quantum EP",
-        ),
+        "quantum": (_cli_quantum.OPTIONS, _cli_quantum.run, "train a qubit network by quantum EP"),
         "diagnose": (
-            _cli_diagnose.configure_parser,
+            _cli_diagnose.OPTIONS,
             _cli_diagnose.run,
             "summarise a results folder with ArviZ diagnostics",
         ),
@@ -135,14 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
         "quantum.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (configure, run, help_text) in _commands().items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
+    )
+    for name, (options, run, help_text) in _commands().items():
+        description = getattr(run, "description", None) or help_text
+        sub_parser = sub.add_parser(name, help=help_text, description=description)
         sub_parser.add_argument(
             "--config", metavar="FILE", help="JSON or TOML file of settings (flags win)"
         )
-        configure(sub_parser)
-        sub_parser.set_defaults(_run=run, _parser=sub_parser)
+        add_options(sub_parser, options)
     return parser
 
 
@@ -150,11 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``thermoeqprop`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    commands = _commands()
+    if not argv or argv[0] not in commands:
+        parser.parse_args(argv)  # --help, --version, or an error naming the commands
+        return 2
+    command, rest = argv[0], argv[1:]
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options_type, run, _ = commands[command]
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        settings = resolve_settings(args._parser, args, argv)
-        return int(args._run(settings) or 0)
+        options = parse_options(sub.choices[command], options_type, rest)
+        options, messages = deprecations(options, command)
+        for message in messages:
+            print(message, file=sys.stderr)
+        return int(run(options) or 0)
     except KeyboardInterrupt:
         print(
             "\nthermoeqprop: interrupted; finished work is saved in the results folder. "
@@ -169,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         FileNotFoundError,
         FloatingPointError,
     ) as exc:
-        print(f"thermoeqprop {args.command}: error: {exc}", file=sys.stderr)
+        print(f"thermoeqprop {command}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if previous_handler is not None:  # None: installed outside Python, cannot restore

@@ -1,0 +1,104 @@
+"""One set of options: the dataclasses of thermoeqprop.options are the flags, the config-file
+keys and the recorded configuration of every command, and shared options mean the same in
+every command (``--tempering``, ``--sampler auto``)."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from thermoeqprop import cli
+from thermoeqprop._cli_common import build_sampling
+from thermoeqprop.models import LayeredNetwork, SpinNetwork
+from thermoeqprop.options import (
+    PRESENTATION,
+    SweepOptions,
+    TrainOptions,
+    check_config,
+    deprecations,
+    option_fields,
+    recorded,
+)
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _parse(command, argv, config=None, tmp_path=None):
+    options = cli._commands()[command][0]
+    if config is not None:
+        path = tmp_path / "settings.toml"
+        path.write_text(config)
+        argv = [*argv, "--config", str(path)]
+    return cli.parse_options(_subparsers()[command], options, argv)
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "quantum", "diagnose"])
+def test_every_option_is_a_flag_with_its_default_and_a_config_key(command):
+    options, _, _ = cli._commands()[command]
+    parser = _subparsers()[command]
+    actions = {a.dest: a for a in parser._actions}
+    defaults = options() if command != "diagnose" else options(run_folder="x")
+    for field, _ in option_fields(options):
+        assert field.name in actions, field.name
+        if field.metadata.get("positional"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in actions[field.name].option_strings
+        assert actions[field.name].default == getattr(defaults, field.name), field.name
+        check_config(options, {field.name: getattr(defaults, field.name)}, "defaults")
+    assert set(actions) - {f.name for f, _ in option_fields(options)} == {"help", "config"}
+
+
+def test_recorded_configuration_is_the_options_without_presentation():
+    options = TrainOptions(no_progress=True, results_dir="elsewhere")
+    record = recorded(options)
+    assert set(record) == {f.name for f in dataclasses.fields(TrainOptions)} - set(PRESENTATION)
+    assert record["hidden"] == [128] and record["tempering"] is False
+
+
+def test_flags_win_over_the_config_file_and_types_are_kept(tmp_path):
+    options = _parse("train", ["--seed", "5"], "seed = 4\nbeta = 1\nhidden = [8, 9]\n", tmp_path)
+    assert (options.seed, options.beta, options.hidden) == (5, 1, [8, 9])
+    assert _parse("train", ["--beta", "nan"]).beta != _parse("train", ["--beta", "nan"]).beta
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_tempering_is_a_switch_in_every_command(command, tmp_path):
+    assert _parse(command, []).tempering is False
+    assert _parse(command, ["--tempering"]).tempering is True
+    assert _parse(command, [], "tempering = true\n", tmp_path).tempering is True
+
+
+def test_tempering_as_a_replica_count_is_deprecated(tmp_path, capsys):
+    options, messages = deprecations(_parse("train", ["--tempering", "8"]), "train")
+    assert (options.tempering, options.replicas) == (True, 8)
+    assert "deprecated" in messages[0] and "--tempering --replicas N" in messages[0]
+    options, messages = deprecations(_parse("train", [], "tempering = 0\n", tmp_path), "train")
+    assert options.tempering is False and messages
+    options, messages = deprecations(_parse("sweep", ["--tempering", "3"]), "sweep")
+    assert options.tempering is True and "is now written --tempering" in messages[0]
+
+
+def test_sampler_auto_means_hmc_for_continuous_states_in_every_command(capsys):
+    continuous, spins = LayeredNetwork((2, 3, 2)), SpinNetwork.layered((2, 3, 1))
+    for options in (TrainOptions(), SweepOptions()):
+        assert build_sampling(options, continuous).method == "hmc"
+        assert build_sampling(options, spins).method == "auto"  # block Gibbs, by Sampling
+    assert capsys.readouterr().err == ""
+    build_sampling(SweepOptions(), continuous, command="sweep")
+    assert "--sampler nuts for the old choice" in capsys.readouterr().err
+    assert build_sampling(SweepOptions(sampler="nuts"), continuous).method == "nuts"
+
+
+def test_train_tempering_builds_the_replica_ladder():
+    from thermoeqprop._cli_train import build_estimator
+
+    options = TrainOptions(hidden=[3], tempering=True, replicas=3)
+    assert build_estimator(options, 4, 2).sampling.tempering == 3
+    assert build_estimator(TrainOptions(hidden=[3]), 4, 2).sampling.tempering == 0
+    assert build_estimator(TrainOptions(hidden=[3], tempering=True), 4, 2).sampling.tempering == 4
+    with pytest.raises(ValueError, match="--replicas must be an integer ≥ 2, got 0"):
+        build_estimator(TrainOptions(hidden=[3], tempering=True, replicas=0), 4, 2)

@@ -1,0 +1,81 @@
+"""What the ``thermoeqprop`` commands share beyond their options: the network an options
+group describes, the sampler settings, and the summary a run ends with."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from thermoeqprop.options import ModelOptions, SamplingOptions
+from thermoeqprop.results import RunFolder
+
+__all__ = ["build_model", "build_sampling", "model_shape", "write_summary"]
+
+#: ``--collapse`` → :attr:`Sampling.collapse`.
+COLLAPSE = {"auto": None, "on": True, "off": False}
+
+
+def build_model(options: ModelOptions, sizes: Sequence[int], init_scale: float | None = None):
+    """The network ``options.model`` with layer sizes ``sizes`` (inputs, hidden…, outputs);
+    ``init_scale`` the scale of its initial couplings (None: the model's own)."""
+    from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork, get_cost
+
+    kind, kwargs = options.model, {}
+    if init_scale is not None:
+        kwargs["init_scale" if kind == "spin" else "init_gain"] = init_scale
+    if kind == "spin":
+        return SpinNetwork.layered(tuple(sizes), cost=get_cost(options.cost), **kwargs)
+    if kind == "quadratic":
+        if options.cost != "squared_error":
+            raise ValueError(
+                f"the quadratic model needs cost 'squared_error', got {options.cost!r}"
+            )
+        return QuadraticNetwork(tuple(sizes), **kwargs)
+    return LayeredNetwork(
+        tuple(sizes), activation=options.activation, cost=get_cost(options.cost), **kwargs
+    )
+
+
+def model_shape(model) -> str:
+    """``(64, 128, 10)`` for layered networks, ``N spins`` otherwise (``model.architecture``)."""
+    return str(model.architecture)
+
+
+def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, command: str = ""):
+    """The :class:`~thermoeqprop.estimators.Sampling` of the sampling options, for ``model``.
+
+    ``--sampler auto`` means the same in every command: HMC for continuous states, block
+    Gibbs (Metropolis without blocks) for spins. ``sweep`` picked NUTS for continuous states
+    before 0.2; it says so once (``command``), pointing to ``--sampler nuts``.
+    ``replicas``: parallel-tempering replicas of the sampler itself (0: none).
+    """
+    from thermoeqprop.estimators import Sampling
+
+    method = options.sampler
+    if method == "auto" and not model.is_spin:
+        method = "hmc"
+        if command == "sweep":
+            print(
+                "thermoeqprop sweep: note: --sampler auto now means HMC for continuous states "
+                "in every command (sweep picked NUTS before 0.2); give --sampler nuts for the "
+                "old choice",
+                file=sys.stderr,
+            )
+    return Sampling(
+        method=method,
+        num_chains=options.num_chains,
+        num_samples=options.num_samples,
+        num_warmup=options.num_warmup,
+        hmc_steps=options.hmc_steps,
+        hmc_jitter=options.hmc_jitter,
+        tempering=replicas,
+        start=options.start,
+        collapse=COLLAPSE[options.collapse],
+    )
+
+
+def write_summary(results_dir: Path, lines: list[str]) -> None:
+    """Write ``summary.txt`` (atomically) and print it."""
+    RunFolder(results_dir).write_text("summary.txt", "\n".join(lines) + "\n")
+    print("\n".join(lines))
