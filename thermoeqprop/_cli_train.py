@@ -70,7 +70,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add("--collapse", default="auto", choices=("auto", "on", "off"),
         help="collapsed sampling of a layered network: HMC on the outputs' exact marginal, the "
         "other layers averaged (auto: wherever possible; off: sample every unit)")  # fmt: skip
-    add("--mode-jumps", default="on", choices=("on", "off"),
+    add("--mode-jumps", default="off", choices=("on", "off"),
         help="with collapsed sampling, Metropolis jumps between the outputs' two T = 0 minima "
         "after every HMC transition (exact; helps inputs with two competing outputs)")  # fmt: skip
     add(
@@ -142,7 +142,7 @@ def build_estimator(settings: dict[str, Any], num_inputs: int, num_classes: int)
             tempering=settings["tempering"],
             start=settings["start"],
             collapse={"auto": None, "on": True, "off": False}[settings.get("collapse", "auto")],
-            mode_jumps=settings.get("mode_jumps", "on") == "on",
+            mode_jumps=settings.get("mode_jumps", "off") == "on",
         )
         if sampling.method == "auto" and not model.is_spin:
             sampling = dataclasses.replace(sampling, method="hmc")
