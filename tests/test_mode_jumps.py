@@ -157,6 +157,11 @@ def test_jump_vectors_join_the_two_minima():
     kept = tuple(int(i) for i in kept_units(BIMODAL))
     d, first = jump_vectors(BIMODAL, kept, BIMODAL_PARAMS, BIMODAL_X, BIMODAL_Y, 0.0)
     assert d.shape == (3, 1) and first.shape == (3, 1)
+    # One minimum (no hidden-output coupling): no jump at all.
+    single = {"weights": (BIMODAL_PARAMS["weights"][0], jnp.array([[0.0]])),
+              "biases": BIMODAL_PARAMS["biases"]}  # fmt: skip
+    np.testing.assert_array_equal(jump_vectors(BIMODAL, kept, single, BIMODAL_X, BIMODAL_Y,
+                                               0.0)[0], 0.0)  # fmt: skip
     # The output's minima sit near −0.26 and 1.03 (both signs of d are proposed).
     np.testing.assert_allclose(np.abs(np.asarray(d)), 1.3, atol=0.1)
 

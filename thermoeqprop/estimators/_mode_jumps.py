@@ -40,6 +40,8 @@ __all__ = ["JUMP_STREAM", "JumpInfo", "jump_vectors", "with_jumps"]
 JUMP_STREAM = 0x3D7A5
 # Nudging strength that moves the relaxed state towards the runner-up output.
 NUDGE_BETA = 4.0
+# Two relaxed states closer than this are one minimum (the relaxations stop at |∇F| < 1e-6).
+SAME_MINIMUM = 1e-3
 
 
 def _jump_info(info_type):
@@ -120,4 +122,7 @@ def jump_vectors(model, kept, params, x, targets, beta):
     pushed = relax(model, params, x, other, NUDGE_BETA, first, relaxation).state
     # Back to the phase's own F_β: with β = 0 the targets do not enter.
     second = relax(model, params, x, targets, beta, pushed, relaxation).state
-    return second[:, kept] - first[:, kept], first[:, kept]
+    d = second[:, kept] - first[:, kept]
+    # Back in the same minimum, d is the relaxation's residual (about 1e-7): no jump.
+    same = jnp.linalg.norm(d, axis=-1, keepdims=True) < SAME_MINIMUM
+    return jnp.where(same, 0.0, d), first[:, kept]
