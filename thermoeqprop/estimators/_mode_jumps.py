@@ -76,7 +76,8 @@ def with_jumps(kernel: Kernel, energy_fn) -> Kernel:
     ``position``, ``energy`` and ``energy_grad`` (HMC, NUTS). The step's key goes to
     ``kernel`` unchanged (the jump draws from a fold-in of it), so with ``d = 0`` the chain is
     the base kernel's, bit for bit. The info gains ``jump_accepted`` (bool: a translation by a
-    nonzero ``d`` was accepted)."""
+    nonzero ``d`` was accepted). A whole-run ``run_chains`` (NUTS' asynchronous route) is
+    dropped: the driver scans ``step``."""
     value_and_grad = jax.value_and_grad(energy_fn)
 
     def step(rng_key, state, context):
