@@ -11,10 +11,17 @@ RB′, collapsed, collapsed′, plain, …; a fresh key per call, every call syn
   "Conditional expectations") on draws of every unit (``Sampling(collapse=False)``);
 - ``RB′``: RB with fewer draws per chain, chosen by timed bisection so that its call takes no
   longer than plain's (equal wall time, taken literally);
-- ``collapsed``: the default, collapsed sampling (docs/mathematics.md, "Collapsed sampling"):
-  HMC on the outputs' marginal, the hidden layer averaged by its conditional expectations;
+- ``collapsed``: the default, collapsed sampling (docs/mathematics.md, "Collapsed sampling")
+  without mode jumps: HMC on the outputs' marginal, the hidden layer averaged by its conditional
+  expectations;
 - ``collapsed′``: collapsed with the most draws per chain (up to 4× the default's) whose call
-  takes no longer than plain's, by the same bisection.
+  takes no longer than plain's, by the same bisection;
+- ``jumps``: collapsed with mode jumps (``Sampling(mode_jumps=True)``; docs/mathematics.md,
+  "Mode jumps"): a Metropolis translation between the outputs' two T = 0 minima after every
+  HMC transition;
+- ``jumps′``: jumps with draws matched to plain's time by the same bisection;
+- ``jumps 4×25``: jumps with 4 chains × (25 warm-up + 25 draws) per example, the same number
+  of HMC transitions as 2 × (50 + 50): more chains, fewer draws per chain.
 
 Per route: median seconds per call (first calls, which compile, apart), median and range of
 the relative MCSE ``‖MCSE‖ / ‖grad‖`` over the calls, median largest split R-hat; under the
@@ -74,16 +81,19 @@ def run_route(estimator, params, batch, key):
         seconds,
         float(estimate.diagnostics["relative_stderr"]),
         float(estimate.diagnostics["rhat_max"]),
+        float(estimate.diagnostics.get("jump_rate", float("nan"))),
     )
 
 
-def equal_time_draws(model, params, batch, plain_seconds, reps=3, collapse=False) -> int:
+def equal_time_draws(
+    model, params, batch, plain_seconds, reps=3, collapse=False, jumps=False
+) -> int:
     """The most draws per chain (≥ 10; up to the default's, or 4× it when collapsed) at which a
     call of RB (or collapsed) takes no longer than a plain one, by bisection on timed calls."""
     low, high = 10, MAIN_SAMPLING.num_samples * (4 if collapse else 1)
     while high - low > 2:
         mid = (low + high) // 2
-        est = ThermalCovariance(model, TEMPERATURE, _with_draws(mid, collapse))
+        est = ThermalCovariance(model, TEMPERATURE, _with_draws(mid, collapse, jumps))
         run_route(est, params, batch, jax.random.key(0))  # compile
         seconds = statistics.median(
             run_route(est, params, batch, jax.random.key(i + 1))[0] for i in range(reps)
@@ -92,8 +102,9 @@ def equal_time_draws(model, params, batch, plain_seconds, reps=3, collapse=False
     return low
 
 
-def _with_draws(num_samples, collapse=False):
-    return dataclasses.replace(MAIN_SAMPLING, num_samples=num_samples, collapse=collapse)
+def _with_draws(num_samples, collapse=False, jumps=False, **changes):
+    return dataclasses.replace(MAIN_SAMPLING, num_samples=num_samples, collapse=collapse,
+                               mode_jumps=jumps, **changes)  # fmt: skip
 
 
 def section_main(args) -> list[str]:
@@ -115,8 +126,8 @@ def section_main(args) -> list[str]:
         f"batch; trained parameters: 10 epochs of T = 0 EP, test accuracy {100 * accuracy:.2f} %.",
         "",
         "| parameters | route | draws per chain | first call (s) | steady s / call (median) "
-        "| relative MCSE (median, min–max) | largest R-hat (median) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| relative MCSE (median, min–max) | largest R-hat (median) | jumps accepted |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     summary = []
     for label, params in settings.items():
@@ -124,8 +135,14 @@ def section_main(args) -> list[str]:
         rb = ThermalCovariance(model, TEMPERATURE, _with_draws(MAIN_SAMPLING.num_samples))
         collapsed = ThermalCovariance(model, TEMPERATURE, _with_draws(MAIN_SAMPLING.num_samples,
                                                                       collapse=None))  # fmt: skip
+        jumps = ThermalCovariance(
+            model, TEMPERATURE, _with_draws(MAIN_SAMPLING.num_samples, collapse=None, jumps=True)
+        )
+        chains4 = ThermalCovariance(model, TEMPERATURE, _with_draws(
+            25, collapse=None, jumps=True, num_chains=4, num_warmup=25))  # fmt: skip
         first = {}
-        for name, est in (("plain", plain), ("RB", rb), ("collapsed", collapsed)):
+        for name, est in (("plain", plain), ("RB", rb), ("collapsed", collapsed),
+                          ("jumps", jumps), ("jumps 4×25", chains4)):  # fmt: skip
             start = time.perf_counter()
             run_route(est, params, batches[0], jax.random.key(10**6))
             first[name] = time.perf_counter() - start
@@ -136,11 +153,16 @@ def section_main(args) -> list[str]:
             "RB′": equal_time_draws(model, params, batches[0], plain_seconds),
             "collapsed′": equal_time_draws(model, params, batches[0], plain_seconds,
                                            collapse=None),
+            "jumps′": equal_time_draws(model, params, batches[0], plain_seconds,
+                                       collapse=None, jumps=True),
         }  # fmt: skip
         matched = {
             "RB′": ThermalCovariance(model, TEMPERATURE, _with_draws(draws["RB′"])),
             "collapsed′": ThermalCovariance(
                 model, TEMPERATURE, _with_draws(draws["collapsed′"], collapse=None)
+            ),
+            "jumps′": ThermalCovariance(
+                model, TEMPERATURE, _with_draws(draws["jumps′"], collapse=None, jumps=True)
             ),
         }
         for name, est in matched.items():
@@ -148,7 +170,8 @@ def section_main(args) -> list[str]:
             run_route(est, params, batches[0], jax.random.key(10**6 + 1))
             first[name] = time.perf_counter() - start
         routes = {"plain": plain, "RB": rb, "RB′": matched["RB′"], "collapsed": collapsed,
-                  "collapsed′": matched["collapsed′"]}  # fmt: skip
+                  "collapsed′": matched["collapsed′"], "jumps": jumps,
+                  "jumps′": matched["jumps′"], "jumps 4×25": chains4}  # fmt: skip
         results = {name: [] for name in routes}
         seed = 0
         for rep in range(args.reps):
@@ -161,13 +184,13 @@ def section_main(args) -> list[str]:
         for name, rows in results.items():
             a = np.array(rows)
             med[name] = (np.median(a[:, 0]), np.median(a[:, 1]), np.median(a[:, 2]))
-            n_draws = draws.get(name, MAIN_SAMPLING.num_samples)
+            n_draws = draws.get(name, 25 if name == "jumps 4×25" else MAIN_SAMPLING.num_samples)
             lines.append(
                 f"| {label} | {name} | {n_draws} | {first[name]:.2f} | {med[name][0]:.4f} | "
                 f"{med[name][1]:.3f} ({a[:, 1].min():.3f}–{a[:, 1].max():.3f}) | "
-                f"{med[name][2]:.3f} |"
+                f"{med[name][2]:.3f} | {np.mean(a[:, 3]):.4f} |"
             )
-        for name in ("RB", "collapsed"):
+        for name in ("RB", "collapsed", "jumps"):
             primed = f"{name}′"
             scaled = med["plain"][1] / (med[name][1] * np.sqrt(med[name][0] / med["plain"][0]))
             literal = med["plain"][1] / med[primed][1]

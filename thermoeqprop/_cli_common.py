@@ -72,6 +72,7 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
         tempering=replicas,
         start=options.start,
         collapse=COLLAPSE[options.collapse],
+        mode_jumps=options.mode_jumps == "on",
     )
 
 

@@ -124,6 +124,11 @@ class SamplingOptions:
         "collapsed sampling of a layered network: HMC on the outputs' exact marginal, the other "
         "layers averaged (auto: wherever possible; off: sample every unit)",
     )
+    mode_jumps: Literal["on", "off"] = option(
+        "off",
+        "with collapsed sampling, Metropolis jumps between the outputs' two T = 0 minima after "
+        "every HMC transition (exact; helps inputs with two competing outputs)",
+    )
     tempering: bool = option(False, "parallel tempering", deprecated_int=True)
 
 

@@ -34,6 +34,7 @@ import numpy as np
 
 import samplers
 from thermoeqprop.estimators._conditional import conditional_activation
+from thermoeqprop.estimators._mode_jumps import jump_vectors, with_jumps
 from thermoeqprop.estimators._unit_tables import field_bound, unit_free_energy
 from thermoeqprop.models.layered import LayeredNetwork
 
@@ -47,8 +48,10 @@ __all__ = [
     "marginal_energy_fn",
 ]
 
-# The context of the marginal kernel: (params, input field x W_0, targets, beta, table).
+# The context of the marginal kernel: (params, input field x W_0, targets, beta, table), and
+# with mode jumps the jump vectors (batch, n_kept).
 CONTEXT_AXES = (None, 0, 0, 0, None)
+JUMP_CONTEXT_AXES = (*CONTEXT_AXES, 0)
 
 
 class CollapsedSamples(NamedTuple):
@@ -141,7 +144,7 @@ def marginal_energy_fn(model, nudged: bool = True):
     rho = _rho(model)
 
     def energy_fn(position, context):
-        params, input_field, target, beta, table = context
+        params, input_field, target, beta, table = context[:5]  # a sixth leaf: mode jumps
         weights, biases = params["weights"], params["biases"]
         acts, energy, start = {}, 0.0, 0
         for k in kept:
@@ -163,12 +166,15 @@ def marginal_energy_fn(model, nudged: bool = True):
 
 
 @functools.lru_cache(maxsize=64)
-def _marginal_kernel(model, sampling, nudged: bool) -> samplers.Kernel:
+def _marginal_kernel(model, sampling, nudged: bool, jumps: bool = False) -> samplers.Kernel:
     energy_fn = marginal_energy_fn(model, nudged)
     if sampling.resolve_method(model) == "nuts":
-        return samplers.nuts(energy_fn, num_warmup=sampling.num_warmup)
-    return samplers.hmc(energy_fn, num_warmup=sampling.num_warmup, num_steps=sampling.hmc_steps,
-                        trajectory_length=None, jitter=float(sampling.hmc_jitter))  # fmt: skip
+        kernel = samplers.nuts(energy_fn, num_warmup=sampling.num_warmup)
+    else:
+        kernel = samplers.hmc(energy_fn, num_warmup=sampling.num_warmup,
+                              num_steps=sampling.hmc_steps, trajectory_length=None,
+                              jitter=float(sampling.hmc_jitter))  # fmt: skip
+    return with_jumps(kernel, energy_fn) if jumps else kernel
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -180,12 +186,12 @@ def _relaxed_kept(model, params, x, targets, beta):
     return state[:, kept_units(model)]
 
 
-def _starts(model, sampling, params, x, targets, beta, temperature, rng_key):
+def _starts(model, sampling, params, x, targets, beta, temperature, rng_key, relaxed=None):
     """Chain starts (batch, chain, n_kept): the kept part of the T = 0 relaxation's minimum
-    jittered by ``init_scale·√T`` (``"relaxed"``, the default), or ``init_scale`` noise around
-    the model's initial state (``"dispersed"``)."""
+    (``relaxed`` if given) jittered by ``init_scale·√T`` (``"relaxed"``, the default), or
+    ``init_scale`` noise around the model's initial state (``"dispersed"``)."""
     if sampling.resolve_start(model) == "relaxed":
-        base = _relaxed_kept(model, params, x, targets, beta)
+        base = relaxed if relaxed is not None else _relaxed_kept(model, params, x, targets, beta)
         scale = sampling.init_scale * np.sqrt(temperature)
     else:
         base = model.initial_state(x)[:, kept_units(model)]
@@ -221,20 +227,26 @@ def draw_collapsed(
     table = unit_free_energy(activation, temperature, bound, x.dtype)
     betas = jnp.full((x.shape[0],), beta, dtype=x.dtype)
     context = (params, x @ params["weights"][0], targets, betas, table)
+    jumps = sampling.mode_jumps
+    relaxed = None
+    if jumps:
+        kept = tuple(int(i) for i in kept_units(model))
+        vectors, relaxed = jump_vectors(model, kept, params, x, targets, beta)
+        context = (*context, vectors)
     if initial_positions is None:
         initial_positions = _starts(
-            model, sampling, params, x, targets, beta, temperature, key_init
+            model, sampling, params, x, targets, beta, temperature, key_init, relaxed
         )
     trace = samplers.sample(
         key_sample,
-        _marginal_kernel(model, sampling, bool(nudged)),
+        _marginal_kernel(model, sampling, bool(nudged), bool(jumps)),
         initial_positions,
         context,
         jnp.asarray(temperature, dtype=x.dtype),
         num_samples=sampling.num_samples,
         num_warmup=sampling.num_warmup,
         batched=True,
-        context_axes=CONTEXT_AXES,
+        context_axes=JUMP_CONTEXT_AXES if jumps else CONTEXT_AXES,
     )
     return CollapsedSamples(_full_states(model, trace.samples), trace, trace.final_state.position)
 
