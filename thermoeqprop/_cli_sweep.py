@@ -67,6 +67,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="results folder; an unfinished sweep of the same settings there is resumed",
     )
     add("--no-progress", action="store_true", help="hide the progress bar")
+    add("--cluster", default=None,
+        help="run on Dask: local:N starts N single-threaded worker processes here; "
+        "tcp://HOST:PORT uses a running scheduler (default: this process alone)")  # fmt: skip
 
 
 def build_problem(settings: dict[str, Any]):
@@ -211,6 +214,7 @@ def run(settings: dict[str, Any]) -> int:
         series_parameters=settings["series_parameters"],
         results_dir=results_dir,
         progress=not settings["no_progress"],
+        client=settings.get("cluster"),
         extra_config={
             "command_line": {k: v for k, v in settings.items() if k != "no_progress"},
             "data": described,
