@@ -21,11 +21,12 @@ import pytest
 import xarray as xr
 from distributed import WorkerPlugin, get_task_stream
 
+import thermoeqprop
 from thermoeqprop.cli import main
 from thermoeqprop.estimators import Sampling
 from thermoeqprop.models import SpinNetwork
 from thermoeqprop.sweep import load_sweep, temperature_sweep
-from thermoeqprop.sweep._dask import parse_cluster, sweep_client
+from thermoeqprop.sweep._dask import compute_task, parse_cluster, sweep_client
 
 SAMPLING = Sampling(num_chains=4, num_samples=200, num_warmup=100)
 GRID = [0.5, 1.0, 2.0]
@@ -155,3 +156,11 @@ def test_a_bad_cluster_is_named(problem, cluster, tmp_path):
     assert not (tmp_path / "config.json").exists()  # refused before the folder is touched
     assert parse_cluster("local:3") == ("local", 3)
     assert parse_cluster("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
+
+
+def test_a_worker_unlike_this_process_refuses_its_task(problem):
+    # A worker with another thermoeqprop, or another precision, would return other numbers.
+    with pytest.raises(RuntimeError, match="thermoeqprop 0.1.0, the sweep 9.9"):
+        compute_task(None, 0, 0, (0,), True, "9.9")
+    with pytest.raises(RuntimeError, match="computes in float64, the sweep in float32"):
+        compute_task(None, 0, 0, (0,), False, thermoeqprop.__version__)
