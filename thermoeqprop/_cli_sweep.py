@@ -137,6 +137,7 @@ def run(options: SweepOptions) -> int:
         series_parameters=options.series_parameters,
         results_dir=results_dir,
         progress=not options.no_progress,
+        client=options.cluster,
         extra_config={"command_line": recorded(options), "data": described},
     )
     pictures = plot_sweep(dataset, results_dir)

@@ -45,7 +45,7 @@ __all__ = [
 
 #: Options that change what is shown, not what is computed: left out of ``config.json``'s
 #: ``"command_line"`` (a run's identity, compared on resume).
-PRESENTATION = ("results_dir", "no_progress", "quiet")
+PRESENTATION = ("results_dir", "no_progress", "quiet", "cluster")
 
 
 def option(default: Any, help: str = "", **metadata: Any) -> Any:  # noqa: A002
@@ -226,6 +226,11 @@ class SweepOptions(OutputOptions, SamplingOptions, ModelOptions):
     )
     series_parameters: int = option(
         64, "gradient components whose per-draw series are saved for diagnose"
+    )
+    cluster: str | None = option(
+        None,
+        "run on Dask: local:N starts N single-threaded worker processes here; tcp://HOST:PORT "
+        "uses a running scheduler (default: this process alone)",
     )
     results_dir: str = _like(OutputOptions, "results_dir", "results/sweep")
 

@@ -31,6 +31,12 @@ with tempering a seed, since one run covers the whole grid), atomically, and a r
 finished units. Keys derive from (seed, estimator, temperature index) alone, so a resumed sweep
 equals an uninterrupted one bit for bit (wall times aside).
 
+With ``client`` (a ``dask.distributed.Client``, ``"local:N"`` or a scheduler's address) the
+sweep runs on Dask: one task per (estimator, seed, temperature), or per tempered run, each
+saved under ``tasks/`` as it arrives and folded into its unit's part once the unit is complete;
+a task whose worker dies runs again elsewhere, and the Dataset is the serial one
+(docs/dask.md).
+
 Results folder::
 
     config.json        what was swept (checked on resume), and the "environment" of the
@@ -38,6 +44,7 @@ Results folder::
     parts/UNIT.nc      one Dataset per finished unit (T003.nc, or seed001.nc with tempering)
     series/UNIT_EST.nc ArviZ InferenceData of the per-draw gradient series (for ``diagnose``)
     sweep.nc           the Dataset of every finished unit, rewritten after each one
+    tasks/NAME.npz     on Dask: finished tasks of units not yet complete
 """
 
 from __future__ import annotations

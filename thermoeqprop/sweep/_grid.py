@@ -18,7 +18,7 @@ from thermoeqprop.estimators.thermal import Sampling, _SampledEstimator
 from thermoeqprop.sweep._spec import EstimatorSpec, GivenEstimator
 from thermoeqprop.sweep._tempered import tempered_records
 
-__all__ = ["SAMPLER_STATISTICS", "Plan", "run_unit"]
+__all__ = ["SAMPLER_STATISTICS", "Plan", "assemble_unit", "run_unit", "task_records"]
 
 SAMPLER_STATISTICS = (
     "acceptance_rate",
@@ -98,8 +98,55 @@ class Plan:
         return [(f"T{i:03d}", [i], all_s) for i in all_t]
 
 
+def task_records(plan: Plan, e: int, s: int, t_idx, advance=None):
+    """The records of estimator ``e`` at seed index ``s`` and temperature indices ``t_idx``
+    (one per temperature), and the tempering ladder's barrier (None without tempering).
+
+    One call is one task of a distributed sweep (:mod:`thermoeqprop.sweep._dask`): a single
+    temperature, or with tempering the run that serves the whole grid. Its keys derive from
+    (seed, estimator, temperature index) alone, so where it runs changes nothing.
+    """
+    spec = plan.specs[e]
+    sampling = plan.sampling.get(spec.label)  # None: an estimator given with its own
+    seed = plan.seeds[s]
+    if plan.tempering:
+        records, pairs = tempered_records(
+            spec, plan.model, sampling, plan.params, plan.x, plan.targets,
+            plan.temperatures[list(t_idx)], _unit_key(seed, spec.label, 0),
+        )  # fmt: skip
+        if advance is not None:
+            advance(len(records))
+        return records, pairs
+    records = []
+    for t in t_idx:
+        estimator = spec.build(plan.model, float(plan.temperatures[t]), sampling)
+        tic = time.perf_counter()
+        estimate, drawn = estimator.estimate_with_series(
+            plan.params, plan.x, plan.targets, _unit_key(seed, spec.label, t)
+        )
+        jax.block_until_ready(estimate)
+        wall = time.perf_counter() - tic
+        steps = _num_steps(estimator)
+        records.append(_record_from_estimate(estimate, drawn, wall, steps))
+        if advance is not None:
+            advance(1)
+    return records, None
+
+
 def run_unit(plan: Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str, Any]]:
     """Estimates for one unit: a Dataset part and the gradient series per estimator."""
+    done = {
+        (e, s): task_records(plan, e, s, t_idx, advance)
+        for e in range(len(plan.specs))
+        for s in s_idx
+    }
+    return assemble_unit(plan, t_idx, s_idx, done)
+
+
+def assemble_unit(plan: Plan, t_idx, s_idx, done) -> tuple[xr.Dataset, dict[str, Any]]:
+    """A unit's Dataset part and gradient series from the records of its tasks: ``done``
+    maps (estimator index, seed index) to what :func:`task_records` returned for ``t_idx``
+    (the records of each temperature in order, and the barrier)."""
     num_e, num_t, num_s, num_p = len(plan.specs), len(t_idx), len(s_idx), len(plan.names)
     temps = plan.temperatures[t_idx]
     scalar_names = ("loss", "loss_stderr", "wall_time", "num_steps", *SAMPLER_STATISTICS)
@@ -109,30 +156,11 @@ def run_unit(plan: Plan, t_idx, s_idx, advance) -> tuple[xr.Dataset, dict[str, A
     series: dict[str, Any] = {}
     barrier = BarrierTable(num_e, num_s, temps) if plan.tempering else None
     for e, spec in enumerate(plan.specs):
-        sampling = plan.sampling.get(spec.label)  # None: an estimator given with its own
         grads = costs = None  # the series arrays, shaped by the first record that has one
         for js, s in enumerate(s_idx):
-            seed = plan.seeds[s]
-            if plan.tempering:
-                records, pairs = tempered_records(
-                    spec, plan.model, sampling, plan.params, plan.x, plan.targets, temps,
-                    _unit_key(seed, spec.label, 0),
-                )  # fmt: skip
+            records, pairs = done[e, s]
+            if barrier is not None:
                 barrier.put(e, js, pairs)
-                advance(len(records))
-            else:
-                records = []
-                for t in t_idx:
-                    estimator = spec.build(plan.model, float(plan.temperatures[t]), sampling)
-                    tic = time.perf_counter()
-                    estimate, drawn = estimator.estimate_with_series(
-                        plan.params, plan.x, plan.targets, _unit_key(seed, spec.label, t)
-                    )
-                    jax.block_until_ready(estimate)
-                    wall = time.perf_counter() - tic
-                    steps = _num_steps(estimator)
-                    records.append(_record_from_estimate(estimate, drawn, wall, steps))
-                    advance(1)
             for jt, record in enumerate(records):
                 for name in vectors:
                     vectors[name][e, jt, js] = record[name]

@@ -57,6 +57,7 @@ def temperature_sweep(
     progress: bool = False,
     callback: Callable[[str, xr.Dataset], None] | None = None,
     extra_config: dict[str, Any] | None = None,
+    client: Any = None,
 ) -> xr.Dataset:
     r"""Run thermal gradient estimators across temperatures and seeds.
 
@@ -93,6 +94,11 @@ def temperature_sweep(
         progress: Show a progress bar.
         callback: Called as ``callback(unit, part)`` after each unit is finished (and saved).
         extra_config: More JSON-friendly facts for ``config.json`` (not checked on resume).
+        client: Run on Dask (:mod:`thermoeqprop.sweep._dask`): a ``dask.distributed.Client``,
+            or ``"local:N"`` for an embedded cluster of N single-threaded worker processes,
+            or a scheduler's address ``"tcp://HOST:PORT"`` (both closed afterwards). One task
+            per estimator, seed and temperature (with tempering: per estimator and seed),
+            each saved as it arrives; the result is the serial one's. None: run here.
 
     Returns:
         A Dataset with dims ``(estimator, temperature, seed, parameter)``; each variable's
@@ -159,27 +165,49 @@ def temperature_sweep(
         "config": json.dumps(record),
     }
 
+    if client is not None:
+        from thermoeqprop.sweep._dask import parse_cluster
+
+        if isinstance(client, str):
+            parse_cluster(client)  # a bad address is refused before the folder is touched
     folder = None if results_dir is None else open_folder(results_dir, record, checked)
     try:
-        return _run(plan, folder, attrs, progress, callback)
+        if client is None:
+            return _run(plan, folder, attrs, progress, callback, None)
+        from thermoeqprop.sweep._dask import sweep_client
+
+        with sweep_client(client) as dask_client:
+            return _run(plan, folder, attrs, progress, callback, dask_client)
     finally:
         if folder is not None:
             folder.release()
 
 
-def _run(plan: Plan, folder, attrs, progress: bool, callback) -> xr.Dataset:
-    """The units not yet finished in ``folder`` (if any), one by one, then the joined Dataset."""
+def _run(plan: Plan, folder, attrs, progress: bool, callback, client) -> xr.Dataset:
+    """The units not yet finished in ``folder`` (if any), here one by one or as tasks on
+    ``client``'s cluster, then the joined Dataset."""
     reference = references(plan)
     units = plan.units()
+    order = [unit[0] for unit in units]
     tasks_per_unit = [len(plan.specs) * len(t) * len(s) for _, t, s in units]
-    parts: list[xr.Dataset] = []
+    parts: dict[str, xr.Dataset] = {}
     todo = []
     for unit, tasks in zip(units, tasks_per_unit, strict=True):
         saved = finished_part(folder, unit[0]) if folder is not None else None
         if saved is not None:
-            parts.append(saved)
+            parts[unit[0]] = saved
         else:
             todo.append((unit, tasks))
+
+    def joined() -> xr.Dataset:
+        return finalise([parts[u] for u in order if u in parts], reference, plan, attrs)
+
+    def finish(unit: str, part: xr.Dataset, series) -> None:
+        parts[unit] = part
+        if folder is not None:
+            save_unit(folder, unit, plan, part, series, joined())
+        if callback is not None:
+            callback(unit, part)
 
     bar = None
     if progress:
@@ -193,17 +221,17 @@ def _run(plan: Plan, folder, attrs, progress: bool, callback) -> xr.Dataset:
             bar.update(n)
 
     try:
-        for (unit, t_idx, s_idx), _ in todo:
-            part, series = run_unit(plan, t_idx, s_idx, advance)
-            parts.append(part)
-            if folder is not None:
-                save_unit(folder, unit, plan, part, series, finalise(parts, reference, plan, attrs))
-            if callback is not None:
-                callback(unit, part)
+        if client is None:
+            for (unit, t_idx, s_idx), _ in todo:
+                finish(unit, *run_unit(plan, t_idx, s_idx, advance))
+        else:
+            from thermoeqprop.sweep._dask import run_units
+
+            run_units(client, plan, folder, [unit for unit, _ in todo], advance, finish)
     finally:
         if bar is not None:
             bar.close()
-    dataset = finalise(parts, reference, plan, attrs)
+    dataset = joined()
     if folder is not None:
         folder.write_dataset("sweep.nc", dataset)
     return dataset
