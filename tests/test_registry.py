@@ -188,3 +188,18 @@ def test_the_quantum_command_records_the_canonical_name_of_an_alias(tmp_path, ca
     config = json.loads((folder / "config.json").read_text())
     assert config["command_line"]["estimator"] == "covariance"
     assert "estimator: covariance (ThermalEP" in (folder / "summary.txt").read_text()
+
+
+def test_the_command_line_prints_a_deprecation_as_one_note(capsys):
+    """Outside pytest's warnings-as-errors a deprecated name prints one ``note:`` line (no file
+    name, no source line); the command then goes on (here to its error for --epochs 0)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        assert main(["quantum", "--estimator", "ground", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "thermoeqprop quantum: note: estimator name 'ground' is deprecated; use 'ep'",
+        "thermoeqprop quantum: error: epochs must be an integer ≥ 1, got 0",
+    ]

@@ -23,6 +23,7 @@ import sys
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _note(command: str, fallback):
+    """``warnings.showwarning`` for the command line: the library's deprecations as one line
+    (``thermoeqprop train: note: …``) instead of a file name and a source line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (FutureWarning, DeprecationWarning)) and "thermoeqprop" in (
+            filename or ""
+        ):
+            print(f"thermoeqprop {command}: note: {message}", file=file or sys.stderr)
+            return
+        fallback(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``thermoeqprop`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -226,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     options_type, run, _ = commands[command]
     previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = _note(command, previous_showwarning)
     try:
         options = parse_options(sub.choices[command], options_type, rest)
         options, messages = deprecations(options, command)
@@ -249,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"thermoeqprop {command}: error: {exc}", file=sys.stderr)
         return 2
     finally:
+        warnings.showwarning = previous_showwarning
         if previous_handler is not None:  # None: installed outside Python, cannot restore
             signal.signal(signal.SIGTERM, previous_handler)
 
