@@ -227,7 +227,9 @@ def _plot_decision(path: Path, estimator, params, dataset) -> None:
     grid = np.linspace(-1.2, 1.2, 41)
     gx, gy = np.meshgrid(grid, grid)
     points = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1))
-    outputs = np.asarray(estimator.predict(params, points))[:, 0].reshape(gx.shape)
+    outputs = np.asarray(estimator.predict(params, points, jax.random.key(0)))[:, 0].reshape(
+        gx.shape
+    )
     fig = Figure(figsize=(4.5, 4), layout="constrained")
     ax = fig.subplots()
     mesh = ax.contourf(gx, gy, outputs, levels=20, cmap="RdBu_r", vmin=-1, vmax=1)
