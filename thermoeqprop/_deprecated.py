@@ -13,7 +13,13 @@ import functools
 import warnings
 from typing import Any
 
-__all__ = ["RENAMED_FIELDS", "RENAMED_OPTIONS", "renamed_fields", "upgrade_record"]
+__all__ = [
+    "RENAMED_FIELDS",
+    "RENAMED_OPTIONS",
+    "renamed_argument",
+    "renamed_fields",
+    "upgrade_record",
+]
 
 #: Former field names by class name, ``{class: {old: new}}``; the aliases (and this table)
 #: go one release after 0.2. Static, so :func:`upgrade_record` needs no model imported.
@@ -81,3 +87,16 @@ def upgrade_record(record: Any) -> Any:
             value = {RENAMED_OPTIONS.get(k, k): v for k, v in value.items()}
         out[renames.get(key, key)] = upgrade_record(value)
     return out
+
+
+def renamed_argument(where: str, old: str, new: str, old_value: Any, new_value: Any) -> Any:
+    """``new_value``, or ``old_value`` with a ``FutureWarning`` when the former keyword
+    ``old`` of the function ``where`` was given (not None)."""
+    if old_value is None:
+        return new_value
+    warnings.warn(
+        f"{where}({old}=…) is deprecated; use {new}= (the old name goes in the next release)",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return old_value
