@@ -52,7 +52,7 @@ def median_seconds(fns, repeats):
 
 
 def bench(n, repeats, temperature=0.5):
-    model = classifier_network(n, 2, couplings="ring", init_scale=0.5)
+    model = classifier_network(n, 2, couplings="ring", init_noise=0.5)
     params = model.init_params(jax.random.key(n))
     x = jnp.array([[0.3, -0.4]])
     y = model.encode_labels(jnp.array([1]))
@@ -87,7 +87,7 @@ def bench(n, repeats, temperature=0.5):
 
 
 def bench_stages(n, repeats, temperature=0.5):
-    model = classifier_network(n, 2, couplings="ring", init_scale=0.5)
+    model = classifier_network(n, 2, couplings="ring", init_noise=0.5)
     params = model.init_params(jax.random.key(n))
     x = jnp.array([[0.3, -0.4]])
     h = jax.block_until_ready(model.hamiltonian.matrix(params, x[0]))

@@ -279,13 +279,15 @@ def gradient_inference_data(
     seeds: Any,
     attrs: dict[str, Any] | None = None,
 ):
-    """Deprecated (removed in the next release): :func:`series_inference_data`; for a
-    gradient estimate's series, ``thermoeqprop.diagnostics.gradient_inference_data``."""
+    """Deprecated alias (removed in the next release; kept because it was exported): use
+    :func:`series_inference_data`, which names nothing of what the series are. The builder
+    of this layout moved out of ``samplers``, as ``thermoeqprop._series.gradient_series_data``
+    (the one public form is ``thermoeqprop.diagnostics.gradient_inference_data``)."""
     warnings.warn(
         "samplers.gradient_inference_data is deprecated and will be removed in the next "
-        "release; use samplers.series_inference_data, or "
-        "thermoeqprop.diagnostics.gradient_inference_data for gradient series",
-        DeprecationWarning,
+        "release; use samplers.series_inference_data (or, for the series of a gradient "
+        "estimate, thermoeqprop.diagnostics.gradient_inference_data)",
+        FutureWarning,
         stacklevel=2,
     )
     return series_inference_data(

@@ -1,15 +1,16 @@
 """Vectorised effective sample size, MCSE and split R-hat for many quantities at once, in JAX.
 
-ArviZ evaluates these one quantity at a time; a gradient of ten thousand parameters takes it
-seconds per estimate. These functions compute the same quantities for every element of a
-``(chain, draw, *event)`` array in one pass of jitted JAX array code:
+ArviZ evaluates these one quantity at a time; ten thousand quantities (the components of a
+high-dimensional state or statistic) take it seconds. These functions compute the same
+quantities for every element of a ``(chain, draw, *event)`` array in one pass of jitted JAX
+array code:
 
 - :func:`ess_mean_many`: the ESS of the mean on split chains, with Geyer's initial positive
   and initial monotone sequences (Vehtari, Gelman, Simpson, Carpenter & Bürkner 2021), as
   ArviZ's ``ess(method="mean")`` computes it; the tests check agreement to rounding error;
 - :func:`mcse_mean_many`: ``sd / sqrt(ESS_mean)``, as ArviZ's ``mcse(method="mean")``;
 - :func:`rhat_split_many`: the split R-hat (not rank-normalised: cheaper, and for the
-  near-Gaussian gradient series it reports on, close to ArviZ's rank-normalised R-hat);
+  near-Gaussian series it is meant for, close to ArviZ's rank-normalised R-hat);
 - :func:`mean_diagnostics_many`: all three from one pass that shares the split and the FFT.
 
 All four accept NumPy or JAX arrays, return JAX arrays in the input's floating dtype (integer

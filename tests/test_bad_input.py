@@ -557,9 +557,9 @@ API_CASES = {
     ),
     "initial scale for an unknown group": (
         _quantum(
-            "classifier_network", 2, 2, init_scale={"field": 0.1, "coupling": 0.1, "inputs": 0.1}
+            "classifier_network", 2, 2, init_noise={"field": 0.1, "coupling": 0.1, "inputs": 0.1}
         ),  # fmt: skip
-        "init_scale must give a number for each parameter group ['coupling', 'field', "
+        "init_noise must give a number for each parameter group ['coupling', 'field', "
         "'input'] and no other; missing ['input'], unknown ['inputs']",
     ),
     "projector on a bit of 2": (

@@ -442,7 +442,7 @@ def test_errors_name_the_problem():
         LowTemperatureExpansion(TWO_UNITS, temperature=-1.0)
 
 
-def test_a_study_is_kept_in_a_results_folder(tmp_path):
+def test_a_study_is_kept_in_a_results_folder(tmp_path, capsys):
     net = LayeredNetwork((2, 1, 1))
     params = net.init_params(jax.random.key(0))
     args = (net, params, jnp.ones((2, 2)), jnp.ones((2, 1)), jax.random.key(1))
@@ -451,10 +451,19 @@ def test_a_study_is_kept_in_a_results_folder(tmp_path):
     folder = tmp_path / "study"
     first = low_temperature_study(*args, **settings, results_dir=folder)
     assert json.loads((folder / "config.json").read_text())["kind"] == "low_temperature_study"
-    plain = low_temperature_study(*args, **settings)
+    plain = low_temperature_study(*args, **settings, progress=True)
+    assert capsys.readouterr().out.count(" s\n") == 2  # one line per estimate, its wall time
     xr.testing.assert_identical(first.drop_vars(["wall_time", "seconds"]),
                                 plain.drop_vars(["wall_time", "seconds"]))  # fmt: skip
     # Asked again: read back, not recomputed (the wall times are the first run's).
     xr.testing.assert_identical(low_temperature_study(*args, **settings, results_dir=folder), first)
     with pytest.raises(ValueError, match=r"different configuration \(beta: 0.02 there, 0.05 now"):
         low_temperature_study(*args, **settings, beta=0.05, results_dir=folder)
+    # A study.nc written before the sweep's names were adopted is read under them.
+    from thermoeqprop.results import RunFolder
+
+    with RunFolder(folder).create("low_temperature_study", json.loads(
+            (folder / "config.json").read_text())) as run:  # fmt: skip
+        run.write_dataset("study.nc", first.drop_vars(["gradient", "predicted_gradient",
+                                                        "wall_time"]))  # fmt: skip
+    xr.testing.assert_identical(low_temperature_study(*args, **settings, results_dir=folder), first)

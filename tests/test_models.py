@@ -117,6 +117,22 @@ def test_layered_spin_network_blocks_are_its_layers():
     np.testing.assert_allclose(net.encode_labels(jnp.array([1])), [[-1.0, 1.0]])
 
 
+def test_init_scale_of_spin_networks_is_a_deprecated_alias_of_init_gain():
+    import dataclasses
+
+    net = SpinNetwork.layered((2, 3, 2), init_gain=0.7)
+    graph = SpinNetwork(2, 2, ((0, 1),), ((0, 0),), (1,), init_gain=0.7)
+    for new in (net, graph):
+        with pytest.warns(FutureWarning, match=r"\.init_scale is deprecated; use init_gain"):
+            old = dataclasses.replace(new, init_scale=0.7)
+        assert old == new and hash(old) == hash(new) and "init_scale" not in repr(old)
+        with pytest.warns(FutureWarning, match="use init_gain"):
+            assert old.init_scale == 0.7
+    with pytest.warns(FutureWarning):
+        assert SpinNetwork.layered((2, 3, 2), init_scale=0.7) == net
+    assert net.to_graph().init_gain == 0.7
+
+
 def test_dense_layered_spins_are_the_edge_list_network():
     """Same initial draws, same raveled parameters, same energy and gradients as the edge
     list of the same graph, on every state of a small network."""

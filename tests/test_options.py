@@ -82,6 +82,22 @@ def test_tempering_as_a_replica_count_is_deprecated(tmp_path, capsys):
     assert options.tempering is True and "is now written --tempering" in messages[0]
 
 
+def test_init_scale_of_sweep_is_a_deprecated_alias_of_init_gain(tmp_path):
+    from thermoeqprop._cli_sweep import build_problem
+
+    for options in (
+        _parse("sweep", ["--init-scale", "0.7", "--model", "spin"]),
+        _parse("sweep", ["--model", "spin"], "init_scale = 0.7\n", tmp_path),
+    ):
+        options, messages = deprecations(options, "sweep")
+        assert (options.init_gain, options.init_scale) == (0.7, None)
+        assert "--init-scale (config key init_scale) is now --init-gain" in messages[0]
+        assert "init_scale" not in recorded(options) and recorded(options)["init_gain"] == 0.7
+        assert build_problem(options)[0].init_gain == 0.7
+    options = _parse("sweep", ["--init-gain", "0.7"])
+    assert deprecations(options, "sweep") == (options, [])
+
+
 def test_sampler_auto_means_hmc_for_continuous_states_in_every_command(capsys):
     continuous, spins = LayeredNetwork((2, 3, 2)), SpinNetwork.layered((2, 3, 1))
     for options in (TrainOptions(), SweepOptions()):

@@ -56,8 +56,8 @@ def flat(tree):
     return np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])
 
 
-def problem(layer_sizes, batch=3, init_scale=0.8):
-    net = SpinNetwork.layered(layer_sizes, init_scale=init_scale)
+def problem(layer_sizes, batch=3, init_gain=0.8):
+    net = SpinNetwork.layered(layer_sizes, init_gain=init_gain)
     params = net.init_params(jax.random.key(0))
     params["fields"] = 0.2 * jax.random.normal(jax.random.key(5), (net.num_spins,))
     x = jax.random.uniform(jax.random.key(1), (batch, layer_sizes[0]))
@@ -73,7 +73,7 @@ def graph_problem():
         edges=((0, 1), (1, 2), (2, 3), (3, 4), (4, 0), (1, 3)),
         input_edges=((0, 0), (1, 2)),
         output_units=(4, 2),
-        init_scale=0.9,
+        init_gain=0.9,
     )
     params = net.init_params(jax.random.key(2))
     params["fields"] = 0.3 * jax.random.normal(jax.random.key(3), (5,))
@@ -199,8 +199,8 @@ def phase_states(net, params, x, targets, sampling, key, betas):
 
 def test_smaller_mcse_than_plain_on_the_same_draws():
     # The couplings of benchmarks/variance_reduction.py: the chains mix fast enough there for
-    # the conditional expectations to pay (with init_scale 0.8 the exact gain is only 1.08).
-    net, params, x, targets = problem((3, 4, 3, 2), init_scale=0.5)
+    # the conditional expectations to pay (with init_gain 0.8 the exact gain is only 1.08).
+    net, params, x, targets = problem((3, 4, 3, 2), init_gain=0.5)
     sampling = SAMPLING
     estimators = {
         (0.0,): lambda rb: ThermalCovariance(net, T, sampling, rao_blackwell=rb),
@@ -248,10 +248,10 @@ def test_series_mean_is_the_estimate(nine_spins):
 def test_coverage_of_the_reported_mcse():
     """200 independent runs of 4 chains × 200 draws each (disjoint chains of one sampler call):
     the fraction of |estimate − exact| < 1.96 MCSE over runs and components."""
-    # The couplings of benchmarks/variance_reduction.py. With init_scale 0.8 the chains mix
+    # The couplings of benchmarks/variance_reduction.py. With init_gain 0.8 the chains mix
     # more slowly (ESS/draw 0.15–0.3) and the coverage is 0.91–0.92 with or without the
     # conditional expectations: a limit of ESS-based MCSEs of short chains, not of this module.
-    net, params, x, targets = problem((3, 4, 3, 2), init_scale=0.5)
+    net, params, x, targets = problem((3, 4, 3, 2), init_gain=0.5)
     runs, chains = 200, 4
     sampling = Sampling(num_chains=runs * chains, num_samples=200, num_warmup=100)
     exact = flat(ThermalExact(net, T)(params, x, targets).grad)

@@ -170,3 +170,28 @@ def test_an_unwritable_folder_is_named(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="file/run' is not writable"):
         RunFolder(tmp_path / "file" / "run").create("train", CONFIG)
+
+
+def test_a_folder_recording_former_names_resumes(tmp_path):
+    # Renamed fields and options (issue 14) are read under their new names on resume: a spin
+    # network's init_scale is init_gain, a quantum network's is init_noise, and sweep's
+    # --init-scale is --init-gain; the sampler's init_scale (the chains' spread) stays.
+    new = {
+        "command_line": {"init_gain": 0.7},
+        "model": {"type": "LayeredSpinNetwork", "init_gain": 0.5},
+        "estimator": {"model": {"type": "QuantumNetwork", "init_noise": 0.1}},
+        "sampling": {"type": "Sampling", "init_scale": 0.5},
+    }
+    old = {
+        "command_line": {"init_scale": 0.7},
+        "model": {"type": "LayeredSpinNetwork", "init_scale": 0.5},
+        "estimator": {"model": {"type": "QuantumNetwork", "init_scale": 0.1}},
+        "sampling": {"type": "Sampling", "init_scale": 0.5},
+    }
+    folder = RunFolder(tmp_path / "run").create("temperature_sweep", new)
+    folder.release()
+    folder.write_json("config.json", {"kind": "temperature_sweep"} | old)
+    RunFolder(folder.path).create("temperature_sweep", new).release()
+    changed = new | {"sampling": {"type": "Sampling", "init_gain": 0.5}}
+    with pytest.raises(ValueError, match="sampling.init_gain"):
+        RunFolder(folder.path).create("temperature_sweep", changed)

@@ -42,7 +42,7 @@ def scaled(params, factor):
 
 @pytest.fixture(scope="module")
 def spin_problem():
-    net = SpinNetwork.layered((3, 4, 3, 2), init_scale=0.8)  # 9 spins, 39 parameters
+    net = SpinNetwork.layered((3, 4, 3, 2), init_gain=0.8)  # 9 spins, 39 parameters
     params = net.init_params(jax.random.key(0))
     params["fields"] = 0.2 * jax.random.normal(jax.random.key(5), (net.num_spins,))
     x = jax.random.uniform(jax.random.key(1), (3, 3))
@@ -112,7 +112,7 @@ def test_sixteen_spin_graph_with_tempering(method, resolved):
         edges=tuple(edges),
         input_edges=((0, 0), (1, 5), (0, 9), (1, 12)),
         output_units=(15, 7),
-        init_scale=0.6,
+        init_gain=0.6,
     )
     params = net.init_params(jax.random.key(3))
     x = jax.random.uniform(jax.random.key(4), (2, 2))

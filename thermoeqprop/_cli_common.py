@@ -16,14 +16,14 @@ __all__ = ["build_model", "build_sampling", "model_shape", "write_summary"]
 COLLAPSE = {"auto": None, "on": True, "off": False}
 
 
-def build_model(options: ModelOptions, sizes: Sequence[int], init_scale: float | None = None):
+def build_model(options: ModelOptions, sizes: Sequence[int], init_gain: float | None = None):
     """The network ``options.model`` with layer sizes ``sizes`` (inputs, hidden…, outputs);
-    ``init_scale`` the scale of its initial couplings (None: the model's own)."""
+    ``init_gain`` the scale of its initial couplings (None: the model's own)."""
     from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork, get_cost
 
     kind, kwargs = options.model, {}
-    if init_scale is not None:
-        kwargs["init_scale" if kind == "spin" else "init_gain"] = init_scale
+    if init_gain is not None:
+        kwargs["init_gain"] = init_gain
     if kind == "spin":
         return SpinNetwork.layered(tuple(sizes), cost=get_cost(options.cost), **kwargs)
     if kind == "quadratic":

@@ -48,7 +48,7 @@ def build_problem(options: SweepOptions):
         x, labels = data.x_train[:num], data.labels_train[:num]
         num_classes = data.num_classes
         described = f"{name} (first {num} training examples)"
-    model = build_model(options, (x.shape[1], *options.hidden, num_classes), options.init_scale)
+    model = build_model(options, (x.shape[1], *options.hidden, num_classes), options.init_gain)
     params = model.init_params(jax.random.key(options.param_seed))
     targets = model.encode_labels(labels)
     return model, params, x, targets, described

@@ -50,7 +50,7 @@ from thermoeqprop._runs import (
     save_unit,
     summarise_diagnostics,
 )
-from thermoeqprop._validation import check_finite, check_matrix
+from thermoeqprop._validation import check_matrix, require_finite
 from thermoeqprop.results import describe
 
 __all__ = ["DatasetSource", "StepConfig", "dataset_source", "held_out", "train_steps"]
@@ -59,7 +59,7 @@ Source = Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]
 
 
 def _matrix(name: str, array) -> jax.Array:
-    a = check_finite(name, array)
+    a = require_finite(name, array)
     if a.ndim != 2 or len(a) == 0:
         raise ValueError(f"{name} must have shape (examples, columns), got shape {a.shape}")
     return jnp.asarray(a)

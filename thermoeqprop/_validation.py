@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "check_finite",
     "check_labels",
     "check_matrix",
     "check_positive",
     "check_probability",
+    "require_finite",
 ]
 
 
@@ -41,7 +41,7 @@ def check_probability(name: str, value: Any) -> float:
     return v
 
 
-def check_finite(name: str, array: Any) -> np.ndarray:
+def require_finite(name: str, array: Any) -> np.ndarray:
     """Return ``array`` as a NumPy array, raising if it holds NaN or infinite entries."""
     a = np.asarray(array)
     if not np.issubdtype(a.dtype, np.number):
@@ -58,7 +58,7 @@ def check_finite(name: str, array: Any) -> np.ndarray:
 
 def check_matrix(name: str, array: Any, num_columns: int, what: str) -> np.ndarray:
     """Check a finite 2-D array of shape (batch, num_columns); ``what`` names the columns."""
-    a = check_finite(name, array)
+    a = require_finite(name, array)
     if a.ndim != 2 or a.shape[1] != num_columns:
         raise ValueError(
             f"{name} must have shape (batch, {num_columns}) ({what}), got shape {a.shape}"

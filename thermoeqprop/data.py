@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from thermoeqprop._validation import check_finite, check_labels, check_probability
+from thermoeqprop._validation import check_labels, check_probability, require_finite
 
 __all__ = ["DATASETS", "Dataset", "load_dataset"]
 
@@ -32,7 +32,7 @@ class Dataset:
 
     def __post_init__(self):
         for split in ("train", "test"):
-            x = check_finite(f"x_{split}", getattr(self, f"x_{split}"))
+            x = require_finite(f"x_{split}", getattr(self, f"x_{split}"))
             labels = getattr(self, f"labels_{split}")
             labels = check_labels(f"labels_{split}", labels, self.num_classes)
             if x.ndim != 2 or x.shape[0] != labels.shape[0]:

@@ -18,6 +18,8 @@ Two meanings changed in 0.2, each with a deprecation message for the old one
 (:func:`deprecations`): ``--tempering`` is a switch in every command (``train --tempering N``,
 a replica count, is now ``--tempering --replicas N``), and ``--sampler auto`` means HMC for
 continuous states and block Gibbs for spins in every command (``sweep`` picked NUTS).
+One option was renamed (one name per concept): ``sweep --init-scale`` is ``--init-gain``,
+as the models name the scale of the initial couplings.
 """
 
 from __future__ import annotations
@@ -194,8 +196,11 @@ class SweepOptions(OutputOptions, SamplingOptions, ModelOptions):
 
     model: Literal["layered", "spin", "quadratic"] = _like(ModelOptions, "model", "quadratic")
     hidden: list[int] = _like(ModelOptions, "hidden", [4])
-    init_scale: float | None = option(
+    init_gain: float | None = option(
         None, "scale of the initial couplings (default: the model's own)"
+    )
+    init_scale: float | None = option(
+        None, "deprecated alias of --init-gain", renamed_to="init_gain"
     )
     dataset: Literal["moons", "circles", "digits", "random"] = option(
         "moons", "where the batch of examples comes from (random: uniform inputs, random labels)"
@@ -321,7 +326,12 @@ def option_fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
 def recorded(options: Any) -> dict[str, Any]:
     """The ``"command_line"`` section of ``config.json``: every option but the presentation
     ones (:data:`PRESENTATION`)."""
-    return {k: v for k, v in dataclasses.asdict(options).items() if k not in PRESENTATION}
+    renamed = {f.name for f in dataclasses.fields(options) if f.metadata.get("renamed_to")}
+    return {
+        k: v
+        for k, v in dataclasses.asdict(options).items()
+        if k not in PRESENTATION and k not in renamed
+    }
 
 
 # ------------------------------------------------------------------------- type checking
@@ -397,8 +407,21 @@ def deprecations(options: Any, command: str) -> tuple[Any, list[str]]:
 
     - ``tempering`` as an integer (``train --tempering N``, a replica count before 0.2):
       ``tempering`` on with ``replicas = N`` (0: off).
+    - A renamed option (``sweep --init-scale``, now ``--init-gain``; a field whose metadata
+      has ``renamed_to``): its value moves to the new name (and wins over it).
     """
     messages = []
+    for field in dataclasses.fields(options):
+        new_name = field.metadata.get("renamed_to")
+        value = getattr(options, field.name)
+        if new_name is None or value is None:
+            continue
+        old_flag, new_flag = (f"--{n.replace('_', '-')}" for n in (field.name, new_name))
+        messages.append(
+            f"thermoeqprop {command}: deprecated: {old_flag} (config key {field.name}) is now "
+            f"{new_flag} ({new_name}); the old name goes in the next release"
+        )
+        options = dataclasses.replace(options, **{new_name: value, field.name: None})
     tempering = options.tempering if hasattr(options, "tempering") else False
     if not isinstance(tempering, bool):
         change = {"tempering": tempering != 0}

@@ -48,6 +48,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from thermoeqprop._deprecated import upgrade_record
 from thermoeqprop._files import (
     CheckpointError,
     CorruptFileError,
@@ -289,7 +290,8 @@ class RunFolder:
                 f"results folder {str(self.path)!r} holds a {there} run, not a "
                 f"{record['kind']} run; choose another folder"
             )
-        previous = {"kind": record["kind"]} | previous  # legacy folders recorded no kind
+        # Legacy folders recorded no kind, and fields and options by their former names.
+        previous = upgrade_record({"kind": record["kind"]} | previous)
         mismatched = config_differences(previous, record, compared, extendable)
         if mismatched:
             flat_previous, flat_current = _flatten(previous), _flatten(record)

@@ -20,7 +20,7 @@ def chain_network(n):
     terms += [trainable({q: "X"}, 1.0 - 0.01 * q, num_qubits=n) for q in range(n)]
     terms += [fixed({q: "Z"}, 0.1, num_qubits=n) for q in range(n)]
     terms += [input_driven({0: "Z"}, feature=0, scale=0.7, num_qubits=n)]
-    return QuantumNetwork(Hamiltonian(n, tuple(terms)), ({n - 1: "Z"},), init_scale=0.0)
+    return QuantumNetwork(Hamiltonian(n, tuple(terms)), ({n - 1: "Z"},), init_noise=0.0)
 
 
 def complex_network() -> QuantumNetwork:
@@ -42,12 +42,12 @@ def complex_network() -> QuantumNetwork:
         input_driven("Z1", feature=1, scale=-0.5, trainable=True, num_qubits=n),
         input_driven("X1 X2", feature_map=lambda x: jnp.sin(x[0] * x[1]), num_qubits=n),
     )
-    return QuantumNetwork(Hamiltonian(n, terms, num_inputs=2), ("Z2", "Z1"), init_scale=0.3)
+    return QuantumNetwork(Hamiltonian(n, terms, num_inputs=2), ("Z2", "Z1"), init_noise=0.3)
 
 
 def real_network() -> QuantumNetwork:
     """System B: the 4-qubit ring classifier (real Hamiltonian, one output Z0)."""
-    return classifier_network(num_qubits=4, num_inputs=2, couplings="ring", init_scale=0.5)
+    return classifier_network(num_qubits=4, num_inputs=2, couplings="ring", init_noise=0.5)
 
 
 def batch(model, size, seed):

@@ -59,7 +59,7 @@ def test_level_is_tracked_by_overlap_through_a_crossing():
     """
     n = 2
     ham = Hamiltonian(n, (trainable("Z0", 1.0, num_qubits=n), trainable("Z1", 0.3, num_qubits=n)))
-    model = QuantumNetwork(ham, ("Z1",), init_scale=0.0)
+    model = QuantumNetwork(ham, ("Z1",), init_noise=0.0)
     params = ham.initial_params()
     x, y = jnp.zeros((1, 0)), -jnp.ones((1, 1))
     # H commutes with Ĉ, so the large β·‖Ĉ‖/gap = 0.67 mixes nothing: no warning wanted.

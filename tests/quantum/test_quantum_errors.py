@@ -49,7 +49,7 @@ def test_degenerate_level_raises_and_is_flagged_under_jit():
     n = 2
     # H = Z0 + Z1 has levels −2, 0, 0, 2: level 1 is exactly degenerate with level 2.
     ham = Hamiltonian(n, (trainable("Z0", 1.0, num_qubits=n), trainable("Z1", 1.0, num_qubits=n)))
-    model = QuantumNetwork(ham, ("Z0",), init_scale=0.0)
+    model = QuantumNetwork(ham, ("Z0",), init_noise=0.0)
     params, x, y = ham.initial_params(), jnp.zeros((1, 0)), jnp.ones((1, 1))
     key = jax.random.key(0)
     EigenstateEP(model, level=0)(params, x, y, key)  # the ground state is fine

@@ -20,6 +20,7 @@ from thermoeqprop.quantum import (
     EigenstateEP,
     Hamiltonian,
     SparseState,
+    classifier_network,
     fixed,
     parameter_group,
     projector,
@@ -83,11 +84,11 @@ def test_initial_scales_per_group():
     net = sensor_network(CHAIN)
     key = jax.random.key(3)
     base = net.hamiltonian.initial_params()
-    unit = dataclasses.replace(net, init_scale=1.0).init_params(key) - base
-    grouped = dataclasses.replace(net, init_scale={"field": 0.0, "coupling": 0.5})
+    unit = dataclasses.replace(net, init_noise=1.0).init_params(key) - base
+    grouped = dataclasses.replace(net, init_noise={"field": 0.0, "coupling": 0.5})
     scales = np.where(np.asarray(net.hamiltonian.parameter_groups) == "coupling", 0.5, 0.0)
     np.testing.assert_array_equal(grouped.init_params(key) - base, scales * unit)
-    assert grouped.init_scale == (("coupling", 0.5), ("field", 0.0))
+    assert grouped.init_noise == (("coupling", 0.5), ("field", 0.0))
     assert hash(grouped) == hash(dataclasses.replace(grouped))  # still a static argument
     # A group named on the terms wins over the kind; sharing a parameter shares its group.
     terms = (
@@ -106,9 +107,24 @@ def test_initial_scales_per_group():
     with pytest.raises(ValueError, match="different groups 'sensor' and 'couplings'"):
         Hamiltonian(2, (*terms[:2], trainable("XX", 0.0, parameter="J", group="couplings")))
     with pytest.raises(ValueError, match="missing \\['coupling'\\], unknown \\[\\]"):
-        dataclasses.replace(net, init_scale={"field": 0.1})
-    with pytest.raises(ValueError, match="init_scale must be ≥ 0 for every group"):
-        dataclasses.replace(net, init_scale={"field": 0.1, "coupling": -1.0})
+        dataclasses.replace(net, init_noise={"field": 0.1})
+    with pytest.raises(ValueError, match="init_noise must be ≥ 0 for every group"):
+        dataclasses.replace(net, init_noise={"field": 0.1, "coupling": -1.0})
+
+
+def test_init_scale_is_a_deprecated_alias_of_init_noise():
+    net = sensor_network(CHAIN, init_noise={"field": 0.0, "coupling": 0.5})
+    with pytest.warns(FutureWarning, match=r"sensor_network\(init_scale=…\) is deprecated"):
+        assert sensor_network(CHAIN, init_scale={"field": 0.0, "coupling": 0.5}) == net
+    with pytest.warns(FutureWarning, match=r"classifier_network\(init_scale=…\)"):
+        assert classifier_network(3, 2, init_scale=0.3) == classifier_network(3, 2, init_noise=0.3)
+    with pytest.warns(
+        FutureWarning, match=r"QuantumNetwork\.init_scale is deprecated; use init_noise"
+    ):
+        old = dataclasses.replace(net, init_scale=0.2)
+    assert old == dataclasses.replace(net, init_noise=0.2) and "init_scale" not in repr(old)
+    with pytest.warns(FutureWarning, match="use init_noise"):
+        assert old.init_scale == 0.2
 
 
 def test_weight_decay_on_one_group():

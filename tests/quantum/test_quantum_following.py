@@ -42,7 +42,7 @@ def crossing_network():
         trainable("X0 X1", 0.04, num_qubits=n),
         fixed("Z2", 3.0, num_qubits=n),
     )
-    return QuantumNetwork(Hamiltonian(n, terms), ("Z1",), init_scale=0.0)
+    return QuantumNetwork(Hamiltonian(n, terms), ("Z1",), init_noise=0.0)
 
 
 def refusing_network():
@@ -57,7 +57,7 @@ def refusing_network():
         trainable("X1", 0.03, num_qubits=n),
         trainable("Z0 Z1", 0.1, num_qubits=n),
     )
-    return QuantumNetwork(Hamiltonian(n, terms), ("X0", "X1"), init_scale=0.0)
+    return QuantumNetwork(Hamiltonian(n, terms), ("X0", "X1"), init_noise=0.0)
 
 
 def nudge_matrix(model, targets):
@@ -165,7 +165,7 @@ def test_nudge_strong_against_the_gap_warns():
     """The issue's case: gap 2e-4 and β = 1e-3 (ratio 5). For H = θ_Z Z + θ_X X at θ_X = 0
     and Ĉ = 1 − X the symmetric difference returns 1/√(1 + 4·5²) of the derivative."""
     ham = Hamiltonian(1, (trainable("Z", 1e-4), trainable("X", 0.0)))
-    model = QuantumNetwork(ham, ("X",), init_scale=0.0)
+    model = QuantumNetwork(ham, ("X",), init_noise=0.0)
     params, x, y = ham.initial_params(), jnp.zeros((1, 0)), jnp.ones((1, 1))
     exact, _ = linear_response_gradient(model, params, x, y)
     with pytest.warns(NudgeStrengthWarning, match=r"β‖Ĉ‖/Δ = 5 for example 0 .*up to 90%"):

@@ -77,7 +77,7 @@ def kron_matrix(label: str) -> np.ndarray:
 def system():
     """System B with the loss ½(⟨Z0⟩ − y)², so the nudge depends on the measured output."""
     model = classifier_network(
-        4, 2, couplings="ring", init_scale=0.5, cost=ExpectationLoss.squared_error()
+        4, 2, couplings="ring", init_noise=0.5, cost=ExpectationLoss.squared_error()
     )
     key_x, key_p = jax.random.split(jax.random.key(12))
     x = jax.random.normal(key_x, (2, 2))

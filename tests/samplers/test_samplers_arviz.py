@@ -46,7 +46,7 @@ def gradient_idata():
 
 def test_the_old_gradient_builder_is_a_deprecated_alias(gradient_idata):
     posterior = gradient_idata.posterior
-    with pytest.warns(DeprecationWarning, match="samplers.series_inference_data"):
+    with pytest.warns(FutureWarning, match="deprecated.*; use samplers.series_inference_data"):
         old = samplers.gradient_inference_data(
             posterior["gradient"].values, posterior["cost"].values, ["a", "b", "c"],
             temperatures=[0.5, 1.0], seeds=[0],

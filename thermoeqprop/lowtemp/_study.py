@@ -275,7 +275,7 @@ def low_temperature_study(
                     f"{name:10s} T={temperature:<8.4g} projection "
                     f"{per_run['projection'][e, i]:+.4g} ± {per_run['projection_stderr'][e, i]:.2g}"
                     f" (predicted {temperature * g1_norm:+.4g}), "
-                    f"{per_run['seconds'][e, i]:.1f} s",
+                    f"{per_run['wall_time'][e, i]:.1f} s",
                     flush=True,
                 )
 
@@ -372,11 +372,22 @@ def low_temperature_study(
     return dataset
 
 
+def _with_current_names(dataset: xr.Dataset) -> xr.Dataset:
+    """A kept study as this version writes it: a ``study.nc`` saved before the names of
+    :data:`RENAMED` were adopted holds only the former names (``grad``, ``seconds``, …)."""
+    for name, old in RENAMED.items():
+        if name not in dataset and old in dataset:
+            dataset[name] = dataset[old].copy()
+            dataset[name].attrs.pop("description", None)
+            dataset[old].attrs["description"] = f"deprecated alias of {name} (one release)"
+    return dataset
+
+
 def _kept_study(results_dir, record: dict[str, Any], compute) -> xr.Dataset:
     """The study kept in ``results_dir``, or ``compute()`` saved there."""
     with RunFolder(results_dir).create("low_temperature_study", record) as folder:
         if (folder / STUDY_FILE).exists():
-            return folder.read_dataset(STUDY_FILE)
+            return _with_current_names(folder.read_dataset(STUDY_FILE))
         dataset = compute()
         folder.write_dataset(STUDY_FILE, dataset)
         return dataset

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from thermoeqprop._deprecated import renamed_fields
 from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.models.costs import SquaredError
 from thermoeqprop.models.layered import check_layer_sizes, split_layers
@@ -125,6 +126,7 @@ class _SpinModel(EnergyModel):
         return jnp.argmax(outputs, axis=-1)
 
 
+@renamed_fields
 @dataclasses.dataclass(frozen=True)
 class SpinNetwork(_SpinModel):
     """An Ising network on a graph, its couplings in sparse (edge-list) form.
@@ -138,7 +140,8 @@ class SpinNetwork(_SpinModel):
         blocks: Groups of spins that are conditionally independent given the rest (for block
             Gibbs); by default a greedy colouring of the graph (:func:`greedy_colouring`).
         cost: Cost on the output spins; default squared error against ±1 targets.
-        init_scale: Scale of the initial couplings.
+        init_gain: Scale of the initial couplings (``init_scale``, its former name, is a
+            deprecated alias).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -158,7 +161,7 @@ class SpinNetwork(_SpinModel):
     output_units: tuple[int, ...]
     blocks: tuple[tuple[int, ...], ...] | None = None
     cost: Any = SquaredError()
-    init_scale: float = 0.5
+    init_gain: float = 0.5
 
     def __post_init__(self):
         if int(self.num_spins) < 1 or int(self.num_inputs) < 0:
@@ -222,8 +225,8 @@ class SpinNetwork(_SpinModel):
             len(self.edges),
             self.num_spins,
             len(self.input_edges),
-            self.init_scale / np.sqrt(max(1.0, degree.mean())),
-            self.init_scale / np.sqrt(max(1, self.num_inputs)),
+            self.init_gain / np.sqrt(max(1.0, degree.mean())),
+            self.init_gain / np.sqrt(max(1, self.num_inputs)),
         )
 
     def energy(self, params, state, x):
@@ -247,6 +250,7 @@ def _init_spin_params(rng_key, num_edges, num_spins, num_input_edges, scale, in_
     }
 
 
+@renamed_fields
 @dataclasses.dataclass(frozen=True)
 class LayeredSpinNetwork(_SpinModel):
     r"""A layered Ising network with dense couplings between adjacent layers.
@@ -266,7 +270,8 @@ class LayeredSpinNetwork(_SpinModel):
     Args:
         layer_sizes: ``(num_inputs, hidden_1, …, num_outputs)``.
         cost: Cost on the output spins; default squared error against ±1 targets.
-        init_scale: Scale of the initial couplings.
+        init_gain: Scale of the initial couplings (``init_scale``, its former name, is a
+            deprecated alias).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -280,7 +285,7 @@ class LayeredSpinNetwork(_SpinModel):
 
     layer_sizes: tuple[int, ...]
     cost: Any = SquaredError()
-    init_scale: float = 0.5
+    init_gain: float = 0.5
 
     def __post_init__(self):
         object.__setattr__(self, "layer_sizes", check_layer_sizes(self.layer_sizes))
@@ -333,7 +338,7 @@ class LayeredSpinNetwork(_SpinModel):
             output_units=self.output_units,
             blocks=layers,
             cost=self.cost,
-            init_scale=self.init_scale,
+            init_gain=self.init_gain,
         )
 
     def graph_params(self, params):
@@ -356,8 +361,8 @@ class LayeredSpinNetwork(_SpinModel):
             num_edges,
             self.num_spins,
             self.num_inputs * sizes[0],
-            self.init_scale / np.sqrt(max(1.0, mean_degree)),
-            self.init_scale / np.sqrt(max(1, self.num_inputs)),
+            self.init_gain / np.sqrt(max(1.0, mean_degree)),
+            self.init_gain / np.sqrt(max(1, self.num_inputs)),
         )
         splits = np.cumsum([a * b for a, b in pairs])[:-1]
         couplings = tuple(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from thermoeqprop._deprecated import renamed_argument
 from thermoeqprop.quantum._costs import ExpectationLoss, SquaredErrorCost
 from thermoeqprop.quantum._network import Hamiltonian, QuantumNetwork
 from thermoeqprop.quantum._pauli import PauliSum, pauli
@@ -55,7 +56,8 @@ def classifier_network(
     transverse_field: float = 1.0,
     input_scale: float = 1.0,
     cost: Any = None,
-    init_scale: float = 0.1,
+    init_noise: float = 0.1,
+    init_scale: float | None = None,
 ) -> QuantumNetwork:
     """A ready-made classifier: inputs as fields, trainable couplings and fields.
 
@@ -93,7 +95,7 @@ def classifier_network(
         Hamiltonian(n, tuple(terms), num_inputs),
         outputs,
         SquaredErrorCost() if cost is None else cost,
-        init_scale,
+        renamed_argument("classifier_network", "init_scale", "init_noise", init_scale, init_noise),
     )
 
 
@@ -104,7 +106,8 @@ def sensor_network(
     transverse_field: float = 1.0,
     input_scale: float = 1.0,
     cost: Any = None,
-    init_scale: float | Mapping[str, float] = 0.1,
+    init_noise: float | Mapping[str, float] = 0.1,
+    init_scale: float | Mapping[str, float] | None = None,
 ) -> QuantumNetwork:
     """A spin chain read out by a sensor pair, the network of published quantum EP experiments.
 
@@ -148,5 +151,5 @@ def sensor_network(
         Hamiltonian(n, tuple(terms), num_inputs=chain),
         outputs,
         ExpectationLoss.squared_error() if cost is None else cost,
-        init_scale,
+        renamed_argument("sensor_network", "init_scale", "init_noise", init_scale, init_noise),
     )

@@ -10,7 +10,7 @@ coefficients of three kinds:
 
 Each parameter belongs to a group (``"input"``, ``"field"``, ``"coupling"`` or a name given to
 its terms, ``quantum/_terms.py``): :meth:`Hamiltonian.group_values` spreads one number per
-group over the parameter vector, for initial scales (``QuantumNetwork.init_scale``), penalty
+group over the parameter vector, for initial scales (``QuantumNetwork.init_noise``), penalty
 weights or bounds.
 
 Collecting equal strings, ``H = Σ_s c_s(θ, x) P_s`` over distinct Pauli strings ``P_s``. Every
@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from thermoeqprop._deprecated import renamed_fields
 from thermoeqprop._protocols import Model
 from thermoeqprop.quantum._costs import ExpectationLoss, SquaredErrorCost
 from thermoeqprop.quantum._kernels import StringTable, assemble, string_table
@@ -215,6 +216,7 @@ class Hamiltonian:
         return PauliSum(self.strings, tuple(complex(v) for v in c))
 
 
+@renamed_fields
 @dataclasses.dataclass(frozen=True)
 class QuantumNetwork(Model):
     """A qubit network: Hamiltonian, output observables and cost; a :class:`Model`.
@@ -227,10 +229,11 @@ class QuantumNetwork(Model):
         hamiltonian: The :class:`Hamiltonian`.
         outputs: Output observables ``B_j`` (Pauli specs or Hermitian :class:`PauliSum`).
         cost: :class:`SquaredErrorCost` (default) or :class:`ExpectationLoss`.
-        init_scale: Standard deviation of the Gaussian noise added to the initial values:
+        init_noise: Standard deviation of the Gaussian noise added to the initial values:
             one number, or one per parameter group (``{"field": 0.1, "coupling": 0.5,
             "input": 0.0}``, every group of :attr:`Hamiltonian.parameter_groups`; stored as
-            sorted pairs, so the network stays hashable).
+            sorted pairs, so the network stays hashable). ``init_scale``, its former name,
+            is a deprecated alias.
 
     Example:
         >>> from thermoeqprop.quantum import classifier_network
@@ -241,7 +244,7 @@ class QuantumNetwork(Model):
         >>> sorted(set(net.hamiltonian.parameter_groups))
         ['coupling', 'field', 'input']
         >>> scales = {"input": 0.0, "field": 0.1, "coupling": 0.5}
-        >>> dataclasses.replace(net, init_scale=scales).init_scale
+        >>> dataclasses.replace(net, init_noise=scales).init_noise
         (('coupling', 0.5), ('field', 0.1), ('input', 0.0))
     """
 
@@ -249,19 +252,19 @@ class QuantumNetwork(Model):
     hamiltonian: Hamiltonian
     outputs: tuple[PauliSum, ...]
     cost: Any = dataclasses.field(default_factory=SquaredErrorCost)
-    init_scale: float | tuple[tuple[str, float], ...] = 0.1
+    init_noise: float | tuple[tuple[str, float], ...] = 0.1
 
     def __post_init__(self):
-        scale = self.init_scale
+        scale = self.init_noise
         if isinstance(scale, Mapping | tuple):
             pairs = tuple(sorted(dict(scale).items()))
-            scales = _per_group(self.hamiltonian.parameter_groups, dict(pairs), "init_scale")
+            scales = _per_group(self.hamiltonian.parameter_groups, dict(pairs), "init_noise")
             if np.any(scales < 0):
-                raise ValueError(f"init_scale must be ≥ 0 for every group, got {dict(pairs)!r}")
-            object.__setattr__(self, "init_scale", pairs)
+                raise ValueError(f"init_noise must be ≥ 0 for every group, got {dict(pairs)!r}")
+            object.__setattr__(self, "init_noise", pairs)
         elif not (isinstance(scale, int | float | np.floating) and 0 <= scale < math.inf):
             raise ValueError(
-                f"init_scale must be a finite number ≥ 0 or a mapping from parameter group to "
+                f"init_noise must be a finite number ≥ 0 or a mapping from parameter group to "
                 f"one, got {scale!r}"
             )
         n = self.hamiltonian.num_qubits
@@ -309,12 +312,12 @@ class QuantumNetwork(Model):
         return 2 if self.num_outputs == 1 else self.num_outputs
 
     def init_params(self, rng_key: jax.Array) -> jax.Array:
-        """Initial values of the terms plus ``init_scale`` Gaussian noise (per group when
-        ``init_scale`` names groups), shape (num_params,)."""
+        """Initial values of the terms plus ``init_noise`` Gaussian noise (per group when
+        ``init_noise`` names groups), shape (num_params,)."""
         base = self.hamiltonian.initial_params()
-        scale = self.init_scale
+        scale = self.init_noise
         if isinstance(scale, tuple):
-            scale = self.hamiltonian.group_values(dict(scale), "init_scale")
+            scale = self.hamiltonian.group_values(dict(scale), "init_noise")
         return base + scale * jax.random.normal(rng_key, base.shape, base.dtype)
 
     def encode_labels(self, labels: jax.Array) -> jax.Array:
