@@ -423,6 +423,28 @@ def _ep_call(x, targets):
     return estimator(params, x, targets, jax.random.key(1))
 
 
+def _call_with_params(estimator, change):
+    """``estimator`` on a batch of 2 with its model's initial parameters changed by
+    ``change(params)``."""
+    params = change(estimator.model.init_params(jax.random.key(0)))
+    x = jnp.zeros((2, estimator.model.num_inputs))
+    targets = jnp.zeros((2, estimator.model.num_outputs))
+    return estimator(params, x, targets, jax.random.key(1))
+
+
+def _not_positive_definite(params):
+    """Couplings of 5 between the hidden layer and the outputs: A = I − K has a negative
+    eigenvalue."""
+    return params | {"weights": (params["weights"][0], 5 * jnp.ones_like(params["weights"][1]))}
+
+
+def _exact_quadratic():
+    from thermoeqprop.estimators import ThermalExact
+    from thermoeqprop.models import QuadraticNetwork
+
+    return ThermalExact(QuadraticNetwork((4, 5, 3)), temperature=0.5)
+
+
 def _sample(**change):
     import samplers
 
@@ -512,6 +534,24 @@ API_CASES = {
     "infinite target": (
         lambda: _ep_call(jnp.zeros((1, 4)), jnp.array([[0.0, jnp.inf, 0.0]])),
         "targets contains 1 non-finite value(s)",
+    ),
+    "NaN parameters at T = 0": (
+        lambda: _call_with_params(
+            _ep(), lambda p: p | {"biases": (p["biases"][0].at[2].set(jnp.nan), p["biases"][1])}
+        ),
+        "params['biases'][0] holds 1 non-finite value(s) (NaN or inf), the first at index (2,) "
+        "= nan; parameters must be finite",
+    ),
+    "infinite parameters of a thermal estimator": (
+        lambda: _call_with_params(
+            _thermal(), lambda p: p | {"weights": (p["weights"][0] * jnp.inf, p["weights"][1])}
+        ),
+        "params['weights'][0] holds",
+    ),
+    "quadratic network without a Gibbs law": (
+        lambda: _call_with_params(_exact_quadratic(), _not_positive_definite),
+        "the precision matrix A = I − K of this QuadraticNetwork is not positive definite "
+        "(smallest eigenvalue",
     ),
     "inputs of the wrong width": (
         lambda: _ep_call(jnp.zeros((2, 5)), jnp.zeros((2, 3))),

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from thermoeqprop._result import GradientEstimate
-from thermoeqprop._validation import check_labels, check_matrix
+from thermoeqprop._validation import check_labels, check_matrix, check_params
 
 __all__ = ["Estimator", "Model"]
 
@@ -85,6 +85,11 @@ class Model(abc.ABC):
                 f"x has {x.shape[0]} examples but targets has {targets.shape[0]}; they must match"
             )
         return jnp.asarray(x, dtype=float), jnp.asarray(targets, dtype=float)
+
+    def validate_params(self, params) -> None:
+        """Check concrete parameters at the boundary: finite everywhere (models with more to
+        check, a Gibbs law that must exist, say, extend this). Traced ones pass unchecked."""
+        check_params(params)
 
     def _checked_labels(self, labels) -> jax.Array:
         """``labels`` as an array, raising if concrete ones lie outside 0 … num_classes − 1.

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import numpy as np
 
 __all__ = [
+    "check_params",
     "check_labels",
     "check_matrix",
     "check_positive",
@@ -54,6 +56,30 @@ def require_finite(name: str, array: Any) -> np.ndarray:
             f"index {first} = {a[first]!r}; data must be finite"
         )
     return a
+
+
+def check_params(params: Any) -> None:
+    """Raise if concrete parameters hold NaN or infinite entries, naming the first such leaf.
+
+    Traced parameters (inside ``jit`` or ``grad``) pass unchecked: compiled code reports, it
+    does not raise. Without this a relaxation from NaN couplings never moves, and the cost of
+    its starting state came back as a finite loss with a zero gradient.
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if isinstance(leaf, jax.core.Tracer):
+            return
+        a = np.asarray(leaf)
+        if a.dtype.kind not in "fc":
+            continue
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"params{jax.tree_util.keystr(path)} holds {int(bad.sum())} non-finite value(s) "
+                f"(NaN or inf), the first at index {first} = {a[first].item()!r}; parameters "
+                "must be finite (a diverged optimiser step? a smaller learning rate keeps them "
+                "finite)"
+            )
 
 
 def check_matrix(name: str, array: Any, num_columns: int, what: str) -> np.ndarray:

@@ -55,12 +55,14 @@ class ThermalExact(Estimator):
             )
 
     def __call__(self, params, x, targets, rng_key=None) -> GradientEstimate:
+        self.model.validate_params(params)
         x, targets = self.model.validate_inputs(x, targets)
         temperature = float(self.temperature)  # an int T would compile a second time
         loss, grad = _exact_loss_and_grad(self.model, params, x, targets, temperature)
         return GradientEstimate(grad=grad, loss=loss)
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
+        self.model.validate_params(params)
         x, _ = self.model.validate_inputs(x)
         return _exact_output(self.model, params, x, float(self.temperature))
 
@@ -71,6 +73,7 @@ class ThermalExact(Estimator):
         :class:`ThermalNudged` estimates: comparing the two isolates its Monte Carlo error
         from its O(β²) bias.
         """
+        self.model.validate_params(params)
         x, targets = self.model.validate_inputs(x, targets)
         temperature = float(self.temperature)
         return _exact_free_energy_grad(self.model, params, x, targets, temperature, beta)

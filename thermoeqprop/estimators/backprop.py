@@ -45,11 +45,13 @@ class FeedforwardBackprop(Estimator):
             )
 
     def __call__(self, params, x, targets, rng_key=None) -> GradientEstimate:
+        self.model.validate_params(params)
         x, targets = self.model.validate_inputs(x, targets)
         loss, grad = _loss_and_grad(self.model, params, x, targets)
         return GradientEstimate(grad=grad, loss=loss)
 
     def predict(self, params, x, rng_key=None):
+        self.model.validate_params(params)
         x, _ = self.model.validate_inputs(x)
         return _predict(self.model, params, x)
 

@@ -298,6 +298,7 @@ class _SampledEstimator(Estimator):
         return uses_conditional(self.model, self.rao_blackwell, beta)
 
     def _validated(self, params, x, targets):
+        self.model.validate_params(params)
         x, targets = self.model.validate_inputs(x, targets)
         return x, targets
 
@@ -380,6 +381,7 @@ class _SampledEstimator(Estimator):
         return estimate, combined, merged, traces
 
     def predict(self, params, x, rng_key) -> jax.Array:
+        self.model.validate_params(params)
         x, _ = self.model.validate_inputs(x)
         dummy = jnp.zeros((x.shape[0], self.model.num_outputs), x.dtype)
         drawn = (draw_collapsed if collapses(self) else draw_states)(

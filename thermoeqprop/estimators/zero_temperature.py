@@ -240,6 +240,7 @@ class ZeroTemperatureEP(Estimator):
         check_positive("beta", self.beta)
 
     def __call__(self, params, x, targets, rng_key=None) -> GradientEstimate:
+        self.model.validate_params(params)
         x, targets = self.model.validate_inputs(x, targets)
         relaxation = _RelaxationValues.of(self.relaxation)
         return _ep_estimate(
@@ -247,11 +248,13 @@ class ZeroTemperatureEP(Estimator):
         )
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
+        self.model.validate_params(params)
         x, _ = self.model.validate_inputs(x)
         return _free_output(self.model, params, x, _RelaxationValues.of(self.relaxation))
 
     def relax_free(self, params, x) -> RelaxationResult:
         """The free phase alone (batch of relaxed states with residuals)."""
+        self.model.validate_params(params)
         x, _ = self.model.validate_inputs(x)
         return _free_phase(self.model, params, x, _RelaxationValues.of(self.relaxation))
 
@@ -313,12 +316,14 @@ class ImplicitDifferentiation(Estimator):
         _check_model(self.model)
 
     def __call__(self, params, x, targets, rng_key=None) -> GradientEstimate:
+        self.model.validate_params(params)
         x, targets = self.model.validate_inputs(x, targets)
         return _implicit_estimate(
             self.model, params, x, targets, _RelaxationValues.of(self.relaxation)
         )
 
     def predict(self, params, x, rng_key=None) -> jax.Array:
+        self.model.validate_params(params)
         x, _ = self.model.validate_inputs(x)
         return _free_output(self.model, params, x, _RelaxationValues.of(self.relaxation))
 

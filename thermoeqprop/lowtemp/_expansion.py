@@ -268,6 +268,7 @@ def laplace_expansion(
         True
     """
     check_smooth_model(model)
+    model.validate_params(params)
     x, targets = model.validate_inputs(x, targets)
     return _expansion(model, relaxation, params, x, targets)
 
@@ -305,6 +306,7 @@ def laplace_average(
         0.0
     """
     check_smooth_model(model)
+    model.validate_params(params)
     x, _ = model.validate_inputs(x)
     return _average(model, relaxation, observable, params, x)
 
@@ -405,6 +407,7 @@ def low_temperature_gradient(
         True
     """
     check_smooth_model(model)
+    model.validate_params(params)
     x, targets = model.validate_inputs(x, targets)
     return _low_temperature_gradient(model, relaxation, params, x, targets)
 

@@ -84,6 +84,21 @@ class QuadraticNetwork(EnergyModel):
     def encode_labels(self, labels):
         return jax.nn.one_hot(self._checked_labels(labels), self.num_outputs, dtype=float)
 
+    def validate_params(self, params) -> None:
+        """Finite parameters, and a positive definite precision ``A``: otherwise
+        ``exp(−E/T)`` cannot be normalised and no Gibbs law (nor a free minimum) exists."""
+        super().validate_params(params)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params)):
+            return
+        lowest = float(np.linalg.eigvalsh(np.asarray(self.precision(params)))[0])
+        if not lowest > 0:
+            raise ValueError(
+                f"the precision matrix A = I − K of this QuadraticNetwork is not positive "
+                f"definite (smallest eigenvalue {lowest:.4g}): exp(−E/T) has no Gibbs law and "
+                "E no minimum; couplings must keep every eigenvalue of A above 0 (smaller "
+                "init_gain, or a smaller learning rate)"
+            )
+
     def precision(self, params) -> jax.Array:
         """The matrix ``A = I − K`` (n, n) of the energy ``½ sᵀAs − bᵀs``."""
         n = self.state_size
