@@ -90,7 +90,16 @@ class QuadraticNetwork(EnergyModel):
         super().validate_params(params)
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(params)):
             return
-        lowest = float(np.linalg.eigvalsh(np.asarray(self.precision(params)))[0])
+        # On the host, in NumPy: no JAX program is compiled for a check (compilations are
+        # counted by tests that a new temperature reuses its program).
+        n = self.state_size
+        a = np.eye(n)
+        offsets = np.cumsum((0,) + self.layer_sizes[1:])
+        for k, w in enumerate(params["weights"][1:]):
+            r0, r1, c1 = offsets[k], offsets[k + 1], offsets[k + 2]
+            a[r0:r1, r1:c1] -= np.asarray(w)
+            a[r1:c1, r0:r1] -= np.asarray(w).T
+        lowest = float(np.linalg.eigvalsh(a)[0])
         if not lowest > 0:
             raise ValueError(
                 f"the precision matrix A = I − K of this QuadraticNetwork is not positive "
