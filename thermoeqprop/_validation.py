@@ -43,18 +43,26 @@ def check_probability(name: str, value: Any) -> float:
     return v
 
 
+def _non_finite(a: np.ndarray) -> str | None:
+    """``"N non-finite value(s) (NaN or inf), the first at index (i, …) = v"``, or None."""
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return None
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    return (
+        f"{int(bad.sum())} non-finite value(s) (NaN or inf), the first at index {first} = "
+        f"{a[first].item()!r}"
+    )
+
+
 def require_finite(name: str, array: Any) -> np.ndarray:
     """Return ``array`` as a NumPy array, raising if it holds NaN or infinite entries."""
     a = np.asarray(array)
     if not np.issubdtype(a.dtype, np.number):
         raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-    bad = ~np.isfinite(a)
-    if bad.any():
-        first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name} contains {int(bad.sum())} non-finite value(s) (NaN or inf), the first at "
-            f"index {first} = {a[first]!r}; data must be finite"
-        )
+    found = _non_finite(a)
+    if found:
+        raise ValueError(f"{name} contains {found}; data must be finite")
     return a
 
 
@@ -71,14 +79,11 @@ def check_params(params: Any) -> None:
         a = np.asarray(leaf)
         if a.dtype.kind not in "fc":
             continue
-        bad = ~np.isfinite(a)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
+        found = _non_finite(a)
+        if found:
             raise ValueError(
-                f"params{jax.tree_util.keystr(path)} holds {int(bad.sum())} non-finite value(s) "
-                f"(NaN or inf), the first at index {first} = {a[first].item()!r}; parameters "
-                "must be finite (a diverged optimiser step? a smaller learning rate keeps them "
-                "finite)"
+                f"params{jax.tree_util.keystr(path)} holds {found}; parameters must be finite "
+                "(a diverged optimiser step? a smaller learning rate keeps them finite)"
             )
 
 
