@@ -259,7 +259,7 @@ class QuantumOptions(OutputOptions, TrainingOptions):
     level: int = option(1, "eigenstate index for --estimator eigenstate")
     beta: float | None = option(None, "nudging strength (default 0.01 exact, 0.1 with --shots)")
     shots: int | None = option(
-        None, "shots per basis setting (ground, excited, thermal-nudged); default exact"
+        None, "shots per basis setting (ep, eigenstate, nudged); default exact"
     )
     shot_model: Literal["projective", "gaussian"] = option(
         "projective",
@@ -271,7 +271,7 @@ class QuantumOptions(OutputOptions, TrainingOptions):
     )
     solver: Literal["dense", "sparse"] = option(
         "dense",
-        "ground and excited: dense eigh, or sparse Lanczos warm-started from the previous "
+        "ep and eigenstate: dense eigh, or sparse Lanczos warm-started from the previous "
         "step's states",
     )
     cost: Literal["expectation-mse", "operator"] = option(
