@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_counting import COMPILES
 
 import thermoeqprop
 import thermoeqprop.estimators  # noqa: F401  (every estimator class defined, for the census)
@@ -95,19 +96,7 @@ CASES = {
                            {"beta": 0.02}),
 }  # fmt: skip
 
-# Everything compiled during a counted call: XLA compilations and persistent-cache requests.
-COMPILES = {"active": False, "events": []}
-
-
-def _count_compile(name, *_, **__):
-    if COMPILES["active"] and (
-        "backend_compile" in name or name == "/jax/compilation_cache/compile_requests_use_cache"
-    ):
-        COMPILES["events"].append(name)
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compile)
-jax.monitoring.register_event_listener(_count_compile)
+# Compilations and cache requests during a counted call: tests/compile_counting.py.
 
 
 def build(case: str) -> Estimator:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_counting import COMPILES
 from samplers_testing import GAUSSIAN_A, GAUSSIAN_B, assert_within_mcse, gaussian_energy
 
 import samplers
@@ -86,21 +87,7 @@ def test_hmc_gaussian_moments():
     check_moments(trace.samples, GAUSSIAN_A, GAUSSIAN_B, "HMC")
 
 
-# Every XLA compilation, and every request to the persistent compilation cache (the test suite
-# runs with one, tests/conftest.py): a recompilation whose executable the cache holds records no
-# backend compile, but it does record its request.
-COMPILES = {"active": False, "events": []}
-
-
-def _count_compile(name, *_, **__):
-    if COMPILES["active"] and (
-        "backend_compile" in name or name == "/jax/compilation_cache/compile_requests_use_cache"
-    ):
-        COMPILES["events"].append(name)
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compile)
-jax.monitoring.register_event_listener(_count_compile)
+# Compilations and cache requests during a counted call: tests/compile_counting.py.
 
 
 def test_nuts_new_temperature_and_data_reuse_the_compiled_call(nuts_gaussian):

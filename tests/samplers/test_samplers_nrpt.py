@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_counting import COMPILES
 from samplers_testing import (
     WELL_HEIGHT,
     WELL_TILT,
@@ -37,19 +38,7 @@ from samplers._base import Kernel, no_validation
 
 K = 5.0
 
-# Everything seen during a counted call: XLA compilations and persistent-cache requests.
-COMPILES = {"active": False, "events": []}
-
-
-def _count_compile(name, *_, **__):
-    if COMPILES["active"] and (
-        "backend_compile" in name or name == "/jax/compilation_cache/compile_requests_use_cache"
-    ):
-        COMPILES["events"].append(name)
-
-
-jax.monitoring.register_event_duration_secs_listener(_count_compile)
-jax.monitoring.register_event_listener(_count_compile)
+# Compilations and cache requests during a counted call: tests/compile_counting.py.
 
 
 # --- Local kernels written here ----------------------------------------------------------------
