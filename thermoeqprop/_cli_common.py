@@ -10,7 +10,7 @@ from pathlib import Path
 from thermoeqprop.options import ModelOptions, SamplingOptions
 from thermoeqprop.results import RunFolder
 
-__all__ = ["build_model", "build_sampling", "model_shape", "write_summary"]
+__all__ = ["build_model", "build_sampling", "write_summary"]
 
 #: ``--collapse`` → :attr:`Sampling.collapse`.
 COLLAPSE = {"auto": None, "on": True, "off": False}
@@ -35,11 +35,6 @@ def build_model(options: ModelOptions, sizes: Sequence[int], init_gain: float | 
     return LayeredNetwork(
         tuple(sizes), activation=options.activation, cost=get_cost(options.cost), **kwargs
     )
-
-
-def model_shape(model) -> str:
-    """``(64, 128, 10)`` for layered networks, ``N spins`` otherwise (``model.architecture``)."""
-    return str(model.architecture)
 
 
 def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, command: str = ""):

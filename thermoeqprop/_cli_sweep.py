@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from thermoeqprop._cli_common import build_model, build_sampling, model_shape, write_summary
+from thermoeqprop._cli_common import build_model, build_sampling, write_summary
 from thermoeqprop.options import SweepOptions, recorded
 
 #: The options of ``thermoeqprop sweep`` (flags, config-file keys, ``config.json``).
@@ -119,7 +119,7 @@ def run(options: SweepOptions) -> int:
     results_dir = Path(options.results_dir)
     exact = "exact reference" if _has_exact(model) else "no exact reference"
     print(
-        f"thermoeqprop sweep: {type(model).__name__} {model_shape(model)} ({exact}) on "
+        f"thermoeqprop sweep: {type(model).__name__} {model.architecture} ({exact}) on "
         f"{described}; T = {options.temperatures}; estimators {estimators}; seeds "
         f"{options.seeds}; results in {results_dir}"
     )

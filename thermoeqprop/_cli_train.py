@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from thermoeqprop import registry
-from thermoeqprop._cli_common import build_model, build_sampling, model_shape, write_summary
+from thermoeqprop._cli_common import build_model, build_sampling, write_summary
 from thermoeqprop.options import TrainOptions, recorded
 
 #: The options of ``thermoeqprop train`` (flags, config-file keys, ``config.json``).
@@ -115,7 +115,7 @@ def run(options: TrainOptions) -> int:
     schedule = temperature_schedule(options, config.epochs)
     results_dir = Path(options.results_dir)
     model = estimator.model
-    shape = model_shape(model)
+    shape = model.architecture
     thermal = options.estimator in thermal_estimators()
     where = f" at T = {options.temperature}" if thermal else ""
     print(
