@@ -54,6 +54,7 @@ from thermoeqprop.results import CheckpointError, RunFolder, describe, write_ato
 
 __all__ = [
     "CheckpointError",
+    "RunStopped",
     "StepConfig",
     "TrainConfig",
     "TrainResult",
@@ -191,13 +192,12 @@ def train(
 
     Raises:
         ValueError: Before anything runs, for bad settings: among them a temperature or a
-            nudge meaningless for this network (:func:`thermoeqprop._validation.check_temperature`,
-            :func:`~thermoeqprop._validation.check_nudge`) and a run that would not fit in
-            memory (:func:`thermoeqprop._resources.check_run_memory`).
-        thermoeqprop._health.RunStopped: A ``FloatingPointError``, when an epoch went bad (a
-            non-finite loss, gradient or parameters, a sampler that rejected every move, no
-            relaxation converged, couplings that blew up); it names the epoch and the reason,
-            and that epoch is not saved, so the results folder keeps the last good one.
+            nudge meaningless for this network (``thermoeqprop._validation``) and a run that
+            would not fit in memory (``thermoeqprop._resources``).
+        RunStopped: A ``FloatingPointError``, when an epoch went bad (a non-finite loss,
+            gradient or parameters, a sampler that rejected every move, no relaxation
+            converged, couplings that blew up); it names the epoch and the reason, and that
+            epoch is not saved, so the results folder keeps the last good one.
 
     Returns:
         A :class:`TrainResult`.
@@ -351,7 +351,7 @@ def _stop_if_broken(epoch: int, folder: RunFolder | None, check: Callable, *args
     try:
         return check(*args)
     except (RunStopped, ValueError) as error:
-        if isinstance(error, ValueError) and not isinstance(error, RunStopped) and epoch == 1:
+        if isinstance(error, ValueError) and epoch == 1:  # bad input, before any update
             raise
         reason = str(error)
         prefix = f"epoch {epoch}: "
