@@ -19,6 +19,7 @@ budget below 2e-3.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -175,3 +176,33 @@ def test_two_processes_sample_as_one_process_with_two_devices(tmp_path):
         exact = samplers.enumerate_spins(ising_energy, 7, (couplings, fields), temperature).mean
         what = f"PT over 2 processes, T={temperature}"
         assert_within_mcse(run["spins"][:, :, k], exact, 5.0, what)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment", "message"),
+    [
+        (dict(num_processes=0), {}, "num_processes must be an integer >= 1, got 0"),
+        (dict(process_id=-1), {}, "process_id must be an integer >= 0, got -1"),
+        (
+            {},
+            {"THERMOEQPROP_NUM_PROCESSES": "two"},
+            "num_processes (from THERMOEQPROP_NUM_PROCESSES) must be an integer >= 1, got 'two'",
+        ),
+        (
+            dict(num_processes=2, process_id=2),
+            {},
+            "process_id must be below num_processes (2), got process_id=2",
+        ),
+        (dict(coordinator_address="localhost"), {}, "must be 'HOST:PORT', got 'localhost'"),
+    ],
+)
+def test_initialize_names_a_bad_argument(monkeypatch, arguments, environment, message):
+    from thermoeqprop import distributed
+
+    for name in distributed.ENVIRONMENT.values():
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        distributed.initialize(**arguments)
+    assert jax.process_count() == 1
