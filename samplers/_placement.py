@@ -178,5 +178,12 @@ def gather(outputs: Any, placement: Placement | None):
     """
     if placement is None or not placement.mesh.is_multi_process:
         return outputs
-    whole = jax.jit(lambda tree: tree, out_shardings=NamedSharding(placement.mesh, PartitionSpec()))
-    return jax.tree_util.tree_map(lambda leaf: leaf.addressable_data(0), whole(outputs))
+    whole = _all_gather(placement.mesh)(outputs)
+    return jax.tree_util.tree_map(lambda leaf: leaf.addressable_data(0), whole)
+
+
+@functools.lru_cache(maxsize=8)
+def _all_gather(mesh: Mesh):
+    """The identity, compiled to leave every output replicated on every device of ``mesh``
+    (built once per mesh, so a run repeated with the same shapes reuses its compilation)."""
+    return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, PartitionSpec()))
