@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
 import tomllib
 import types
@@ -34,6 +33,7 @@ from thermoeqprop import _cli_diagnose, _cli_quantum, _cli_sweep, _cli_train
 from thermoeqprop._provenance import package_version
 from thermoeqprop.options import check_config, deprecations, describe_type, option_fields
 from thermoeqprop.training import CheckpointError
+from thermoeqprop_console import INTERRUPTED, MESSAGE, interrupts
 
 __all__ = ["main"]
 
@@ -169,10 +169,6 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _commands() -> dict[str, tuple[type, Callable, str]]:
     """Each sub-command: its options, how it runs (on them), its one-line help."""
     return {
@@ -231,7 +227,17 @@ def _note(command: str, fallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``thermoeqprop`` command."""
+    """Entry point of the command line (the console script is :func:`thermoeqprop_console.main`,
+    which handles signals from before this module is imported)."""
+    with interrupts():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print("\n" + MESSAGE, file=sys.stderr)
+            return INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     commands = _commands()
@@ -241,7 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     options_type, run, _ = commands[command]
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _note(command, previous_showwarning)
     try:
@@ -250,13 +255,6 @@ def main(argv: list[str] | None = None) -> int:
         for message in messages:
             print(message, file=sys.stderr)
         return int(run(options) or 0)
-    except KeyboardInterrupt:
-        print(
-            "\nthermoeqprop: interrupted; finished work is saved in the results folder. "
-            "Run the same command again to resume.",
-            file=sys.stderr,
-        )
-        return 130
     except (
         CommandError,
         CheckpointError,
@@ -268,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         warnings.showwarning = previous_showwarning
-        if previous_handler is not None:  # None: installed outside Python, cannot restore
-            signal.signal(signal.SIGTERM, previous_handler)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m thermoeqprop.cli: as the console script does
+    import thermoeqprop_console
+
+    sys.exit(thermoeqprop_console.main())
