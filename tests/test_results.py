@@ -195,3 +195,23 @@ def test_a_folder_recording_former_names_resumes(tmp_path):
     changed = new | {"sampling": {"type": "Sampling", "init_gain": 0.5}}
     with pytest.raises(ValueError, match="sampling.init_gain"):
         RunFolder(folder.path).create("temperature_sweep", changed)
+
+
+def test_a_damaged_metrics_line_is_refused_naming_the_file_and_line(tmp_path):
+    folder = RunFolder(tmp_path / "run").create("train", CONFIG)
+    for epoch in (1, 2, 3):
+        folder.append_metrics({"epoch": epoch, "train_loss": 1.0 / epoch})
+    metrics = folder / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    for damage, problem in [("garbled{\n", "not JSON"), ("[2]\n", "not a JSON object"),
+                            ('{"step": 2}\n', "no 'epoch'")]:  # fmt: skip
+        metrics.write_text(lines[0] + damage + lines[2])
+        with pytest.raises(
+            CorruptFileError, match=f"metrics.jsonl' is damaged at line 2 \\({problem}"
+        ):
+            folder.read_metrics("epoch", upto=3)
+    # A damaged last line with its newline is damage too; without it, a line cut short.
+    metrics.write_text(lines[0] + lines[1] + "garbled\n")
+    with pytest.raises(CorruptFileError, match="at line 3"):
+        folder.read_metrics()
+    folder.release()

@@ -169,6 +169,21 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+#: The options naming a folder: an empty name would mean the current directory.
+FOLDER_OPTIONS = ("results_dir", "out", "run_folder")
+
+
+def _check_folder_names(options) -> None:
+    for name in FOLDER_OPTIONS:
+        value = getattr(options, name, None)
+        if isinstance(value, str) and not value.strip():
+            shown = "RUN_FOLDER" if name == "run_folder" else "--" + name.replace("_", "-")
+            raise CommandError(
+                f"{shown} is empty ({value!r}); give a folder name (write . for the current "
+                "directory)"
+            )
+
+
 def _commands() -> dict[str, tuple[type, Callable, str]]:
     """Each sub-command: its options, how it runs (on them), its one-line help."""
     return {
@@ -251,6 +266,7 @@ def _main(argv: list[str] | None) -> int:
     warnings.showwarning = _note(command, previous_showwarning)
     try:
         options = parse_options(sub.choices[command], options_type, rest)
+        _check_folder_names(options)
         options, messages = deprecations(options, command)
         for message in messages:
             print(message, file=sys.stderr)

@@ -20,7 +20,8 @@ it (docs/design.md, section "Results folders"). A run folder
   new one, never half of one; checkpoints (``.npz``) and Datasets (``.nc``) carry a SHA-256
   checksum of their contents, verified on reading (:class:`CorruptFileError` names the file);
 - keeps *metrics lines* (``metrics.jsonl``, one JSON record a line, appended and fsynced; a
-  last line cut short by a kill is ignored when read) and *series files* (``series/*.nc``,
+  last line cut short by a kill is ignored when read, any other damage is refused naming the
+  file and the line) and *series files* (``series/*.nc``,
   ArviZ InferenceData of per-draw gradient series, for ``diagnose``).
 
 Example:
@@ -80,6 +81,11 @@ KINDS = ("train", "train_steps", "temperature_sweep", "low_temperature_study")
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+
+
+#: JSON's names of the types ``json.loads`` returns.
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}  # fmt: skip
 
 
 class FolderLockedError(ValueError):
@@ -309,14 +315,25 @@ class RunFolder:
     # Reading what the folder records.
 
     def read_config(self) -> dict[str, Any] | None:
-        """``config.json``, or None if there is none; ``ValueError`` if it is not JSON."""
+        """``config.json``, or None if there is none; ``ValueError`` if it is not a JSON
+        object."""
         path = self.path / CONFIG_FILE
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{str(path)!r} is not valid JSON") from None
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(
+                f"{str(path)!r} is not valid JSON; it is not a results folder's configuration "
+                "(choose another folder)"
+            ) from None
+        if not isinstance(record, dict):
+            kind = _JSON_TYPES.get(type(record), "value")
+            raise ValueError(
+                f"{str(path)!r} holds a JSON {kind}, not an object; it is not a results "
+                "folder's configuration (choose another folder)"
+            )
+        return record
 
     @property
     def kind(self) -> str | None:
@@ -357,19 +374,36 @@ class RunFolder:
 
     def read_metrics(self, counter: str | None = None, upto: int | None = None) -> list[dict]:
         """The records of ``metrics.jsonl`` (those whose ``counter`` is at most ``upto``, if
-        given); a last line cut short by a kill, and everything after it, is left out."""
+        given). A last line cut short by a kill (no newline at its end) is left out; any other
+        line that is not a JSON object is damage, refused with :class:`CorruptFileError`
+        naming the file and the line (the checkpoints keep parameters, not past metrics, so
+        the file cannot be rebuilt from them, and dropping the line would lose epochs)."""
         path = self.path / METRICS_FILE
         if not path.exists():
             return []
+        text = path.read_text(errors="replace")
+        lines = text.split("\n")
         history = []
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut short by a kill: what follows is redone on resume
-                if upto is None or record[counter] <= upto:
-                    history.append(record)
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if number == len(lines):  # the last line, without its newline: cut short
+                    break
+                record, problem = None, f"not JSON: {exc.msg}"
+            else:
+                problem = "not a JSON object" if not isinstance(record, dict) else None
+                if problem is None and counter is not None and counter not in record:
+                    problem = f"no {counter!r}"
+            if problem is not None:
+                raise CorruptFileError(
+                    f"metrics file {str(path)!r} is damaged at line {number} ({problem}); "
+                    "restore it from a copy, or choose another folder to start the run again"
+                )
+            if upto is None or record[counter] <= upto:
+                history.append(record)
         return history
 
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
