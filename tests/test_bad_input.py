@@ -123,6 +123,16 @@ def _garbled_metrics(command_line):
     return setup
 
 
+def _other_devices(tmp_path):
+    """A finished run whose config.json says it ran on 3 more CPU devices than this process."""
+    folder = tmp_path / "run"
+    assert main([*TRAIN, "--results-dir", str(folder)]) == 0
+    record = json.loads((folder / "config.json").read_text())
+    record["environment"]["device_count"] += 3
+    (folder / "config.json").write_text(json.dumps(record))
+    return ["--results-dir", str(folder)]
+
+
 def _file_as_out(tmp_path):
     (tmp_path / "a-file").write_text("x")
     return ["--out", str(tmp_path / "a-file"), *_empty_folder(tmp_path)]
@@ -309,6 +319,12 @@ CLI_CASES = {
         TRAIN,
         _as_results_dir(_config_not_an_object),
         "config.json' holds a JSON array, not an object",
+    ),
+    "train resumed on another device count": (
+        TRAIN,
+        _other_devices,
+        f"device(s) and this process has {jax.device_count()} cpu device(s); a resume is bit "
+        f"for bit only on the same devices: set THERMOEQPROP_CPU_DEVICES={jax.device_count() + 3}",
     ),
     "train garbled metrics line": (
         TRAIN,

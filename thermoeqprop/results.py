@@ -13,8 +13,8 @@ it (docs/design.md, section "Results folders"). A run folder
   ``"environment"`` the package, JAX and NumPyro versions and the device count of the
   invocation that wrote it last;
 - is *compared* on resume: a folder holding another configuration is refused with one line
-  naming the differing keys and their values there and now (the environment is never
-  compared);
+  naming the differing keys and their values there and now, and so is one written on another
+  JAX backend or device count (results follow the devices; the versions are not compared);
 - is written *atomically*: every file goes to a temporary file in the same folder, is fsynced
   and renamed over its name, so a reader (or a resume after a kill) sees the old file or the
   new one, never half of one; checkpoints (``.npz``) and Datasets (``.nc``) carry a SHA-256
@@ -217,14 +217,14 @@ class RunFolder:
             kind: One of :data:`KINDS`.
             config: What the run is (JSON-friendly; see :func:`describe`).
             compared: Top-level keys of ``config`` that a resume must match (default all);
-                the ``"environment"`` is never compared.
+                of the ``"environment"`` only the backend and device count are compared.
             extendable: Keys (last dotted part) that may differ on resume, such as the
                 number of epochs of a constant-rate run.
             subfolders: Folders to make inside.
 
         Raises:
-            ValueError: The folder cannot be written, or holds another kind of run or
-                another configuration (naming the differing keys).
+            ValueError: The folder cannot be written, or holds another kind of run, another
+                configuration (naming the differing keys) or a run on other devices.
             FolderLockedError: Another process is writing it.
         """
         if kind not in KINDS:
@@ -296,6 +296,7 @@ class RunFolder:
                 f"results folder {str(self.path)!r} holds a {there} run, not a "
                 f"{record['kind']} run; choose another folder"
             )
+        self._check_devices(previous.get(ENVIRONMENT_KEY), record[ENVIRONMENT_KEY])
         # Legacy folders recorded no kind, and fields and options by their former names.
         previous = upgrade_record({"kind": record["kind"]} | previous)
         mismatched = config_differences(previous, record, compared, extendable)
@@ -311,6 +312,28 @@ class RunFolder:
                 f"configuration ({shown}); resume with the same configuration or choose "
                 "another folder"
             )
+
+    def _check_devices(self, there: Any, now: dict[str, Any]) -> None:
+        """Refuse a resume on another JAX backend or device count than the folder's: the
+        shards of a sampled estimate, and so its rounding, follow the devices (1 and 2 CPU
+        devices differ by ~1e-12 after one epoch), and a resumed run is bit for bit the
+        uninterrupted one only on the same devices. Folders that recorded none pass."""
+        if not isinstance(there, dict) or not isinstance(there.get("device_count"), int):
+            return
+        was = (there.get("jax_backend", now["jax_backend"]), there["device_count"])
+        if was == (now["jax_backend"], now["device_count"]):
+            return
+        count = was[1]
+        how = (
+            f"set THERMOEQPROP_CPU_DEVICES={count} (or JAX_NUM_CPU_DEVICES={count}, which wins)"
+            if was[0] == "cpu"
+            else f"make {count} {was[0]} device(s) visible"
+        )
+        raise ValueError(
+            f"results folder {str(self.path)!r} was written on {count} {was[0]} device(s) and "
+            f"this process has {now['device_count']} {now['jax_backend']} device(s); a resume "
+            f"is bit for bit only on the same devices: {how}, or choose another folder"
+        )
 
     # Reading what the folder records.
 
