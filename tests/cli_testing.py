@@ -1,4 +1,7 @@
-"""Running ``thermoeqprop`` in a real subprocess, and interrupting it mid-run."""
+"""Running ``thermoeqprop`` in a real subprocess, and interrupting it mid-run.
+
+The subprocess runs the console script's module (``python -m thermoeqprop_console``), as the
+installed ``thermoeqprop`` command does: signal handling before the package's imports."""
 
 import os
 import subprocess
@@ -8,21 +11,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The ``thermoeqprop`` command, from this source tree.
+COMMAND = [sys.executable, "-m", "thermoeqprop_console"]
 
 
-def _environment() -> dict[str, str]:
+def environment() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def run_cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m thermoeqprop.cli ARGS`` to the end; text output captured."""
+    """Run ``thermoeqprop ARGS`` to the end; text output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "thermoeqprop.cli", *args],
+        COMMAND + list(args),
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=cwd,
-        env=_environment(),
+        env=environment(),
     )
 
 
@@ -32,10 +37,10 @@ def interrupt_cli(
     """Start the command, send ``sig`` as soon as ``when()`` holds (polled every 50 ms), and
     return its exit status and standard error."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "thermoeqprop.cli", *args],
+        COMMAND + list(args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=_environment(),
+        env=environment(),
     )
     deadline = time.time() + timeout
     try:

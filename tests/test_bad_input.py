@@ -84,6 +84,60 @@ def _sweep_config_only(tmp_path):
     return [str(folder)]
 
 
+#: Folders locked by a setup (held until the test process ends: "another run" writing them).
+_HELD = []
+
+
+def _locked_folder(tmp_path):
+    from thermoeqprop.results import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.lock()  # flock is per open file: this process's run is refused like another's
+    _HELD.append(folder)
+    return ["--results-dir", str(folder.path)]
+
+
+def _config_not_an_object(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text("[1, 2]")
+    return [str(folder)]
+
+
+def _as_results_dir(setup):
+    return lambda tmp_path: ["--results-dir", *setup(tmp_path)]
+
+
+def _garbled_metrics(command_line):
+    """A finished run whose metrics.jsonl has a garbled first line."""
+
+    def setup(tmp_path):
+        folder = tmp_path / "run"
+        assert main([*command_line, "--results-dir", str(folder)]) == 0
+        metrics = folder / "metrics.jsonl"
+        lines = metrics.read_text().splitlines(keepends=True)
+        metrics.write_text('{"epoch": 1, "train_lo\n' + "".join(lines[1:]))
+        return ["--results-dir", str(folder)]
+
+    return setup
+
+
+def _other_devices(tmp_path):
+    """A finished run whose config.json says it ran on 3 more CPU devices than this process."""
+    folder = tmp_path / "run"
+    assert main([*TRAIN, "--results-dir", str(folder)]) == 0
+    record = json.loads((folder / "config.json").read_text())
+    record["environment"]["device_count"] += 3
+    (folder / "config.json").write_text(json.dumps(record))
+    return ["--results-dir", str(folder)]
+
+
+def _file_as_out(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    return ["--out", str(tmp_path / "a-file"), *_empty_folder(tmp_path)]
+
+
 # (command line before the setup's arguments, setup or None, fragment of the message)
 CLI_CASES = {
     # train: flags
@@ -279,6 +333,32 @@ CLI_CASES = {
         "epoch_0002.npz is truncated or corrupted",
     ),
     "train tampered checkpoint": (TRAIN, _tampered_checkpoint, "epoch_0002.npz fails its checksum"),
+    "train empty results folder name": (
+        TRAIN + ["--results-dir", ""],
+        None,
+        "--results-dir is empty (''); give a folder name (write . for the current directory)",
+    ),
+    "train folder being written by another run": (
+        TRAIN,
+        _locked_folder,
+        "is being written by another process (pid",
+    ),
+    "train config.json not an object": (
+        TRAIN,
+        _as_results_dir(_config_not_an_object),
+        "config.json' holds a JSON array, not an object",
+    ),
+    "train resumed on another device count": (
+        TRAIN,
+        _other_devices,
+        f"device(s) and this process has {jax.device_count()} cpu device(s); a resume is bit "
+        f"for bit only on the same devices: set THERMOEQPROP_CPU_DEVICES={jax.device_count() + 3}",
+    ),
+    "train garbled metrics line": (
+        TRAIN,
+        _garbled_metrics(TRAIN),
+        "metrics.jsonl' is damaged at line 1 (not JSON",
+    ),
     # sweep
     "sweep negative temperature": (
         SWEEP + ["--temperatures", "-1"],
@@ -337,6 +417,21 @@ CLI_CASES = {
         "config key 'seeds' has value '0 1'; valid: a list of integers",
     ),
     "sweep corrupted part": (SWEEP, _corrupted_sweep_part, "T000.nc' is unreadable"),
+    "sweep empty results folder name": (
+        SWEEP + ["--results-dir", " "],
+        None,
+        "--results-dir is empty",
+    ),
+    "sweep folder being written by another run": (
+        SWEEP,
+        _locked_folder,
+        "is being written by another process (pid",
+    ),
+    "sweep config.json not an object": (
+        SWEEP,
+        _as_results_dir(_config_not_an_object),
+        "config.json' holds a JSON array, not an object",
+    ),
     # quantum
     "quantum temperature too high for the floats": (
         QUANTUM + ["--estimator", "covariance", "--temperature", "1e12"],
@@ -405,6 +500,26 @@ CLI_CASES = {
         "config key 'dataset' has value 'spirals'; valid: ['moons', 'circles']",
     ),
     "quantum results folder under a file": (QUANTUM, _under_a_file, "is not writable"),
+    "quantum empty results folder name": (
+        QUANTUM + ["--results-dir", ""],
+        None,
+        "--results-dir is empty",
+    ),
+    "quantum folder being written by another run": (
+        QUANTUM,
+        _locked_folder,
+        "is being written by another process (pid",
+    ),
+    "quantum config.json not an object": (
+        QUANTUM,
+        _as_results_dir(_config_not_an_object),
+        "config.json' holds a JSON array, not an object",
+    ),
+    "quantum garbled metrics line": (
+        QUANTUM,
+        _garbled_metrics(QUANTUM),
+        "metrics.jsonl' is damaged at line 1 (not JSON",
+    ),
     # diagnose
     "diagnose missing folder": (
         ["diagnose", "/nonexistent/run"],
@@ -417,6 +532,27 @@ CLI_CASES = {
         "neither a sweep nor a training results folder",
     ),
     "diagnose sweep without series": (["diagnose"], _sweep_config_only, "has no gradient series"),
+    "diagnose empty run folder name": (["diagnose", ""], None, "RUN_FOLDER is empty ('')"),
+    "diagnose empty output folder name": (
+        ["diagnose", "--out", ""],
+        _empty_folder,
+        "--out is empty",
+    ),
+    "diagnose output folder that is a file": (
+        ["diagnose"],
+        _file_as_out,
+        "a-file' is a file; give a folder for the tables and plots",
+    ),
+    "diagnose config.json not an object": (
+        ["diagnose"],
+        _config_not_an_object,
+        "config.json' holds a JSON array, not an object",
+    ),
+    "diagnose garbled metrics line": (
+        ["diagnose"],
+        lambda tmp_path: _garbled_metrics(TRAIN)(tmp_path)[1:],
+        "metrics.jsonl' is damaged at line 1 (not JSON",
+    ),
     "diagnose zero parameters": (
         ["diagnose", "--max-parameters", "0"],
         _empty_folder,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
 import tomllib
 import types
@@ -39,6 +38,7 @@ from thermoeqprop._health import RunStopped
 from thermoeqprop._provenance import package_version
 from thermoeqprop.options import check_config, deprecations, describe_type, option_fields
 from thermoeqprop.training import CheckpointError
+from thermoeqprop_console import INTERRUPTED, MESSAGE, interrupts
 
 __all__ = ["main"]
 
@@ -174,8 +174,19 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+#: The options naming a folder: an empty name would mean the current directory.
+FOLDER_OPTIONS = ("results_dir", "out", "run_folder")
+
+
+def _check_folder_names(options) -> None:
+    for name in FOLDER_OPTIONS:
+        value = getattr(options, name, None)
+        if isinstance(value, str) and not value.strip():
+            shown = "RUN_FOLDER" if name == "run_folder" else "--" + name.replace("_", "-")
+            raise CommandError(
+                f"{shown} is empty ({value!r}); give a folder name (write . for the current "
+                "directory)"
+            )
 
 
 def _commands() -> dict[str, tuple[type, Callable, str]]:
@@ -236,7 +247,17 @@ def _note(command: str, fallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``thermoeqprop`` command."""
+    """Entry point of the command line (the console script is :func:`thermoeqprop_console.main`,
+    which handles signals from before this module is imported)."""
+    with interrupts():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print("\n" + MESSAGE, file=sys.stderr)
+            return INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     commands = _commands()
@@ -246,22 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     options_type, run, _ = commands[command]
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _note(command, previous_showwarning)
     try:
         options = parse_options(sub.choices[command], options_type, rest)
+        _check_folder_names(options)
         options, messages = deprecations(options, command)
         for message in messages:
             print(message, file=sys.stderr)
         return int(run(options) or 0)
-    except KeyboardInterrupt:
-        print(
-            "\nthermoeqprop: interrupted; finished work is saved in the results folder. "
-            "Run the same command again to resume.",
-            file=sys.stderr,
-        )
-        return 130
     except RunStopped as exc:  # went bad midway: the folder keeps the last good unit
         print(f"thermoeqprop {command}: error: {exc}", file=sys.stderr)
         return 3
@@ -276,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         warnings.showwarning = previous_showwarning
-        if previous_handler is not None:  # None: installed outside Python, cannot restore
-            signal.signal(signal.SIGTERM, previous_handler)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m thermoeqprop.cli: as the console script does
+    import thermoeqprop_console
+
+    sys.exit(thermoeqprop_console.main())

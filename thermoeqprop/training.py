@@ -5,7 +5,8 @@ A run writes ``RESULTS_DIR/``:
 
 - ``config.json``: the training configuration, a description of the estimator and, under
   ``"environment"``, the package, JAX and NumPyro versions and the device count of the
-  invocation that wrote it (not compared on resume; docs/design.md, section "Results folders");
+  invocation that wrote it (a resume must match the backend and device count, not the
+  versions; docs/design.md, section "Results folders");
 - ``metrics.jsonl``: one JSON line per finished epoch;
 - ``checkpoints/epoch_NNNN.npz``: parameters, optimiser state and epoch, written atomically
   (temporary file, fsync, rename) with a SHA-256 checksum of their contents;
