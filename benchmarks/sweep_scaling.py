@@ -1,8 +1,8 @@
 """A temperature sweep on Dask against the same sweep in one process, on this machine's cores.
 
 The sweep: 16 temperatures × 4 seeds of the covariance estimator on a layered spin network
-(block Gibbs, enumeration reference), each estimate one Dask task (64 tasks), written to a
-results folder as a user's sweep is. Serial: ``temperature_sweep`` in this process with the
+(block Gibbs, enumeration reference), each estimate one Dask task (64 tasks, and 16 more that
+join each temperature's into its files), written to a results folder as a user's sweep is. Serial: ``temperature_sweep`` in this process with the
 package's defaults (one XLA CPU device per core, every core's threads: today's behaviour).
 Dask: ``temperature_sweep(client=...)`` on an embedded ``LocalCluster`` of ``--workers``
 processes with one thread, one XLA thread and one CPU device each
@@ -12,11 +12,14 @@ Protocol: the cluster's start-up is timed; then one sweep of each kind compiles 
 apart: each worker compiles its own programs); then ``--reps`` interleaved repetitions,
 serial, Dask, serial, Dask, … (each in a fresh results folder); medians and ranges, the
 speed-up per repetition (serial / Dask of the same repetition, so load that drifts between
-repetitions cancels) and its median. Per-task overhead, two ways: a round trip of an empty
+repetitions cancels) and its median. Per-task overhead, three ways: a round trip of an empty
 task (``--empty`` of them submitted at once, wall time / count), and in the sweep itself,
 (workers × Dask wall time − Σ task compute time) / tasks, where a task's compute time is its
 estimate's ``wall_time``: the time a worker is not computing an estimate, per task (scheduling,
-transfers, this process writing files, start and end of the sweep not overlapping).
+transfers, joining and encoding each temperature's files, start and end of the sweep not
+overlapping); and the
+calling process's own CPU time per Dask sweep (what it spends recording the workers' results),
+which load on the machine changes little.
 
     flock /tmp/thermoeqprop-bench.lock python benchmarks/sweep_scaling.py [--workers 2]
         [--reps 3] [--hidden 8] [--num-samples 2000] [--num-warmup 200] [--empty 200]
@@ -102,13 +105,16 @@ def main(argv: list[str], thread_env: dict[str, str]) -> None:
     )
     scratch = Path(tempfile.mkdtemp(prefix="sweep-scaling-"))
     count = iter(range(10**6))
+    caller = []  # CPU seconds of this process during each Dask sweep
 
     def sweep(client):
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         ds = temperature_sweep(
             net, params, x, targets, TEMPERATURES, estimators=["covariance"], seeds=SEEDS,
             sampling=sampling, client=client, results_dir=scratch / f"run{next(count)}",
         )  # fmt: skip
+        if client is not None:
+            caller.append(time.process_time() - cpu)
         return time.perf_counter() - tic, ds
 
     tic = time.perf_counter()
@@ -176,7 +182,9 @@ def main(argv: list[str], thread_env: dict[str, str]) -> None:
         f"speed-up {spread(speedups)}× (target ≥ 1.7× on 2 cores)",
         f"- per-task overhead: {spread(overheads)} s in the sweep "
         f"((workers × Dask wall − Σ task compute) / {tasks}); an empty task's round trip "
-        f"{1e3 * empty:.2f} ms ({args.empty} submitted at once)",
+        f"{1e3 * empty:.2f} ms ({args.empty} submitted at once); this (calling) process's "
+        f"CPU time per Dask sweep {spread(caller[1:])} s, "
+        f"{1e3 * statistics.median(caller[1:]) / tasks:.1f} ms per task",
         f"- largest |Δ gradient| between the serial and the Dask sweep: {diff:.3g} "
         + (
             "(identical)"
