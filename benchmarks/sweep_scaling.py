@@ -2,8 +2,9 @@
 
 The sweep: 16 temperatures × 4 seeds of the covariance estimator on a layered spin network
 (block Gibbs, enumeration reference), each estimate one Dask task (64 tasks, and 16 more that
-join each temperature's into its files), written to a results folder as a user's sweep is. Serial: ``temperature_sweep`` in this process with the
-package's defaults (one XLA CPU device per core, every core's threads: today's behaviour).
+join each temperature's into its files), written to a results folder as a user's sweep is.
+Serial: ``temperature_sweep`` in this process with the package's defaults (one XLA CPU device
+per core, every core's threads: today's behaviour).
 Dask: ``temperature_sweep(client=...)`` on an embedded ``LocalCluster`` of ``--workers``
 processes with one thread, one XLA thread and one CPU device each
 (:func:`thermoeqprop.sweep._dask.worker_environment`).
@@ -87,7 +88,7 @@ def main(argv: list[str], thread_env: dict[str, str]) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from distributed import as_completed
+    from distributed import as_completed, get_task_stream
 
     from thermoeqprop.estimators import Sampling
     from thermoeqprop.models import SpinNetwork
@@ -117,17 +118,29 @@ def main(argv: list[str], thread_env: dict[str, str]) -> None:
             caller.append(time.process_time() - cpu)
         return time.perf_counter() - tic, ds
 
+    def joining(stream) -> float:
+        """Seconds the workers spent joining units and encoding their files."""
+        return sum(
+            part["stop"] - part["start"]
+            for record in stream.data
+            if "-unit:" in str(record["key"])
+            for part in record["startstops"]
+            if part["action"] == "compute"
+        )
+
     tic = time.perf_counter()
     with sweep_client(f"local:{args.workers}") as client:
         startup = time.perf_counter() - tic
         first_serial, serial_ds = sweep(None)
         first_dask, dask_ds = sweep(client)
-        serial_times, dask_times, task_seconds = [], [], []
+        serial_times, dask_times, task_seconds, unit_seconds = [], [], [], []
         for _ in range(args.reps):
             seconds, _ = sweep(None)
             serial_times.append(seconds)
-            seconds, ds = sweep(client)
+            with get_task_stream(client) as stream:
+                seconds, ds = sweep(client)
             dask_times.append(seconds)
+            unit_seconds.append(joining(stream))
             task_seconds.append(float(ds.wall_time.sum()))
         tic = time.perf_counter()
         for future in as_completed(client.map(_noop, range(args.empty), pure=False),
@@ -184,7 +197,9 @@ def main(argv: list[str], thread_env: dict[str, str]) -> None:
         f"((workers × Dask wall − Σ task compute) / {tasks}); an empty task's round trip "
         f"{1e3 * empty:.2f} ms ({args.empty} submitted at once); this (calling) process's "
         f"CPU time per Dask sweep {spread(caller[1:])} s, "
-        f"{1e3 * statistics.median(caller[1:]) / tasks:.1f} ms per task",
+        f"{1e3 * statistics.median(caller[1:]) / tasks:.1f} ms per task; the workers' time "
+        f"joining units and encoding their files (parts, series) {spread(unit_seconds)} s per "
+        "sweep (a serial sweep does the same in its one process)",
         f"- largest |Δ gradient| between the serial and the Dask sweep: {diff:.3g} "
         + (
             "(identical)"
