@@ -119,6 +119,8 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_tasks(client, pro
     parts = {p.stem for p in (folder / "parts").iterdir()}
     tasks = {p.stem for p in (folder / "tasks").iterdir()}
     assert len(parts) == 1 and all(not name.startswith(tuple(parts)) for name in tasks)
+    # On a cluster sweep.nc is written at the end, or as here when the sweep is stopped.
+    assert load_sweep(folder).sizes["temperature"] == 1
     with get_task_stream(client) as stream:
         resumed = temperature_sweep(*problem, GRID, **KWARGS, client=client, results_dir=folder)
     every = {f"T{t:03d}_seed{s:03d}_{e}" for t in range(3) for s in range(2)
