@@ -184,6 +184,34 @@ CLI_CASES = {
         None,
         "--hidden has value 'x'; valid: a list of integers",
     ),
+    # train: values of the right type that mean nothing for the network (_validation), and
+    # runs that would not fit in memory (_resources): refused before anything is allocated
+    "train temperature too high for the floats": (
+        TRAIN + ["--estimator", "covariance", "--temperature", "1e300"],
+        None,
+        "temperature 1e+300 is meaningless for this network (energy scale 191): above 1.28e+10",
+    ),
+    "train temperature too low for the floats": (
+        TRAIN + ["--estimator", "covariance", "--temperature", "1e-300"],
+        None,
+        "temperature 1e-300 is meaningless for this network (energy scale 191): below 4.24e-14",
+    ),
+    "train nudge stronger than the network": (
+        TRAIN + ["--beta", "1e6"],
+        None,
+        "beta 1e+06 makes the nudge β·C (up to 1e+07) larger than the network's own energy "
+        "(scale 191)",
+    ),
+    "train hundred million chains": (
+        TRAIN + ["--estimator", "covariance", "--num-chains", "100000000"],
+        None,
+        "available; reduce --num-chains, --num-samples, --batch-size or --hidden",
+    ),
+    "train hidden layer of 1e8 units": (
+        TRAIN + ["--hidden", "100000000"],
+        None,
+        "this run needs about 1.4 TiB of memory (states kept 1.1 TiB), this machine has",
+    ),
     # train: config files
     "train unknown config key": (TRAIN, _config('{"epoch": 3}'), "unknown config key(s) ['epoch']"),
     "train config value of the wrong type": (
@@ -257,6 +285,16 @@ CLI_CASES = {
         None,
         "temperatures must be finite and > 0, got [-1.0]",
     ),
+    "sweep temperature too high for the floats": (
+        SWEEP + ["--temperatures", "0.5", "1e300"],
+        None,
+        "temperature 1e+300 is meaningless for this network (energy scale 6.04)",
+    ),
+    "sweep hundred million chains": (
+        SWEEP + ["--num-chains", "100000000"],
+        None,
+        "reduce --num-chains, --num-samples, --num-examples or --hidden",
+    ),
     "sweep unknown estimator": (
         SWEEP + ["--estimators", "magic"],
         None,
@@ -300,6 +338,16 @@ CLI_CASES = {
     ),
     "sweep corrupted part": (SWEEP, _corrupted_sweep_part, "T000.nc' is unreadable"),
     # quantum
+    "quantum temperature too high for the floats": (
+        QUANTUM + ["--estimator", "covariance", "--temperature", "1e12"],
+        None,
+        "temperature 1e+12 is meaningless for this network (energy scale 17.4): above 1.17e+09",
+    ),
+    "quantum ten billion examples": (
+        QUANTUM + ["--num-examples", "10000000000"],
+        None,
+        "this run needs about 1.2 TiB of memory (data 1.2 TiB)",
+    ),
     "quantum too many qubits": (
         QUANTUM + ["--qubits", "40"],
         None,
@@ -396,6 +444,33 @@ def test_command_line_gives_one_line_naming_the_value(case, tmp_path, capsys):
     assert "Traceback" not in err
 
 
+# Runs that go bad midway: one line naming the epoch and the reason, exit status 3, and the
+# bad epoch is not saved (thermoeqprop._health.epoch_faults, check_parameters_after).
+FAULT_CASES = {
+    "learning rate that blows the couplings up": (
+        ["--learning-rate", "1e12"],
+        "epoch 1: the couplings blew up: the energy scale grew from 191 to",
+    ),
+    "relaxation that never converges": (
+        ["--max-iterations", "1"],
+        "epoch 1: no example's free relaxation reached the tolerance in some batch",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAULT_CASES))
+def test_a_run_that_goes_bad_stops_with_one_line_naming_the_epoch(case, tmp_path, capsys):
+    flags, fragment = FAULT_CASES[case]
+    folder = tmp_path / "run"
+    code = main([*TRAIN, "--batch-size", "512", *flags, "--results-dir", str(folder)])
+    err = capsys.readouterr().err.strip()
+    assert code == 3, err
+    assert err.startswith("thermoeqprop train: error: ") and len(err.splitlines()) == 1, err
+    assert fragment in err and "Traceback" not in err, err
+    assert (folder / "metrics.jsonl").read_text() == ""  # the bad epoch was not saved
+    assert not list((folder / "checkpoints").iterdir())
+
+
 # ---------------------------------------------------------------------------- Python API
 
 
@@ -484,7 +559,16 @@ def _train_with(config=None, **kwargs):
 
     config = TrainConfig(epochs=1) if config is None else config
     net = kwargs.pop("net", LayeredNetwork((64, 8, 10)))
-    return train(ZeroTemperatureEP(net), load_dataset("digits"), config, **kwargs)
+    estimator = kwargs.pop("estimator", ZeroTemperatureEP(net))
+    return train(estimator, load_dataset("digits"), config, **kwargs)
+
+
+def _on_digits(name, **kwargs):
+    """The estimator ``name`` on the network of :func:`_train_with`."""
+    import thermoeqprop.estimators as estimators
+    from thermoeqprop.models import LayeredNetwork
+
+    return getattr(estimators, name)(LayeredNetwork((64, 8, 10)), **kwargs)
 
 
 def _thermal(**kwargs):
@@ -610,6 +694,20 @@ API_CASES = {
         lambda: _dataset("mnist"),
         "unknown dataset 'mnist'; valid datasets are ['circles', 'digits', 'moons']",
     ),
+    "training at a temperature the floats cannot resolve": (
+        lambda: _train_with(estimator=_on_digits("ThermalCovariance", temperature=1e300)),
+        "temperature 1e+300 is meaningless for this network",
+    ),
+    "training with a nudge stronger than the network": (
+        lambda: _train_with(estimator=_on_digits("ZeroTemperatureEP", beta=1e6)),
+        "beta 1e+06 makes the nudge β·C",
+    ),
+    "training that would not fit in memory": (
+        lambda: _train_with(
+            estimator=_on_digits("ThermalCovariance", sampling=_sampling(num_chains=10**8))
+        ),
+        "this run needs about",
+    ),
     "results folder under a file": (None, "is not writable"),  # built in the test (needs tmp_path)
     "sampler at T = 0": (
         lambda: _sample(temperature=0.0),
@@ -626,6 +724,10 @@ API_CASES = {
     "sweep with a repeated temperature": (
         lambda: _sweep(temperatures=[0.5, 0.5]),
         "temperatures must be distinct",
+    ),
+    "sweep at a temperature the floats cannot resolve": (
+        lambda: _sweep(temperatures=[0.5, 1e300]),
+        "temperature 1e+300 is meaningless for this network",
     ),
     "sweep with an unknown estimator": (
         lambda: _sweep(estimators=["magic"]),

@@ -8,7 +8,11 @@ JSON or TOML, keys named like the flags with underscores; flags given on the com
 win). Both come from one place: the options dataclasses of :mod:`thermoeqprop.options`, whose
 fields become the flags (parsed and type-checked by jsonargparse; docs/design.md, "Options")
 and the config-file keys (checked strictly by :func:`thermoeqprop.options.check_config`).
-Errors in the input end the program with one line naming the bad value, never a traceback.
+Errors in the input end the program with one line naming the bad value, never a traceback,
+and exit status 2 (a run that would not fit in memory is refused the same way, before
+anything is allocated). A run that goes bad midway (a non-finite loss, a sampler that rejects
+every move, a relaxation that never converges, couplings that blow up) stops with one line
+naming the epoch and the reason, before that epoch is saved, and exit status 3.
 SIGINT and SIGTERM stop a run after its last finished unit of work was saved; running the
 same command again resumes it.
 """
@@ -31,6 +35,7 @@ from typing import Any
 import jsonargparse
 
 from thermoeqprop import _cli_diagnose, _cli_quantum, _cli_sweep, _cli_train
+from thermoeqprop._health import RunStopped
 from thermoeqprop._provenance import package_version
 from thermoeqprop.options import check_config, deprecations, describe_type, option_fields
 from thermoeqprop.training import CheckpointError
@@ -257,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except RunStopped as exc:  # went bad midway: the folder keeps the last good unit
+        print(f"thermoeqprop {command}: error: {exc}", file=sys.stderr)
+        return 3
     except (
         CommandError,
         CheckpointError,
