@@ -1,9 +1,10 @@
 """A temperature sweep on Dask against the same sweep in one process, on this machine's cores.
 
 The sweep: 16 temperatures × 4 seeds of the covariance estimator on a layered spin network
-(block Gibbs, enumeration reference), each estimate one Dask task (64 tasks), written to a
-results folder as a user's sweep is. Serial: ``temperature_sweep`` in this process with the
-package's defaults (one XLA CPU device per core, every core's threads: today's behaviour).
+(block Gibbs, enumeration reference), each estimate one Dask task (64 tasks, and 16 more that
+join each temperature's into its files), written to a results folder as a user's sweep is.
+Serial: ``temperature_sweep`` in this process with the package's defaults (one XLA CPU device
+per core, every core's threads: today's behaviour).
 Dask: ``temperature_sweep(client=...)`` on an embedded ``LocalCluster`` of ``--workers``
 processes with one thread, one XLA thread and one CPU device each
 (:func:`thermoeqprop.sweep._dask.worker_environment`).
@@ -12,11 +13,14 @@ Protocol: the cluster's start-up is timed; then one sweep of each kind compiles 
 apart: each worker compiles its own programs); then ``--reps`` interleaved repetitions,
 serial, Dask, serial, Dask, … (each in a fresh results folder); medians and ranges, the
 speed-up per repetition (serial / Dask of the same repetition, so load that drifts between
-repetitions cancels) and its median. Per-task overhead, two ways: a round trip of an empty
+repetitions cancels) and its median. Per-task overhead, three ways: a round trip of an empty
 task (``--empty`` of them submitted at once, wall time / count), and in the sweep itself,
 (workers × Dask wall time − Σ task compute time) / tasks, where a task's compute time is its
 estimate's ``wall_time``: the time a worker is not computing an estimate, per task (scheduling,
-transfers, this process writing files, start and end of the sweep not overlapping).
+transfers, joining and encoding each temperature's files, start and end of the sweep not
+overlapping); and the
+calling process's own CPU time per Dask sweep (what it spends recording the workers' results),
+which load on the machine changes little.
 
     flock /tmp/thermoeqprop-bench.lock python benchmarks/sweep_scaling.py [--workers 2]
         [--reps 3] [--hidden 8] [--num-samples 2000] [--num-warmup 200] [--empty 200]
@@ -84,7 +88,7 @@ def main(argv: list[str], thread_env: dict[str, str]) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from distributed import as_completed
+    from distributed import as_completed, get_task_stream
 
     from thermoeqprop.estimators import Sampling
     from thermoeqprop.models import SpinNetwork
@@ -102,26 +106,41 @@ def main(argv: list[str], thread_env: dict[str, str]) -> None:
     )
     scratch = Path(tempfile.mkdtemp(prefix="sweep-scaling-"))
     count = iter(range(10**6))
+    caller = []  # CPU seconds of this process during each Dask sweep
 
     def sweep(client):
-        tic = time.perf_counter()
+        tic, cpu = time.perf_counter(), time.process_time()
         ds = temperature_sweep(
             net, params, x, targets, TEMPERATURES, estimators=["covariance"], seeds=SEEDS,
             sampling=sampling, client=client, results_dir=scratch / f"run{next(count)}",
         )  # fmt: skip
+        if client is not None:
+            caller.append(time.process_time() - cpu)
         return time.perf_counter() - tic, ds
+
+    def joining(stream) -> float:
+        """Seconds the workers spent joining units and encoding their files."""
+        return sum(
+            part["stop"] - part["start"]
+            for record in stream.data
+            if "-unit:" in str(record["key"])
+            for part in record["startstops"]
+            if part["action"] == "compute"
+        )
 
     tic = time.perf_counter()
     with sweep_client(f"local:{args.workers}") as client:
         startup = time.perf_counter() - tic
         first_serial, serial_ds = sweep(None)
         first_dask, dask_ds = sweep(client)
-        serial_times, dask_times, task_seconds = [], [], []
+        serial_times, dask_times, task_seconds, unit_seconds = [], [], [], []
         for _ in range(args.reps):
             seconds, _ = sweep(None)
             serial_times.append(seconds)
-            seconds, ds = sweep(client)
+            with get_task_stream(client) as stream:
+                seconds, ds = sweep(client)
             dask_times.append(seconds)
+            unit_seconds.append(joining(stream))
             task_seconds.append(float(ds.wall_time.sum()))
         tic = time.perf_counter()
         for future in as_completed(client.map(_noop, range(args.empty), pure=False),
@@ -176,7 +195,11 @@ def main(argv: list[str], thread_env: dict[str, str]) -> None:
         f"speed-up {spread(speedups)}× (target ≥ 1.7× on 2 cores)",
         f"- per-task overhead: {spread(overheads)} s in the sweep "
         f"((workers × Dask wall − Σ task compute) / {tasks}); an empty task's round trip "
-        f"{1e3 * empty:.2f} ms ({args.empty} submitted at once)",
+        f"{1e3 * empty:.2f} ms ({args.empty} submitted at once); this (calling) process's "
+        f"CPU time per Dask sweep {spread(caller[1:])} s, "
+        f"{1e3 * statistics.median(caller[1:]) / tasks:.1f} ms per task; the workers' time "
+        f"joining units and encoding their files (parts, series) {spread(unit_seconds)} s per "
+        "sweep (a serial sweep does the same in its one process)",
         f"- largest |Δ gradient| between the serial and the Dask sweep: {diff:.3g} "
         + (
             "(identical)"

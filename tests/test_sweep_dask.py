@@ -69,12 +69,16 @@ def serial(problem):
     return temperature_sweep(*problem, GRID, **KWARGS)
 
 
-def ran(stream) -> list[str]:
+def ran(stream, units: bool = False) -> list[str]:
     """The tasks a sweep ran (by name, its plan left out), from a task stream that may also
-    hold tasks of an earlier, cancelled sweep still finishing (keys carry a sweep's token)."""
+    hold tasks of an earlier, cancelled sweep still finishing (keys carry a sweep's token);
+    ``units``: the units it assembled instead."""
     keys = [str(t["key"]).split("-", 3) for t in stream.data]
     (token,) = {key[2] for key in keys if key[3] == "plan"}
-    return sorted(key[3] for key in keys if key[2] == token and key[3] != "plan")
+    names = [key[3] for key in keys if key[2] == token and key[3] != "plan"]
+    if units:
+        return sorted(name.removeprefix("unit:") for name in names if name.startswith("unit:"))
+    return sorted(name for name in names if not name.startswith("unit:"))
 
 
 def same(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -115,6 +119,8 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_tasks(client, pro
     parts = {p.stem for p in (folder / "parts").iterdir()}
     tasks = {p.stem for p in (folder / "tasks").iterdir()}
     assert len(parts) == 1 and all(not name.startswith(tuple(parts)) for name in tasks)
+    # On a cluster sweep.nc is written at the end, or as here when the sweep is stopped.
+    assert load_sweep(folder).sizes["temperature"] == 1
     with get_task_stream(client) as stream:
         resumed = temperature_sweep(*problem, GRID, **KWARGS, client=client, results_dir=folder)
     every = {f"T{t:03d}_seed{s:03d}_{e}" for t in range(3) for s in range(2)
@@ -122,7 +128,9 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_tasks(client, pro
     unfinished = {name for name in every if name[:4] not in parts}
     # Neither finished units nor finished tasks run again.
     assert ran(stream) == sorted(unfinished - tasks)
+    assert ran(stream, units=True) == sorted({name[:4] for name in unfinished})
     same(resumed, serial)
+    same(load_sweep(folder), serial)
 
 
 def test_a_tempered_sweep_is_one_task_per_run(client, problem):

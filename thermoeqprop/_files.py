@@ -9,6 +9,7 @@ Datasets carry a SHA-256 checksum of their contents, verified when they are read
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable
@@ -20,6 +21,8 @@ import numpy as np
 __all__ = [
     "CheckpointError",
     "CorruptFileError",
+    "arrays_bytes",
+    "dataset_bytes",
     "read_arrays",
     "read_dataset",
     "write_arrays",
@@ -79,11 +82,19 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write named arrays as ``.npz`` atomically, with a SHA-256 checksum of them all."""
+def arrays_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """What :func:`write_arrays` writes: named arrays as ``.npz`` with a SHA-256 checksum of
+    them all (made where the arrays are, written elsewhere: a Dask worker's task)."""
     arrays = {name: np.asarray(a) for name, a in arrays.items()}
     arrays["checksum"] = np.asarray(_checksum(arrays))
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write named arrays as ``.npz`` atomically, with a SHA-256 checksum of them all."""
+    write_atomic(path, arrays_bytes(arrays))
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -123,13 +134,20 @@ def _dataset_checksum(dataset) -> str:
     return digest.hexdigest()
 
 
+def dataset_bytes(dataset) -> bytes:
+    """What :func:`write_dataset` writes: the netCDF (h5netcdf) bytes of an
+    ``xarray.Dataset``, its checksum in the attribute ``sha256`` (``dataset`` is not
+    changed)."""
+    stamped = dataset.copy(deep=False)
+    stamped.attrs = dict(dataset.attrs) | {CHECKSUM_ATTRIBUTE: _dataset_checksum(dataset)}
+    return bytes(stamped.to_netcdf(engine=NETCDF_ENGINE))
+
+
 def write_dataset(dataset, path: Path) -> Path:
     """Write an ``xarray.Dataset`` as netCDF (h5netcdf) atomically, its checksum in the
     attribute ``sha256`` of the file (the Dataset passed in is not changed)."""
     path = Path(path)
-    stamped = dataset.copy(deep=False)
-    stamped.attrs = dict(dataset.attrs) | {CHECKSUM_ATTRIBUTE: _dataset_checksum(dataset)}
-    write_atomic(path, bytes(stamped.to_netcdf(engine=NETCDF_ENGINE)))
+    write_atomic(path, dataset_bytes(dataset))
     return path
 
 

@@ -3,13 +3,17 @@
 :func:`temperature_sweep` with ``client=`` runs here. The grid is cut into tasks, each what
 :func:`thermoeqprop.sweep._grid.task_records` computes: one estimator at one seed and one
 temperature, or with tempering the one run of an estimator and seed that serves the whole grid.
-The workers only compute; this process, which holds the results folder's lock, writes every
-finished task as it arrives (``tasks/NAME.npz``, atomic and checksummed through
-:class:`~thermoeqprop.results.RunFolder`), and once all the tasks of a unit are in, the unit's
-part, series and the joined ``sweep.nc`` exactly as a serial sweep writes them (the task files
-of that unit are then removed). An interrupted sweep therefore resumes, serially or on any
-cluster, without redoing a finished task, and a finished folder is the same whichever way it
-was computed.
+Each unit (a temperature, or with tempering a seed) has one more task that depends on its
+tasks: it joins them into the unit's part and makes the bytes of the unit's files, exactly as
+a serial sweep writes them (``parts/UNIT.nc``, ``series/UNIT_EST.nc``). The workers compute and
+encode; this process, which holds the results folder's lock, only writes the bytes they send:
+every finished task as it arrives (``tasks/NAME.npz``, atomic and checksummed through
+:class:`~thermoeqprop.results.RunFolder`), then each unit's files (its task files are then
+removed), and the joined ``sweep.nc`` once at the end, or when the sweep is interrupted (a
+serial sweep rewrites it after every unit; here that would keep this process busy while the
+workers wait to be read). An interrupted sweep therefore resumes, serially or on any cluster,
+without redoing a finished task, and a finished folder is the same whichever way it was
+computed.
 
 A task's keys derive from (seed, estimator, temperature index) alone and the parts are joined
 in grid order, so the gathered Dataset is identical, bit for bit, to a serial sweep's with the
@@ -20,14 +24,16 @@ process with several devices shards its chains, which XLA may round differently)
 
 A task that raises is retried (``retries``); a task whose worker dies (killed, out of memory)
 is rescheduled by Dask on another worker, up to ``distributed.scheduler.allowed-failures``
-times. The sweep's plan (model, parameters, data) travels once, as a task of its own that Dask
-recomputes if every worker holding it dies.
+times, and a finished task whose result died with its worker before its unit was joined is
+recomputed. The sweep's plan (model, parameters, data) travels once, as a task of its own that
+Dask recomputes if every worker holding it dies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import re
 import uuid
@@ -38,7 +44,9 @@ import jax
 import numpy as np
 
 import thermoeqprop
-from thermoeqprop.results import CheckpointError, RunFolder, read_arrays, write_arrays
+from thermoeqprop._files import arrays_bytes
+from thermoeqprop.results import CheckpointError, RunFolder, read_arrays
+from thermoeqprop.sweep._folder import unit_files
 from thermoeqprop.sweep._grid import Plan, assemble_unit, task_records
 
 __all__ = ["DEFAULT_RETRIES", "parse_cluster", "run_units", "sweep_client", "worker_environment"]
@@ -145,9 +153,9 @@ def _hold(plan: Plan) -> Plan:
     return plan
 
 
-def compute_task(plan: Plan, e: int, s: int, t_idx, x64: bool, version: str):
+def compute_task(plan: Plan, e: int, s: int, t_idx, x64: bool, version: str) -> bytes:
     """A task, on a worker: :func:`task_records` after checking that the worker computes as
-    this process would."""
+    this process would, as the bytes of its file ``tasks/NAME.npz``."""
     if thermoeqprop.__version__ != version:
         raise RuntimeError(
             f"this Dask worker has thermoeqprop {thermoeqprop.__version__}, the sweep "
@@ -158,7 +166,18 @@ def compute_task(plan: Plan, e: int, s: int, t_idx, x64: bool, version: str):
             f"this Dask worker computes in {'float64' if not x64 else 'float32'}, the sweep "
             f"in {'float64' if x64 else 'float32'}; set THERMOEQPROP_X64 alike on the workers"
         )
-    return task_records(plan, e, s, list(t_idx))
+    return arrays_bytes(_task_arrays(*task_records(plan, e, s, list(t_idx))))
+
+
+def unit_task(plan: Plan, unit: str, t_idx, s_idx, keys, *results):
+    """A unit, on a worker, from the bytes of its tasks (``keys``: their (estimator, seed
+    index)): its Dataset part and the bytes of its files (:func:`unit_files`)."""
+    done = {
+        key: _task_result(_arrays(data), len(t_idx))
+        for key, data in zip(keys, results, strict=True)
+    }
+    part, series = assemble_unit(plan, t_idx, s_idx, done)
+    return part, unit_files(unit, plan, part, series)
 
 
 def _task_arrays(records, pairs) -> dict[str, np.ndarray]:
@@ -166,12 +185,18 @@ def _task_arrays(records, pairs) -> dict[str, np.ndarray]:
         f"record{k}.{name}": np.asarray(value)
         for k, record in enumerate(records)
         for name, value in record.items()
+        if value is not None  # no per-draw series (exact expectations, shots)
     }
     return arrays | {f"pairs.{name}": np.asarray(v) for name, v in (pairs or {}).items()}
 
 
+def _arrays(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as loaded:
+        return {name: loaded[name] for name in loaded.files if name != "checksum"}
+
+
 def _task_result(arrays: dict[str, np.ndarray], count: int):
-    records: list[dict[str, Any]] = [{} for _ in range(count)]
+    records: list[dict[str, Any]] = [{"series": None, "cost_series": None} for _ in range(count)]
     pairs: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
         head, _, name = key.partition(".")
@@ -182,17 +207,19 @@ def _task_result(arrays: dict[str, np.ndarray], count: int):
     return records, (pairs or None)
 
 
-def _read_task(folder: RunFolder, task: Task):
+def _saved_task(folder: RunFolder, task: Task) -> bytes | None:
+    """The bytes of a finished task's file (checksum verified), or None."""
     path = folder / TASKS / f"{task.name}.npz"
     if not path.exists():
         return None
     try:
-        return _task_result(read_arrays(path), len(task.t_idx))
+        read_arrays(path)
     except CheckpointError:
         raise ValueError(
             f"finished task {str(path)!r} is truncated or corrupted; delete it to recompute "
             "that task"
         ) from None
+    return path.read_bytes()
 
 
 def run_units(
@@ -201,65 +228,70 @@ def run_units(
     folder: RunFolder | None,
     units,
     advance: Callable[[int], None],
-    finish: Callable[[str, Any, Any], None],
+    finish: Callable[[str, Any], None],
+    meanwhile: Callable[[], Any] | None = None,
     retries: int = DEFAULT_RETRIES,
 ) -> None:
-    """Run ``units`` on ``client``'s cluster; ``finish(unit, part, series)`` once each unit is
-    complete (in the order units complete), after its tasks are written to ``folder``."""
+    """Run ``units`` on ``client``'s cluster: each task, then each unit's part and files, on
+    the workers; here the files are written as they arrive and ``finish(unit, part)`` is
+    called once each unit is saved (in the order units complete). ``meanwhile()`` runs here
+    while the cluster computes (the sweep's exact references)."""
     from distributed import as_completed
 
     tasks = plan_tasks(plan, units)
-    grid = {unit: (t_idx, s_idx) for unit, t_idx, s_idx in units}
-    done: dict[str, dict[tuple[int, int], Any]] = {unit: {} for unit in grid}
     if folder is not None:
         (folder / TASKS).mkdir(exist_ok=True)
         wanted = {f"{task.name}.npz" for task in tasks}
         for path in (folder / TASKS).iterdir():  # tasks of units finished since, or cut short
             if path.name not in wanted:
                 path.unlink()
-
-    def arrived(task: Task, result) -> None:
-        # A unit holds one task per (estimator, seed): one temperature, or a tempered run.
-        done[task.unit][task.e, task.s] = result
-        advance(len(task.t_idx))
-        t_idx, s_idx = grid[task.unit]
-        if len(done[task.unit]) < len(plan.specs) * len(s_idx):
-            return
-        part, series = assemble_unit(plan, t_idx, s_idx, done.pop(task.unit))
-        try:
-            finish(task.unit, part, series)
-        finally:  # the part is saved before the callback, which may raise
-            if folder is not None and (folder / "parts" / f"{task.unit}.nc").exists():
-                for one in tasks:
-                    if one.unit == task.unit:
-                        (folder / TASKS / f"{one.name}.npz").unlink(missing_ok=True)
-
-    pending = []
-    for task in tasks:
-        saved = _read_task(folder, task) if folder is not None else None
-        if saved is None:
-            pending.append(task)
-        else:
-            arrived(task, saved)
-    if not pending:
-        return
     token = uuid.uuid4().hex[:8]
     held = client.submit(_hold, plan, key=f"thermoeqprop-sweep-{token}-plan", pure=False)
-    futures = {
-        client.submit(
-            compute_task, held, task.e, task.s, task.t_idx, bool(jax.config.jax_enable_x64),
-            thermoeqprop.__version__, key=f"thermoeqprop-sweep-{token}-{task.name}",
-            retries=retries, pure=False,
-        ): task
-        for task in pending
-    }  # fmt: skip
+    futures: dict[Any, Task | str] = {}
+    kept = [held]  # the saved tasks' bytes, scattered to the cluster
+    for unit, t_idx, s_idx in units:
+        mine = [task for task in tasks if task.unit == unit]
+        inputs = []
+        for task in mine:
+            saved = _saved_task(folder, task) if folder is not None else None
+            if saved is None:
+                future = client.submit(
+                    compute_task, held, task.e, task.s, task.t_idx,
+                    bool(jax.config.jax_enable_x64), thermoeqprop.__version__,
+                    key=f"thermoeqprop-sweep-{token}-{task.name}", retries=retries, pure=False,
+                )  # fmt: skip
+                futures[future] = task
+            else:
+                advance(len(task.t_idx))
+                future = client.scatter(saved, hash=False)
+                kept.append(future)
+            inputs.append(future)
+        future = client.submit(
+            unit_task, held, unit, t_idx, s_idx, [(task.e, task.s) for task in mine], *inputs,
+            key=f"thermoeqprop-sweep-{token}-unit:{unit}", retries=retries, pure=False,
+        )  # fmt: skip
+        futures[future] = unit
     try:
+        if meanwhile is not None:
+            meanwhile()
+        finished: set[str] = set()
         for future in as_completed(list(futures), loop=client.loop):
-            records, pairs = future.result()
-            task = futures.pop(future)
+            result = future.result()
+            what = futures.pop(future)
             future.release()
+            if isinstance(what, Task):
+                if folder is not None and what.unit not in finished:
+                    folder.write_bytes(f"{TASKS}/{what.name}.npz", result)
+                advance(len(what.t_idx))
+                continue
+            part, files = result
+            finished.add(what)
             if folder is not None:
-                write_arrays(folder / TASKS / f"{task.name}.npz", _task_arrays(records, pairs))
-            arrived(task, (records, pairs))
+                for name, data in files.items():  # the part, which marks it finished, last
+                    folder.write_bytes(name, data)
+                for task in tasks:
+                    if task.unit == what:
+                        (folder / TASKS / f"{task.name}.npz").unlink(missing_ok=True)
+            finish(what, part)
     finally:
-        client.cancel([*futures, held])
+        client.cancel([*futures, *kept])

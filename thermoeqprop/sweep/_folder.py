@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
+from thermoeqprop._files import NETCDF_ENGINE, dataset_bytes
 from thermoeqprop._series import gradient_series_data
 from thermoeqprop.results import RunFolder, read_dataset, write_dataset
 from thermoeqprop.sweep._grid import Plan
 
-__all__ = ["load_sweep", "open_folder", "save_series", "save_sweep"]
+__all__ = ["load_sweep", "open_folder", "save_series", "save_sweep", "unit_files"]
 
 REMEDY_SWEEP = "delete it and re-run the sweep to recompute it"
 REMEDY_PART = "delete it to recompute that part"
@@ -72,6 +74,25 @@ def save_unit(
 def save_series(folder: RunFolder, unit: str, plan: Plan, part: xr.Dataset, series) -> None:
     """The per-draw gradient series of each estimator of a unit that has them, for
     ``diagnose``."""
+    for name, idata in _series_data(unit, plan, part, series):
+        folder.write_series(name, idata)
+
+
+def unit_files(unit: str, plan: Plan, part: xr.Dataset, series) -> dict[str, bytes]:
+    """The files :func:`save_unit` writes for a finished unit but the joined Dataset, as
+    bytes by their names in the folder (the series first, then the part that marks the unit
+    finished): made by a Dask worker, written by the process that holds the folder."""
+    files = {}
+    with tempfile.TemporaryDirectory(prefix="thermoeqprop-series-") as scratch:
+        for name, idata in _series_data(unit, plan, part, series):
+            path = Path(scratch) / f"{name}.nc"
+            idata.to_netcdf(str(path), engine=NETCDF_ENGINE)  # as RunFolder.write_series
+            files[f"series/{name}.nc"] = path.read_bytes()
+    return files | {f"parts/{unit}.nc": dataset_bytes(part)}
+
+
+def _series_data(unit: str, plan: Plan, part: xr.Dataset, series):
+    """(file name, InferenceData) of each estimator of the unit with a per-draw series."""
     names = [plan.names[i] for i in plan.series_indices]
     for spec in plan.specs:
         if spec.label not in series:  # no per-draw series (exact expectations, shots)
@@ -90,4 +111,4 @@ def save_series(folder: RunFolder, unit: str, plan: Plan, part: xr.Dataset, seri
                 "model": type(plan.model).__name__,
             },
         )
-        folder.write_series(f"{unit}_{_slug(spec.label)}", idata)
+        yield f"{unit}_{_slug(spec.label)}", idata

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -187,8 +188,13 @@ def temperature_sweep(
 
 def _run(plan: Plan, folder, attrs, progress: bool, callback, client) -> xr.Dataset:
     """The units not yet finished in ``folder`` (if any), here one by one or as tasks on
-    ``client``'s cluster, then the joined Dataset."""
-    reference = references(plan)
+    ``client``'s cluster, then the joined Dataset.
+
+    Here, ``sweep.nc`` is rewritten after every unit; on a cluster, where this process only
+    records what the workers made, once at the end (or when the sweep is interrupted), as
+    rewriting it would keep this process busy in place of the workers.
+    """
+    reference = functools.cache(lambda: references(plan))
     units = plan.units()
     order = [unit[0] for unit in units]
     tasks_per_unit = [len(plan.specs) * len(t) * len(s) for _, t, s in units]
@@ -202,11 +208,11 @@ def _run(plan: Plan, folder, attrs, progress: bool, callback, client) -> xr.Data
             todo.append((unit, tasks))
 
     def joined() -> xr.Dataset:
-        return finalise([parts[u] for u in order if u in parts], reference, plan, attrs)
+        return finalise([parts[u] for u in order if u in parts], reference(), plan, attrs)
 
-    def finish(unit: str, part: xr.Dataset, series) -> None:
+    def finish(unit: str, part: xr.Dataset, series=None) -> None:
         parts[unit] = part
-        if folder is not None:
+        if folder is not None and client is None:
             save_unit(folder, unit, plan, part, series, joined())
         if callback is not None:
             callback(unit, part)
@@ -222,6 +228,7 @@ def _run(plan: Plan, folder, attrs, progress: bool, callback, client) -> xr.Data
         if bar is not None:
             bar.update(n)
 
+    fresh = len(parts)
     try:
         if client is None:
             for (unit, t_idx, s_idx), _ in todo:
@@ -229,14 +236,19 @@ def _run(plan: Plan, folder, attrs, progress: bool, callback, client) -> xr.Data
         else:
             from thermoeqprop.sweep._dask import run_units
 
-            run_units(client, plan, folder, [unit for unit, _ in todo], advance, finish)
+            run_units(client, plan, folder, [unit for unit, _ in todo], advance, finish,
+                      meanwhile=reference)  # fmt: skip
+        dataset = joined()
+        if folder is not None:
+            folder.write_dataset("sweep.nc", dataset)
+        return dataset
+    except BaseException:
+        if folder is not None and client is not None and len(parts) > fresh:
+            folder.write_dataset("sweep.nc", joined())  # the units finished before the stop
+        raise
     finally:
         if bar is not None:
             bar.close()
-    dataset = joined()
-    if folder is not None:
-        folder.write_dataset("sweep.nc", dataset)
-    return dataset
 
 
 def check_scales_and_memory(model, params, temperatures, samplings, num_examples, tempering):
