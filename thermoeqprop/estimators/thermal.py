@@ -428,7 +428,8 @@ class ThermalNudged(_SampledEstimator):
     r"""The nudged thermal gradient :math:`[⟨∂_θE⟩_β − ⟨∂_θE⟩_{−β}]/(2β)` (or one-sided).
 
     The loss it reports is ``⟨C⟩_0`` from the free phase when one-sided, and the mean of the
-    ±β phases' ``⟨C⟩`` (bias O(β²)) when symmetric. Its noise grows like √T/(β√ESS).
+    ±β phases' ``⟨C⟩`` (bias O(β²)) when symmetric. Its noise grows like √T/(β√ESS) with
+    independent phases, and more slowly with ``coupled`` ones.
 
     Args:
         model: A continuous (smooth) or spin energy model.
