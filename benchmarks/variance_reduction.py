@@ -21,6 +21,9 @@ Sections (``--sections spin main``; each appends its tables to one report):
 
 - ``wide`` (not run by default): ``benchmarks/thermal_scale.py``'s 2,010-spin network
   (64, 2000, 10) on its first batch, plain against Rao–Blackwellised covariance gradients.
+- ``coupled`` (``benchmarks/_vr_coupled.py``, not run by default): coupled nudged phases
+  (docs/mathematics.md, "Coupled phases") against the plain covariance estimator, on the main
+  job at EP-trained parameters and on the 9-spin network, with the β bias against the MCSE.
 - ``main`` (``benchmarks/_vr_main.py``): the main job's per-batch covariance gradient, plain
   against conditional expectations (docs/mathematics.md, "Conditional expectations"), at equal
   draws and at equal wall time, at the initial and at EP-trained parameters.
@@ -57,6 +60,7 @@ from _report import append_run
 
 THREAD_ENV = _threads.apply(sys.argv[1:], x64=True)
 
+import _vr_coupled  # noqa: E402
 import _vr_main  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -456,7 +460,12 @@ def section_wide(args) -> list[str]:
     return [*lines, ""]
 
 
-SECTIONS = {"spin": section_spin, "wide": section_wide, "main": _vr_main.section_main}
+SECTIONS = {
+    "spin": section_spin,
+    "wide": section_wide,
+    "main": _vr_main.section_main,
+    "coupled": lambda args: _vr_coupled.section_coupled(args, sys.modules[__name__]),
+}
 
 
 def main() -> None:
@@ -464,6 +473,13 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=["spin"], choices=sorted(SECTIONS))
     parser.add_argument("--reps", type=int, default=8, help="interleaved repetitions (seeds)")
     parser.add_argument("--batches", type=int, default=6, help="main: batches of 32 digits")
+    parser.add_argument(
+        "--coupled-betas",
+        type=float,
+        nargs="+",
+        default=[0.05, 0.2],
+        help="coupled: nudges β of the coupled routes",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default all)")
     parser.add_argument("--output", default="benchmarks/results/variance_reduction.md")
     args = parser.parse_args()

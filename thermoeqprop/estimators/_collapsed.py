@@ -34,6 +34,7 @@ import numpy as np
 
 import samplers
 from thermoeqprop.estimators._conditional import conditional_activation
+from thermoeqprop.estimators._coupled import flat_pairs, pair_betas, pair_positions, paired
 from thermoeqprop.estimators._mode_jumps import jump_vectors, with_jumps
 from thermoeqprop.estimators._unit_tables import field_bound, unit_free_energy
 from thermoeqprop.models.layered import LayeredNetwork
@@ -215,7 +216,8 @@ def draw_collapsed(
     """Draw the kept class of ``p_β(s | x)`` from its marginal, every example of a batch;
     the arguments of ``thermal.draw_states`` (one temperature; ``initial_positions``
     (batch, chain, n_kept))."""
-    if not nudged and beta != 0:
+    coupled = np.ndim(beta) == 1
+    if not nudged and np.any(np.asarray(beta) != 0):
         raise ValueError(
             f"nudged=False samples the free phase only, so beta must be 0, got {beta!r}"
         )
@@ -225,21 +227,30 @@ def draw_collapsed(
     activation = conditional_activation(model)
     bound = field_bound(params, x, activation) if activation != "linear" else 0.0
     table = unit_free_energy(activation, temperature, bound, x.dtype)
-    betas = jnp.full((x.shape[0],), beta, dtype=x.dtype)
+    if coupled:
+        betas = pair_betas(beta, x.shape[0], x.dtype)
+    else:
+        betas = jnp.full((x.shape[0],), beta, dtype=x.dtype)
     context = (params, x @ params["weights"][0], targets, betas, table)
     jumps = sampling.mode_jumps
     relaxed = None
     if jumps:
+        # Coupled pairs share one jump vector, the free phase's (any fixed d is exact).
         kept = tuple(int(i) for i in kept_units(model))
-        vectors, relaxed = jump_vectors(model, kept, params, x, targets, beta)
+        vectors, relaxed = jump_vectors(model, kept, params, x, targets, 0.0 if coupled else beta)
         context = (*context, vectors)
-    if initial_positions is None:
+    if initial_positions is None and coupled:  # the same noise around each phase's minimum
+        initial_positions = pair_positions(
+            *(_starts(model, sampling, params, x, targets, b, temperature, key_init) for b in beta)
+        )
+    elif initial_positions is None:
         initial_positions = _starts(
             model, sampling, params, x, targets, beta, temperature, key_init, relaxed
         )
+    kernel = _marginal_kernel(model, sampling, bool(nudged), bool(jumps))
     trace = samplers.sample(
         key_sample,
-        _marginal_kernel(model, sampling, bool(nudged), bool(jumps)),
+        paired(kernel) if coupled else kernel,
         initial_positions,
         context,
         jnp.asarray(temperature, dtype=x.dtype),
@@ -248,7 +259,9 @@ def draw_collapsed(
         batched=True,
         context_axes=JUMP_CONTEXT_AXES if jumps else CONTEXT_AXES,
     )
-    return CollapsedSamples(_full_states(model, trace.samples), trace, trace.final_state.position)
+    final = trace.final_state.position
+    final = flat_pairs(final) if coupled else final
+    return CollapsedSamples(_full_states(model, trace.samples), trace, final)
 
 
 def _full_states(model, kept):

@@ -7,6 +7,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import samplers
 from thermoeqprop._validation import check_positive
@@ -14,6 +15,8 @@ from thermoeqprop.models._base import EnergyModel
 
 __all__ = ["SAMPLING_METHODS", "START_METHODS", "Sampling"]
 
+# The sampler context is (params, x, targets, beta): parameters shared by all examples.
+CONTEXT_AXES = (None, 0, 0, 0)
 SAMPLING_METHODS = ("auto", "nuts", "hmc", "gibbs", "metropolis")
 START_METHODS = ("auto", "relaxed", "annealed", "dispersed")
 
@@ -163,6 +166,52 @@ class Sampling:
         if method == "gibbs" and not model.blocks:
             raise ValueError("sampling method 'gibbs' needs a model with blocks; use 'metropolis'")
         return method
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _relaxed_states(model, params, x, targets, beta):
+    from thermoeqprop.estimators.zero_temperature import Relaxation, relax
+
+    start = model.initial_state(x)
+    return relax(model, params, x, targets, beta, start, Relaxation(tolerance=1e-6)).state
+
+
+def _initial_positions(
+    model, sampling, x, rng_key, params, targets, beta, temperature, context, nudged=True
+):
+    batch = x.shape[0]
+    shape = (batch, sampling.num_chains)
+    if sampling.tempering:
+        shape += (sampling.tempering,)
+    shape += (model.state_size,)
+    key_noise, key_anneal = jax.random.split(rng_key)
+    start = sampling.resolve_start(model)
+    if model.is_spin:
+        positions = jnp.where(jax.random.bernoulli(key_noise, 0.5, shape), 1.0, -1.0)
+    else:
+        if start == "relaxed":
+            base = _relaxed_states(model, params, x, targets, beta)
+            scale = sampling.init_scale * np.sqrt(temperature)
+        else:
+            base, scale = model.initial_state(x), sampling.init_scale
+        base = base.reshape((batch,) + (1,) * (len(shape) - 2) + (model.state_size,))
+        positions = base + scale * jax.random.normal(key_noise, shape, dtype=base.dtype)
+    if start == "annealed":
+        schedule = samplers.geometric_schedule(
+            sampling.anneal_from * temperature, temperature, sampling.anneal_stages
+        )
+        annealed = samplers.anneal(
+            key_anneal,
+            _local_kernel(model, sampling, nudged),
+            positions,
+            context,
+            schedule,
+            num_steps_per_temperature=2,
+            batched=True,
+            context_axes=CONTEXT_AXES,
+        )
+        positions = annealed.final_state.position
+    return positions
 
 
 def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:

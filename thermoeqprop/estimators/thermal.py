@@ -31,16 +31,18 @@ import samplers
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
-from thermoeqprop.estimators import _control_variates
+from thermoeqprop.estimators import _control_variates, _coupled
 from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
+from thermoeqprop.estimators._coupled import flat_pairs, pair_betas, pair_positions, paired
 from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics
 from thermoeqprop.estimators._sampling import (
+    CONTEXT_AXES,
     SAMPLING_METHODS,
     START_METHODS,
     Sampling,
+    _initial_positions,
     _kernel,
-    _local_kernel,
     _sampler_diagnostics,
 )
 from thermoeqprop.estimators._statistics import (
@@ -77,9 +79,6 @@ __all__ = [
     "series_window",
 ]
 
-# The sampler context is (params, x, targets, beta): parameters shared by all examples.
-CONTEXT_AXES = (None, 0, 0, 0)
-
 
 class ThermalSamples(NamedTuple):
     """States drawn at one temperature and nudge, with what the sampler reported.
@@ -93,52 +92,6 @@ class ThermalSamples(NamedTuple):
     states: jax.Array
     trace: Any
     final_positions: jax.Array
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _relaxed_states(model, params, x, targets, beta):
-    from thermoeqprop.estimators.zero_temperature import Relaxation, relax
-
-    start = model.initial_state(x)
-    return relax(model, params, x, targets, beta, start, Relaxation(tolerance=1e-6)).state
-
-
-def _initial_positions(
-    model, sampling, x, rng_key, params, targets, beta, temperature, context, nudged=True
-):
-    batch = x.shape[0]
-    shape = (batch, sampling.num_chains)
-    if sampling.tempering:
-        shape += (sampling.tempering,)
-    shape += (model.state_size,)
-    key_noise, key_anneal = jax.random.split(rng_key)
-    start = sampling.resolve_start(model)
-    if model.is_spin:
-        positions = jnp.where(jax.random.bernoulli(key_noise, 0.5, shape), 1.0, -1.0)
-    else:
-        if start == "relaxed":
-            base = _relaxed_states(model, params, x, targets, beta)
-            scale = sampling.init_scale * np.sqrt(temperature)
-        else:
-            base, scale = model.initial_state(x), sampling.init_scale
-        base = base.reshape((batch,) + (1,) * (len(shape) - 2) + (model.state_size,))
-        positions = base + scale * jax.random.normal(key_noise, shape, dtype=base.dtype)
-    if start == "annealed":
-        schedule = samplers.geometric_schedule(
-            sampling.anneal_from * temperature, temperature, sampling.anneal_stages
-        )
-        annealed = samplers.anneal(
-            key_anneal,
-            _local_kernel(model, sampling, nudged),
-            positions,
-            context,
-            schedule,
-            num_steps_per_temperature=2,
-            batched=True,
-            context_axes=CONTEXT_AXES,
-        )
-        positions = annealed.final_state.position
-    return positions
 
 
 def draw_states(
@@ -161,7 +114,10 @@ def draw_states(
         params: Parameters.
         x: Inputs (batch, num_inputs).
         targets: Targets (batch, num_outputs) (unused when ``beta`` is 0).
-        beta: Nudging strength (0 for the free phase).
+        beta: Nudging strength (0 for the free phase), or a pair ``(β₁, β₂)``: then both
+            phases run as coupled pairs of chains with common random numbers
+            (:func:`~thermoeqprop.estimators._coupled.paired`), ``states`` are
+            (batch, chain, draw, 2, n) and ``initial_positions`` (batch, chain, 2n).
         temperature: T > 0, or an increasing ladder (R,) of temperatures: then one parallel-
             tempering run samples every rung (``sampling.tempering`` is set to R), the
             returned ``states`` are those of the first rung and ``trace.samples`` holds all
@@ -176,7 +132,8 @@ def draw_states(
     Returns:
         :class:`ThermalSamples`.
     """
-    if not nudged and beta != 0:
+    coupled = np.ndim(beta) == 1
+    if not nudged and np.any(np.asarray(beta) != 0):
         raise ValueError(
             f"nudged=False samples the free phase only, so beta must be 0, got {beta!r}"
         )
@@ -192,10 +149,21 @@ def draw_states(
             raise ValueError(f"a temperature ladder must be strictly increasing, got {ladder}")
         sampling = dataclasses.replace(sampling, tempering=len(ladder))
         temperature = float(ladder[0])
+    if coupled and sampling.tempering:
+        raise ValueError("coupled phases (a pair of betas) need one temperature, no tempering")
     batch = x.shape[0]
     # The parameters are shared by every example (CONTEXT_AXES): one copy, so the chains'
     # energies and gradients batch into matrix products over all examples and chains.
-    context = (params, x, targets, jnp.full((batch,), beta, dtype=x.dtype))
+    if coupled:
+        # Both phases start from the same noise (one key) around their own starts.
+        context = (params, x, targets, pair_betas(beta, batch, x.dtype))
+        if initial_positions is None:
+            initial_positions = pair_positions(*(_initial_positions(
+                model, sampling, x, key_init, params, targets, b, temperature,
+                (params, x, targets, jnp.full((batch,), b, dtype=x.dtype)), nudged,
+            ) for b in beta))  # fmt: skip
+    else:
+        context = (params, x, targets, jnp.full((batch,), beta, dtype=x.dtype))
     if initial_positions is None:
         initial_positions = _initial_positions(
             model, sampling, x, key_init, params, targets, beta, temperature, context, nudged
@@ -207,9 +175,10 @@ def draw_states(
                 temperature, sampling.tempering_max_ratio * temperature, sampling.tempering
             )
     ladder = jnp.asarray(ladder, dtype=x.dtype)
+    kernel = _kernel(model, sampling, nudged)
     trace = samplers.sample(
         key_sample,
-        _kernel(model, sampling, nudged),
+        paired(kernel) if coupled else kernel,
         initial_positions,
         context,
         ladder,
@@ -219,7 +188,8 @@ def draw_states(
         context_axes=CONTEXT_AXES,
     )
     states = trace.samples[..., 0, :] if sampling.tempering else trace.samples
-    return ThermalSamples(_on_one_device(states), trace, trace.final_state.position)
+    final = trace.final_state.position
+    return ThermalSamples(_on_one_device(states), trace, flat_pairs(final) if coupled else final)
 
 
 def _on_one_device(states):
@@ -293,6 +263,9 @@ class _SampledEstimator(Estimator):
     #: Stein control variates (docs/mathematics.md#control-variates): None = off.
     control_variates: str | None = None
 
+    #: Phases sampled as coupled pairs with common random numbers (nudged estimator only).
+    coupled: bool = False
+
     def _conditional(self, beta) -> bool:
         """Whether the statistics of a phase at ``beta`` use conditional expectations."""
         return uses_conditional(self.model, self.rao_blackwell, beta)
@@ -333,19 +306,19 @@ class _SampledEstimator(Estimator):
         reached = False
         for round_index in range(rounds):
             round_key = jax.random.fold_in(rng_key, round_index)
-            for i, beta in enumerate(phases):
-                drawn = (draw_collapsed if collapses(self) else draw_states)(
-                    self.model,
-                    self.sampling,
-                    params,
-                    x,
-                    targets,
-                    beta,
-                    self.temperature,
-                    jax.random.fold_in(round_key, i),
-                    positions[i],
-                    nudged=self.nudges,
-                )
+            draw = functools.partial(
+                draw_collapsed if collapses(self) else draw_states, self.model, self.sampling,
+                params, x, targets, nudged=self.nudges)  # fmt: skip
+            if self.coupled:  # one joint chain of pairs, one key (docs: "Coupled phases")
+                drawn = draw(phases, self.temperature, round_key, positions[0])
+                positions[0] = drawn.final_positions
+                traces.append(drawn.trace)
+                for i, beta in enumerate(phases):
+                    states = drawn.states[..., i, :]
+                    collected[i].append(self.statistics(params, states, x, targets, beta))
+            for i, beta in enumerate(() if self.coupled else phases):
+                drawn = draw(beta, self.temperature, jax.random.fold_in(round_key, i),
+                             positions[i])  # fmt: skip
                 positions[i] = drawn.final_positions
                 traces.append(drawn.trace)
                 collected[i].append(self.statistics(params, drawn.states, x, targets, beta))
@@ -455,7 +428,8 @@ class ThermalNudged(_SampledEstimator):
     r"""The nudged thermal gradient :math:`[⟨∂_θE⟩_β − ⟨∂_θE⟩_{−β}]/(2β)` (or one-sided).
 
     The loss it reports is ``⟨C⟩_0`` from the free phase when one-sided, and the mean of the
-    ±β phases' ``⟨C⟩`` (bias O(β²)) when symmetric. Its noise grows like √T/(β√ESS).
+    ±β phases' ``⟨C⟩`` (bias O(β²)) when symmetric. Its noise grows like √T/(β√ESS) with
+    independent phases, and more slowly with ``coupled`` ones.
 
     Args:
         model: A continuous (smooth) or spin energy model.
@@ -467,6 +441,10 @@ class ThermalNudged(_SampledEstimator):
             sampled values (docs/mathematics.md, "Conditional expectations", and for spins
             "Rao-Blackwellised spin estimators"); None: where possible.
         control_variates: As for :class:`ThermalCovariance`, from each phase's own law.
+        coupled: Sample the two phases as pairs of chains driven by the same random numbers
+            (docs/mathematics.md, "Coupled phases"): the per-draw difference stays small, its
+            noise does not grow like 1/β, and the MCSE is that of the paired difference series.
+            One temperature, no control variates.
     """
 
     model: EnergyModel
@@ -476,6 +454,7 @@ class ThermalNudged(_SampledEstimator):
     sampling: Sampling = Sampling()
     rao_blackwell: bool | None = None
     control_variates: str | None = None
+    coupled: bool = False
 
     def __post_init__(self):
         _check_model(self.model, self.temperature)
@@ -483,6 +462,7 @@ class ThermalNudged(_SampledEstimator):
         check_sampling(self)
         check_option(self.model, self.rao_blackwell)
         _control_variates.check(self.control_variates, self.model, self.sampling)
+        _coupled.check(self)
 
     needed_series = ("energy_grad",)
 
@@ -493,7 +473,9 @@ class ThermalNudged(_SampledEstimator):
         high, low = merged
         scale = jnp.asarray(2 * self.beta if self.symmetric else self.beta, high.cost.dtype)
         g_high, g_low = high.energy_grad, low.energy_grad
-        stderr = jnp.sqrt(_mcse(g_high) ** 2 + _mcse(g_low) ** 2) / scale
         cost = 0.5 * (high.cost + low.cost) if self.symmetric else low.cost
+        if self.coupled:  # one joint chain: the MCSE of the paired difference series itself
+            return _combined((g_high - g_low) / scale, None, cost, high.draws_per_entry)
+        stderr = jnp.sqrt(_mcse(g_high) ** 2 + _mcse(g_low) ** 2) / scale
         # Independent phases: the per-draw difference is the series the diagnostics read.
         return _combined((g_high - g_low) / scale, stderr, cost, high.draws_per_entry)
