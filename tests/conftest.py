@@ -41,32 +41,10 @@ os.environ.setdefault("THERMOEQPROP_CPU_DEVICES", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import seed_offset  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
-
-#: Fresh seed sets for tests/false_failure_budget.py: ``THERMOEQPROP_TEST_SEED_OFFSET=k`` (an
-#: integer, 0 or unset: the seeds written in the tests, as in CI) adds ``k`` to every integer
-#: seed given to ``jax.random.key``, ``jax.random.PRNGKey`` and ``np.random.default_rng`` in
-#: this process (tests and library alike), so a statistical module reruns on other draws with
-#: its code unchanged. Subprocesses the tests start keep their written seeds.
-SEED_OFFSET_VARIABLE = "THERMOEQPROP_TEST_SEED_OFFSET"
-
-
-def _shift_seeds(offset: int) -> None:
-    def shifted(seed):
-        if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
-            return (int(seed) + offset) % 2**31
-        if isinstance(seed, jax.Array | np.ndarray) and seed.dtype.kind in "iu":
-            return seed + offset
-        return seed  # None, a SeedSequence, a Generator: unchanged
-
-    key, prng_key, default_rng = jax.random.key, jax.random.PRNGKey, np.random.default_rng
-    jax.random.key = lambda seed, *args, **kwargs: key(shifted(seed), *args, **kwargs)
-    jax.random.PRNGKey = lambda seed, *args, **kwargs: prng_key(shifted(seed), *args, **kwargs)
-    np.random.default_rng = lambda seed=None, *args: default_rng(shifted(seed), *args)
-
 
 # Property-based tests (tests/test_cli_properties.py): the same examples in every run
 # (derandomized, no example database), no per-example deadline (JAX compiles inside some).
@@ -79,11 +57,12 @@ _hypothesis.register_profile(
 _hypothesis.register_profile("explore", deadline=None, max_examples=400)
 _hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "thermoeqprop"))
 
-_seed_offset = os.environ.get(SEED_OFFSET_VARIABLE, "0")
-if not _seed_offset.lstrip("-").isdigit():
-    raise pytest.UsageError(f"{SEED_OFFSET_VARIABLE} must be an integer, got {_seed_offset!r}")
-if int(_seed_offset):
-    _shift_seeds(int(_seed_offset))
+# Fresh seed sets for tests/false_failure_budget.py (tests/seed_offset.py): nothing changes
+# unless THERMOEQPROP_TEST_SEED_OFFSET is set.
+try:
+    seed_offset.apply_from_environment()
+except ValueError as exc:
+    raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_xdist_auto_num_workers(config):
