@@ -139,7 +139,8 @@ def table(records: list[dict], budgets: dict[str, float]) -> str:
     dates = sorted(r["date"] for r in records)
     lines += [
         "",
-        f"Seed sets (runs) {runs[0]}–{runs[-1]} ({len(runs)} in all; offset = run × {STRIDE:,}),"
+        f"Seed sets {runs[0]}–{runs[-1]} (offset = run × {STRIDE:,}; the runs of each module "
+        "are counted in the table),"
         f" measured {dates[0]} to {dates[-1]}, one run at a time (`pytest -n 0`) on a machine "
         "shared with other jobs (load average before and after each run in the table). A "
         "timed-out or erroring run is listed under errors and not counted. Not measured (their "
