@@ -19,7 +19,7 @@ import numpy as np
 from samplers._base import Kernel, check_temperature, set_temperature
 from samplers._driver import Trace, as_typed_key, check_num, prepare
 from samplers._driver import check_finite as _check_finite
-from samplers._placement import per_device, shard
+from samplers._placement import gather, per_device, shard
 
 __all__ = ["anneal", "check_schedule", "geometric_schedule", "linear_schedule"]
 
@@ -200,8 +200,8 @@ def anneal(
         axes=axes,
     )
     run = _compiled(kernel, num_steps, bool(batched), axes, placement)
-    samples, info, state, bad = run(
-        args["rng_key"], args["position"], args["context"], args["temperature"]
+    samples, info, state, bad = gather(
+        run(args["rng_key"], args["position"], args["context"], args["temperature"]), placement
     )
     trace = Trace(samples, info, state, bad, 0)
     if check_finite:

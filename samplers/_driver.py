@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from samplers._base import Kernel, NonFiniteEnergyError
-from samplers._placement import per_device, shard
+from samplers._placement import gather, per_device, shard
 
 __all__ = ["Trace", "check_finite", "sample"]
 
@@ -317,7 +317,11 @@ def sample(
     ``jax.shard_map``, each device its own loops without waiting for the others (replicas, and
     chains of a kernel with ``chain_collectives``, are left to XLA's partitioner). Every chain
     gets the same key whatever the device count, so results agree up to floating-point
-    reassociation (which continuous samplers amplify over many steps).
+    reassociation (which continuous samplers amplify over many steps). After
+    ``jax.distributed.initialize`` the mesh spans the devices of every process, each process
+    running its own devices' blocks, and the outputs are all-gathered so that every process
+    returns the whole trace (on its first local device); all processes must then pass the
+    same inputs (a ``ValueError`` names those whose ``rng_key`` differs).
 
     Layout (``C`` chains, ``D = num_samples``, event ``E``: ``(n,)`` for a local kernel,
     ``(R, n)`` for parallel tempering; a leading ``B`` only when ``batched``):
@@ -400,8 +404,8 @@ def sample(
         axes=axes,
     )
     run = _compiled(kernel, num_warmup, num_samples, bool(batched), axes, placement)
-    samples, info, state, bad = run(
-        args["rng_key"], args["position"], args["context"], args["temperature"]
+    samples, info, state, bad = gather(
+        run(args["rng_key"], args["position"], args["context"], args["temperature"]), placement
     )
     trace = Trace(samples, info, state, bad, num_warmup)
     if check_finite:

@@ -94,6 +94,60 @@ def _sweep_config_only(tmp_path):
     return [str(folder)]
 
 
+#: Folders locked by a setup (held until the test process ends: "another run" writing them).
+_HELD = []
+
+
+def _locked_folder(tmp_path):
+    from thermoeqprop.results import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.lock()  # flock is per open file: this process's run is refused like another's
+    _HELD.append(folder)
+    return ["--results-dir", str(folder.path)]
+
+
+def _config_not_an_object(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text("[1, 2]")
+    return [str(folder)]
+
+
+def _as_results_dir(setup):
+    return lambda tmp_path: ["--results-dir", *setup(tmp_path)]
+
+
+def _garbled_metrics(command_line):
+    """A finished run whose metrics.jsonl has a garbled first line."""
+
+    def setup(tmp_path):
+        folder = tmp_path / "run"
+        assert main([*command_line, "--results-dir", str(folder)]) == 0
+        metrics = folder / "metrics.jsonl"
+        lines = metrics.read_text().splitlines(keepends=True)
+        metrics.write_text('{"epoch": 1, "train_lo\n' + "".join(lines[1:]))
+        return ["--results-dir", str(folder)]
+
+    return setup
+
+
+def _other_devices(tmp_path):
+    """A finished run whose config.json says it ran on 3 more CPU devices than this process."""
+    folder = tmp_path / "run"
+    assert main([*TRAIN, "--results-dir", str(folder)]) == 0
+    record = json.loads((folder / "config.json").read_text())
+    record["environment"]["device_count"] += 3
+    (folder / "config.json").write_text(json.dumps(record))
+    return ["--results-dir", str(folder)]
+
+
+def _file_as_out(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    return ["--out", str(tmp_path / "a-file"), *_empty_folder(tmp_path)]
+
+
 # (command line before the setup's arguments, setup or None, fragment of the message)
 CLI_CASES = {
     # train: flags
@@ -194,6 +248,34 @@ CLI_CASES = {
         None,
         "--hidden has value 'x'; valid: a list of integers",
     ),
+    # train: values of the right type that mean nothing for the network (_validation), and
+    # runs that would not fit in memory (_resources): refused before anything is allocated
+    "train temperature too high for the floats": (
+        TRAIN + ["--estimator", "covariance", "--temperature", "1e300"],
+        None,
+        "temperature 1e+300 is meaningless for this network (energy scale 191): above 1.28e+10",
+    ),
+    "train temperature too low for the floats": (
+        TRAIN + ["--estimator", "covariance", "--temperature", "1e-300"],
+        None,
+        "temperature 1e-300 is meaningless for this network (energy scale 191): below 4.24e-14",
+    ),
+    "train nudge stronger than the network": (
+        TRAIN + ["--beta", "1e6"],
+        None,
+        "beta 1e+06 makes the nudge β·C (up to 1e+07) larger than the network's own energy "
+        "(scale 191)",
+    ),
+    "train hundred million chains": (
+        TRAIN + ["--estimator", "covariance", "--num-chains", "100000000"],
+        None,
+        "available; reduce --num-chains, --num-samples, --batch-size or --hidden",
+    ),
+    "train hidden layer of 1e8 units": (
+        TRAIN + ["--hidden", "100000000"],
+        None,
+        "this run needs about 1.4 TiB of memory (states kept 1.1 TiB), this machine has",
+    ),
     # train: config files
     "train unknown config key": (TRAIN, _config('{"epoch": 3}'), "unknown config key(s) ['epoch']"),
     "train config value of the wrong type": (
@@ -289,11 +371,47 @@ CLI_CASES = {
         "epoch_0002.npz is truncated or corrupted",
     ),
     "train tampered checkpoint": (TRAIN, _tampered_checkpoint, "epoch_0002.npz fails its checksum"),
+    "train empty results folder name": (
+        TRAIN + ["--results-dir", ""],
+        None,
+        "--results-dir is empty (''); give a folder name (write . for the current directory)",
+    ),
+    "train folder being written by another run": (
+        TRAIN,
+        _locked_folder,
+        "is being written by another process (pid",
+    ),
+    "train config.json not an object": (
+        TRAIN,
+        _as_results_dir(_config_not_an_object),
+        "config.json' holds a JSON array, not an object",
+    ),
+    "train resumed on another device count": (
+        TRAIN,
+        _other_devices,
+        f"device(s) and this process has {jax.device_count()} cpu device(s); a resume is bit "
+        f"for bit only on the same devices: set THERMOEQPROP_CPU_DEVICES={jax.device_count() + 3}",
+    ),
+    "train garbled metrics line": (
+        TRAIN,
+        _garbled_metrics(TRAIN),
+        "metrics.jsonl' is damaged at line 1 (not JSON",
+    ),
     # sweep
     "sweep negative temperature": (
         SWEEP + ["--temperatures", "-1"],
         None,
         "temperatures must be finite and > 0, got [-1.0]",
+    ),
+    "sweep temperature too high for the floats": (
+        SWEEP + ["--temperatures", "0.5", "1e300"],
+        None,
+        "temperature 1e+300 is meaningless for this network (energy scale 6.04)",
+    ),
+    "sweep hundred million chains": (
+        SWEEP + ["--num-chains", "100000000"],
+        None,
+        "reduce --num-chains, --num-samples, --num-examples or --hidden",
     ),
     "sweep unknown estimator": (
         SWEEP + ["--estimators", "magic"],
@@ -342,7 +460,32 @@ CLI_CASES = {
         "--param-seed (config key param_seed) must be an integer in 0 … 9223372036854775807",
     ),
     "sweep corrupted part": (SWEEP, _corrupted_sweep_part, "T000.nc' is unreadable"),
+    "sweep empty results folder name": (
+        SWEEP + ["--results-dir", " "],
+        None,
+        "--results-dir is empty",
+    ),
+    "sweep folder being written by another run": (
+        SWEEP,
+        _locked_folder,
+        "is being written by another process (pid",
+    ),
+    "sweep config.json not an object": (
+        SWEEP,
+        _as_results_dir(_config_not_an_object),
+        "config.json' holds a JSON array, not an object",
+    ),
     # quantum
+    "quantum temperature too high for the floats": (
+        QUANTUM + ["--estimator", "covariance", "--temperature", "1e12"],
+        None,
+        "temperature 1e+12 is meaningless for this network (energy scale 17.4): above 1.17e+09",
+    ),
+    "quantum ten billion examples": (
+        QUANTUM + ["--num-examples", "10000000000"],
+        None,
+        "this run needs about 1.2 TiB of memory (data 1.2 TiB)",
+    ),
     "quantum too many qubits": (
         QUANTUM + ["--qubits", "40"],
         None,
@@ -406,6 +549,26 @@ CLI_CASES = {
         "18446744073709551616",
     ),
     "quantum results folder under a file": (QUANTUM, _under_a_file, "is not writable"),
+    "quantum empty results folder name": (
+        QUANTUM + ["--results-dir", ""],
+        None,
+        "--results-dir is empty",
+    ),
+    "quantum folder being written by another run": (
+        QUANTUM,
+        _locked_folder,
+        "is being written by another process (pid",
+    ),
+    "quantum config.json not an object": (
+        QUANTUM,
+        _as_results_dir(_config_not_an_object),
+        "config.json' holds a JSON array, not an object",
+    ),
+    "quantum garbled metrics line": (
+        QUANTUM,
+        _garbled_metrics(QUANTUM),
+        "metrics.jsonl' is damaged at line 1 (not JSON",
+    ),
     # diagnose
     "diagnose missing folder": (
         ["diagnose", "/nonexistent/run"],
@@ -418,6 +581,27 @@ CLI_CASES = {
         "neither a sweep nor a training results folder",
     ),
     "diagnose sweep without series": (["diagnose"], _sweep_config_only, "has no gradient series"),
+    "diagnose empty run folder name": (["diagnose", ""], None, "RUN_FOLDER is empty ('')"),
+    "diagnose empty output folder name": (
+        ["diagnose", "--out", ""],
+        _empty_folder,
+        "--out is empty",
+    ),
+    "diagnose output folder that is a file": (
+        ["diagnose"],
+        _file_as_out,
+        "a-file' is a file; give a folder for the tables and plots",
+    ),
+    "diagnose config.json not an object": (
+        ["diagnose"],
+        _config_not_an_object,
+        "config.json' holds a JSON array, not an object",
+    ),
+    "diagnose garbled metrics line": (
+        ["diagnose"],
+        lambda tmp_path: _garbled_metrics(TRAIN)(tmp_path)[1:],
+        "metrics.jsonl' is damaged at line 1 (not JSON",
+    ),
     "diagnose zero parameters": (
         ["diagnose", "--max-parameters", "0"],
         _empty_folder,
@@ -443,6 +627,33 @@ def test_command_line_gives_one_line_naming_the_value(case, tmp_path, capsys):
     assert err.startswith(f"thermoeqprop {argv[0]}: error: "), err
     assert fragment in err, err
     assert "Traceback" not in err
+
+
+# Runs that go bad midway: one line naming the epoch and the reason, exit status 3, and the
+# bad epoch is not saved (thermoeqprop._health.epoch_faults, check_parameters_after).
+FAULT_CASES = {
+    "learning rate that blows the couplings up": (
+        ["--learning-rate", "1e12"],
+        "epoch 1: the couplings blew up: the energy scale grew from 191 to",
+    ),
+    "relaxation that never converges": (
+        ["--max-iterations", "1"],
+        "epoch 1: no example's free relaxation reached the tolerance in some batch",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAULT_CASES))
+def test_a_run_that_goes_bad_stops_with_one_line_naming_the_epoch(case, tmp_path, capsys):
+    flags, fragment = FAULT_CASES[case]
+    folder = tmp_path / "run"
+    code = main([*TRAIN, "--batch-size", "512", *flags, "--results-dir", str(folder)])
+    err = capsys.readouterr().err.strip()
+    assert code == 3, err
+    assert err.startswith("thermoeqprop train: error: ") and len(err.splitlines()) == 1, err
+    assert fragment in err and "Traceback" not in err, err
+    assert (folder / "metrics.jsonl").read_text() == ""  # the bad epoch was not saved
+    assert not list((folder / "checkpoints").iterdir())
 
 
 # ---------------------------------------------------------------------------- Python API
@@ -533,7 +744,16 @@ def _train_with(config=None, **kwargs):
 
     config = TrainConfig(epochs=1) if config is None else config
     net = kwargs.pop("net", LayeredNetwork((64, 8, 10)))
-    return train(ZeroTemperatureEP(net), load_dataset("digits"), config, **kwargs)
+    estimator = kwargs.pop("estimator", ZeroTemperatureEP(net))
+    return train(estimator, load_dataset("digits"), config, **kwargs)
+
+
+def _on_digits(name, **kwargs):
+    """The estimator ``name`` on the network of :func:`_train_with`."""
+    import thermoeqprop.estimators as estimators
+    from thermoeqprop.models import LayeredNetwork
+
+    return getattr(estimators, name)(LayeredNetwork((64, 8, 10)), **kwargs)
 
 
 def _thermal(**kwargs):
@@ -659,6 +879,20 @@ API_CASES = {
         lambda: _dataset("mnist"),
         "unknown dataset 'mnist'; valid datasets are ['circles', 'digits', 'moons']",
     ),
+    "training at a temperature the floats cannot resolve": (
+        lambda: _train_with(estimator=_on_digits("ThermalCovariance", temperature=1e300)),
+        "temperature 1e+300 is meaningless for this network",
+    ),
+    "training with a nudge stronger than the network": (
+        lambda: _train_with(estimator=_on_digits("ZeroTemperatureEP", beta=1e6)),
+        "beta 1e+06 makes the nudge β·C",
+    ),
+    "training that would not fit in memory": (
+        lambda: _train_with(
+            estimator=_on_digits("ThermalCovariance", sampling=_sampling(num_chains=10**8))
+        ),
+        "this run needs about",
+    ),
     "results folder under a file": (None, "is not writable"),  # built in the test (needs tmp_path)
     "sampler at T = 0": (
         lambda: _sample(temperature=0.0),
@@ -675,6 +909,10 @@ API_CASES = {
     "sweep with a repeated temperature": (
         lambda: _sweep(temperatures=[0.5, 0.5]),
         "temperatures must be distinct",
+    ),
+    "sweep at a temperature the floats cannot resolve": (
+        lambda: _sweep(temperatures=[0.5, 1e300]),
+        "temperature 1e+300 is meaningless for this network",
     ),
     "sweep with an unknown estimator": (
         lambda: _sweep(estimators=["magic"]),

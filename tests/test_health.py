@@ -99,3 +99,99 @@ def test_epoch_line_and_plot_limits():
     assert limits["relative_stderr"][1] == RELATIVE_MCSE_MAX
     assert limits["diag_ess_min"][1] == pytest.approx(10.0)  # 0.1 × 2 chains × 50 draws
     assert health_limits({})["diag_rhat_max"][1] is None
+
+
+# ---------------------------------------------------------------- runs that go bad midway
+
+GOOD = {"train_loss": 0.3, "grad_norm": 1.2, "diag_acceptance_rate": 0.7,
+        "diag_free_converged_fraction": 1.0, "diag_free_residual": 1e-6}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"train_loss": float("nan")}, "the loss became non-finite (nan)"),
+        ({"grad_norm": float("inf")}, "the gradient became non-finite (inf)"),
+        (
+            {"diag_acceptance_rate": 0.0},
+            "rejected every proposed move in every batch (acceptance rate 0)",
+        ),  # fmt: skip
+        ({"diag_flip_rate": 0.0}, "(flip rate 0): the chains never left their starts"),
+        (
+            {"diag_free_converged_fraction": 0.0, "diag_free_residual": 1.87},
+            "no example's free relaxation reached the tolerance in some batch (largest residual "
+            "1.87)",
+        ),  # fmt: skip
+    ],
+)
+def test_a_broken_epoch_gives_the_reason_to_stop_and_what_to_try(change, fragment):
+    from thermoeqprop._health import epoch_faults
+
+    assert epoch_faults(GOOD) == (None, [])
+    reason, notes = epoch_faults(GOOD | change)
+    assert fragment in reason and "; " in reason and "\n" not in reason, reason
+
+
+def test_a_partly_broken_epoch_is_reported_not_stopped():
+    from thermoeqprop._health import epoch_faults
+
+    reason, notes = epoch_faults(GOOD | {"diag_nudged_plus_converged_fraction": 0.4,
+                                         "diag_nudged_plus_residual": 0.02,
+                                         "diag_rhat_max": float("inf")})  # fmt: skip
+    assert reason is None and len(notes) == 2
+    assert "the chains are stuck: the split R-hat is infinite" in notes[0]
+    assert "only 40 % of the examples' nudged plus relaxations" in notes[1]
+
+
+def test_parameters_broken_by_an_update_stop_the_run():
+    import jax
+    import jax.numpy as jnp
+
+    from thermoeqprop._health import RunStopped, check_parameters_after
+    from thermoeqprop.estimators import ThermalCovariance, ZeroTemperatureEP
+    from thermoeqprop.models import LayeredNetwork
+
+    net = LayeredNetwork((4, 5, 3))
+    params = net.init_params(jax.random.key(0))
+    ep, thermal = ZeroTemperatureEP(net), ThermalCovariance(net, temperature=1e-13)
+    scale = 0.5 * 8 + sum(float(jnp.sum(jnp.abs(leaf))) for leaf in jax.tree.leaves(params))
+    check_parameters_after(params, scale, ep)  # unchanged: nothing raised
+    nan = params | {"biases": (params["biases"][0].at[1].set(jnp.nan), params["biases"][1])}
+    with pytest.raises(RunStopped, match=r"the update made the parameters non-finite: "
+                                         r"params\['biases'\]\[0\] holds 1"):  # fmt: skip
+        check_parameters_after(nan, scale, ep)
+    blown = jax.tree.map(lambda a: a * 1e9, params)
+    with pytest.raises(RunStopped, match="the couplings blew up: the energy scale grew from"):
+        check_parameters_after(blown, scale, ep)
+    grown = jax.tree.map(lambda a: a * 100, params)  # by 100 only, but T = 1e-13 is now too cold
+    with pytest.raises(RunStopped, match="the couplings grew until temperature 1e-13 is "
+                                         "meaningless for this network"):  # fmt: skip
+        check_parameters_after(grown, scale, thermal)
+
+
+def test_a_run_stops_before_saving_the_bad_epoch_and_resumes_from_the_last_good(tmp_path):
+    import dataclasses
+
+    from thermoeqprop._health import RunStopped
+    from thermoeqprop.data import load_dataset
+    from thermoeqprop.estimators import Relaxation, ZeroTemperatureEP
+    from thermoeqprop.models import LayeredNetwork
+    from thermoeqprop.training import TrainConfig, train
+
+    estimator = ZeroTemperatureEP(LayeredNetwork((2, 4, 2)))
+    config = TrainConfig(epochs=2, batch_size=100)
+    data, folder = load_dataset("moons", num_examples=200), tmp_path / "run"
+
+    def breaks_at_epoch_2(current, epoch):  # a relaxation that cannot converge
+        stuck = Relaxation(max_iterations=1)
+        return dataclasses.replace(current, relaxation=stuck) if epoch == 2 else current
+
+    with pytest.raises(RunStopped) as error:
+        train(estimator, data, config, folder, schedule=breaks_at_epoch_2)
+    assert str(error.value).startswith("epoch 2: no example's free relaxation reached the "
+                                       "tolerance")  # fmt: skip
+    assert str(error.value).endswith(f"(epochs 1–1 are saved in {folder})")
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 1
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["epoch_0001.npz"]
+    result = train(estimator, data, config, folder)  # resumes after epoch 1
+    assert [record["epoch"] for record in result.history] == [1, 2]

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import xarray as xr
@@ -132,13 +133,30 @@ def test_another_configuration_is_refused_naming_the_keys(tmp_path):
         RunFolder(tmp_path / "run").create("temperature_sweep", CONFIG)
 
 
-def test_config_records_the_kind_and_the_environment_which_is_not_compared(tmp_path):
+def test_config_records_the_kind_and_the_environment_whose_devices_are_compared(tmp_path):
     folder = RunFolder(tmp_path / "run").create("train_steps", {"train": {"steps": 4}})
     folder.release()
     record = folder.read_config()
     assert list(record)[0] == "kind" and record["kind"] == "train_steps"
     assert {"thermoeqprop", "jax", "device_count"} <= set(record["environment"])
-    record["environment"] = {"thermoeqprop": "0.0.1", "device_count": 99}
+    # Another version resumes; another device count or backend is refused, naming both.
+    devices, backend = jax.device_count(), jax.default_backend()
+    record["environment"] = {"thermoeqprop": "0.0.1", "device_count": devices}
+    folder.write_json("config.json", record)
+    RunFolder(folder.path).create("train_steps", {"train": {"steps": 4}}).release()
+    other = devices + 2
+    for was, hint in [({"device_count": other, "jax_backend": "cpu"},
+                       f"THERMOEQPROP_CPU_DEVICES={other}"),
+                      ({"device_count": other, "jax_backend": "tpu"},
+                       f"make {other} tpu device")]:  # fmt: skip
+        record["environment"] = was
+        folder.write_json("config.json", record)
+        with pytest.raises(ValueError) as error:
+            RunFolder(folder.path).create("train_steps", {"train": {"steps": 4}})
+        message = str(error.value)
+        assert f"written on {was['device_count']} {was['jax_backend']} device(s)" in message
+        assert f"this process has {devices} {backend} device(s)" in message and hint in message
+    record["environment"] = {"device_count": devices}  # the backend not recorded: the count
     folder.write_json("config.json", record)
     RunFolder(folder.path).create("train_steps", {"train": {"steps": 4}}).release()
     # A folder written before the kind was recorded resumes and is read by its contents.
@@ -195,3 +213,23 @@ def test_a_folder_recording_former_names_resumes(tmp_path):
     changed = new | {"sampling": {"type": "Sampling", "init_gain": 0.5}}
     with pytest.raises(ValueError, match="sampling.init_gain"):
         RunFolder(folder.path).create("temperature_sweep", changed)
+
+
+def test_a_damaged_metrics_line_is_refused_naming_the_file_and_line(tmp_path):
+    folder = RunFolder(tmp_path / "run").create("train", CONFIG)
+    for epoch in (1, 2, 3):
+        folder.append_metrics({"epoch": epoch, "train_loss": 1.0 / epoch})
+    metrics = folder / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    for damage, problem in [("garbled{\n", "not JSON"), ("[2]\n", "not a JSON object"),
+                            ('{"step": 2}\n', "no 'epoch'")]:  # fmt: skip
+        metrics.write_text(lines[0] + damage + lines[2])
+        with pytest.raises(
+            CorruptFileError, match=f"metrics.jsonl' is damaged at line 2 \\({problem}"
+        ):
+            folder.read_metrics("epoch", upto=3)
+    # A damaged last line with its newline is damage too; without it, a line cut short.
+    metrics.write_text(lines[0] + lines[1] + "garbled\n")
+    with pytest.raises(CorruptFileError, match="at line 3"):
+        folder.read_metrics()
+    folder.release()

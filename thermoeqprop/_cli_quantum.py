@@ -114,6 +114,22 @@ def evaluation(model, dataset):
     return evaluate
 
 
+def check_scales_and_memory(options: QuantumOptions, estimator) -> None:
+    """Refuse a temperature or β meaningless for this network at its initial parameters
+    (``_validation``) and a run that would not fit in memory (``_resources``), before the
+    data set is made."""
+    import jax
+
+    from thermoeqprop._resources import LEVERS, check_memory, estimator_run_bytes
+    from thermoeqprop._validation import check_physical_scales
+
+    model = estimator.model
+    parts, kind = estimator_run_bytes(estimator, options.batch_size, model.hamiltonian.num_params,
+                                      options.num_examples, model.num_inputs)  # fmt: skip
+    check_memory(parts, LEVERS[kind])
+    check_physical_scales(estimator, model.init_params(jax.random.key(options.seed)))
+
+
 def run(options: QuantumOptions) -> int:
     """Train (or resume), then write plots and ``summary.txt``; returns 0.
 
@@ -128,6 +144,7 @@ def run(options: QuantumOptions) -> int:
     # A deprecated alias warns once here, and the run records the canonical name.
     options = dataclasses.replace(options, estimator=registry.resolve(options.estimator, "quantum"))
     estimator = build_estimator(options)
+    check_scales_and_memory(options, estimator)
     dataset = load_dataset(
         options.dataset,
         num_examples=options.num_examples,

@@ -116,6 +116,7 @@ def run(options: SweepOptions) -> int:
     estimators = list(options.estimators)
     if options.equal_budget:
         sampling = matched_budgets(estimators, sampling, options.beta)
+    check_nudge_of(options, model, params)
     results_dir = Path(options.results_dir)
     exact = "exact reference" if _has_exact(model) else "no exact reference"
     print(
@@ -158,6 +159,17 @@ def run(options: SweepOptions) -> int:
     ]
     write_summary(results_dir, lines)
     return 0
+
+
+def check_nudge_of(options: SweepOptions, model, params) -> None:
+    """Refuse a default β larger than the network's energy (``_validation.check_nudge``);
+    temperatures and memory are checked by ``temperature_sweep`` itself."""
+    import math
+
+    from thermoeqprop._validation import _units, check_nudge, energy_scale
+
+    if math.isfinite(options.beta) and options.beta > 0:  # others: the estimators' own check
+        check_nudge(options.beta, energy_scale(params, _units(model)), model.num_outputs)
 
 
 def _has_exact(model) -> bool:

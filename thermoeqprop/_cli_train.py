@@ -97,6 +97,17 @@ def health_table(record) -> str:
     return format_checks(gradient_checks(record), heading)
 
 
+def _log(line: str) -> None:
+    """The run's lines: its warnings (an epoch that went wrong but can go on) on standard
+    error as ``thermoeqprop train: warning: …``, the rest on standard output."""
+    import sys
+
+    if line.startswith("warning: "):
+        print(f"thermoeqprop train: {line}", file=sys.stderr, flush=True)
+    else:
+        print(line, flush=True)
+
+
 def run(options: TrainOptions) -> int:
     import numpy as np
 
@@ -131,7 +142,7 @@ def run(options: TrainOptions) -> int:
         schedule=schedule,
         progress=not options.no_progress,
         callback=lambda record: print(epoch_line(record, config.epochs), flush=True),
-        log=lambda line: print(line, flush=True),
+        log=_log,
         extra_config={"command_line": recorded(options)},
     )
     history = result.history

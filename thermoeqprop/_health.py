@@ -26,12 +26,23 @@ Two R-hats appear in this package, and the tables say which: ``train`` records t
 (Gelman et al., not rank-normalised: cheap enough for every batch) of every batch's gradient
 series; ``diagnose`` reads ArviZ's rank-normalised split R-hat (Vehtari et al. 2021) of the
 saved series of each epoch's last batch.
+
+Apart from these limits on noise, some epochs are not noisy but broken, and training stops
+on them (:func:`epoch_faults`, :class:`RunStopped`) before the epoch is saved, so the results
+folder keeps the last good epoch: a non-finite loss, gradient or parameters; a sampler that
+rejected every move in every batch (acceptance or flip rate 0: the chains never left their
+starts, so the "draws" are not draws); a T = 0 relaxation in which no example of some batch
+reached the tolerance (an epoch where only some did is reported, not stopped); couplings that
+grew in one epoch by more than ``1/√ε`` of the dtype, or until the temperature fell below the
+rounding of ``E/T`` (:func:`thermoeqprop._validation.temperature_range`).
 """
 
 from __future__ import annotations
 
 import math
 from typing import NamedTuple
+
+import numpy as np
 
 __all__ = [
     "ESS_PER_DRAW_MEDIAN",
@@ -40,6 +51,9 @@ __all__ = [
     "RELATIVE_MCSE_MAX",
     "RHAT_MEDIAN_MAX",
     "Check",
+    "RunStopped",
+    "check_parameters_after",
+    "epoch_faults",
     "epoch_line",
     "format_checks",
     "gradient_checks",
@@ -62,6 +76,71 @@ LEVERS = {
     "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "
     "smaller step size; a lower temperature sharpens the target",
 }
+
+
+class RunStopped(FloatingPointError):
+    """A run that went bad midway: stopped with the unit (epoch or step) and the reason,
+    before that unit was saved (the ``thermoeqprop`` commands exit with status 3)."""
+
+
+#: What to try, per kind of fault.
+FAULT_LEVERS = {
+    "non-finite": "a smaller --learning-rate (or --temperature nearer the network's energy "
+    "scale) keeps the numbers finite",
+    "frozen": "a higher --temperature, a longer --num-warmup (HMC adapts a smaller step), or "
+    "--tempering",
+    "relaxation": "a smaller --learning-rate, a larger --max-iterations or a looser --tolerance",
+    "couplings": "a smaller --learning-rate",
+}
+
+
+def epoch_faults(record: dict) -> tuple[str | None, list[str]]:
+    """What is broken in one epoch's metrics record (``train``'s keys): the reason to stop
+    with what to try, or None; and notes on what is wrong but not fatal.
+
+    Example:
+        >>> epoch_faults({"train_loss": 0.3, "grad_norm": 1.0, "diag_acceptance_rate": 0.0})[0]
+        ... # doctest: +ELLIPSIS
+        'the sampler rejected every proposed move in every batch (acceptance rate 0): ...'
+    """
+    for key, what in (("train_loss", "loss"), ("grad_norm", "gradient")):
+        if key in record and not math.isfinite(_finite(record[key])):
+            return (f"the {what} became non-finite ({record[key]}); "
+                    f"{FAULT_LEVERS['non-finite']}", [])  # fmt: skip
+    for key, rate in (("diag_acceptance_rate", "acceptance rate"), ("diag_flip_rate", "flip rate")):
+        if key in record and _finite(record[key]) == 0:
+            return (
+                f"the sampler rejected every proposed move in every batch ({rate} 0): the chains "
+                f"never left their starts, so their states are not draws; {FAULT_LEVERS['frozen']}",
+                [],
+            )
+    notes = []
+    if record.get("diag_rhat_max") == math.inf:
+        notes.append(
+            "the chains are stuck: the split R-hat is infinite (some gradient component never "
+            "changed within any chain while the chains disagree), so the MCSE understates the "
+            f"error; {FAULT_LEVERS['frozen']}"
+        )
+    for key in sorted(record):
+        if not (key.startswith("diag_") and key.endswith("_converged_fraction")):
+            continue
+        phase = key[len("diag_") : -len("_converged_fraction")].replace("_", " ")
+        fraction = _finite(record[key])
+        residual = _finite(record.get(f"diag_{key[5:-19]}_residual"))
+        if fraction == 0:
+            return (
+                f"no example's {phase} relaxation reached the tolerance in some batch (largest "
+                f"residual {residual:.3g}): the gradient is a difference of unrelaxed states; "
+                f"{FAULT_LEVERS['relaxation']}",
+                [],
+            )
+        if fraction < 1:
+            notes.append(
+                f"in the worst batch only {100 * fraction:.0f} % of the examples' {phase} "
+                f"relaxations reached the tolerance (largest residual {residual:.3g}); "
+                f"{FAULT_LEVERS['relaxation']}"
+            )
+    return None, notes
 
 
 class Check(NamedTuple):
@@ -244,3 +323,28 @@ def health_limits(record: dict) -> dict[str, tuple[str, float | None]]:
         ),
         "relative_stderr": ("relative MCSE of the gradient", RELATIVE_MCSE_MAX),
     }
+
+
+def check_parameters_after(params, scale_before: float, estimator) -> None:
+    """Raise :class:`RunStopped` when an epoch's updates broke the parameters: non-finite
+    entries, couplings (the energy scale, :func:`thermoeqprop._validation.energy_scale`) grown
+    by more than ``1/√ε`` of the dtype in the epoch, or grown until the estimator's
+    temperature lies outside :func:`thermoeqprop._validation.temperature_range`."""
+    from thermoeqprop._validation import _dtype, check_params, check_temperature_of
+
+    try:
+        check_params(params)
+    except ValueError as error:
+        raise RunStopped(f"the update made the parameters non-finite: {error}") from None
+    dtype = _dtype(params)
+    growth_limit = 1 / math.sqrt(float(np.finfo(dtype).eps))
+    try:
+        scale = check_temperature_of(estimator, params)
+    except ValueError as error:
+        raise RunStopped(f"the couplings grew until {error}; {FAULT_LEVERS['couplings']}") from None
+    if scale > growth_limit * scale_before:
+        raise RunStopped(
+            f"the couplings blew up: the energy scale grew from {scale_before:.3g} to "
+            f"{scale:.3g} in one epoch, by more than 1/√ε = {growth_limit:.3g} of "
+            f"{np.dtype(dtype).name}; {FAULT_LEVERS['couplings']}"
+        )

@@ -2,8 +2,10 @@
 
 Every results folder's ``config.json`` records :func:`run_environment` under the key
 ``"environment"`` (docs/design.md, section "Results folders"). Those facts describe the
-invocation, not the configuration: resuming a run under another version or device count is
-allowed, and the record then holds the facts of the invocation that wrote it last.
+invocation, not the configuration: resuming a run under another version is allowed, and the
+record then holds the facts of the invocation that wrote it last. The JAX backend and device
+count are compared (:class:`thermoeqprop.results.RunFolder`): a sampled estimate is sharded
+over the devices, its rounding follows them, and a resume on other devices is refused.
 """
 
 from __future__ import annotations

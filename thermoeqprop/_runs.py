@@ -202,9 +202,12 @@ def summarise_diagnostics(estimates: Iterable) -> dict[str, float]:
 
 
 def check_finite_losses(losses: np.ndarray, where: str, first: int = 0) -> None:
-    """Raise ``FloatingPointError`` naming the first non-finite loss (batch ``first + i``)."""
+    """Raise :class:`~thermoeqprop._health.RunStopped` (a ``FloatingPointError``) naming the
+    first non-finite loss (batch ``first + i``)."""
     if not np.all(np.isfinite(losses)):
-        raise FloatingPointError(
+        from thermoeqprop._health import RunStopped
+
+        raise RunStopped(
             f"{where}: the loss became non-finite at batch "
             f"{first + int(np.argmin(np.isfinite(losses)))}; lower the learning rate"
         )

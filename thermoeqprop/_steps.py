@@ -50,7 +50,7 @@ from thermoeqprop._runs import (
     save_unit,
     summarise_diagnostics,
 )
-from thermoeqprop._validation import check_matrix, require_finite
+from thermoeqprop._validation import check_matrix, check_physical_scales, require_finite
 from thermoeqprop.results import describe
 
 __all__ = ["DatasetSource", "StepConfig", "dataset_source", "held_out", "train_steps"]
@@ -278,6 +278,7 @@ def train_steps(
     key_params, key_data, key_estimate, key_eval = jax.random.split(jax.random.key(config.seed), 4)
     if params is None:
         params = model.init_params(key_params)
+    check_physical_scales(estimator, params)  # a temperature or β meaningless for the network
     given = optimizer is not None
     optimizer = optimizer if given else config.make_optimizer()
     opt_state = optimizer.init(params)

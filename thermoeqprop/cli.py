@@ -8,7 +8,11 @@ JSON or TOML, keys named like the flags with underscores; flags given on the com
 win). Both come from one place: the options dataclasses of :mod:`thermoeqprop.options`, whose
 fields become the flags (parsed and type-checked by jsonargparse; docs/design.md, "Options")
 and the config-file keys (checked strictly by :func:`thermoeqprop.options.check_config`).
-Errors in the input end the program with one line naming the bad value, never a traceback.
+Errors in the input end the program with one line naming the bad value, never a traceback,
+and exit status 2 (a run that would not fit in memory is refused the same way, before
+anything is allocated). A run that goes bad midway (a non-finite loss, a sampler that rejects
+every move, a relaxation that never converges, couplings that blow up) stops with one line
+naming the epoch and the reason, before that epoch is saved, and exit status 3.
 SIGINT and SIGTERM stop a run after its last finished unit of work was saved; running the
 same command again resumes it.
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
 import tomllib
 import types
@@ -31,6 +34,7 @@ from typing import Any
 import jsonargparse
 
 from thermoeqprop import _cli_diagnose, _cli_quantum, _cli_sweep, _cli_train
+from thermoeqprop._health import RunStopped
 from thermoeqprop._provenance import package_version
 from thermoeqprop.options import (
     check_config,
@@ -40,6 +44,7 @@ from thermoeqprop.options import (
     option_fields,
 )
 from thermoeqprop.training import CheckpointError
+from thermoeqprop_console import INTERRUPTED, MESSAGE, interrupts
 
 __all__ = ["main"]
 
@@ -184,8 +189,19 @@ def _config_path(argv: list[str]) -> str | None:
     return paths[0] if paths else None
 
 
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
+#: The options naming a folder: an empty name would mean the current directory.
+FOLDER_OPTIONS = ("results_dir", "out", "run_folder")
+
+
+def _check_folder_names(options) -> None:
+    for name in FOLDER_OPTIONS:
+        value = getattr(options, name, None)
+        if isinstance(value, str) and not value.strip():
+            shown = "RUN_FOLDER" if name == "run_folder" else "--" + name.replace("_", "-")
+            raise CommandError(
+                f"{shown} is empty ({value!r}); give a folder name (write . for the current "
+                "directory)"
+            )
 
 
 def _commands() -> dict[str, tuple[type, Callable, str]]:
@@ -246,7 +262,17 @@ def _note(command: str, fallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``thermoeqprop`` command."""
+    """Entry point of the command line (the console script is :func:`thermoeqprop_console.main`,
+    which handles signals from before this module is imported)."""
+    with interrupts():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print("\n" + MESSAGE, file=sys.stderr)
+            return INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     commands = _commands()
@@ -256,23 +282,19 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     options_type, run, _ = commands[command]
-    previous_handler = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _note(command, previous_showwarning)
     try:
         options = parse_options(sub.choices[command], options_type, rest)
         check_seeds(options)
+        _check_folder_names(options)
         options, messages = deprecations(options, command)
         for message in messages:
             print(message, file=sys.stderr)
         return int(run(options) or 0)
-    except KeyboardInterrupt:
-        print(
-            "\nthermoeqprop: interrupted; finished work is saved in the results folder. "
-            "Run the same command again to resume.",
-            file=sys.stderr,
-        )
-        return 130
+    except RunStopped as exc:  # went bad midway: the folder keeps the last good unit
+        print(f"thermoeqprop {command}: error: {exc}", file=sys.stderr)
+        return 3
     except (
         CommandError,
         CheckpointError,
@@ -284,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         warnings.showwarning = previous_showwarning
-        if previous_handler is not None:  # None: installed outside Python, cannot restore
-            signal.signal(signal.SIGTERM, previous_handler)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m thermoeqprop.cli: as the console script does
+    import thermoeqprop_console
+
+    sys.exit(thermoeqprop_console.main())

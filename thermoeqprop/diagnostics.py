@@ -360,6 +360,23 @@ def _diagnose_training(
     return Diagnosis(kind, overview, components, files, notes)
 
 
+def _make_output_folder(out: Path) -> None:
+    """Make ``out`` (and its parents); ``ValueError`` naming it if it is a file or cannot be
+    made. Files already inside it are overwritten."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"output folder {str(out)!r} is a file; give a folder for the tables and plots "
+            "(made if missing, its files overwritten)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"output folder {str(out)!r} cannot be made ({exc.strerror}); give a folder you can "
+            "write to"
+        ) from None
+
+
 def diagnose(folder, out_dir=None, *, max_parameters: int = 4, plots: bool = True) -> Diagnosis:
     """Diagnose the gradient estimates of a results folder.
 
@@ -383,6 +400,7 @@ def diagnose(folder, out_dir=None, *, max_parameters: int = 4, plots: bool = Tru
     ):
         raise ValueError(f"max_parameters must be an integer ≥ 1, got {max_parameters!r}")
     out = Path(out_dir) if out_dir is not None else folder / "diagnose"
+    _make_output_folder(out)
     kind = RunFolder(folder).kind
     if kind == "temperature_sweep":
         return _diagnose_sweep(folder, out, max_parameters, plots)

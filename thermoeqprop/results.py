@@ -13,14 +13,15 @@ it (docs/design.md, section "Results folders"). A run folder
   ``"environment"`` the package, JAX and NumPyro versions and the device count of the
   invocation that wrote it last;
 - is *compared* on resume: a folder holding another configuration is refused with one line
-  naming the differing keys and their values there and now (the environment is never
-  compared);
+  naming the differing keys and their values there and now, and so is one written on another
+  JAX backend or device count (results follow the devices; the versions are not compared);
 - is written *atomically*: every file goes to a temporary file in the same folder, is fsynced
   and renamed over its name, so a reader (or a resume after a kill) sees the old file or the
   new one, never half of one; checkpoints (``.npz``) and Datasets (``.nc``) carry a SHA-256
   checksum of their contents, verified on reading (:class:`CorruptFileError` names the file);
 - keeps *metrics lines* (``metrics.jsonl``, one JSON record a line, appended and fsynced; a
-  last line cut short by a kill is ignored when read) and *series files* (``series/*.nc``,
+  last line cut short by a kill is ignored when read, any other damage is refused naming the
+  file and the line) and *series files* (``series/*.nc``,
   ArviZ InferenceData of per-draw gradient series, for ``diagnose``).
 
 Example:
@@ -80,6 +81,11 @@ KINDS = ("train", "train_steps", "temperature_sweep", "low_temperature_study")
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+
+
+#: JSON's names of the types ``json.loads`` returns.
+_JSON_TYPES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}  # fmt: skip
 
 
 class FolderLockedError(ValueError):
@@ -211,14 +217,14 @@ class RunFolder:
             kind: One of :data:`KINDS`.
             config: What the run is (JSON-friendly; see :func:`describe`).
             compared: Top-level keys of ``config`` that a resume must match (default all);
-                the ``"environment"`` is never compared.
+                of the ``"environment"`` only the backend and device count are compared.
             extendable: Keys (last dotted part) that may differ on resume, such as the
                 number of epochs of a constant-rate run.
             subfolders: Folders to make inside.
 
         Raises:
-            ValueError: The folder cannot be written, or holds another kind of run or
-                another configuration (naming the differing keys).
+            ValueError: The folder cannot be written, or holds another kind of run, another
+                configuration (naming the differing keys) or a run on other devices.
             FolderLockedError: Another process is writing it.
         """
         if kind not in KINDS:
@@ -290,6 +296,7 @@ class RunFolder:
                 f"results folder {str(self.path)!r} holds a {there} run, not a "
                 f"{record['kind']} run; choose another folder"
             )
+        self._check_devices(previous.get(ENVIRONMENT_KEY), record[ENVIRONMENT_KEY])
         # Legacy folders recorded no kind, and fields and options by their former names.
         previous = upgrade_record({"kind": record["kind"]} | previous)
         mismatched = config_differences(previous, record, compared, extendable)
@@ -306,17 +313,50 @@ class RunFolder:
                 "another folder"
             )
 
+    def _check_devices(self, there: Any, now: dict[str, Any]) -> None:
+        """Refuse a resume on another JAX backend or device count than the folder's: the
+        shards of a sampled estimate, and so its rounding, follow the devices (1 and 2 CPU
+        devices differ by ~1e-12 after one epoch), and a resumed run is bit for bit the
+        uninterrupted one only on the same devices. Folders that recorded none pass."""
+        if not isinstance(there, dict) or not isinstance(there.get("device_count"), int):
+            return
+        was = (there.get("jax_backend", now["jax_backend"]), there["device_count"])
+        if was == (now["jax_backend"], now["device_count"]):
+            return
+        count = was[1]
+        how = (
+            f"set THERMOEQPROP_CPU_DEVICES={count} (or JAX_NUM_CPU_DEVICES={count}, which wins)"
+            if was[0] == "cpu"
+            else f"make {count} {was[0]} device(s) visible"
+        )
+        raise ValueError(
+            f"results folder {str(self.path)!r} was written on {count} {was[0]} device(s) and "
+            f"this process has {now['device_count']} {now['jax_backend']} device(s); a resume "
+            f"is bit for bit only on the same devices: {how}, or choose another folder"
+        )
+
     # Reading what the folder records.
 
     def read_config(self) -> dict[str, Any] | None:
-        """``config.json``, or None if there is none; ``ValueError`` if it is not JSON."""
+        """``config.json``, or None if there is none; ``ValueError`` if it is not a JSON
+        object."""
         path = self.path / CONFIG_FILE
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{str(path)!r} is not valid JSON") from None
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(
+                f"{str(path)!r} is not valid JSON; it is not a results folder's configuration "
+                "(choose another folder)"
+            ) from None
+        if not isinstance(record, dict):
+            kind = _JSON_TYPES.get(type(record), "value")
+            raise ValueError(
+                f"{str(path)!r} holds a JSON {kind}, not an object; it is not a results "
+                "folder's configuration (choose another folder)"
+            )
+        return record
 
     @property
     def kind(self) -> str | None:
@@ -357,19 +397,36 @@ class RunFolder:
 
     def read_metrics(self, counter: str | None = None, upto: int | None = None) -> list[dict]:
         """The records of ``metrics.jsonl`` (those whose ``counter`` is at most ``upto``, if
-        given); a last line cut short by a kill, and everything after it, is left out."""
+        given). A last line cut short by a kill (no newline at its end) is left out; any other
+        line that is not a JSON object is damage, refused with :class:`CorruptFileError`
+        naming the file and the line (the checkpoints keep parameters, not past metrics, so
+        the file cannot be rebuilt from them, and dropping the line would lose epochs)."""
         path = self.path / METRICS_FILE
         if not path.exists():
             return []
+        text = path.read_text(errors="replace")
+        lines = text.split("\n")
         history = []
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut short by a kill: what follows is redone on resume
-                if upto is None or record[counter] <= upto:
-                    history.append(record)
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if number == len(lines):  # the last line, without its newline: cut short
+                    break
+                record, problem = None, f"not JSON: {exc.msg}"
+            else:
+                problem = "not a JSON object" if not isinstance(record, dict) else None
+                if problem is None and counter is not None and counter not in record:
+                    problem = f"no {counter!r}"
+            if problem is not None:
+                raise CorruptFileError(
+                    f"metrics file {str(path)!r} is damaged at line {number} ({problem}); "
+                    "restore it from a copy, or choose another folder to start the run again"
+                )
+            if upto is None or record[counter] <= upto:
+                history.append(record)
         return history
 
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:

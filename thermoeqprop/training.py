@@ -5,7 +5,8 @@ A run writes ``RESULTS_DIR/``:
 
 - ``config.json``: the training configuration, a description of the estimator and, under
   ``"environment"``, the package, JAX and NumPyro versions and the device count of the
-  invocation that wrote it (not compared on resume; docs/design.md, section "Results folders");
+  invocation that wrote it (a resume must match the backend and device count, not the
+  versions; docs/design.md, section "Results folders");
 - ``metrics.jsonl``: one JSON line per finished epoch;
 - ``checkpoints/epoch_NNNN.npz``: parameters, optimiser state and epoch, written atomically
   (temporary file, fsync, rename) with a SHA-256 checksum of their contents;
@@ -33,8 +34,10 @@ import jax
 import numpy as np
 import optax
 
+from thermoeqprop._health import RunStopped, check_parameters_after, epoch_faults
 from thermoeqprop._optim import add_penalty, build_optimizer, check_optimizer_settings, project
 from thermoeqprop._protocols import Estimator
+from thermoeqprop._resources import check_run_memory
 from thermoeqprop._runs import (
     TrainResult,
     check_finite_losses,
@@ -46,11 +49,13 @@ from thermoeqprop._runs import (
     write_checkpoint,
 )
 from thermoeqprop._steps import StepConfig, dataset_source, held_out, train_steps
+from thermoeqprop._validation import check_physical_scales, check_temperature_of
 from thermoeqprop.data import Dataset
 from thermoeqprop.results import CheckpointError, RunFolder, describe, write_atomic
 
 __all__ = [
     "CheckpointError",
+    "RunStopped",
     "StepConfig",
     "TrainConfig",
     "TrainResult",
@@ -183,7 +188,17 @@ def train(
             (``series/epoch_NNNN.nc``, read by ``thermoeqprop diagnose``): this many evenly
             spaced gradient components (all when fewer); 0 or None saves none.
         log: Called with a line of text when the run resumes from a checkpoint (which epoch,
-            which file), for example ``print``.
+            which file), and with ``"warning: epoch E: …"`` for an epoch that went wrong but
+            can go on (:func:`thermoeqprop._health.epoch_faults`), for example ``print``.
+
+    Raises:
+        ValueError: Before anything runs, for bad settings: among them a temperature or a
+            nudge meaningless for this network (``thermoeqprop._validation``) and a run that
+            would not fit in memory (``thermoeqprop._resources``).
+        RunStopped: A ``FloatingPointError``, when an epoch went bad (a non-finite loss,
+            gradient or parameters, a sampler that rejected every move, no relaxation
+            converged, couplings that blew up); it names the epoch and the reason, and that
+            epoch is not saved, so the results folder keeps the last good one.
 
     Returns:
         A :class:`TrainResult`.
@@ -208,10 +223,13 @@ def train(
     steps_per_epoch = num_train // config.batch_size
     optimizer = config.make_optimizer(steps_per_epoch)
     key_params, key_epochs = jax.random.split(jax.random.key(config.seed))
+    shapes = jax.eval_shape(model.init_params, key_params) if params is None else params
+    num_parameters = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(shapes))
+    check_run_memory(estimator, config.batch_size, num_parameters, dataset)
     if params is None:
         params = model.init_params(key_params)
     opt_state = optimizer.init(params)
-    num_parameters = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+    check_physical_scales(estimator, params)
 
     @jax.jit
     def apply(params, opt_state, grad):
@@ -240,6 +258,7 @@ def train(
         for epoch in epochs:
             tic = time.perf_counter()
             current = schedule(estimator, epoch) if schedule is not None else estimator
+            scale_before = _stop_if_broken(epoch, folder, check_temperature_of, current, params)
             key_epoch = jax.random.fold_in(key_epochs, epoch)
             key_steps, key_eval = jax.random.split(key_epoch)
             order = np.random.default_rng([config.seed, epoch]).permutation(num_train)
@@ -276,7 +295,8 @@ def train(
                 config.eval_batch_size,
             )
             losses = np.asarray([float(e.loss) for e in estimates])
-            check_finite_losses(losses, f"epoch {epoch}")
+            _stop_if_broken(epoch, folder, check_finite_losses, losses, f"epoch {epoch}")
+            _stop_if_broken(epoch, folder, check_parameters_after, params, scale_before, current)
             grad_norm = np.mean([float(optax.tree.norm(e.grad)) for e in estimates])
             record = {
                 "epoch": epoch,
@@ -301,6 +321,11 @@ def train(
             }
             if current.temperature is not None:
                 record["temperature"] = float(current.temperature)
+            fault, notes = epoch_faults(record)
+            _stop_if_broken(epoch, folder, _raise, fault)
+            for note in notes:
+                if log is not None:
+                    log(f"warning: epoch {epoch}: {note}")
             history.append(record)
             if series is not None:
                 _save_series(folder, f"epoch_{epoch:04d}", series, current, config,
@@ -313,3 +338,25 @@ def train(
         if folder is not None:
             folder.release()
     return TrainResult(params, history, None if folder is None else folder.path)
+
+
+def _raise(reason: str | None) -> None:
+    if reason is not None:
+        raise RunStopped(reason)
+
+
+def _stop_if_broken(epoch: int, folder: RunFolder | None, check: Callable, *args) -> Any:
+    """``check(*args)``'s value; a fault it raises becomes :class:`RunStopped` naming the epoch
+    and what the results folder keeps (the bad epoch is never saved). At epoch 1 of a fresh
+    run a ``ValueError`` is bad input and passes unchanged."""
+    try:
+        return check(*args)
+    except (RunStopped, ValueError) as error:
+        if isinstance(error, ValueError) and epoch == 1:  # bad input, before any update
+            raise
+        reason = str(error)
+        prefix = f"epoch {epoch}: "
+        reason = reason if reason.startswith(prefix) else prefix + reason
+        if folder is not None and epoch > 1:
+            reason += f" (epochs 1–{epoch - 1} are saved in {folder.path})"
+        raise RunStopped(reason) from None

@@ -255,7 +255,7 @@ def _full_states(model, kept):
     """(…, n) states with the kept units' draws in place, on one device (the statistics reduce
     over examples, and partitioned over CPU devices they ran at half speed)."""
     if not isinstance(kept, jax.core.Tracer) and len(kept.sharding.device_set) > 1:
-        kept = jax.device_put(kept, jax.devices()[0])
+        kept = jax.device_put(kept, jax.local_devices()[0])
     return _scatter(model, kept)
 
 

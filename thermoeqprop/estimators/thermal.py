@@ -228,7 +228,7 @@ def _on_one_device(states):
     the speed of one device's (measured on 2 CPU devices: 15 + 30 ms against 9 + 15 ms)."""
     if isinstance(states, jax.core.Tracer) or len(states.sharding.device_set) < 2:
         return states
-    return jax.device_put(states, jax.devices()[0])
+    return jax.device_put(states, jax.local_devices()[0])
 
 
 def _check_model(model, temperature):

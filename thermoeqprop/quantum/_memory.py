@@ -1,9 +1,10 @@
 """What dense matrices of n qubits cost, checked against this machine's memory before any
-is made (the dense paths refuse with a message that names the sparse path)."""
+is made (the dense paths refuse with a message that names the sparse path). The machine's
+memory is :func:`thermoeqprop._resources.available_memory_bytes`, as for whole runs."""
 
 from __future__ import annotations
 
-import os
+from thermoeqprop._resources import available_memory_bytes, format_bytes
 
 __all__ = ["available_memory_bytes"]
 
@@ -13,31 +14,15 @@ def _dense_bytes(num_qubits: int, copies: int, itemsize: int = 16) -> int:
     return copies * d * d * itemsize
 
 
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
-
-
-def available_memory_bytes() -> int:
-    """Physical memory of this machine in bytes (the bound for dense requests)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 16 * 1024**3
-
-
 def _check_dense_size(num_qubits: int, copies: int, itemsize: int = 16) -> None:
     """Raise if ``copies`` dense d×d matrices of ``num_qubits`` qubits exceed this machine."""
     need = _dense_bytes(num_qubits, copies, itemsize)
     have = available_memory_bytes()
     if need > have:
         raise ValueError(
-            f"a dense request on {num_qubits} qubits needs about {_format_bytes(need)} "
+            f"a dense request on {num_qubits} qubits needs about {format_bytes(need)} "
             f"({copies} matrices of {1 << num_qubits}×{1 << num_qubits} entries of {itemsize} "
-            f"bytes), more than the {_format_bytes(have)} of memory on this machine; use the "
-            f"sparse path instead (solver='sparse': Lanczos on a sparse matrix, for the ground "
-            f"state and a few low levels), or fewer qubits"
+            f"bytes), more than the {format_bytes(have)} of memory available on this machine; "
+            "use the sparse path instead (solver='sparse': Lanczos on a sparse matrix, for the "
+            "ground state and a few low levels), or fewer qubits"
         )

@@ -40,7 +40,8 @@ a task whose worker dies runs again elsewhere, and the Dataset is the serial one
 Results folder::
 
     config.json        what was swept (checked on resume), and the "environment" of the
-                       invocation that wrote it (versions, device count; not checked)
+                       invocation that wrote it (versions, not checked; backend and
+                       device count, which a resume must match)
     parts/UNIT.nc      one Dataset per finished unit (T003.nc, or seed001.nc with tempering)
     series/UNIT_EST.nc ArviZ InferenceData of the per-draw gradient series (for ``diagnose``)
     sweep.nc           the Dataset of every finished unit, rewritten after each one

@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 import thermoeqprop
 from thermoeqprop._protocols import Estimator, Model
 from thermoeqprop._provenance import ENVIRONMENT_KEY, run_environment
+from thermoeqprop._resources import check_sweep_memory
 from thermoeqprop._series import series_indices
 from thermoeqprop.estimators.thermal import Sampling, parameter_names
 from thermoeqprop.models.quadratic import QuadraticNetwork
@@ -133,6 +134,7 @@ def temperature_sweep(
     x, targets = model.validate_inputs(x, targets)
     if isinstance(model, QuadraticNetwork):
         model.check_positive_definite(params)
+    check_scales_and_memory(model, params, temps, chosen.values(), len(x), bool(tempering))
     flat, _ = ravel_pytree(params)
     names = parameter_names(params)
     plan = Plan(
@@ -235,3 +237,16 @@ def _run(plan: Plan, folder, attrs, progress: bool, callback, client) -> xr.Data
     if folder is not None:
         folder.write_dataset("sweep.nc", dataset)
     return dataset
+
+
+def check_scales_and_memory(model, params, temperatures, samplings, num_examples, tempering):
+    """Refuse temperatures the floats cannot resolve for this network
+    (:func:`thermoeqprop._validation.check_temperature`) and a sweep that would not fit in
+    memory (:func:`thermoeqprop._resources.check_sweep_memory`), before any work."""
+    from thermoeqprop._validation import _dtype, _units, check_temperature, energy_scale
+
+    scale = energy_scale(params, _units(model))
+    for temperature in temperatures:
+        check_temperature("temperature", float(temperature), scale, _dtype(params))
+    check_sweep_memory(model, params, list(samplings), num_examples,
+                       len(temperatures) if tempering else 0)  # fmt: skip
