@@ -58,7 +58,7 @@ OPTIONS = {
 PINNED = {
     "train": {"estimator": "ep", "model": "layered", "dataset": "moons", "hidden": [3],
               "activation": "sigmoid", "cost": "squared_error", "optimizer": "adam",
-              "lr_schedule": "constant", "epochs": 1, "batch_size": 160, "max_iterations": 20},
+              "lr_schedule": "constant", "epochs": 1, "batch_size": 160, "max_iterations": 500},
     "sweep": {"model": "quadratic", "hidden": [2], "dataset": "random", "num_examples": 2,
               "num_inputs": 2, "num_classes": 2, "temperatures": [0.5], "seeds": [0],
               "estimators": ["covariance"], "sampler": "hmc", "num_chains": 2,
