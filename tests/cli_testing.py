@@ -1,7 +1,9 @@
 """Running ``thermoeqprop`` in a real subprocess, and interrupting it mid-run.
 
 The subprocess runs the console script's module (``python -m thermoeqprop_console``), as the
-installed ``thermoeqprop`` command does: signal handling before the package's imports."""
+installed ``thermoeqprop`` command does: signal handling before the package's imports. With
+``THERMOEQPROP_TEST_SEED_OFFSET`` set (tests/seed_offset.py) it shifts its seeds first, as the
+test's own process does, so that its results can be compared with the test's."""
 
 import os
 import subprocess
@@ -10,19 +12,32 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import seed_offset
+
 ROOT = Path(__file__).resolve().parents[1]
 #: The ``thermoeqprop`` command, from this source tree.
 COMMAND = [sys.executable, "-m", "thermoeqprop_console"]
+#: The same, with the seed offset applied first (imports JAX before the console's handlers).
+_SHIFTED = (
+    "import runpy, seed_offset; seed_offset.apply_from_environment(); "
+    "runpy.run_module('thermoeqprop_console', run_name='__main__', alter_sys=True)"
+)
 
 
 def environment() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=str(ROOT))
+    paths = [ROOT, ROOT / "tests"] if seed_offset.offset() else [ROOT]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)))
+
+
+def _command(args) -> list[str]:
+    program = [sys.executable, "-c", _SHIFTED] if seed_offset.offset() else COMMAND
+    return [*program, *args]
 
 
 def run_cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``thermoeqprop ARGS`` to the end; text output captured."""
     return subprocess.run(
-        COMMAND + list(args),
+        _command(args),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -37,7 +52,7 @@ def interrupt_cli(
     """Start the command, send ``sig`` as soon as ``when()`` holds (polled every 50 ms), and
     return its exit status and standard error."""
     process = subprocess.Popen(
-        COMMAND + list(args),
+        _command(args),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=environment(),

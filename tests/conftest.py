@@ -42,8 +42,27 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+import seed_offset  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+# Property-based tests (tests/test_cli_properties.py): the same examples in every run
+# (derandomized, no example database), no per-example deadline (JAX compiles inside some).
+# ``HYPOTHESIS_PROFILE=explore`` draws many more examples, at random, to hunt for new cases.
+from hypothesis import settings as _hypothesis  # noqa: E402
+
+_hypothesis.register_profile(
+    "thermoeqprop", derandomize=True, database=None, deadline=None, max_examples=25
+)
+_hypothesis.register_profile("explore", deadline=None, max_examples=400)
+_hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "thermoeqprop"))
+
+# Fresh seed sets for tests/false_failure_budget.py (tests/seed_offset.py): nothing changes
+# unless THERMOEQPROP_TEST_SEED_OFFSET is set.
+try:
+    seed_offset.apply_from_environment()
+except ValueError as exc:
+    raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_xdist_auto_num_workers(config):

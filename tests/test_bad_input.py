@@ -40,6 +40,16 @@ def _config(text, suffix=".json"):
     return setup
 
 
+def _not_utf8(tmp_path):
+    path = tmp_path / "settings.json"
+    path.write_bytes(b'{"beta": "\xff"}')
+    return ["--config", str(path)]
+
+
+def _two_configs(tmp_path):
+    return [*_config('{"beta": 0.2}')(tmp_path), "--config", str(tmp_path / "other.json")]
+
+
 def _under_a_file(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
@@ -318,6 +328,34 @@ CLI_CASES = {
         _config('{"no_progress": "yes"}'),
         "config key 'no_progress' has value 'yes'; valid: true or false",
     ),
+    "train null config": (
+        TRAIN,
+        _config("null"),
+        "must hold a table of settings (key = value), got null (None)",
+    ),
+    "train config not UTF-8": (
+        TRAIN,
+        _not_utf8,
+        "is not UTF-8 text (invalid start byte at byte 10)",
+    ),
+    "train two config files": (TRAIN, _two_configs, "--config is given 2 times"),
+    "train seed beyond 64 bits": (
+        TRAIN + ["--seed", str(2**70)],
+        None,
+        "--seed (config key seed) must be an integer in 0 … 9223372036854775807 (2**63 − 1), got "
+        "1180591620717411303424",
+    ),
+    "train negative seed": (
+        TRAIN + ["--seed", "-1"],
+        None,
+        "--seed (config key seed) must be an integer in 0 … 9223372036854775807 (2**63 − 1), "
+        "got -1",
+    ),
+    "train number beyond a float in config": (
+        TRAIN,
+        _config('{"beta": 1%s}' % ("0" * 400)),
+        "config key 'beta' has an integer of 401 digits, beyond the range of a number",
+    ),
     "train broken JSON": (TRAIN, _config("{not json"), "is not valid JSON"),
     "train broken TOML": (TRAIN, _config("epochs = = 3", ".toml"), "is not valid TOML"),
     "train missing config file": (
@@ -416,6 +454,11 @@ CLI_CASES = {
         _config('seeds = "0 1"\n', ".toml"),
         "config key 'seeds' has value '0 1'; valid: a list of integers",
     ),
+    "sweep parameter seed beyond 64 bits in config": (
+        SWEEP,
+        _config('{"param_seed": 9223372036854775808}'),
+        "--param-seed (config key param_seed) must be an integer in 0 … 9223372036854775807",
+    ),
     "sweep corrupted part": (SWEEP, _corrupted_sweep_part, "T000.nc' is unreadable"),
     "sweep empty results folder name": (
         SWEEP + ["--results-dir", " "],
@@ -498,6 +541,12 @@ CLI_CASES = {
         QUANTUM,
         _config('{"dataset": "spirals"}'),
         "config key 'dataset' has value 'spirals'; valid: ['moons', 'circles']",
+    ),
+    "quantum seed beyond 64 bits": (
+        QUANTUM + ["--seed", str(2**64)],
+        None,
+        "--seed (config key seed) must be an integer in 0 … 9223372036854775807 (2**63 − 1), got "
+        "18446744073709551616",
     ),
     "quantum results folder under a file": (QUANTUM, _under_a_file, "is not writable"),
     "quantum empty results folder name": (

@@ -51,6 +51,10 @@ from thermoeqprop.sweep import (
 from thermoeqprop.sweep._grid import _unit_key
 from thermoeqprop.sweep._tempered import _ladder_trace
 
+#: The false-failure budget per run of this module, as stated above (about 250 components at 4
+#: MCSE); tests/false_failure_budget.py measures it on fresh seeds.
+FALSE_FAILURE_BUDGET = 1.6e-2
+
 K = 4.0
 SPIN_SAMPLING = Sampling(num_chains=4, num_samples=1000, num_warmup=100)
 QUADRATIC_SAMPLING = Sampling(num_chains=4, num_samples=400, num_warmup=200)

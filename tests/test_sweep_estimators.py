@@ -28,6 +28,10 @@ from thermoeqprop.quantum import ThermalEP, classifier_network
 from thermoeqprop.sweep import temperature_sweep
 from thermoeqprop.sweep._grid import _unit_key
 
+#: The false-failure budget per run of this module, as stated above (40 components at 4 standard
+#: errors); tests/false_failure_budget.py measures it on fresh seeds.
+FALSE_FAILURE_BUDGET = 2.5e-3
+
 K = 4.0
 GRID = [0.2, 0.5]
 SHOTS = 256

@@ -36,7 +36,13 @@ import jsonargparse
 from thermoeqprop import _cli_diagnose, _cli_quantum, _cli_sweep, _cli_train
 from thermoeqprop._health import RunStopped
 from thermoeqprop._provenance import package_version
-from thermoeqprop.options import check_config, deprecations, describe_type, option_fields
+from thermoeqprop.options import (
+    check_config,
+    check_seeds,
+    deprecations,
+    describe_type,
+    option_fields,
+)
 from thermoeqprop.training import CheckpointError
 from thermoeqprop_console import INTERRUPTED, MESSAGE, interrupts
 
@@ -143,7 +149,11 @@ def load_config_file(path: str) -> Any:
     file = Path(path)
     if not file.is_file():
         raise CommandError(f"config file {path!r} does not exist")
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"config file {path!r} is not UTF-8 text ({exc.reason} at byte "
+                           f"{exc.start})") from None  # fmt: skip
     try:
         if file.suffix == ".toml":
             return tomllib.loads(text)
@@ -166,12 +176,17 @@ def parse_options(parser: CommandParser, options: type, argv: list[str]):
 
 
 def _config_path(argv: list[str]) -> str | None:
+    """The ``--config`` file of ``argv`` (None without one); ``CommandError`` if it is given
+    more than once (its settings are not merged)."""
+    paths = []
     for i, token in enumerate(argv):
         if token == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
+            paths.append(argv[i + 1])
         if token.startswith("--config="):
-            return token.partition("=")[2]
-    return None
+            paths.append(token.partition("=")[2])
+    if len(paths) > 1:
+        raise CommandError(f"--config is given {len(paths)} times ({paths}); give one file")
+    return paths[0] if paths else None
 
 
 #: The options naming a folder: an empty name would mean the current directory.
@@ -271,6 +286,7 @@ def _main(argv: list[str] | None) -> int:
     warnings.showwarning = _note(command, previous_showwarning)
     try:
         options = parse_options(sub.choices[command], options_type, rest)
+        check_seeds(options)
         _check_folder_names(options)
         options, messages = deprecations(options, command)
         for message in messages:

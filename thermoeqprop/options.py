@@ -40,6 +40,7 @@ __all__ = [
     "TrainOptions",
     "TrainingOptions",
     "check_config",
+    "check_seeds",
     "deprecations",
     "option_fields",
     "recorded",
@@ -83,7 +84,7 @@ class TrainingOptions:
     learning_rate: float = option(2e-3)
     optimizer: Literal["adam", "sgd", "momentum"] = option("adam")
     lr_schedule: Literal["cosine", "constant"] = option("cosine")
-    seed: int = option(0)
+    seed: int = option(0, seed=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -208,15 +209,15 @@ class SweepOptions(OutputOptions, SamplingOptions, ModelOptions):
     num_examples: int = option(4, "examples in the batch")
     num_inputs: int = option(2, "inputs of random data")
     num_classes: int = option(2, "classes of random data")
-    data_seed: int = option(0, "seed of the data and of the batch choice")
-    param_seed: int = option(0, "seed of the network's parameters")
+    data_seed: int = option(0, "seed of the data and of the batch choice", seed=True)
+    param_seed: int = option(0, "seed of the network's parameters", seed=True)
     temperatures: list[float] = option([0.01, 0.03, 0.1, 0.3, 1.0])
     estimators: list[str] = option(
         ["covariance", "nudged"],
         "covariance, nudged, nudged-one-sided; nudged ones may carry their own β as nudged:0.05",
     )
     beta: float = option(0.1, "β of nudged estimators named without one")
-    seeds: list[int] = option([0, 1], "seeds of the sampler (one estimate per seed)")
+    seeds: list[int] = option([0, 1], "seeds of the sampler (one estimate per seed)", seed=True)
     num_samples: int = _like(SamplingOptions, "num_samples", 300, "draws per chain and phase")
     equal_budget: bool = option(
         False,
@@ -375,12 +376,13 @@ def type_matches(value: Any, annotation: Any) -> bool:
 
 def check_config(cls: type, settings: Any, source: str) -> dict[str, Any]:
     """The settings of a config file, checked against the options ``cls``: a table, known
-    keys, values of the declared types. ``ValueError`` names the first bad key, its value
-    and what is valid. Deprecated forms (an integer ``tempering``) are let through for
-    :func:`deprecations`."""
+    keys, values of the declared types (integers for a number option become floats).
+    ``ValueError`` names the first bad key, its value and what is valid. Deprecated forms (an
+    integer ``tempering``) are let through for :func:`deprecations`."""
     if not isinstance(settings, dict):
         kind = {bool: "true/false", int: "a number", float: "a number", str: "a string",
-                list: "a list"}.get(type(settings), type(settings).__name__)  # fmt: skip
+                list: "a list", type(None): "null"}  # fmt: skip
+        kind = kind.get(type(settings), type(settings).__name__)
         raise ValueError(
             f"config file {source!r} must hold a table of settings (key = value), got "
             f"{kind} ({settings!r})"
@@ -399,7 +401,45 @@ def check_config(cls: type, settings: Any, source: str) -> dict[str, Any]:
             raise ValueError(
                 f"config key {key!r} has value {value!r}; valid: {describe_type(annotation)}"
             )
+        try:
+            settings[key] = _as_floats(value, annotation)
+        except OverflowError:
+            raise ValueError(
+                f"config key {key!r} has an integer of {len(str(abs(value)))} digits, beyond "
+                f"the range of a number (about ±1.8e308); valid: {describe_type(annotation)}"
+            ) from None
     return settings
+
+
+def _as_floats(value: Any, annotation: Any) -> Any:
+    """``value`` with the integers a ``float`` option holds written as floats, as a flag
+    would give them (``OverflowError`` beyond the range of a float)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is list and isinstance(value, list):
+        return [_as_floats(v, args[0]) for v in value]
+    floats = annotation is float or (float in args and not any(a is int for a in args))
+    if floats and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+#: The largest seed: NumPy and JAX take seeds as 64-bit signed integers.
+MAX_SEED = 2**63 - 1
+
+
+def check_seeds(options: Any) -> None:
+    """``ValueError`` naming the option and the value unless every seed (a field whose
+    metadata has ``seed``) is an integer in 0 … :data:`MAX_SEED`."""
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if not field.metadata.get("seed"):
+            continue
+        for seed in value if isinstance(value, list) else [value]:
+            if not 0 <= seed <= MAX_SEED:
+                raise ValueError(
+                    f"--{field.name.replace('_', '-')} (config key {field.name}) must be an "
+                    f"integer in 0 … {MAX_SEED} (2**63 − 1), got {seed}"
+                )
 
 
 def deprecations(options: Any, command: str) -> tuple[Any, list[str]]:

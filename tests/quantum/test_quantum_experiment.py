@@ -29,6 +29,10 @@ from thermoeqprop.quantum import (
 )
 from thermoeqprop.training import StepConfig, held_out, train_steps
 
+#: The false-failure budget per run of this module, as stated above (the learning check);
+#: tests/false_failure_budget.py measures it on fresh seeds.
+FALSE_FAILURE_BUDGET = 1e-4
+
 CHAIN = 4  # 6 qubits: a 4-spin chain and the sensor pair; 31 trainable terms
 
 

@@ -49,6 +49,10 @@ from thermoeqprop.quantum import (
     shot_estimate,
 )
 
+#: The false-failure budget per run of this module, as stated above (about 420 checks at 5 standard
+#: deviations); tests/false_failure_budget.py measures it on fresh seeds.
+FALSE_FAILURE_BUDGET = 3e-4
+
 R = 8000
 Z = 5.0
 SHOTS = 10
