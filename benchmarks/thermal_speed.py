@@ -26,7 +26,8 @@ thread settings and the machine.
    the floor. Sweeps and spin updates per second, and each route's time over the floor's.
 3. The default ``thermoeqprop train`` epoch (float64, as the command runs) against a T = 0 EP
    epoch of the same network, interleaved one-epoch runs, synchronised epoch times from
-   metrics.jsonl, and the thermal epoch's achieved GFLOP/s beside a plain jitted matmul's.
+   metrics.jsonl, and the thermal epoch's achieved GFLOP/s beside a plain jitted matmul's;
+   ``--draws`` adds thermal routes with other chains and draws, in the same interleaving.
 4. NUTS and HMC: ``samplers.sample(nuts)`` (asynchronous chains, the default) and
    ``nuts(..., asynchronous=False)`` (NumPyro's transition vmapped over chains and scanned)
    against NumPyro's ``MCMC(NUTS(potential_fn), chain_method="vectorized")`` on a 10-D
@@ -45,7 +46,7 @@ for. Ratios are of steady medians and are what a run rests on: absolute times mo
 load of this shared machine, recorded with every run. Everything is float32 (x64 off).
 
     python benchmarks/thermal_speed.py [--quick] [--sections 1 2 4] [--reps N]
-        [--temperature 0.5] [--threads N] [--[no-]graph]
+        [--temperature 0.5] [--threads N] [--[no-]graph] [--draws 2x300 4x150+50,jumps]
         [--output benchmarks/results/thermal_speed.md]
 
 Threads: ``--threads N`` (default: every core the process may use) sets XLA_FLAGS
@@ -65,6 +66,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -763,6 +765,35 @@ S3_SIZES = (64, 128, 10)  # the default network of `thermoeqprop train`
 S3_EPOCHS = 3  # per run: the first compiles, the later ones are the steady state
 
 
+def _draws_parts(spec: str) -> tuple[int, int, int, bool]:
+    """``CxN[+W][,jumps]`` (``--draws``): chains, warm-up (default 50), draws, mode jumps."""
+    match = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?(,jumps)?", spec)
+    if match is None:
+        raise SystemExit(
+            f"--draws {spec!r}: expected CHAINSxDRAWS[+WARMUP][,jumps], e.g. 2x300 or 4x150+50"
+        )
+    chains, draws, warmup, jumps = match.groups()
+    return int(chains), int(warmup or 50), int(draws), jumps is not None
+
+
+def _draws_spec(spec: str) -> str:
+    """``spec`` checked at parsing (argparse ``type``), so a bad one stops the run at once."""
+    _draws_parts(spec)
+    return spec
+
+
+def _draws_route(spec: str) -> str:
+    chains, warmup, draws, jumps = _draws_parts(spec)
+    return f"thermal, {chains} × ({warmup} + {draws})" + (", mode jumps" if jumps else "")
+
+
+def _draws_command(spec: str) -> list[str]:
+    chains, warmup, draws, jumps = _draws_parts(spec)
+    command = ["--num-chains", str(chains), "--num-warmup", str(warmup),
+               "--num-samples", str(draws)]  # fmt: skip
+    return command + (["--mode-jumps", "on"] if jumps else [])
+
+
 def _train_run(command: list[str], seed: int, folder: str) -> list[dict[str, float]]:
     """A short ``thermoeqprop train`` run (its defaults plus ``command``) in this process; its
     metrics lines, one per epoch (``epoch_seconds`` is synchronised: the epoch's work done)."""
@@ -806,12 +837,16 @@ def section_train_epoch(args) -> list[str]:
     import tempfile
 
     from thermoeqprop.data import load_dataset
+    from thermoeqprop.options import TrainOptions
 
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)  # the command's default precision
     try:
         reps = args.reps or (1 if args.quick else 3)
-        routes = {"thermal (default train)": [], "T = 0 EP (--estimator ep)": ["--estimator", "ep"]}
+        routes = {"thermal (default train)": []}
+        for spec in args.draws or []:
+            routes[_draws_route(spec)] = _draws_command(spec)
+        routes["T = 0 EP (--estimator ep)"] = ["--estimator", "ep"]
         first: dict[str, list[float]] = {name: [] for name in routes}
         steady: dict[str, list[dict[str, float]]] = {name: [] for name in routes}
         with tempfile.TemporaryDirectory() as root:
@@ -828,7 +863,9 @@ def section_train_epoch(args) -> list[str]:
     finally:
         jax.config.update("jax_enable_x64", previous)
     batches = num_train // 32
-    chains, warmup, draws, leapfrog = 2, 50, 50, 8
+    default = TrainOptions()  # the default train's sampling, which the flop count is of
+    chains, warmup, draws = default.num_chains, default.num_warmup, default.num_samples
+    leapfrog = default.hmc_steps
     couplings = sum(a * b for a, b in zip(S3_SIZES[1:-1], S3_SIZES[2:], strict=True))
     params = sum(a * b + b for a, b in zip(S3_SIZES[:-1], S3_SIZES[1:], strict=True))
     per_batch = (
@@ -838,10 +875,15 @@ def section_train_epoch(args) -> list[str]:
     )
     epoch_flops = batches * per_batch
     medians = {n: statistics.median(r["epoch_seconds"] for r in steady[n]) for n in routes}
-    thermal, zero = medians.values()
-    rows = []
+    thermal, zero = medians["thermal (default train)"], medians["T = 0 EP (--estimator ep)"]
+    rows, diagnostics = [], []
     for name in routes:
         seconds = [r["epoch_seconds"] for r in steady[name]]
+        if "relative_stderr" in steady[name][0]:
+            diagnostics.append(
+                f"| {name} | {statistics.median(r['relative_stderr'] for r in steady[name]):.3g}"
+                f" | {statistics.median(r['diag_rhat_max'] for r in steady[name]):.3g} |"
+            )
         accuracy = statistics.median(r["test_accuracy"] for r in steady[name] if
                                      r["epoch"] == S3_EPOCHS)  # fmt: skip
         rows.append(
@@ -854,9 +896,17 @@ def section_train_epoch(args) -> list[str]:
         "### 3. The default `thermoeqprop train` epoch against a T = 0 EP epoch",
         "",
         f"digits, network {S3_SIZES}, batch 32 ({batches} batches an epoch), float64 as the "
-        "command runs; thermal: covariance estimator at T = 0.02, HMC with 2 chains × (50 "
-        f"warm-up + 50 draws) of 8 leapfrog steps per example. Each call is a run of {S3_EPOCHS} "
-        "epochs (its own seed) in this process, the two routes' runs interleaved "
+        f"command runs; thermal: covariance estimator at T = {default.temperature}, HMC with "
+        f"{chains} chains × ({warmup} warm-up + {draws} draws) of {leapfrog} leapfrog steps "
+        "per example"
+        + (
+            ", and the same with other draws (--draws: chains × (warm-up + draws), 'jumps': "
+            "--mode-jumps on)"
+            if args.draws
+            else ""
+        )
+        + f". Each call is a run of {S3_EPOCHS} "
+        "epochs (its own seed) in this process, the routes' runs interleaved "
         f"({reps} repetition(s)); 'first epoch' is each run's first (compilation, and the "
         "optimizer step every new run compiles), 'steady' the median `epoch_seconds` "
         "(synchronised, from metrics.jsonl) of the later epochs of every run. Test accuracy "
@@ -870,6 +920,20 @@ def section_train_epoch(args) -> list[str]:
         "",
         f"Thermal epoch / T = 0 epoch, steady medians: **{thermal / zero:.3g}×**.",
         "",
+        *(
+            [
+                "Gradient noise of the thermal routes in their steady epochs (medians over "
+                "epochs of metrics.jsonl's mean relative MCSE over an epoch's batches and of its "
+                "worst batch's largest split R-hat; early in training, for orientation only):",
+                "",
+                "| route | relative MCSE | largest split R-hat, worst batch |",
+                "| --- | --- | --- |",
+                *diagnostics,
+                "",
+            ]
+            if len(diagnostics) > 1
+            else []
+        ),
         f"Achieved: {epoch_flops / 1e9:.1f} GFLOP of useful work in a thermal epoch (HMC "
         "gradients: each coupling matrix between free layers twice per leapfrog step; the input "
         "field once per example and batch; three passes of the covariance statistics over the "
@@ -1151,6 +1215,15 @@ def main():
         default=None,
         help="section 2: also time draw_states on the edge-list SpinNetwork (1M edges, ~25 s a "
         "call today); default on, off with --quick",
+    )
+    parser.add_argument(
+        "--draws",
+        nargs="+",
+        default=None,
+        type=_draws_spec,
+        metavar="CxN[+W][,jumps]",
+        help="section 3: also time train with C chains × (W warm-up + N draws), W default 50, "
+        "',jumps' for --mode-jumps on; interleaved with the default and T = 0",
     )
     parser.add_argument("--output", default="benchmarks/results/thermal_speed.md")
     args = parser.parse_args()
