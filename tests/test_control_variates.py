@@ -387,14 +387,16 @@ CASES = [(p, n, k) for p in PROBLEMS for n in (False, True) for k in KINDS]
 def test_replicated_estimates(name, nudged, kind, replicates, two_unit_exact):
     problem = PROBLEMS[name]
     exact = exact_answers(problem, two_unit_exact)["nudged" if nudged else "covariance"]
-    grad, stderr, correction, plain_mcse = replicate_results(
-        problem, kind, nudged, replicates[name]
-    )
+    replicated = replicates[name]
+    every_component_spanned = nudged and name == "quadratic" and kind == "zv2"
+    if every_component_spanned:  # a deterministic check (below): a few replicates show it
+        replicated = {beta: states[:20] for beta, states in replicated.items()}
+    grad, stderr, correction, plain_mcse = replicate_results(problem, kind, nudged, replicated)
     # Components the controls span exactly (the linear units' ∂θE: zv2 all of it, zv1 and
     # the Laplace control the linear part) come out exact to rounding, with MCSE 0.
     spanned = np.all(stderr == 0, axis=0)
     assert np.all(np.abs(grad[:, spanned] - exact[spanned]) < 1e-7 * np.max(np.abs(exact)))
-    if nudged and name == "quadratic" and kind == "zv2":
+    if every_component_spanned:
         assert np.all(spanned)  # ∂θE is quadratic in s: zero variance, the exact answer
         return
     varying = np.flatnonzero(~spanned)

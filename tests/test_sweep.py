@@ -376,8 +376,7 @@ def test_killed_sweep_resumes_to_the_same_result(tmp_path):
     # SIGKILL: nothing of the process's own handling runs. (SIGINT and SIGTERM go through the
     # command line's one handler, which test_cli.py and the quantum tests deliver them to.)
     # About a second per temperature, so the signal lands while later ones are still to do.
-    args = [*CLI_SPIN, "--num-samples", "3000", "--temperatures", "0.5", "0.7", "1.0", "1.4",
-            "2.0"]  # fmt: skip
+    args = [*CLI_SPIN, "--num-samples", "3000", "--temperatures", "0.5", "1.0", "2.0"]
     straight, folder = tmp_path / "straight", tmp_path / "killed"
     assert main([*args, "--results-dir", str(straight)]) == 0
     parts = folder / "parts"
@@ -390,7 +389,7 @@ def test_killed_sweep_resumes_to_the_same_result(tmp_path):
     )
     finished = sorted(p.name for p in parts.glob("T*.nc"))
     assert status == -signal.SIGKILL, stderr
-    assert 1 <= len(finished) < 5, "the kill must land mid-sweep"
+    assert 1 <= len(finished) < 3, "the kill must land mid-sweep"
     stamps = {name: (parts / name).stat().st_mtime_ns for name in finished}
     resumed = run_cli(*args, "--results-dir", str(folder))
     assert resumed.returncode == 0, resumed.stderr
