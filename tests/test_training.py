@@ -115,7 +115,7 @@ def test_results_folder_of_another_configuration_is_refused(small_digits, estima
         train(estimator, small_digits, TrainConfig(epochs=2, batch_size=64), tmp_path / "run")
 
 
-def test_versions_and_devices_are_recorded_but_do_not_block_a_resume(
+def test_versions_are_recorded_and_another_device_count_refuses_a_resume(
     small_digits, estimator, tmp_path
 ):
     config = TrainConfig(epochs=1, batch_size=64)
@@ -124,8 +124,10 @@ def test_versions_and_devices_are_recorded_but_do_not_block_a_resume(
     record = json.loads(path.read_text())
     assert record["environment"] == run_environment()
     assert record["environment"]["device_count"] == jax.device_count()
-    # Written by another version on another machine, or before versions were recorded.
-    for environment in ({"thermoeqprop": "0.0.1", "jax": "0.9", "device_count": 99}, None):
+    # Written by another version on the same devices, or before versions were recorded:
+    # versions do not block a resume.
+    same_devices = {"thermoeqprop": "0.0.1", "jax": "0.9", "device_count": jax.device_count()}
+    for environment in (same_devices, None):
         changed = dict(record)
         if environment is None:
             del changed["environment"]
@@ -135,6 +137,12 @@ def test_versions_and_devices_are_recorded_but_do_not_block_a_resume(
         result = train(estimator, small_digits, config, tmp_path / "run")
         assert [h["epoch"] for h in result.history] == [1]
         assert json.loads(path.read_text())["environment"] == run_environment()
+    # Another device count: the shards, and so the rounding, differ; refused, naming both.
+    changed = dict(record)
+    changed["environment"] = {**record["environment"], "device_count": 99}
+    path.write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match=f"99 cpu device\\(s\\).*{jax.device_count()} cpu"):
+        train(estimator, small_digits, config, tmp_path / "run")
 
 
 def test_a_constant_rate_run_extends_to_the_longer_run(small_digits, estimator, tmp_path):

@@ -66,6 +66,13 @@ class Model(abc.ABC):
         return self.num_outputs
 
     @property
+    def num_units(self) -> int:
+        """Free units of a state (an energy model's ``state_size``) or qubits (a quantum
+        network's ``num_qubits``): the count the energy-scale and memory checks use; 0 where a
+        model does not say."""
+        return 0
+
+    @property
     def architecture(self) -> str:
         """A few words on the network's size for progress lines and summaries, e.g.
         ``"(64, 128, 10)"`` (layer sizes), ``"12 spins"`` or ``"6 qubits"``."""

@@ -191,8 +191,8 @@ def estimator_run_bytes(
     :func:`quantum_run_bytes`) on batches of ``batch_size`` from ``num_examples`` examples of
     ``num_inputs`` features, and the kind of run (a key of :data:`LEVERS`)."""
     model = estimator.model
-    if hasattr(model, "num_qubits") and not hasattr(model, "state_size"):
-        parts = quantum_run_bytes(num_qubits=model.num_qubits, num_params=num_params,
+    if model.family == "quantum":
+        parts = quantum_run_bytes(num_qubits=model.num_units, num_params=num_params,
                                   batch_size=batch_size, num_examples=num_examples,
                                   num_inputs=num_inputs)  # fmt: skip
         return parts, "quantum"
@@ -200,7 +200,7 @@ def estimator_run_bytes(
 
     sampling = getattr(estimator, "sampling", None)
     sized = {"batch_size": batch_size, "num_params": num_params,
-             "state_size": getattr(model, "state_size", 0),
+             "state_size": model.num_units,
              "itemsize": jnp.zeros(()).dtype.itemsize,
              "data_elements": num_examples * (num_inputs + 1)}  # fmt: skip
     if sampling is None or getattr(estimator, "temperature", None) is None:
@@ -228,7 +228,7 @@ def check_sweep_memory(model, params, samplings, num_examples: int, replicas: in
     leaves = jax.tree.leaves(params)
     for sampling in samplings:
         parts = classical_run_bytes(
-            state_size=getattr(model, "state_size", 0),
+            state_size=model.num_units,
             num_params=sum(int(leaf.size) for leaf in leaves),
             batch_size=num_examples,
             itemsize=leaves[0].dtype.itemsize if leaves else 8,

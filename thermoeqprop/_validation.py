@@ -190,7 +190,7 @@ def check_nudge(beta: float, scale: float, num_outputs: int) -> None:
 
 def _units(model) -> int:
     """Free units (classical) or qubits (quantum) of a model, for :func:`energy_scale`."""
-    return int(getattr(model, "state_size", None) or getattr(model, "num_qubits", 1))
+    return max(int(model.num_units), 1)
 
 
 def _dtype(params) -> Any:
@@ -215,4 +215,4 @@ def check_physical_scales(estimator, params) -> None:
     scale = check_temperature_of(estimator, params)
     beta = getattr(estimator, "beta", None)
     if isinstance(beta, (int, float)) and not isinstance(beta, bool):
-        check_nudge(float(beta), scale, int(getattr(estimator.model, "num_outputs", 1)))
+        check_nudge(float(beta), scale, int(estimator.model.num_outputs))

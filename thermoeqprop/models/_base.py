@@ -65,6 +65,10 @@ class EnergyModel(Model):
         raise NotImplementedError(f"{type(self).__name__} has no layered Ising form")
 
     @property
+    def num_units(self) -> int:
+        return self.state_size
+
+    @property
     def architecture(self) -> str:
         """The number of free units, e.g. ``"12 units"`` (layered networks give their sizes)."""
         return f"{self.state_size} units"

@@ -295,6 +295,10 @@ class QuantumNetwork(Model):
         return self.hamiltonian.num_qubits
 
     @property
+    def num_units(self) -> int:
+        return self.num_qubits
+
+    @property
     def architecture(self) -> str:
         """The number of qubits, e.g. ``"6 qubits"``."""
         return f"{self.num_qubits} qubits"
