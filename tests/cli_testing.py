@@ -47,10 +47,10 @@ def run_cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedP
 
 
 def interrupt_cli(
-    *args: str, when: Callable[[], bool], sig: int, timeout: float = 240
+    *args: str, when: Callable[[subprocess.Popen], bool], sig: int, timeout: float = 240
 ) -> tuple[int, str]:
-    """Start the command, send ``sig`` as soon as ``when()`` holds (polled every 50 ms), and
-    return its exit status and standard error."""
+    """Start the command, send ``sig`` as soon as ``when(process)`` holds (polled every 10 ms),
+    and return its exit status and standard error."""
     process = subprocess.Popen(
         _command(args),
         stdout=subprocess.DEVNULL,
@@ -59,13 +59,13 @@ def interrupt_cli(
     )
     deadline = time.time() + timeout
     try:
-        while not when():
+        while not when(process):
             if process.poll() is not None or time.time() > deadline:
                 raise AssertionError(
                     f"the run ended or timed out before the interrupt point "
                     f"(status {process.poll()})"
                 )
-            time.sleep(0.05)
+            time.sleep(0.01)
         process.send_signal(sig)
         _, stderr = process.communicate(timeout=60)
     finally:

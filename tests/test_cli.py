@@ -118,7 +118,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, straight, sig):
         *args,
         "--results-dir",
         str(folder),
-        when=lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
+        when=lambda _: metrics.exists() and len(metrics.read_text().splitlines()) >= 2,
         sig=sig,
     )
     finished = len(metrics.read_text().splitlines())

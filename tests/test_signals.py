@@ -8,13 +8,12 @@ command must resume the folder to the end."""
 import importlib
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_testing import COMMAND, ROOT, environment
+from cli_testing import interrupt_cli, run_cli
 
 from thermoeqprop_console import INTERRUPTED, MESSAGE, interrupts
 
@@ -39,27 +38,9 @@ def _metrics_lines(folder: Path) -> int:
 def _interrupt(folder: Path, when, sig=signal.SIGINT) -> str:
     """Run the command on ``folder``, send ``sig`` once ``when(process)`` holds, and check the
     interrupted command's exit; return its standard error."""
-    process = subprocess.Popen(
-        [*COMMAND, *ARGS, "--results-dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=environment(),
-        cwd=ROOT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not when(process):
-            assert process.poll() is None, "the run ended before the interrupt point"
-            assert time.monotonic() < deadline, "the interrupt point never came"
-            time.sleep(0.01)
-        process.send_signal(sig)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    stderr = stderr.decode()
-    assert process.returncode == INTERRUPTED, (process.returncode, stderr)
+    status, stderr = interrupt_cli(*ARGS, "--results-dir", str(folder), when=when, sig=sig,
+                                   timeout=120)  # fmt: skip
+    assert status == INTERRUPTED, (status, stderr)
     assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr
     assert "Exception ignored" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == MESSAGE, stderr
@@ -82,9 +63,7 @@ def test_interrupts_at_any_moment_leave_a_folder_that_resumes(tmp_path):
     _interrupt(folder, lambda process: _metrics_lines(folder) > done)
     assert _metrics_lines(folder) < EPOCHS, "the interrupt must land mid-run"
 
-    resumed = subprocess.run([*COMMAND, *ARGS, "--results-dir", str(folder)],
-                             capture_output=True, text=True, env=environment(), cwd=ROOT,
-                             timeout=300)  # fmt: skip
+    resumed = run_cli(*ARGS, "--results-dir", str(folder))
     assert resumed.returncode == 0, resumed.stderr
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, EPOCHS + 1))

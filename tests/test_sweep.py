@@ -384,7 +384,7 @@ def test_killed_sweep_resumes_to_the_same_result(tmp_path):
         *args,
         "--results-dir",
         str(folder),
-        when=lambda: (parts / "T000.nc").exists(),
+        when=lambda _: (parts / "T000.nc").exists(),
         sig=signal.SIGKILL,
     )
     finished = sorted(p.name for p in parts.glob("T*.nc"))
