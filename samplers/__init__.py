@@ -17,7 +17,7 @@ and start positions in; samples of shape ``(chain, draw, ...)`` and per-step dia
   :func:`ess_bulk`, :func:`ess_tail`, :func:`rhat`, :func:`mcse_mean`, :func:`summary`;
   vectorised in JAX over many quantities:
   :func:`mean_diagnostics_many`, :func:`ess_mean_many`, :func:`mcse_mean_many`,
-  :func:`rhat_split_many`.
+  :func:`rhat_split_many`, :func:`rhat_rank_many`.
 """
 
 from samplers._annealing import anneal, check_schedule, geometric_schedule, linear_schedule
@@ -50,6 +50,7 @@ from samplers._fast_diagnostics import (
     ess_mean_many,
     mcse_mean_many,
     mean_diagnostics_many,
+    rhat_rank_many,
     rhat_split_many,
 )
 from samplers._hmc import HMCInfo, HMCState, hmc, nuts
@@ -125,6 +126,7 @@ __all__ = [
     "parallel_tempering",
     "resume_tempering",
     "rhat",
+    "rhat_rank_many",
     "rhat_split_many",
     "sample",
     "save_inference_data",

@@ -233,6 +233,16 @@ def gradient_checks(record: dict) -> list[Check]:
             digits=3,
         )
     )  # fmt: skip
+    if "diag_rhat_rank_max_median" in record:
+        # Rank-normalised: the bulk and the tail value, so twice the comparisons per batch.
+        checks.append(
+            _check(
+                "rank R-hat, worst component (median batch)",
+                _finite(record["diag_rhat_rank_max_median"]),
+                rhat_limit(num_chains, draws_per_chain, 2 * num_components), upper=True,
+                bad="chains disagree in a typical batch", lever="rhat", digits=3,
+            )
+        )  # fmt: skip
     checks.append(
         _check(
             "split R-hat, median component (worst batch)",
@@ -296,7 +306,12 @@ def epoch_line(record: dict, epochs: int) -> str:
     ]
     if "relative_stderr" in record:
         parts.append(f"gradient rel. MCSE {record['relative_stderr']:.3f}")
-    if "diag_rhat_max" in record:
+    if "diag_rhat_rank_max_median" in record:
+        parts.append(
+            f"rank R-hat max {record['diag_rhat_rank_max_median']:.3f} (median batch; worst "
+            f"{record['diag_rhat_rank_max']:.3f})"
+        )
+    elif "diag_rhat_max" in record:
         parts.append(f"split R-hat max {record['diag_rhat_max']:.3f}")
     if "temperature" in record:
         parts.append(f"T {record['temperature']:.3g}")

@@ -16,6 +16,7 @@ from samplers import (
     ess_mean_many,
     mcse_mean_many,
     mean_diagnostics_many,
+    rhat_rank_many,
     rhat_split_many,
 )
 
@@ -170,3 +171,39 @@ def test_new_values_of_the_same_shape_do_not_recompile():
     assert COMPILES["events"] == []
     assert samplers._fast_diagnostics._diagnostics._cache_size() == cache_size
     np.testing.assert_allclose(again.ess, arviz_diagnostics(second).ess, rtol=1e-8)
+
+
+def arviz_rank_rhat(x):
+    """ArviZ's rank-normalised R-hat, one element of x at a time."""
+    flat = x.reshape(*x.shape[:2], -1)
+    values = [float(az.rhat(flat[:, :, i], method="rank")) for i in range(flat.shape[2])]
+    return np.reshape(values, x.shape[2:])
+
+
+# Heavy tails (Cauchy), ties (rounded draws), odd draw counts and the minimum of 4 draws,
+# chains that disagree in location and in scale (the folded value catches the second).
+@pytest.mark.parametrize(("chains", "draws"), [(2, 50), (4, 201), (3, 9), (2, 4), (8, 5)])
+def test_rank_rhat_agrees_with_arviz(chains, draws):
+    rng = np.random.default_rng(13)
+    x = ar1(rng, 0.6, chains, draws, 8)
+    x[..., 1] = rng.standard_cauchy(size=(chains, draws))
+    x[..., 2] = np.round(x[..., 2])  # ties: average ranks
+    x[0, :, 3] += 2.0  # one chain elsewhere
+    x[0, :, 4] *= 5.0  # one chain wider: the tail R-hat
+    np.testing.assert_allclose(rhat_rank_many(x), arviz_rank_rhat(x), rtol=1e-10)
+    assert rhat_rank_many(x.astype(np.float32)).dtype == jnp.float32
+
+
+def test_rank_rhat_flags_disagreement_and_ignores_constants():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 400, 4))
+    x[..., 1] = 0.25  # constant: NaN, as ArviZ
+    x[:2, :, 2] *= 4.0  # same centre, different spread: only the tail R-hat sees it
+    x[:2, :, 3] += 1.0
+    rank = np.asarray(rhat_rank_many(x))
+    split = np.asarray(rhat_split_many(x))
+    assert rank[0] < 1.02 and np.isnan(rank[1])
+    assert rank[2] > 1.1 and split[2] < 1.05
+    assert rank[3] > 1.1
+    # One chain: no rank-normalised R-hat (ArviZ returns NaN as well).
+    assert np.all(np.isnan(rhat_rank_many(x[:1])))
