@@ -237,19 +237,29 @@ def _split_rhat(xs: jax.Array) -> jax.Array:
     return jnp.sqrt(var_plus / within)
 
 
-def _normal_scores(xs: jax.Array) -> jax.Array:
+def _normal_scores(xs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Rank-normalised values of (k, m, n): each element's draws pooled and ranked (ties get
-    their average rank), ranks ``r`` of ``S`` draws mapped to ``Φ⁻¹((r − 3/8) / (S + 1/4))``."""
+    their average rank), ranks ``r`` of ``S`` draws mapped to ``Φ⁻¹((r − 3/8) / (S + 1/4))``;
+    and the pooled draws in order (k, S)."""
     k, m, n = xs.shape
-    pooled = xs.reshape(k, m * n)
-    ordered = jnp.sort(pooled, axis=1)
-    search = jax.vmap(jnp.searchsorted, in_axes=(0, 0, None))
-    below = search(ordered, pooled, "left")  # draws smaller than each draw
-    not_above = search(ordered, pooled, "right")  # draws no larger than each draw
-    rank = (below + not_above + 1) / 2.0  # 1-based average rank
     size = m * n
+    pooled = xs.reshape(k, size)
+    # One sort per element; a run of equal values spans sorted positions first…last and each
+    # of them gets the rank (first + last)/2 + 1. (A binary search per draw instead took
+    # 25 times as long on a CPU.)
+    order = jnp.argsort(pooled, axis=1)
+    ordered = jnp.take_along_axis(pooled, order, axis=1)
+    position = jnp.arange(size)
+    differs = ordered[:, 1:] != ordered[:, :-1]
+    true = jnp.ones((k, 1), bool)
+    starts = jnp.concatenate([true, differs], axis=1)
+    ends = jnp.concatenate([differs, true], axis=1)
+    first = jax.lax.cummax(jnp.where(starts, position, 0), axis=1)
+    last = jax.lax.cummin(jnp.where(ends, position, size - 1), axis=1, reverse=True)
+    sorted_rank = (first + last) / 2.0 + 1.0  # 1-based average rank
+    rank = jnp.zeros_like(sorted_rank).at[jnp.arange(k)[:, None], order].set(sorted_rank)
     scores = jax.scipy.special.ndtri((rank - 0.375) / (size + 0.25))
-    return scores.astype(xs.dtype).reshape(k, m, n)
+    return scores.astype(xs.dtype).reshape(k, m, n), ordered
 
 
 @jax.jit
@@ -259,9 +269,11 @@ def _rank_rhat(x: jax.Array) -> jax.Array:
     n = draws // 2
     xs = jnp.concatenate([x[:, :, :n], x[:, :, draws - n :]], axis=1)  # split: (k, 2·chain, n)
     constant = jnp.all(xs == xs[:, :1, :1], axis=(1, 2))
-    bulk = _split_rhat(_normal_scores(xs))
-    folded = jnp.abs(xs - jnp.median(xs, axis=(1, 2), keepdims=True))
-    tail = _split_rhat(_normal_scores(folded))
+    scores, ordered = _normal_scores(xs)
+    bulk = _split_rhat(scores)
+    size = ordered.shape[1]
+    median = 0.5 * (ordered[:, (size - 1) // 2] + ordered[:, size // 2])  # from the one sort
+    tail = _split_rhat(_normal_scores(jnp.abs(xs - median[:, None, None]))[0])
     rhat = jnp.maximum(bulk, tail)
     # Ranks of a constant element are all equal (every score 0): no information, as ArviZ.
     # Fewer than two chains: ArviZ gives no rank-normalised R-hat either.
@@ -275,6 +287,8 @@ def rhat_rank_many(x) -> jax.Array:
     scores (average ranks for ties); the split R-hat of those is the bulk value; the same of
     the draws' distances from their median is the tail value (Vehtari, Gelman, Simpson,
     Carpenter & Bürkner 2021). It agrees with ArviZ's ``rhat(method="rank")`` to rounding.
+    Two sorts of every element's draws: on a CPU far dearer than :func:`rhat_split_many`
+    (about 0.2 s for 9,610 elements of 2 × 50 draws, against 8 ms).
 
     Args:
         x: Array of shape (chain, draw, *event), at least 4 draws per chain.

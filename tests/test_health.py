@@ -104,9 +104,8 @@ def test_epoch_line_and_plot_limits():
     assert limits["relative_stderr"][1] == RELATIVE_MCSE_MAX
     assert limits["diag_ess_min"][1] == pytest.approx(10.0)  # 0.1 × 2 chains × 50 draws
     assert health_limits({})["diag_rhat_max"][1] is None
-    ranked = RECORD | {"diag_rhat_rank_max_median": 1.031, "diag_rhat_rank_max": 1.2}
-    assert "rank R-hat max 1.031 (median batch; worst 1.200)" in epoch_line(ranked, 15)
-    assert "split R-hat" not in epoch_line(ranked, 15)
+    ranked = RECORD | {"rank_rhat_max_last_batch": 1.031}
+    assert "rank R-hat max 1.031 (last batch)" in epoch_line(ranked, 15)
 
 
 def test_rank_rhat_check_uses_the_limit_of_bulk_and_tail_values():
@@ -118,8 +117,8 @@ def test_rank_rhat_check_uses_the_limit_of_bulk_and_tail_values():
     limit = rhat_limit(2, 50, 2 * 200)
     exceeded = float(np.mean(np.asarray(samplers.rhat_rank_many(x)).max(axis=-1) > limit))
     assert 0.02 <= exceeded <= 0.085, (exceeded, limit)
-    record = RECORD | {"diag_rhat_rank_max_median": limit * 1.01, "parameters": 200}
-    check = {c.name: c for c in gradient_checks(record)}["rank R-hat, worst component (median batch)"]
+    record = RECORD | {"rank_rhat_max_last_batch": limit * 1.01, "parameters": 200}
+    check = {c.name: c for c in gradient_checks(record)}["rank R-hat, worst component (last batch)"]
     assert check.ok is False and check.limit == f"≤ {limit:.3f}"
 
 

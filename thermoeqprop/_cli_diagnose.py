@@ -21,7 +21,7 @@ TRAIN_COLUMNS = {
     "relative_stderr": "rel. MCSE (mean of batches)",
     "relative_stderr_median": "rel. MCSE (median batch)",
     "diag_rhat_max": "split R-hat max (worst batch)",
-    "diag_rhat_rank_max_median": "rank R-hat max (median batch)",
+    "rank_rhat_max_last_batch": "rank R-hat max (last batch, all components)",
     "series_r_hat_max": "rank R-hat max (last batch)",
     "diag_ess_min": "ESS min (worst batch)",
     "series_ess_bulk_min": "bulk ESS min (last batch)",

@@ -90,8 +90,8 @@ def health_table(record) -> str:
     heading = (
         f"gradient health, epoch {record['epoch']} ({record['diag_num_chains']:.0f} chains × "
         f"{record['diag_num_draws_per_chain']:.0f} draws per estimate, {record['parameters']} "
-        f"components, {record['batches']} batches; split R-hat: Gelman et al.'s; rank R-hat: "
-        "rank-normalised, bulk and tail, as ArviZ's; both on every batch)"
+        f"components, {record['batches']} batches; split R-hat: Gelman et al.'s, on every "
+        "batch; rank R-hat: rank-normalised, bulk and tail, as ArviZ's, on the last batch)"
     )
     return format_checks(gradient_checks(record), heading)
 

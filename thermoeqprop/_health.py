@@ -233,14 +233,14 @@ def gradient_checks(record: dict) -> list[Check]:
             digits=3,
         )
     )  # fmt: skip
-    if "diag_rhat_rank_max_median" in record:
+    if "rank_rhat_max_last_batch" in record:
         # Rank-normalised: the bulk and the tail value, so twice the comparisons per batch.
         checks.append(
             _check(
-                "rank R-hat, worst component (median batch)",
-                _finite(record["diag_rhat_rank_max_median"]),
+                "rank R-hat, worst component (last batch)",
+                _finite(record["rank_rhat_max_last_batch"]),
                 rhat_limit(num_chains, draws_per_chain, 2 * num_components), upper=True,
-                bad="chains disagree in a typical batch", lever="rhat", digits=3,
+                bad="chains disagree in the epoch's last batch", lever="rhat", digits=3,
             )
         )  # fmt: skip
     checks.append(
@@ -306,13 +306,10 @@ def epoch_line(record: dict, epochs: int) -> str:
     ]
     if "relative_stderr" in record:
         parts.append(f"gradient rel. MCSE {record['relative_stderr']:.3f}")
-    if "diag_rhat_rank_max_median" in record:
-        parts.append(
-            f"rank R-hat max {record['diag_rhat_rank_max_median']:.3f} (median batch; worst "
-            f"{record['diag_rhat_rank_max']:.3f})"
-        )
-    elif "diag_rhat_max" in record:
+    if "diag_rhat_max" in record:
         parts.append(f"split R-hat max {record['diag_rhat_max']:.3f}")
+    if "rank_rhat_max_last_batch" in record:
+        parts.append(f"rank R-hat max {record['rank_rhat_max_last_batch']:.3f} (last batch)")
     if "temperature" in record:
         parts.append(f"T {record['temperature']:.3g}")
     parts.append(f"{record['epoch_seconds']:.2f} s")

@@ -187,9 +187,7 @@ def summarise_diagnostics(estimates: Iterable) -> dict[str, float]:
     ``min_hessian_eigenvalue``), the largest of the rest; indices of an example within a batch
     (``worst_example``) and per-example arrays are left out. With standard errors, also the
     ``relative_stderr`` of the estimates: its mean and median (``relative_stderr_median``;
-    the largest is ``diag_relative_stderr``); and the median over the estimates of each one's
-    largest rank-normalised R-hat (``diag_rhat_rank_max_median``): a typical batch beside the
-    worst one."""
+    the largest is ``diag_relative_stderr``)."""
     estimates = list(estimates)
     out = {}
     for key in estimates[0].diagnostics:
@@ -199,8 +197,6 @@ def summarise_diagnostics(estimates: Iterable) -> dict[str, float]:
         lowest = "converged" in key or key.startswith(("min_", "ess_")) or key.endswith("_min")
         reduce = np.min if lowest else np.max
         out[f"diag_{key}"] = float(reduce(values))
-        if key == "rhat_rank_max":
-            out["diag_rhat_rank_max_median"] = float(np.median(values))
     if estimates[0].is_stochastic:
         relative = np.asarray([float(e.relative_stderr()) for e in estimates])
         out["relative_stderr"] = float(np.mean(relative))

@@ -274,9 +274,10 @@ def train(
                 idx = order[step * config.batch_size : (step + 1) * config.batch_size]
                 step_key = jax.random.fold_in(key_steps, step)
                 batch = (params, dataset.x_train[idx], targets_train[idx], step_key)
-                if keep_series and step == steps_per_epoch - 1:
+                if step == steps_per_epoch - 1:
                     # The same estimate as current(...) (same key), with the draws behind
-                    # it (None from an estimator that does not average draws: nothing saved).
+                    # it (None from an estimator that does not average draws): saved, and
+                    # its rank-normalised R-hat recorded.
                     estimate, series = current.estimate_with_series(*batch)
                 else:
                     estimate = current(*batch)
@@ -319,6 +320,8 @@ def train(
                 "parameters": num_parameters,
                 **summarise_diagnostics(estimates),
             }
+            if series is not None:
+                record |= _last_batch_rank_rhat(series)
             if current.temperature is not None:
                 record["temperature"] = float(current.temperature)
             fault, notes = epoch_faults(record)
@@ -327,7 +330,7 @@ def train(
                 if log is not None:
                     log(f"warning: epoch {epoch}: {note}")
             history.append(record)
-            if series is not None:
+            if series is not None and keep_series:
                 _save_series(folder, f"epoch_{epoch:04d}", series, current, config,
                              series_parameters)  # fmt: skip
             if folder is not None:
@@ -338,6 +341,27 @@ def train(
         if folder is not None:
             folder.release()
     return TrainResult(params, history, None if folder is None else folder.path)
+
+
+def _last_batch_rank_rhat(series) -> dict[str, float]:
+    """The largest and the median rank-normalised split R-hat (ArviZ's, bulk and tail) over
+    every gradient component of an epoch's last batch (``rank_rhat_max_last_batch``,
+    ``rank_rhat_median_last_batch``); nothing for fewer than two chains or a constant series.
+    One batch per epoch: on a CPU the two sorts per component cost about what the batch's
+    sampling does, too much for every batch."""
+    import samplers
+
+    gradient = np.asarray(series.gradient)
+    if gradient.shape[0] < 2 or gradient.shape[1] < 4:
+        return {}
+    rank = np.asarray(samplers.rhat_rank_many(gradient))
+    rank = rank[np.isfinite(rank)]
+    if rank.size == 0:
+        return {}
+    return {
+        "rank_rhat_max_last_batch": float(rank.max()),
+        "rank_rhat_median_last_batch": float(np.median(rank)),
+    }
 
 
 def _raise(reason: str | None) -> None:

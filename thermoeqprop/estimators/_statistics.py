@@ -329,19 +329,15 @@ def _mcse(series) -> jax.Array:
 
 def _ess_rhat(combined: Combined) -> dict[str, jax.Array]:
     """Extremes and medians of the ESS and R-hat over the components that vary."""
-    any_varying, summary = _ess_rhat_summary(combined.ess, combined.rhat, combined.series)
+    any_varying, summary = _ess_rhat_summary(combined.ess, combined.rhat)
     return summary if bool(any_varying) else {}
 
 
 @jax.jit
-def _ess_rhat_summary(ess, rhat, series):
+def _ess_rhat_summary(ess, rhat):
     # Masked reductions, not ``ess[varying]``: a boolean index has a data-dependent shape, and
     # every new count of varying components compiled anew (10 compilations in 20 batches).
     varying = jnp.isfinite(ess)
-    # The R-hat a reader of ArviZ output means: rank-normalised, bulk and tail (NaN with one
-    # chain, where only the split R-hat of the half chains exists).
-    rank = samplers.rhat_rank_many(series)
-    ranked = varying & jnp.isfinite(rank)
     # Extremes over thousands of components of short chains are noisy: medians beside them
     # tell a few slow directions apart from chains that have not mixed at all.
     return jnp.any(varying), {
@@ -349,6 +345,4 @@ def _ess_rhat_summary(ess, rhat, series):
         "ess_median": jnp.nanmedian(jnp.where(varying, ess, jnp.nan)),
         "rhat_max": jnp.max(jnp.where(varying, rhat, -jnp.inf)),
         "rhat_median": jnp.nanmedian(jnp.where(varying, rhat, jnp.nan)),
-        "rhat_rank_max": jnp.max(jnp.where(ranked, rank, -jnp.inf)),
-        "rhat_rank_median": jnp.nanmedian(jnp.where(ranked, rank, jnp.nan)),
     }
