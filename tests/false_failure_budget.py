@@ -6,9 +6,14 @@ module on fresh seed sets (``THERMOEQPROP_TEST_SEED_OFFSET``, tests/seed_offset.
 adds ``k × 1,000,003`` to every seed of the process, so seed sets never overlap), counts the
 runs that fail, and writes the table of tests/README.md ("False-failure budgets, measured"):
 failures/runs with a 95 % Clopper–Pearson interval beside the stated budget. Each record
-(module, offset, outcome, failing tests, seconds, load average) is appended to ``--log`` as it
-finishes, so an interrupted measurement keeps what it ran; the table is built from the whole
-log.
+(module, offset, outcome, failing tests, seconds, load average, commit) is appended to ``--log``
+(by default ``tests/false_failure_budget.jsonl``, kept in the repository) as it finishes, so an
+interrupted measurement keeps what it ran and a later one skips the (module, seed set) pairs
+already counted; the table is built from the whole log, the latest record of each pair.
+
+The offset moves the Monte Carlo draws only: code that builds a test problem (networks,
+parameters, data, target distributions) runs under ``seed_offset.fixed`` and keeps its written
+seeds, because a budget is a statement about the draws of the problem a module documents.
 
 Each run is ``pytest -n 0 -p no:cacheprovider MODULE`` in a process of its own, under
 ``--timeout`` seconds, holding ``/tmp/thermoeqprop-bench.lock`` (flock) so that it never
@@ -93,8 +98,27 @@ def run_once(module: str, run: int, timeout: float, cache_dir: str) -> dict:
     return {"module": module, "run": run, "offset": offset, "outcome": outcome,
             "exit_code": code, "failed": failed, "seconds": round(seconds, 1),
             "load_average": [round(load_before, 2), round(load_after, 2)],
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
             "tail": output[-2000:] if outcome != "pass" else ""}  # fmt: skip
+
+
+def _commit() -> str:
+    """The checked-out commit of the tests and code being measured ("" outside git)."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    return done.stdout.strip()
+
+
+def read_log(path: Path) -> list[dict]:
+    """The records of a log (none if it does not exist yet)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def latest(records: list[dict]) -> list[dict]:
+    """The last record of each (module, seed set): a rerun replaces an earlier run."""
+    return list({(r["module"], r["run"]): r for r in records}.values())
 
 
 def clopper_pearson(failures: int, runs: int, level: float = 0.95) -> tuple[float, float]:
@@ -111,6 +135,7 @@ def clopper_pearson(failures: int, runs: int, level: float = 0.95) -> tuple[floa
 
 def table(records: list[dict], budgets: dict[str, float]) -> str:
     """The README section from the log's records."""
+    records = latest(records)
     lines = [
         "| module | stated budget | failures / runs | rate | 95 % interval | errors | "
         "s per run (median) | load average (1 min) | failing tests |",
@@ -142,7 +167,8 @@ def table(records: list[dict], budgets: dict[str, float]) -> str:
         f"Seed sets {runs[0]}–{runs[-1]} (offset = run × {STRIDE:,}; the runs of each module "
         "are counted in the table),"
         f" measured {dates[0]} to {dates[-1]}, one run at a time (`pytest -n 0`) on a machine "
-        "shared with other jobs (load average before and after each run in the table). A "
+        "shared with other jobs (load average before and after each run in the table); the "
+        "problems keep their written seeds (`seed_offset.fixed`), the draws move. A "
         "timed-out or erroring run is listed under errors and not counted. Not measured (their "
         "subprocesses keep the written seeds): "
         + "; ".join(f"`{m.removeprefix('tests/')}` ({why})" for m, why in UNSHIFTED.items())
@@ -169,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="seed sets per module")
     parser.add_argument("--first-run", type=int, default=1, help="first seed set (≥ 1)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
-    parser.add_argument("--log", default="/tmp/thermoeqprop-false-failures.jsonl")
+    parser.add_argument("--log", default=str(ROOT / "tests" / "false_failure_budget.jsonl"))
     parser.add_argument("--cache-dir", default="/tmp/thermoeqprop-false-failures-xla-cache")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table")
     parser.add_argument("--no-readme", action="store_true", help="leave tests/README.md alone")
@@ -182,16 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"{unknown} state no FALSE_FAILURE_BUDGET; modules that do: {list(budgets)}")
     log = Path(args.log)
+    records = read_log(log)
+    done = {(r["module"], r["run"]) for r in records if r["outcome"] in ("pass", "fail")}
     if not args.table_only:
         for run in range(args.first_run, args.first_run + args.runs):
             for module in modules:  # interleaved: a change of load spreads over the modules
+                if (module, run) in done:
+                    continue
                 record = run_once(module, run, args.timeout, args.cache_dir)
                 with log.open("a") as file:
                     file.write(json.dumps(record) + "\n")
                 print(f"{module} run {run}: {record['outcome']} in {record['seconds']} s "
                       f"{record['failed'] or ''}", flush=True)  # fmt: skip
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    section = table(records, budgets)
+    section = table(read_log(log), budgets)
     print(section)
     if not args.no_readme:
         write_readme(section)
