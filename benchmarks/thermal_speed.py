@@ -813,6 +813,12 @@ def _train_run(command: list[str], seed: int, folder: str) -> list[dict[str, flo
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def _median_of(records: list[dict], key: str) -> str:
+    """The median of ``key`` over the records that have it, formatted ('–' if none has)."""
+    values = [r[key] for r in records if key in r]
+    return f"{statistics.median(values):.3g}" if values else "–"
+
+
 def _matmul_gflops(m: int, k: int, n: int, dtype, calls: int = 20) -> float:
     """GFLOP/s of a plain jitted (m, k) @ (k, n) product, median of ``calls`` steady calls."""
     a = jnp.ones((m, k), dtype)
@@ -880,9 +886,10 @@ def section_train_epoch(args) -> list[str]:
     for name in routes:
         seconds = [r["epoch_seconds"] for r in steady[name]]
         if "relative_stderr" in steady[name][0]:
+            keys = ("relative_stderr", "relative_stderr_median", "diag_rhat_max",
+                    "rank_rhat_max_last_batch")  # fmt: skip
             diagnostics.append(
-                f"| {name} | {statistics.median(r['relative_stderr'] for r in steady[name]):.3g}"
-                f" | {statistics.median(r['diag_rhat_max'] for r in steady[name]):.3g} |"
+                f"| {name} | " + " | ".join(_median_of(steady[name], key) for key in keys) + " |"
             )
         accuracy = statistics.median(r["test_accuracy"] for r in steady[name] if
                                      r["epoch"] == S3_EPOCHS)  # fmt: skip
@@ -923,11 +930,14 @@ def section_train_epoch(args) -> list[str]:
         *(
             [
                 "Gradient noise of the thermal routes in their steady epochs (medians over "
-                "epochs of metrics.jsonl's mean relative MCSE over an epoch's batches and of its "
-                "worst batch's largest split R-hat; early in training, for orientation only):",
+                "epochs of metrics.jsonl's relative MCSE over an epoch's batches, mean and "
+                "median, of its worst batch's largest split R-hat and of the largest "
+                "rank-normalised R-hat of its last batch; early in training, for orientation "
+                "only):",
                 "",
-                "| route | relative MCSE | largest split R-hat, worst batch |",
-                "| --- | --- | --- |",
+                "| route | relative MCSE, mean | relative MCSE, median batch | largest split "
+                "R-hat, worst batch | largest rank R-hat, last batch |",
+                "| --- | --- | --- | --- | --- |",
                 *diagnostics,
                 "",
             ]
