@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import pytest
+import seed_offset
 
 from thermoeqprop.quantum import (
     Hamiltonian,
@@ -50,6 +51,7 @@ def real_network() -> QuantumNetwork:
     return classifier_network(num_qubits=4, num_inputs=2, couplings="ring", init_noise=0.5)
 
 
+@seed_offset.fixed
 def batch(model, size, seed):
     key_x, key_y, key_p = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(key_x, (size, model.num_inputs))

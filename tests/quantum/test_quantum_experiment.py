@@ -4,7 +4,8 @@ the sparse solver's warm-start state carried through ``train_steps`` and its che
 initial scales and penalties per group of parameters, and a learning check.
 
 False-failure budget of the module: about 1e-4, the learning check's (its docstring); the
-rest is exact.
+rest is exact. The held-out examples are built under ``seed_offset.fixed``; the four runs'
+seeds (their initial parameters, batches and shots) are the draws the budget is about.
 """
 
 import dataclasses
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import seed_offset
 
 from thermoeqprop.quantum import (
     EigenstateEP,
@@ -192,7 +194,8 @@ def test_the_held_out_loss_falls():
     about 1e-4 in the normal approximation.
     """
     estimator = experiment()
-    evaluate = held_out(*sensor_task(jax.random.key(2024), 0, 200))
+    with seed_offset.fixed():
+        evaluate = held_out(*sensor_task(jax.random.key(2024), 0, 200))
     drops = []
     for seed in range(4):
         config = StepConfig(steps=150, eval_every=50, learning_rate=0.05, seed=seed)

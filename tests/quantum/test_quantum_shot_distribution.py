@@ -26,8 +26,9 @@ False-failure budget: ``Z = 5`` is a two-sided normal tail of 5.7e-7 per check; 
 makes about 420 checks (24 components, mean and variance, 8 configurations; the loss; the
 standard errors), so about 3e-4 in all under the normal approximation, which at ``R = 8000``
 repetitions of sums of bounded variables is close. Seeds are fixed for reproducibility, never
-tuned. A variance wrong by 10 % (e.g. an ``(N − 1)/N`` slip at ``N = 10``) moves the check by
-more than 5 of its standard deviations (about 1.6 % here).
+tuned; the systems (parameters, inputs, states, weights) are built under ``seed_offset.fixed``,
+so the budget is about the shot keys. A variance wrong by 10 % (e.g. an ``(N − 1)/N`` slip at
+``N = 10``) moves the check by more than 5 of its standard deviations (about 1.6 % here).
 """
 
 import functools
@@ -36,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seed_offset
 from scipy.stats import binom
 
 from thermoeqprop.quantum import (
@@ -78,6 +80,7 @@ def kron_matrix(label: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
+@seed_offset.fixed
 def system():
     """System B with the loss ½(⟨Z0⟩ − y)², so the nudge depends on the measured output."""
     model = classifier_network(
@@ -234,12 +237,13 @@ def test_gradient_shot_noise_has_the_exact_mean_and_variance(
 @pytest.mark.parametrize("shot_model", ["projective", "gaussian"])
 def test_one_reading_matches_the_exact_distribution(shot_model):
     """The measurement kernels alone: a complex 3-qubit state, random weights."""
-    rng = np.random.default_rng(7)
-    psi = rng.standard_normal(8) + 1j * rng.standard_normal(8)
-    psi /= np.linalg.norm(psi)
     labels = ["XII", "IXI", "XXI", "ZIZ", "IZI", "YYI", "IIY", "XIY", "ZZZ"]
     strings = tuple(pauli(s) for s in labels)
-    weights = rng.standard_normal((len(strings), 3))
+    with seed_offset.fixed():
+        rng = np.random.default_rng(7)
+        psi = rng.standard_normal(8) + 1j * rng.standard_normal(8)
+        psi /= np.linalg.norm(psi)
+        weights = rng.standard_normal((len(strings), 3))
     plan = measurement_plan(strings)
     mean, var, k4 = moments_of_reading(strings, weights, psi, shot_model)
     expect = jnp.asarray([np.real(np.vdot(psi, kron_matrix(s) @ psi)) for s in labels])

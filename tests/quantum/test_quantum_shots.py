@@ -10,7 +10,8 @@ value it estimates. Checks and false-failure budget (per test, nominal):
   a 3.6σ margin, ≈ 2e-4).
 * the mean over repetitions within 4 standard errors of the mean of the exact value
   (≈ 6e-5 per component).
-Seeds are fixed for reproducibility, never tuned.
+Seeds are fixed for reproducibility, never tuned. Systems A and B (conftest.py) are built under
+``seed_offset.fixed``: the budget is about the shot keys.
 """
 
 import jax

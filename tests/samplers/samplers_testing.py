@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seed_offset
 from scipy import integrate, optimize
 
 import samplers
@@ -82,6 +83,7 @@ def batched_gaussian_nuts():
 # --- Ising on a random graph, and a layered (bipartite-chain) network -----------------------
 
 
+@seed_offset.fixed
 def random_ising(num_spins: int = 7, seed: int = 0, density: float = 0.6):
     """Couplings J (symmetric, zero diagonal, ~density of edges, N(0, 0.6²)) and fields h."""
     rng = np.random.default_rng(seed)
@@ -103,6 +105,7 @@ def ising_energy(position, context):
 LAYER_SIZES = (3, 4, 3)
 
 
+@seed_offset.fixed
 def layered_network(seed: int = 1):
     """Couplings of a 3-4-3 layered network (only adjacent layers couple), fields, blocks."""
     rng = np.random.default_rng(seed)

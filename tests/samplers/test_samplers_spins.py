@@ -7,7 +7,8 @@ blocks), both at T = 1. Statistics: every ⟨s_i⟩ and every pair correlation �
 False-failure budget: 111 checks of |estimate − exact| < 5 MCSE (ArviZ bulk ESS); each fails by
 chance with probability about 5.7e-7 under a normal approximation, so the module's budget is
 below 1e-4. Each test also shows it can fail: the same draws are compared with the exact
-answer at 1.25 T and must be rejected.
+answer at 1.25 T and must be rejected. The graphs are built under ``seed_offset.fixed``
+(samplers_testing): the budget is about the samplers' draws.
 """
 
 import jax

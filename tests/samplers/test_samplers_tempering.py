@@ -9,7 +9,8 @@ False-failure budget: 8 + 168 checks of |estimate − exact| < 5 MCSE (ArviZ bul
 failing by chance with probability about 5.7e-7 under a normal approximation: below 2e-4 for
 the module. The single-chain and ladder tests assert facts that hold with overwhelming
 probability (a barrier of 5/T = 20 units of T is never crossed in 1000 HMC steps; the
-adapted swap rates are compared with margins many times their noise).
+adapted swap rates are compared with margins many times their noise). The Ising graph is built
+under ``seed_offset.fixed`` (samplers_testing): the budget is about the samplers' draws.
 """
 
 import jax
