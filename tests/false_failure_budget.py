@@ -99,7 +99,13 @@ def run_once(module: str, run: int, timeout: float, cache_dir: str) -> dict:
             "exit_code": code, "failed": failed, "seconds": round(seconds, 1),
             "load_average": [round(load_before, 2), round(load_after, 2)],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": _commit(),
+            "errors": _error_lines(output) if outcome != "pass" else [],
             "tail": output[-2000:] if outcome != "pass" else ""}  # fmt: skip
+
+
+def _error_lines(output: str, limit: int = 40) -> list[str]:
+    """The assertion lines of a failed run (pytest's ``E   …`` lines), the values in them."""
+    return [line for line in output.splitlines() if line.startswith("E ")][:limit]
 
 
 def _commit() -> str:
