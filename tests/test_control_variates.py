@@ -29,7 +29,8 @@ or fails reproducibly). Each replicated case draws 400 independent short estimat
 - the MCSE reduction: medians over 400 replicates against bounds 1.25× the medians measured
   over 1,000 (their sampling spread is a few per cent): negligible.
 
-In all about 4 % of runs after a change to the sampling code might see a false failure.
+In all about 4 % of runs after a change to the sampling code might see a false failure. The
+problems are built under seed_offset.fixed: the budget is about the draws.
 """
 
 import dataclasses
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seed_offset
 from jax.flatten_util import ravel_pytree
 from test_lowtemp import TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, TWO_UNITS, quadrature_nodes
 
@@ -96,6 +98,7 @@ class Problem:
         return ThermalCovariance(self.model, self.temperature, **options)
 
 
+@seed_offset.fixed
 def quadratic():
     net = QuadraticNetwork((3, 4, 2))  # 6 units, 26 parameters
     params = net.init_params(jax.random.key(0))

@@ -9,7 +9,8 @@ the shot estimator must lie within K = 4 of its standard errors per component.
 False-failure budget: 2 temperatures × 2 seeds × 10 components at 4 standard errors; with
 Gaussian shot noise P(|z| > 4) = 6.3e-5 each, about 0.25 % of code versions that change the
 shot sampling would see a false failure (seeds are fixed: a version passes or fails
-reproducibly). Everything else is deterministic.
+reproducibly). Everything else is deterministic. The qubit problem is built under
+seed_offset.fixed: the budget is about the shots.
 """
 
 import dataclasses
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seed_offset
 from jax.flatten_util import ravel_pytree
 
 from thermoeqprop.cli import main
@@ -38,6 +40,7 @@ SHOTS = 256
 
 
 @pytest.fixture(scope="module")
+@seed_offset.fixed
 def qubits():
     net = classifier_network(2, 2)  # 10 parameters
     params = net.init_params(jax.random.key(0))
