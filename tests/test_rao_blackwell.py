@@ -239,7 +239,11 @@ def test_series_mean_is_the_estimate(nine_spins):
     estimate, series = ThermalCovariance(net, T, sampling).estimate_with_series(
         params, x, targets, jax.random.key(4)
     )
-    np.testing.assert_allclose(series.gradient.mean(axis=(0, 1)), flat(estimate.grad), rtol=1e-12)
+    # The same sum in another order: rounding, relative to the largest component (a component
+    # near zero differs by 6e-12 of itself at seed offset 3000009).
+    grad = flat(estimate.grad)
+    np.testing.assert_allclose(series.gradient.mean(axis=(0, 1)), grad, rtol=1e-12,
+                               atol=1e-12 * np.max(np.abs(grad)))  # fmt: skip
     np.testing.assert_allclose(series.cost.mean(), float(estimate.loss), rtol=1e-12)
     # Windows of consecutive draws (batch means) keep the mean of every series.
     states = draw_states(net, sampling, params, x, targets, 0.0, T, jax.random.key(5)).states
