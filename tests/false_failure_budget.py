@@ -69,7 +69,7 @@ def stated_budgets() -> dict[str, float]:
     return budgets
 
 
-def run_once(module: str, run: int, timeout: float, cache_dir: str) -> dict:
+def run_once(module: str, run: int, timeout: float, cache_dir: str, lock_path: str = LOCK) -> dict:
     """One run of ``module`` on seed set ``run``: its record for the log."""
     offset = run * STRIDE
     env = dict(
@@ -81,7 +81,7 @@ def run_once(module: str, run: int, timeout: float, cache_dir: str) -> dict:
     )
     command = [sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "-q",
                "-rf", "--durations=0", f"--timeout={int(timeout)}", module]  # fmt: skip
-    with open(LOCK, "w") as lock:
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         load_before, start = os.getloadavg()[0], time.time()
         try:
@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--log", default=str(ROOT / "tests" / "false_failure_budget.jsonl"))
     parser.add_argument("--cache-dir", default="/tmp/thermoeqprop-false-failures-xla-cache")
+    parser.add_argument("--lock", default=LOCK, help="file locked during each run (default: "
+                        "the benchmarks' lock, so that no run overlaps a benchmark)")  # fmt: skip
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table")
     parser.add_argument("--no-readme", action="store_true", help="leave tests/README.md alone")
     args = parser.parse_args(argv)
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             for module in modules:  # interleaved: a change of load spreads over the modules
                 if (module, run) in done:
                     continue
-                record = run_once(module, run, args.timeout, args.cache_dir)
+                record = run_once(module, run, args.timeout, args.cache_dir, args.lock)
                 with log.open("a") as file:
                     file.write(json.dumps(record) + "\n")
                 print(f"{module} run {run}: {record['outcome']} in {record['seconds']} s "
