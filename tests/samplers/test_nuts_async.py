@@ -144,13 +144,16 @@ def test_asynchronous_route_equals_synchronous_route(target, start):
     assert_same_trace(a, b, target)
     # The draws moved and the adaptation ran (a trace of constants would pass trivially).
     assert np.all(np.std(np.asarray(a.samples), axis=1) > 0.05)
+    assert np.all(np.asarray(a.nonfinite_step) == -1)  # every energy finite: -1, "never"
     assert not np.allclose(np.asarray(a.final_state.adapt_state.step_size), 1.0)
 
 
 def test_nonfinite_step_is_the_synchronous_routes(start):
     # Energy −∞ beyond position[0] > cut, far from the mode: a chain whose trajectory gets
     # there takes it (a state of infinite weight), as early warm-up trajectories of step size
-    # 1 do, and reports that step; chain 0 starts there and reports 0.
+    # 1 do, and reports that step; chain 0 starts there and reports 0. Whether the other chains
+    # get there depends on their keys (at a fresh seed all five did, at steps 1–10), so "never"
+    # (-1) is checked where every energy is finite, above.
     cut = MEAN[0] + 8.0
     context = as_context((PRECISION, MEAN, 0.0, 0.0, cut))
     moved = start.at[0, 0].set(cut + 1.0)
@@ -160,7 +163,8 @@ def test_nonfinite_step_is_the_synchronous_routes(start):
     assert_same_trace(a, b, "non-finite")
     bad = np.asarray(a.nonfinite_step)
     assert bad[0] == 0
-    assert np.any(bad > 0) and np.any(bad == -1), bad
+    assert np.any(bad > 0), bad  # a chain that got there mid-run reports its step
+    assert np.all((bad == -1) | (bad < 30 + 40)), bad
     with pytest.raises(samplers.NonFiniteEnergyError, match="chain 0: first non-finite energy"):
         samplers.check_finite(a)
 
