@@ -43,7 +43,7 @@ TIMEOUT = 400  # seconds, against a hang: on a loaded 2-core machine the three t
 WORKER = textwrap.dedent(
     """
     import json, os, sys
-    sys.path[:0] = [{tests!r}]
+    sys.path[:0] = [{tests!r}, {tests_root!r}]
     from thermoeqprop import distributed
     if os.environ.get("THERMOEQPROP_NUM_PROCESSES"):
         distributed.initialize()
@@ -106,7 +106,8 @@ def start(path: Path, **env) -> subprocess.Popen:
     }
     clean.update(env, JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1")
     clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])
-    script = WORKER.format(tests=str(SAMPLER_TESTS), ladder=LADDER, path=str(path))
+    script = WORKER.format(tests=str(SAMPLER_TESTS), tests_root=str(SAMPLER_TESTS.parent),
+                           ladder=LADDER, path=str(path))  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-c", script],
         env=clean,

@@ -72,7 +72,7 @@ SCRIPT = textwrap.dedent(
     import sys
     import jax
     jax.config.update("jax_enable_x64", True)
-    sys.path[:0] = [{root!r}, {tests!r}]
+    sys.path[:0] = [{root!r}, {tests!r}, {shared!r}]
     import numpy as np
     from samplers_testing import batched_gaussian_nuts
     from test_samplers_devices import run_tempering
@@ -104,7 +104,9 @@ def test_four_devices_agree_in_distribution_with_one(tmp_path, nuts_gaussian):
     path = tmp_path / "four_devices.npz"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     env["JAX_PLATFORMS"] = "cpu"
-    script = SCRIPT.format(root=str(ROOT), tests=str(Path(__file__).parent), path=str(path))
+    here = Path(__file__).parent  # its helpers, and tests/ for the seed_offset they import
+    script = SCRIPT.format(root=str(ROOT), tests=str(here), shared=str(here.parent),
+                           path=str(path))  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-W", "error", "-c", script],
         env=env,
