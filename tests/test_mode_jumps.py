@@ -182,8 +182,10 @@ def test_bimodal_network_with_jumps_matches_quadrature():
     assert 0.005 < float(estimate.diagnostics["jump_rate"]) < 0.9
     drawn = draw_collapsed(BIMODAL, bimodal_sampling(mode_jumps=False), BIMODAL_PARAMS, BIMODAL_X,
                            BIMODAL_Y, 0.0, BIMODAL_T, jax.random.key(12), nudged=False)  # fmt: skip
-    high = np.asarray(drawn.trace.samples[..., 0] > 0.4)
-    assert np.all(high.mean(axis=(1, 2)) < 0.02) or np.all(high.mean(axis=(1, 2)) > 0.98)
+    # Each chain spends its draws in one mode (which one depends on where warm-up left it: at
+    # a fresh seed one chain of 12 sat in the other mode throughout).
+    high = np.asarray(drawn.trace.samples[..., 0] > 0.4).mean(axis=2)  # (example, chain)
+    assert np.all((high < 0.02) | (high > 0.98)), high
 
 
 def test_one_sided_jumps_fail_the_bimodal_network(monkeypatch):
