@@ -61,7 +61,7 @@ RECORD = {
     "epoch_seconds": 3.4, "temperature": 0.02, "diag_num_chains": 2.0,
     "diag_num_draws_per_chain": 50.0, "diag_ess_min": 3.9, "diag_ess_median": 92.0,
     "diag_rhat_max": 1.58, "diag_rhat_median": 1.014, "diag_divergences": 6.0,
-    "parameters": 9610, "batches": 44,
+    "diag_mean_step_size": 0.69, "parameters": 9610, "batches": 44,
 }  # fmt: skip
 
 
@@ -78,7 +78,15 @@ def test_checks_of_the_default_train_record_name_what_is_wrong_and_the_levers():
     table = format_checks(gradient_checks(RECORD), "heading")
     assert table.splitlines()[0] == "heading"
     assert "to improve:" in table and "--num-samples" in table and "--tempering" in table
+    assert "--hmc-steps" in table  # an HMC run: longer trajectories decorrelate its draws
     assert "all checks pass" not in table
+    # A spin run (block Gibbs: a flip rate, no step size, no divergences) is not told to
+    # change HMC settings.
+    spins = {k: v for k, v in RECORD.items() if k not in ("diag_mean_step_size",
+                                                          "diag_divergences")}  # fmt: skip
+    table = format_checks(gradient_checks(spins | {"diag_flip_rate": 0.2}), "heading")
+    assert "--hmc" not in table and "--sampler nuts" not in table
+    assert "--num-chains" in table and "--tempering" in table
 
 
 def test_a_healthy_record_passes_and_a_bare_one_is_not_measured():

@@ -73,6 +73,10 @@ LEVERS = {
     "parallel tempering (--tempering --replicas R) if the target has several modes",
     "ess": "draws are strongly correlated: more leapfrog steps (--hmc-steps), step-size jitter "
     "(--hmc-jitter 0.5), NUTS (--sampler nuts), or more draws",
+    # The same for spins (block Gibbs, Metropolis): no trajectory to lengthen.
+    "ess_spins": "draws are strongly correlated: more draws (--num-samples) or chains "
+    "(--num-chains), or parallel tempering (--tempering --replicas R) where chains rarely cross "
+    "between modes",
     "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "
     "smaller step size; a lower temperature sharpens the target",
 }
@@ -215,6 +219,8 @@ def gradient_checks(record: dict) -> list[Check]:
     num_components = int(record.get("parameters", 1))
     num_batches = int(record.get("batches", 1))
     draws = num_chains * draws_per_chain
+    # HMC and NUTS record their step size; block Gibbs and Metropolis (spins) do not.
+    ess_lever = "ess" if "diag_mean_step_size" in record else "ess_spins"
     checks = []
     mcse = _finite(record.get("relative_stderr"))
     checks.append(
@@ -257,7 +263,7 @@ def gradient_checks(record: dict) -> list[Check]:
         value = _finite(record.get(key)) / draws
         checks.append(
             _check(f"{name} (worst batch)", value, limit, upper=False,
-                   bad="few effective draws", lever="ess", digits=3)
+                   bad="few effective draws", lever=ess_lever, digits=3)
         )  # fmt: skip
     if "diag_divergences" in record:
         checks.append(
