@@ -206,3 +206,20 @@ def test_the_command_line_prints_a_deprecation_as_one_note(capsys):
         "thermoeqprop quantum: note: estimator name 'ground' is deprecated; use 'ep'",
         "thermoeqprop quantum: error: epochs must be an integer ≥ 1, got 0",
     ]
+
+
+def test_the_command_line_prints_the_librarys_own_warnings_as_one_line(capsys):
+    """A warning raised inside the package (a nudge too strong for the gap) is one
+    ``warning:`` line; another package's keeps Python's form (file name and category)."""
+    from thermoeqprop.cli import _note
+    from thermoeqprop.quantum._following import NudgeStrengthWarning
+
+    shown = []
+    show = _note("quantum", lambda *args: shown.append(args))
+    show(NudgeStrengthWarning("the nudge is not small against the gap"), NudgeStrengthWarning,
+         "/site-packages/thermoeqprop/_steps.py", 322)  # fmt: skip
+    show(UserWarning("elsewhere"), UserWarning, "/site-packages/numpy/core.py", 7)
+    assert capsys.readouterr().err == (
+        "thermoeqprop quantum: warning: the nudge is not small against the gap\n"
+    )
+    assert [args[0].args[0] for args in shown] == ["elsewhere"]

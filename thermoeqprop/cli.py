@@ -247,14 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _note(command: str, fallback):
-    """``warnings.showwarning`` for the command line: the library's deprecations as one line
-    (``thermoeqprop train: note: …``) instead of a file name and a source line."""
+    """``warnings.showwarning`` for the command line: the library's own warnings as one line
+    instead of a file name and a source line, deprecations as ``thermoeqprop train: note: …``
+    and the rest (a nudge too strong for the gap, say) as ``thermoeqprop quantum: warning: …``;
+    other packages' warnings as Python shows them."""
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, (FutureWarning, DeprecationWarning)) and "thermoeqprop" in (
-            filename or ""
-        ):
-            print(f"thermoeqprop {command}: note: {message}", file=file or sys.stderr)
+        if "thermoeqprop" in (filename or ""):
+            deprecated = issubclass(category, (FutureWarning, DeprecationWarning))
+            kind = "note" if deprecated else "warning"
+            print(f"thermoeqprop {command}: {kind}: {message}", file=file or sys.stderr)
             return
         fallback(message, category, filename, lineno, file, line)
 
