@@ -133,6 +133,24 @@ def _garbled_metrics(command_line):
     return setup
 
 
+def _metrics_without(keep):
+    """A finished ``train`` run whose metrics.jsonl keeps only the lines ``keep`` selects
+    (deleted as a whole when none is left)."""
+
+    def setup(tmp_path):
+        folder = tmp_path / "run"
+        assert main([*TRAIN, "--results-dir", str(folder)]) == 0
+        metrics = folder / "metrics.jsonl"
+        lines = [line for i, line in enumerate(metrics.read_text().splitlines(True)) if keep(i)]
+        if lines:
+            metrics.write_text("".join(lines))
+        else:
+            metrics.unlink()
+        return ["--results-dir", str(folder)]
+
+    return setup
+
+
 def _other_devices(tmp_path):
     """A finished run whose config.json says it ran on 3 more CPU devices than this process."""
     folder = tmp_path / "run"
@@ -396,6 +414,16 @@ CLI_CASES = {
         TRAIN,
         _garbled_metrics(TRAIN),
         "metrics.jsonl' is damaged at line 1 (not JSON",
+    ),
+    "train metrics file deleted": (
+        TRAIN,
+        _metrics_without(lambda i: False),
+        "metrics.jsonl' lacks epochs 1–2 (2 of the 2 it must hold up to the checkpoint's epoch 2)",
+    ),
+    "train metrics line deleted": (
+        TRAIN,
+        _metrics_without(lambda i: i != 0),
+        "metrics.jsonl' lacks epoch 1 (1 of the 2 it must hold up to the checkpoint's epoch 2)",
     ),
     # sweep
     "sweep negative temperature": (

@@ -29,7 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thermoeqprop.results import CheckpointError, RunFolder, read_arrays, write_arrays
+from thermoeqprop.results import (
+    METRICS_FILE,
+    CheckpointError,
+    CorruptFileError,
+    RunFolder,
+    read_arrays,
+    write_arrays,
+)
 
 __all__ = [
     "OpenedRun",
@@ -164,11 +171,30 @@ def open_run(
                 log(f"resuming {folder.path} after {counter} {start} of {total} "
                     f"(checkpoint {latest.name}): {rest}")  # fmt: skip
         history = folder.read_metrics(counter, start)
+        _check_complete(folder, history, counter, start)
         folder.rewrite_metrics(history)
     except BaseException:
         folder.release()
         raise
     return OpenedRun(folder, start, arrays, latest, history)
+
+
+def _check_complete(folder: RunFolder, history: list[dict], counter: str, start: int) -> None:
+    """Refuse a metrics file that lacks units the checkpoint has passed (a unit's line is
+    written before its checkpoint, so a gap is damage): resuming would leave them out of the
+    run's record for good. Every epoch writes a line; a step run writes one per evaluation,
+    so of its steps only the checkpoint's own is sure to have one."""
+    expected = set(range(1, start + 1)) if counter == "epoch" else {start} - {0}
+    missing = sorted(expected - {int(r[counter]) for r in history})
+    if missing:
+        span = (f"{counter}s {missing[0]}–{missing[-1]}" if len(missing) > 1
+                else f"{counter} {missing[0]}")  # fmt: skip
+        raise CorruptFileError(
+            f"metrics file {str(folder / METRICS_FILE)!r} lacks {span} "
+            f"({len(missing)} of the {len(expected)} it must hold up to the checkpoint's "
+            f"{counter} {start}); restore it from a copy, or choose another folder to start the "
+            "run again"
+        )
 
 
 def save_unit(folder: RunFolder, record: dict[str, Any], counter: str, trees: dict[str, Any]):
