@@ -33,7 +33,7 @@ from plot_testing import foreign_backend, overlapping_tick_labels, tick_labels
 
 import samplers
 from thermoeqprop._barrier import joinable_parts
-from thermoeqprop._cli_sweep import barrier_lines
+from thermoeqprop._cli_sweep import barrier_lines, frozen_lines
 from thermoeqprop.cli import main
 from thermoeqprop.estimators import Sampling
 from thermoeqprop.models import QuadraticNetwork, SpinNetwork
@@ -265,6 +265,18 @@ def test_summary_reports_the_barrier_only_with_tempering(tempered_sweep, quadrat
     total = float(tempered_sweep.global_barrier.sel(estimator="covariance").mean())
     assert any(line.startswith(f"  covariance: Λ = {total:.4g}, peak λ") for line in lines), lines
     assert len(lines) == 2 + tempered_sweep.sizes["estimator"]
+
+
+def test_a_sampler_that_moved_nothing_is_named(tempered_sweep):
+    assert frozen_lines(tempered_sweep) == []  # every sampler moved
+    stat = "acceptance_rate" if "acceptance_rate" in tempered_sweep else "flip_rate"
+    frozen = tempered_sweep.copy(deep=True)
+    cell = dict(estimator="nudged:0.1", temperature=0.4, seed=3)
+    frozen[stat].loc[cell] = 0.0
+    assert frozen_lines(frozen) == [
+        f"nudged:0.1 at T = 0.4, seed 3: the sampler moved nothing ({stat} 0), so the estimate "
+        "describes the chains' starts, not the Gibbs law; a higher temperature, or --tempering"
+    ]
 
 
 class Interrupt(Exception):

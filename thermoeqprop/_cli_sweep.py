@@ -9,6 +9,7 @@ Re-running the same command resumes: finished temperatures are not recomputed.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from thermoeqprop._cli_common import build_model, build_sampling, write_summary
@@ -87,6 +88,27 @@ def summary_lines(dataset) -> list[str]:
     return lines
 
 
+def frozen_lines(dataset) -> list[str]:
+    """One line per estimate whose sampler moved nothing (acceptance or flip rate exactly 0):
+    its draws are its chains' starting states, so its gradient and MCSE describe the starts,
+    not the Gibbs law. Empty when every sampler moved."""
+    import numpy as np
+
+    lines = []
+    for stat in ("acceptance_rate", "flip_rate"):
+        if stat not in dataset:
+            continue
+        rates = dataset[stat].transpose("estimator", "temperature", "seed")
+        for e, t, s in zip(*np.nonzero(rates.values == 0), strict=True):
+            lines.append(
+                f"{dataset.estimator.values[e]} at T = {dataset.temperature.values[t]:.4g}, seed "
+                f"{dataset.seed.values[s]}: the sampler moved nothing ({stat} 0), so the estimate "
+                "describes the chains' starts, not the Gibbs law; a higher temperature, or "
+                "--tempering"
+            )
+    return lines
+
+
 def barrier_lines(dataset) -> list[str]:
     """The ladder's communication barrier per estimator (means over seeds); none untempered."""
     import numpy as np
@@ -141,6 +163,9 @@ def run(options: SweepOptions) -> int:
         client=options.cluster,
         extra_config={"command_line": recorded(options), "data": described},
     )
+    frozen = frozen_lines(dataset)
+    for line in frozen:
+        print(f"thermoeqprop sweep: warning: {line}", file=sys.stderr, flush=True)
     pictures = plot_sweep(dataset, results_dir)
     lines = [
         f"model: {type(model).__name__}, {dataset.sizes['parameter']} parameters ({exact})",
@@ -152,6 +177,7 @@ def run(options: SweepOptions) -> int:
         *summary_lines(dataset),
         "",
         *barrier_lines(dataset),
+        *(["warnings:", *(f"  {line}" for line in frozen), ""] if frozen else []),
         "rel.error = ‖ĝ − g_exact‖/‖g_exact‖; z_rms = RMS of (ĝ − E[ĝ])/MCSE (≈ 1 if the MCSE "
         "is honest); rel.MCSE = ‖MCSE‖/‖g‖; cos(T=0) = cosine with the T = 0 EP gradient; "
         "means over seeds (R-hat: max, ESS: min)",
