@@ -172,8 +172,9 @@ def table(records: list[dict], budgets: dict[str, float]) -> str:
         "",
         f"Seed sets {runs[0]}–{runs[-1]} (offset = run × {STRIDE:,}; the runs of each module "
         "are counted in the table),"
-        f" measured {dates[0]} to {dates[-1]}, one run at a time (`pytest -n 0`) on a machine "
-        "shared with other jobs (load average before and after each run in the table); the "
+        f" measured {dates[0]} to {dates[-1]}, each run a `pytest -n 0` process of its own "
+        "(at most one per `--lock`) on a machine shared with other jobs (load average before "
+        "and after each run in the table); the "
         "problems keep their written seeds (`seed_offset.fixed`), the draws move. A "
         "timed-out or erroring run is listed under errors and not counted. Not measured (their "
         "subprocesses keep the written seeds): "
