@@ -150,10 +150,16 @@ def test_thermal_training_writes_gradient_uncertainty(tmp_path, capsys):
     assert record["relative_stderr"] > 0
     assert record["temperature"] == 0.02
     assert "diag_rhat_max" in record
+    # The rank-normalised R-hat of the last batch's series, over every component; the median
+    # batch's relative MCSE lies between the best and the worst (diag_relative_stderr).
+    assert 1.0 < record["rank_rhat_max_last_batch"] < 10.0
+    assert record["rank_rhat_median_last_batch"] <= record["rank_rhat_max_last_batch"]
+    assert 0 < record["relative_stderr_median"] <= record["diag_relative_stderr"]
     assert (record["diag_num_chains"], record["batches"]) == (2, 5)  # 1437 // 256 batches
     # One line per finished epoch, and the health table with limits for this run's size.
     out = capsys.readouterr().out
     assert "epoch 1/1  loss " in out and "gradient rel. MCSE" in out, out
+    assert "rank R-hat max" in out and "rank R-hat, worst component (last batch)" in summary
     assert "gradient health, epoch 1 (2 chains × 10 draws per estimate" in summary
     assert "split R-hat, worst component (worst batch)" in summary
     assert summary.split("gradient health")[1] in out
