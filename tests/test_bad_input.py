@@ -119,29 +119,15 @@ def _as_results_dir(setup):
     return lambda tmp_path: ["--results-dir", *setup(tmp_path)]
 
 
-def _garbled_metrics(command_line):
-    """A finished run whose metrics.jsonl has a garbled first line."""
+def _edited_metrics(command_line, edit):
+    """A finished run whose metrics.jsonl lines are replaced by ``edit(lines)`` (an empty
+    list deletes the file)."""
 
     def setup(tmp_path):
         folder = tmp_path / "run"
         assert main([*command_line, "--results-dir", str(folder)]) == 0
         metrics = folder / "metrics.jsonl"
-        lines = metrics.read_text().splitlines(keepends=True)
-        metrics.write_text('{"epoch": 1, "train_lo\n' + "".join(lines[1:]))
-        return ["--results-dir", str(folder)]
-
-    return setup
-
-
-def _metrics_without(keep):
-    """A finished ``train`` run whose metrics.jsonl keeps only the lines ``keep`` selects
-    (deleted as a whole when none is left)."""
-
-    def setup(tmp_path):
-        folder = tmp_path / "run"
-        assert main([*TRAIN, "--results-dir", str(folder)]) == 0
-        metrics = folder / "metrics.jsonl"
-        lines = [line for i, line in enumerate(metrics.read_text().splitlines(True)) if keep(i)]
+        lines = edit(metrics.read_text().splitlines(keepends=True))
         if lines:
             metrics.write_text("".join(lines))
         else:
@@ -149,6 +135,17 @@ def _metrics_without(keep):
         return ["--results-dir", str(folder)]
 
     return setup
+
+
+def _garbled_metrics(command_line):
+    """A finished run whose metrics.jsonl has a garbled first line."""
+    return _edited_metrics(command_line, lambda lines: ['{"epoch": 1, "train_lo\n', *lines[1:]])
+
+
+def _metrics_without(keep):
+    """A finished ``train`` run whose metrics.jsonl keeps only the lines ``keep`` selects
+    (deleted as a whole when none is left)."""
+    return _edited_metrics(TRAIN, lambda lines: [x for i, x in enumerate(lines) if keep(i)])
 
 
 def _other_devices(tmp_path):

@@ -316,12 +316,13 @@ class _SampledEstimator(Estimator):
                 for i, beta in enumerate(phases):
                     states = drawn.states[..., i, :]
                     collected[i].append(self.statistics(params, states, x, targets, beta))
-            for i, beta in enumerate(() if self.coupled else phases):
-                drawn = draw(beta, self.temperature, jax.random.fold_in(round_key, i),
-                             positions[i])  # fmt: skip
-                positions[i] = drawn.final_positions
-                traces.append(drawn.trace)
-                collected[i].append(self.statistics(params, drawn.states, x, targets, beta))
+            else:
+                for i, beta in enumerate(phases):
+                    drawn = draw(beta, self.temperature, jax.random.fold_in(round_key, i),
+                                 positions[i])  # fmt: skip
+                    positions[i] = drawn.final_positions
+                    traces.append(drawn.trace)
+                    collected[i].append(self.statistics(params, drawn.states, x, targets, beta))
             merged = [_merge_rounds(phase) for phase in collected]
             combined = self.combine(merged)
             relative = jnp.linalg.norm(combined.stderr) / jnp.maximum(
