@@ -17,7 +17,8 @@ and start positions in; samples of shape ``(chain, draw, ...)`` and per-step dia
   :func:`ess_bulk`, :func:`ess_tail`, :func:`rhat`, :func:`mcse_mean`, :func:`summary`;
   vectorised in JAX over many quantities:
   :func:`mean_diagnostics_many`, :func:`ess_mean_many`, :func:`mcse_mean_many`,
-  :func:`rhat_split_many`, :func:`rhat_rank_many`.
+  :func:`rhat_split_many`, :func:`rhat_rank_many`; how many independent components the
+  error of many means holds: :func:`effective_components`.
 """
 
 from samplers._annealing import anneal, check_schedule, geometric_schedule, linear_schedule
@@ -36,6 +37,7 @@ from samplers._arviz import (
 )
 from samplers._arviz_plots import save_rank_plot, save_trace_plot
 from samplers._base import Kernel, NonFiniteEnergyError
+from samplers._batch_means import effective_components
 from samplers._driver import Trace, check_finite, sample
 from samplers._exact import (
     GaussianReference,
@@ -103,6 +105,7 @@ __all__ = [
     "check_schedule",
     "check_spin_energy",
     "communication_barrier",
+    "effective_components",
     "enumerate_spins",
     "equalise_ladder",
     "ess_bulk",

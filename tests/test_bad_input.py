@@ -94,8 +94,17 @@ def _sweep_config_only(tmp_path):
     return [str(folder)]
 
 
-#: Folders locked by a setup (held until the test process ends: "another run" writing them).
+#: Folders locked by a setup ("another run" writing them), released after each test.
 _HELD = []
+
+
+@pytest.fixture(autouse=True)
+def _release_held_locks():
+    """Close the lock files a setup holds once its test is done (left to the garbage
+    collector, they were reported as unclosed files when a test process ended)."""
+    yield
+    while _HELD:
+        _HELD.pop().release()
 
 
 def _locked_folder(tmp_path):

@@ -11,6 +11,7 @@ MODULES = [
     "samplers._annealing",
     "samplers._arviz",
     "samplers._driver",
+    "samplers._batch_means",
     "samplers._exact",
     "samplers._fast_diagnostics",
     "samplers._hmc",

@@ -130,7 +130,11 @@ DESCRIPTIONS = {
     "stderr_norm": "‖stderr‖ over parameters",
     "relative_stderr": "stderr_norm / ‖exact_gradient‖ (or / ‖gradient‖ without reference)",
     "z_score": "(gradient − expected_gradient) / stderr: Monte Carlo error in units of MCSE",
-    "z_rms": "root mean square of z_score over parameters (≈ 1 for honest MCSEs)",
+    "z_rms": "root mean square of z_score over parameters: for honest MCSEs z_rms² "
+    "fluctuates about 1 like χ²_ν/ν with ν = error_dof, not ν = the number of parameters",
+    "error_dof": "effective number of independent components of the gradient's Monte Carlo "
+    "error: (tr R)²/tr(R²) of its correlation R over parameters, from batch means of the "
+    "per-draw series (samplers.effective_components; NaN: no series)",
     "loss_error": "loss − exact_loss",
     "zero_temperature_gradient": "T = 0 EP gradient (implicit differentiation)",
     "zero_temperature_loss": "C(s*) at the free minimum",

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
+from samplers import effective_components
 from thermoeqprop._barrier import BarrierTable
 from thermoeqprop._protocols import Model
 from thermoeqprop.estimators.thermal import Sampling, _SampledEstimator
@@ -152,7 +153,7 @@ def assemble_unit(plan: Plan, t_idx, s_idx, done) -> tuple[xr.Dataset, dict[str,
     scalar_names = ("loss", "loss_stderr", "wall_time", "num_steps", *SAMPLER_STATISTICS)
     vectors = {n: np.full((num_e, num_t, num_s, num_p), np.nan) for n in ("gradient", "stderr")}
     vectors |= {n: np.full((num_e, num_t, num_s, num_p), np.nan) for n in ("ess", "rhat")}
-    scalars = {n: np.full((num_e, num_t, num_s), np.nan) for n in scalar_names}
+    scalars = {n: np.full((num_e, num_t, num_s), np.nan) for n in (*scalar_names, "error_dof")}
     series: dict[str, Any] = {}
     barrier = BarrierTable(num_e, num_s, temps) if plan.tempering else None
     for e, spec in enumerate(plan.specs):
@@ -168,6 +169,7 @@ def assemble_unit(plan: Plan, t_idx, s_idx, done) -> tuple[xr.Dataset, dict[str,
                     scalars[name][e, jt, js] = record.get(name, np.nan)
                 if record["series"] is None:
                     continue
+                scalars["error_dof"][e, jt, js] = effective_components(record["series"])
                 # (chain, entries): long runs keep window means of draws (series_window).
                 if grads is None:
                     chains, entries = record["series"].shape[:2]
