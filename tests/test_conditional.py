@@ -62,6 +62,20 @@ def test_unit_moments_match_direct_quadrature(activation, temperature):
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9)
 
 
+def test_tables_of_nearby_temperatures_share_a_shape():
+    """Grid sizes are powers of two (at least 4,096 fields), so the code reading the tables
+    compiles once for T = 0.008 and 0.01, and the grid is never coarser than 0.0125 √T."""
+    shapes = {}
+    for temperature in (0.002, 0.004, 0.006, 0.008, 0.01, 0.5):
+        table = unit_moments("sigmoid", temperature, bound=4.0)
+        size = table.values.shape[0]
+        assert size >= 4096 and size & (size - 1) == 0, size
+        assert float(table.step) <= 0.0125 * np.sqrt(temperature)
+        shapes[temperature] = size
+    assert shapes == {0.002: 16384, 0.004: 16384, 0.006: 16384, 0.008: 8192, 0.01: 8192,
+                      0.5: 4096}  # fmt: skip
+
+
 @seed_offset.fixed
 def test_field_bound_covers_every_field():
     net = LayeredNetwork((5, 7, 6, 3))

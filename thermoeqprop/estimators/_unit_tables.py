@@ -19,8 +19,13 @@ Hermite polynomials whose slopes are exact:
 .. math::
     \frac{d m_k}{du} = \frac{m_{k+1} − m_k m_1}{T}.
 
-The grid step is ``0.0125 √T`` (at most 0.05), which keeps the interpolation error below
-1e-10 for these activations (tested against direct quadrature).
+The grid step is at most ``0.0125 √T`` (and 0.05), which keeps the interpolation error below
+1e-10 for these activations (tested against direct quadrature). The numbers of fields and of
+values of ``s`` are rounded up to powers of two, at least 4,096 and 1,024: the grid only gets
+finer, and tables at nearby temperatures share one shape, so the jitted code that reads them
+(a sampled estimator's statistics, collapsed HMC) compiles once for them, not once per
+temperature (T = 0.002–0.01 covering fields up to 4: two shapes, where the exact counts gave
+five).
 """
 
 from __future__ import annotations
@@ -48,6 +53,13 @@ MOMENT_ORDERS = 3
 # Bounded activations and the bound on |ρ| (the tables' range of s follows from it).
 _BOUNDED = {"sigmoid": 1.0, "tanh": 1.0}
 _MAX_POINTS = 2**17
+# Fewest fields and values of s a table holds (both counts are rounded up to powers of two).
+_LEAST_FIELDS, _LEAST_S = 2**12, 2**10
+
+
+def _bucketed(count: int, least: int) -> int:
+    """``count`` rounded up to a power of two, and at least ``least``."""
+    return max(least, 1 << (count - 1).bit_length())
 
 
 class UnitMoments(NamedTuple):
@@ -186,12 +198,13 @@ def _tables(activation: str, temperature: float, covered: float, dtype: str):
             f"than {_MAX_POINTS}); the couplings are too large for conditional expectations: "
             "pass rao_blackwell=False"
         )
+    size = _bucketed(size, _LEAST_FIELDS)
     step = 2 * covered / (size - 1)
     # Mass of p(s | u) lies where ½ s² ≤ 2 |u| R + 40 T (|ρ| ≤ R), i.e. |s| ≤ s_max.
     reach = _BOUNDED[activation]
     s_max = math.sqrt(4 * covered * reach + 80 * temperature) + 1.0
     s_step = math.sqrt(temperature) / 10
-    s = np.linspace(-s_max, s_max, int(math.ceil(2 * s_max / s_step)) + 1)
+    s = np.linspace(-s_max, s_max, _bucketed(int(math.ceil(2 * s_max / s_step)) + 1, _LEAST_S))
     fields = np.linspace(-covered, covered, size)
     values, slopes, free = _tabulate(rho, temperature, jnp.asarray(fields), jnp.asarray(s))
     dt = jnp.dtype(dtype)
