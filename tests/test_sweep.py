@@ -14,11 +14,12 @@ The RMS z pooled over an estimator's runs is checked against the bounds of its l
 (tests/pooled_z.py): the components of one run share their draws, so their errors are strongly
 correlated (``error_dof`` about 1.3 of 13 quadratic components), and the pooled RMS fluctuates
 like that of a handful of independent z-scores, not of 52. Each side's tail is 1e-4 nominal and
-at most 6e-4 in the simulations of tests/samplers/test_batch_means.py: below 5e-3 for the four
-pooled checks. (Bounds argued as if the components were independent, (0.6, 1.5), failed an
-honest MCSE in 2 of 11 seed sets.) Under tests/false_failure_budget.py the problems built here keep
-their seeds (seed_offset.fixed) and the sweeps' sampler seeds move; the command-line sweeps build
-their random problem inside the command, so theirs moves as well (only |z| < K is checked there).
+at most 6e-4 in the simulations of tests/samplers/test_batch_means.py: below 3e-3 for the four
+pooled checks, so about 1.9 % in all. (Bounds argued as if the components were independent,
+(0.6, 1.5), failed an honest MCSE in 2 of 11 seed sets.) Under tests/false_failure_budget.py the
+problems built here keep their seeds (seed_offset.fixed) and the sweeps' sampler seeds move;
+the command-line sweeps build their random problem inside the command, so theirs moves as well
+(only |z| < K is checked there).
 
 Compilation dominates the cost: every test here shares two model configurations and one
 sampling setting each, so each sampler compiles once per session.
@@ -61,8 +62,9 @@ from thermoeqprop.sweep._grid import _unit_key
 from thermoeqprop.sweep._tempered import _ladder_trace
 
 #: The false-failure budget per run of this module, as stated above (about 250 components at 4
-#: MCSE); tests/false_failure_budget.py measures it on fresh seeds.
-FALSE_FAILURE_BUDGET = 1.6e-2
+#: MCSE, 1.6e-2, and four pooled RMS checks at 7e-4 each); tests/false_failure_budget.py
+#: measures it on fresh seeds.
+FALSE_FAILURE_BUDGET = 1.9e-2
 
 K = 4.0
 SPIN_SAMPLING = Sampling(num_chains=4, num_samples=1000, num_warmup=100)

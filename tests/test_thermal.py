@@ -14,8 +14,8 @@ ones, since the components of one run share their draws (``samplers.effective_co
 about 3 of the spin network's 39). Bounds argued as if they were independent ([0.7, 1.4], and
 under 12 % of |z| above 2) failed an honest MCSE in 2 of 12 seed sets; the fraction above 2
 is not checked, since over so few independent values it says little that the RMS and
-``|z| < K`` do not. The problems are built under seed_offset.fixed: the budget is about the
-samplers' draws.
+``|z| < K`` do not. In all, about 4.1 %. The problems are built under seed_offset.fixed: the
+budget is about the samplers' draws.
 """
 
 import dataclasses
@@ -32,8 +32,9 @@ from thermoeqprop.estimators import Sampling, ThermalCovariance, ThermalExact, T
 from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork
 
 #: The false-failure budget per run of this module, as stated above (about 600 components at 4
-#: MCSE); tests/false_failure_budget.py measures it on fresh seeds.
-FALSE_FAILURE_BUDGET = 4e-2
+#: MCSE, 4e-2, and two pooled RMS checks at 7e-4 each); tests/false_failure_budget.py measures
+#: it on fresh seeds.
+FALSE_FAILURE_BUDGET = 4.1e-2
 
 K = 4.0
 SPIN_SAMPLING = Sampling(num_chains=8, num_samples=1500, num_warmup=200)
