@@ -70,4 +70,6 @@ def effective_components(x) -> float:
         return math.nan
     unit = centred[:, changes] / norm[changes]
     gram = unit @ unit.T
-    return float(np.count_nonzero(changes) ** 2 / np.sum(gram**2))
+    count = np.count_nonzero(changes)
+    # P ≤ ‖R‖²_F ≤ P² exactly; the clip only removes rounding past those ends.
+    return float(np.clip(count**2 / np.sum(gram**2), 1.0, count))
