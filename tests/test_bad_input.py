@@ -667,24 +667,29 @@ def test_command_line_gives_one_line_naming_the_value(case, tmp_path, capsys):
 # bad epoch is not saved (thermoeqprop._health.epoch_faults, check_parameters_after).
 FAULT_CASES = {
     "learning rate that blows the couplings up": (
-        ["--learning-rate", "1e12"],
+        [*TRAIN, "--batch-size", "512", "--learning-rate", "1e12"],
         "epoch 1: the couplings blew up: the energy scale grew from 191 to",
     ),
     "relaxation that never converges": (
-        ["--max-iterations", "1"],
+        [*TRAIN, "--batch-size", "512", "--max-iterations", "1"],
         "epoch 1: no example's free relaxation reached the tolerance in some batch",
+    ),
+    # The step loop of `quantum` (train_steps) checks its steps as train checks epochs.
+    "quantum learning rate that blows the couplings up": (
+        [*QUANTUM, "--learning-rate", "1e12"],
+        "steps 1–4: the couplings blew up: the energy scale grew from 17.5 to",
     ),
 }
 
 
 @pytest.mark.parametrize("case", list(FAULT_CASES))
 def test_a_run_that_goes_bad_stops_with_one_line_naming_the_epoch(case, tmp_path, capsys):
-    flags, fragment = FAULT_CASES[case]
+    argv, fragment = FAULT_CASES[case]
     folder = tmp_path / "run"
-    code = main([*TRAIN, "--batch-size", "512", *flags, "--results-dir", str(folder)])
+    code = main([*argv, "--results-dir", str(folder)])
     err = capsys.readouterr().err.strip()
     assert code == 3, err
-    assert err.startswith("thermoeqprop train: error: ") and len(err.splitlines()) == 1, err
+    assert err.startswith(f"thermoeqprop {argv[0]}: error: ") and len(err.splitlines()) == 1, err
     assert fragment in err and "Traceback" not in err, err
     assert (folder / "metrics.jsonl").read_text() == ""  # the bad epoch was not saved
     assert not list((folder / "checkpoints").iterdir())

@@ -185,3 +185,21 @@ def test_non_finite_loss_is_named(estimator):
         FloatingPointError, match="steps 1–4: the loss became non-finite at batch 3"
     ):
         train_steps(estimator, poisoned, StepConfig(steps=4, eval_every=4))
+
+
+def test_steps_that_blow_the_couplings_up_stop_the_run_and_keep_the_last_good_ones(
+    estimator, tmp_path
+):
+    # Plain gradient descent whose rate jumps from 0.1 to 1e12 at step 5: steps 1–4 are good,
+    # steps 5–8 multiply the energy scale by far more than 1/√ε.
+    rate = optax.piecewise_constant_schedule(0.1, {4: 1e13})
+    config = StepConfig(steps=12, eval_every=4)
+    folder = tmp_path / "run"
+    with pytest.raises(FloatingPointError) as stopped:
+        train_steps(estimator, teacher_source, config, folder, optimizer=optax.sgd(rate))
+    message = str(stopped.value)
+    assert message.startswith("steps 5–8: the couplings blew up: the energy scale grew from")
+    assert message.endswith(f"(steps 1–4 are saved in {folder})"), message
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [4]
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["step_00000004.npz"]

@@ -343,11 +343,12 @@ def health_limits(record: dict) -> dict[str, tuple[str, float | None]]:
     }
 
 
-def check_parameters_after(params, scale_before: float, estimator) -> None:
+def check_parameters_after(params, scale_before: float, estimator) -> float:
     """Raise :class:`RunStopped` when an epoch's updates broke the parameters: non-finite
     entries, couplings (the energy scale, :func:`thermoeqprop._validation.energy_scale`) grown
     by more than ``1/√ε`` of the dtype in the epoch, or grown until the estimator's
-    temperature lies outside :func:`thermoeqprop._validation.temperature_range`."""
+    temperature lies outside :func:`thermoeqprop._validation.temperature_range`. Returns the
+    energy scale now."""
     from thermoeqprop._validation import _dtype, check_params, check_temperature_of
 
     try:
@@ -363,6 +364,7 @@ def check_parameters_after(params, scale_before: float, estimator) -> None:
     if scale > growth_limit * scale_before:
         raise RunStopped(
             f"the couplings blew up: the energy scale grew from {scale_before:.3g} to "
-            f"{scale:.3g} in one epoch, by more than 1/√ε = {growth_limit:.3g} of "
+            f"{scale:.3g}, by more than 1/√ε = {growth_limit:.3g} of "
             f"{np.dtype(dtype).name}; {FAULT_LEVERS['couplings']}"
         )
+    return scale

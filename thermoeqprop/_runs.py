@@ -45,9 +45,11 @@ __all__ = [
     "keep_latest",
     "latest_checkpoint",
     "open_run",
+    "raise_fault",
     "read_checkpoint",
     "restore_tree",
     "save_unit",
+    "stop_if_broken",
     "summarise_diagnostics",
     "write_checkpoint",
 ]
@@ -240,3 +242,32 @@ def check_finite_losses(losses: np.ndarray, where: str, first: int = 0) -> None:
             f"{where}: the loss became non-finite at batch "
             f"{first + int(np.argmin(np.isfinite(losses)))}; lower the learning rate"
         )
+
+
+def stop_if_broken(unit: str, first: bool, saved: str | None, check: Callable, *args) -> Any:
+    """``check(*args)``'s value; a fault it raises becomes
+    :class:`~thermoeqprop._health.RunStopped` naming ``unit`` (``"epoch 3"``, ``"steps
+    11–20"``) and what the results folder keeps (``saved``; the bad unit is never saved). In
+    a run's first unit a ``ValueError`` is bad input and passes unchanged. ``check`` may be
+    :func:`raise_fault` with a reason from :func:`thermoeqprop._health.epoch_faults`."""
+    from thermoeqprop._health import RunStopped
+
+    try:
+        return check(*args)
+    except (RunStopped, ValueError) as error:
+        if isinstance(error, ValueError) and first:  # bad input, before any update
+            raise
+        reason = str(error)
+        prefix = f"{unit}: "
+        reason = reason if reason.startswith(prefix) else prefix + reason
+        if saved is not None:
+            reason += f" ({saved})"
+        raise RunStopped(reason) from None
+
+
+def raise_fault(reason: str | None) -> None:
+    """Raise :class:`~thermoeqprop._health.RunStopped` with ``reason`` unless it is None."""
+    if reason is not None:
+        from thermoeqprop._health import RunStopped
+
+        raise RunStopped(reason)

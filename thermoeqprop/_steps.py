@@ -40,17 +40,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from thermoeqprop._health import check_parameters_after, epoch_faults
 from thermoeqprop._optim import build_optimizer, check_optimizer_settings
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._runs import (
     TrainResult,
     check_finite_losses,
     open_run,
+    raise_fault,
     restore_tree,
     save_unit,
+    stop_if_broken,
     summarise_diagnostics,
 )
-from thermoeqprop._validation import check_matrix, check_physical_scales, require_finite
+from thermoeqprop._validation import (
+    check_matrix,
+    check_physical_scales,
+    check_temperature_of,
+    require_finite,
+)
 from thermoeqprop.results import describe
 
 __all__ = ["DatasetSource", "StepConfig", "dataset_source", "held_out", "train_steps"]
@@ -304,6 +312,7 @@ def train_steps(
         if arrays is not None:
             params = restore_tree(arrays, "params_", params, path)
             opt_state = restore_tree(arrays, "opt_", opt_state, path)
+        scale = check_temperature_of(estimator, params)
         state, first = None, True
         steps = range(start + 1, config.steps + 1)
         if progress:
@@ -325,7 +334,22 @@ def train_steps(
             if step % config.eval_every and step != config.steps:
                 continue
             jax.block_until_ready((params, opt_state, estimates))  # the clock waits for the work
-            record = _record(step, estimates, time.perf_counter() - tic, estimator, source, params)
+            seconds = time.perf_counter() - tic
+            # Broken steps stop the run before they are saved (as train's epochs do).
+            begun = step - len(estimates) + 1
+            unit = f"steps {begun}–{step}"
+            saved = None
+            if folder is not None and begun > 1:
+                saved = f"steps 1–{begun - 1} are saved in {folder.path}"
+            record = stop_if_broken(unit, begun == 1, saved, _record, step, estimates, seconds,
+                                    estimator, source, params)  # fmt: skip
+            scale = stop_if_broken(unit, begun == 1, saved, check_parameters_after, params, scale,
+                                   estimator)  # fmt: skip
+            fault, notes = epoch_faults(record)
+            stop_if_broken(unit, begun == 1, saved, raise_fault, fault)
+            for note in notes:
+                if log is not None:
+                    log(f"warning: {unit}: {note}")
             if evaluate is not None:
                 record |= evaluate(estimator, params, jax.random.fold_in(key_eval, step))
             history.append(record)

@@ -42,9 +42,11 @@ from thermoeqprop._runs import (
     TrainResult,
     check_finite_losses,
     open_run,
+    raise_fault,
     read_checkpoint,
     restore_tree,
     save_unit,
+    stop_if_broken,
     summarise_diagnostics,
     write_checkpoint,
 )
@@ -325,7 +327,7 @@ def train(
             if current.temperature is not None:
                 record["temperature"] = float(current.temperature)
             fault, notes = epoch_faults(record)
-            _stop_if_broken(epoch, folder, _raise, fault)
+            _stop_if_broken(epoch, folder, raise_fault, fault)
             for note in notes:
                 if log is not None:
                     log(f"warning: epoch {epoch}: {note}")
@@ -364,23 +366,11 @@ def _last_batch_rank_rhat(series) -> dict[str, float]:
     }
 
 
-def _raise(reason: str | None) -> None:
-    if reason is not None:
-        raise RunStopped(reason)
-
-
 def _stop_if_broken(epoch: int, folder: RunFolder | None, check: Callable, *args) -> Any:
-    """``check(*args)``'s value; a fault it raises becomes :class:`RunStopped` naming the epoch
-    and what the results folder keeps (the bad epoch is never saved). At epoch 1 of a fresh
-    run a ``ValueError`` is bad input and passes unchanged."""
-    try:
-        return check(*args)
-    except (RunStopped, ValueError) as error:
-        if isinstance(error, ValueError) and epoch == 1:  # bad input, before any update
-            raise
-        reason = str(error)
-        prefix = f"epoch {epoch}: "
-        reason = reason if reason.startswith(prefix) else prefix + reason
-        if folder is not None and epoch > 1:
-            reason += f" (epochs 1–{epoch - 1} are saved in {folder.path})"
-        raise RunStopped(reason) from None
+    """``check(*args)``'s value; a fault becomes :class:`RunStopped` naming the epoch and the
+    epochs the results folder keeps (:func:`thermoeqprop._runs.stop_if_broken`); at epoch 1 a
+    ``ValueError`` is bad input and passes unchanged."""
+    saved = None
+    if folder is not None and epoch > 1:
+        saved = f"epochs 1–{epoch - 1} are saved in {folder.path}"
+    return stop_if_broken(f"epoch {epoch}", epoch == 1, saved, check, *args)
