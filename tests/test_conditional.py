@@ -6,8 +6,9 @@ network; a two-unit sigmoid network by two-dimensional quadrature).
 
 False-failure budget: the deterministic checks (tables, per-draw expectations) cannot fail by
 chance. The estimator checks compare about 150 components at 4.5 MCSE (P(|z| > 4.5) = 6.8e-6
-each for honest MCSEs: about 0.1 % for the module) and bound the RMS z-score to [0.5, 1.6]
-over 26–40 components (outside with probability < 0.1 % for honest MCSEs). Seeds are fixed:
+each for honest MCSEs: about 0.1 % for the module) and bound the RMS z-score of each estimate
+by the law its effective components set (tests/pooled_z.py: at most 7e-4 per side, 3 estimates;
+the former fixed [0.5, 1.6] assumed 26–40 independent components). Seeds are fixed:
 a given code version passes or fails reproducibly. The problems, and the fields and states of
 the deterministic checks, are built under seed_offset.fixed: the budget is about the draws.
 """
@@ -15,9 +16,11 @@ the deterministic checks, are built under seed_offset.fixed: the budget is about
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pooled_z
 import pytest
 import seed_offset
 
+import samplers
 from thermoeqprop.estimators import (
     Sampling,
     ThermalCovariance,
@@ -29,9 +32,9 @@ from thermoeqprop.estimators._unit_tables import field_bound, unit_moments
 from thermoeqprop.models import CrossEntropy, LayeredNetwork, QuadraticNetwork
 from thermoeqprop.models.layered import ACTIVATIONS
 
-#: The false-failure budget per run of this module, as stated above (0.1 % for the components, 0.1 %
-#: for the RMS z-scores); tests/false_failure_budget.py measures it on fresh seeds.
-FALSE_FAILURE_BUDGET = 2e-3
+#: The false-failure budget per run of this module, as stated above (0.1 % for the components,
+#: 0.4 % for the RMS z-scores); tests/false_failure_budget.py measures it on fresh seeds.
+FALSE_FAILURE_BUDGET = 5e-3
 
 K = 4.5
 
@@ -189,12 +192,16 @@ def quadrature_gradient(temperature, half_width=4.0, num_points=801):
     return jax.value_and_grad(loss)(TWO_UNIT_PARAMS)
 
 
-def check_against(estimate, exact_grad, rms_range=(0.5, 1.6)):
-    stderr = flat(estimate.stderr)
-    z = (flat(estimate.grad) - flat(exact_grad)) / stderr
+def check_against(estimator, problem, key, exact_grad):
+    """``estimator``'s estimate within K MCSE of ``exact_grad`` per component, and its RMS z
+    within the bounds of its law (tests/pooled_z.py, from its per-draw series); returned."""
+    estimate, series = estimator.estimate_with_series(*problem, key)
+    z = (flat(estimate.grad) - flat(exact_grad)) / flat(estimate.stderr)
     assert np.max(np.abs(z)) < K, z
-    assert rms_range[0] < np.sqrt(np.mean(z**2)) < rms_range[1], z
-    return z
+    dof = samplers.effective_components(series.gradient)
+    low, high = pooled_z.rms_bounds([z.size], [dof], tail=1e-4)
+    assert low < np.sqrt(np.mean(z**2)) < high, (low, z, high, dof)
+    return estimate
 
 
 def test_two_unit_sigmoid_network_against_quadrature():
@@ -235,9 +242,8 @@ def test_rao_blackwellised_estimators_match_the_gaussian_closed_form(deep_quadra
     plain = ThermalCovariance(net, temperature, sampling, rao_blackwell=False)
     blackwell = ThermalCovariance(net, temperature, sampling, rao_blackwell=True)
     key = jax.random.key(7)
-    plain_estimate, rb_estimate = plain(params, x, targets, key), blackwell(params, x, targets, key)
-    check_against(rb_estimate, exact.grad)
-    check_against(plain_estimate, exact.grad)
+    rb_estimate = check_against(blackwell, (params, x, targets), key, exact.grad)
+    plain_estimate = check_against(plain, (params, x, targets), key, exact.grad)
     # The same draws (same key): conditional expectations cut the noise well below plain's.
     ratio = float(rb_estimate.diagnostics["relative_stderr"]) / float(
         plain_estimate.diagnostics["relative_stderr"]
@@ -245,7 +251,7 @@ def test_rao_blackwellised_estimators_match_the_gaussian_closed_form(deep_quadra
     assert ratio < 0.5, ratio
     assert abs(float(rb_estimate.loss) - float(exact.loss)) < K * float(rb_estimate.loss_stderr)
     nudged = ThermalNudged(net, temperature, beta=0.05, sampling=sampling)
-    check_against(nudged(params, x, targets, jax.random.key(8)), exact.grad)
+    check_against(nudged, (params, x, targets), jax.random.key(8), exact.grad)
 
 
 @pytest.mark.parametrize(
