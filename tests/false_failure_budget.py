@@ -144,8 +144,8 @@ def table(records: list[dict], budgets: dict[str, float]) -> str:
     records = latest(records)
     lines = [
         "| module | stated budget | failures / runs | rate | 95 % interval | errors | "
-        "s per run (median) | load average (1 min) | failing tests |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "s per run (median) | load average (1 min) | failing tests | commits |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for module in sorted({r["module"] for r in records} - set(UNSHIFTED)):
         mine = [r for r in records if r["module"] == module]
@@ -164,7 +164,8 @@ def table(records: list[dict], budgets: dict[str, float]) -> str:
             f"| `{module.removeprefix('tests/')}` | {budgets.get(module, float('nan')):.2g} | "
             f"{failures} / {len(counted)} | {rate} | {interval} | {errors} | "
             f"{seconds[len(seconds) // 2]:.0f} | {min(loads):.1f}–{max(loads):.1f} | "
-            f"{', '.join(f'`{t}`' for t in tests) or '–'} |"
+            f"{', '.join(f'`{t}`' for t in tests) or '–'} | "
+            f"{', '.join(sorted({r['commit'] for r in counted})) or '–'} |"
         )
     runs = sorted({r["run"] for r in records})
     dates = sorted(r["date"] for r in records)
