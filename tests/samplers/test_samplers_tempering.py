@@ -8,7 +8,8 @@ ferromagnet of 16 spins (a phase transition at T = 1) for the adaptive ladder.
 False-failure budget: 8 + 168 checks of |estimate − exact| < 5 MCSE (ArviZ bulk ESS), each
 failing by chance with probability about 5.7e-7 under a normal approximation: below 2e-4 for
 the module. The single-chain and ladder tests assert facts that hold with overwhelming
-probability (a barrier of 5/T = 20 units of T is never crossed in 1000 HMC steps; the
+probability (HMC chains at a barrier of 5/T = 20 units of T change sides far less than a
+hundredth as often as independent draws would, and their R-hat flags it; the
 adapted swap rates are compared with margins many times their noise). The Ising graph is built
 under ``seed_offset.fixed`` (samplers_testing): the budget is about the samplers' draws.
 """
@@ -41,16 +42,22 @@ TILT = 0.1
 
 def test_single_hmc_chain_stays_in_its_mode():
     kernel = samplers.hmc(double_well_energy, num_warmup=300, num_steps=8)
-    start = jnp.array([[-1.0], [-1.0], [1.0], [1.0]])
+    start = jnp.array([[-1.0]] * 4 + [[1.0]] * 4)
     trace = samplers.sample(
         jax.random.key(31), kernel, start, TILT, LOW_TEMPERATURE, num_samples=1000
     )
     left = np.asarray(trace.samples[..., 0] < double_well_barrier(), dtype=float)
-    # Every chain reports the weight of the well it started in, with confidence: 1 or 0.
-    np.testing.assert_array_equal(left.mean(axis=1), [1.0, 1.0, 0.0, 0.0])
-    assert float(np.mean(trace.info.acceptance_rate)) > 0.6  # it is sampling, just stuck
     exact = double_well_left_weight(LOW_TEMPERATURE)
     assert 0.6 < exact < 0.8  # neither mode is negligible
+    # Stuck: the chains change sides of the barrier less than a hundredth as often as
+    # independent draws of the exact law would (2 w (1 − w) per draw: about 3,400 times in
+    # these 8,000 draws). Not never: warm-up's early, long steps may carry a chain over (2 of
+    # 4 chains at one seed set of 13 in tests/false_failure_budget.py), and one chain of 8
+    # crossed during its draws at another.
+    changes = int(np.abs(np.diff(left, axis=1)).sum())
+    independent = 2 * exact * (1 - exact) * left.size
+    assert changes < 0.01 * independent, (changes, independent)
+    assert float(np.mean(trace.info.acceptance_rate)) > 0.6  # it is sampling, just stuck
     # Across chains, R-hat flags the failure.
     assert samplers.rhat(left) > 1.5
 
