@@ -413,7 +413,7 @@ CLI_CASES = {
     "train resumed on another device count": (
         TRAIN,
         _other_devices,
-        f"device(s) and this process has {jax.device_count()} cpu device(s); a resume is bit "
+        f"device(s) and this run computes on {jax.device_count()} cpu device(s); a resume is bit "
         f"for bit only on the same devices: set THERMOEQPROP_CPU_DEVICES={jax.device_count() + 3}",
     ),
     "train garbled metrics line": (

@@ -155,7 +155,7 @@ def test_config_records_the_kind_and_the_environment_whose_devices_are_compared(
             RunFolder(folder.path).create("train_steps", {"train": {"steps": 4}})
         message = str(error.value)
         assert f"written on {was['device_count']} {was['jax_backend']} device(s)" in message
-        assert f"this process has {devices} {backend} device(s)" in message and hint in message
+        assert f"this run computes on {devices} {backend} device(s)" in message and hint in message
     record["environment"] = {"device_count": devices}  # the backend not recorded: the count
     folder.write_json("config.json", record)
     RunFolder(folder.path).create("train_steps", {"train": {"steps": 4}}).release()

@@ -26,7 +26,12 @@ from thermoeqprop.cli import main
 from thermoeqprop.estimators import Sampling
 from thermoeqprop.models import SpinNetwork
 from thermoeqprop.sweep import load_sweep, temperature_sweep
-from thermoeqprop.sweep._dask import compute_task, parse_cluster, sweep_client
+from thermoeqprop.sweep._dask import (
+    compute_task,
+    parse_cluster,
+    sweep_client,
+    worker_device_count,
+)
 
 SAMPLING = Sampling(num_chains=4, num_samples=200, num_warmup=100)
 GRID = [0.5, 1.0, 2.0]
@@ -173,3 +178,27 @@ def test_a_worker_unlike_this_process_refuses_its_task(problem):
         compute_task(None, 0, 0, (0,), True, "9.9")
     with pytest.raises(RuntimeError, match="computes in float64, the sweep in float32"):
         compute_task(None, 0, 0, (0,), False, thermoeqprop.__version__)
+    # … and so would one that shards its chains over another number of devices.
+    with pytest.raises(RuntimeError, match=r"has 1 JAX device\(s\), the sweep's folder records 2"):
+        compute_task(None, 0, 0, (0,), True, thermoeqprop.__version__, 2)
+
+
+def test_the_folder_records_the_workers_device_count(client, problem, tmp_path):
+    """A Dask sweep's estimates shard over the workers' devices: its folder records their
+    count, and a resume that would compute on another count is refused, naming both."""
+    assert worker_device_count(client) == 1  # the embedded cluster: one device per worker
+    folder = tmp_path / "sweep"
+
+    def stop(unit, part):
+        raise Interrupt(unit)
+
+    with pytest.raises(Interrupt):
+        temperature_sweep(*problem, GRID, **KWARGS, client=client, results_dir=folder,
+                          callback=stop)  # fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    assert config["environment"]["device_count"] == 1
+    config["environment"]["device_count"] = 2  # as if written by workers with 2 devices each
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"written on 2 cpu device\(s\) and this run computes "
+                       r"on 1 cpu device\(s\).*THERMOEQPROP_CPU_DEVICES=2"):  # fmt: skip
+        temperature_sweep(*problem, GRID, **KWARGS, client=client, results_dir=folder)

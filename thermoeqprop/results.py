@@ -210,6 +210,7 @@ class RunFolder:
         compared: Collection[str] | None = None,
         extendable: Collection[str] = (),
         subfolders: Collection[str] = (),
+        devices: int | None = None,
     ) -> RunFolder:
         """Make the folder (and ``subfolders``), probe it, lock it, and write ``config.json``.
 
@@ -221,6 +222,8 @@ class RunFolder:
             extendable: Keys (last dotted part) that may differ on resume, such as the
                 number of epochs of a constant-rate run.
             subfolders: Folders to make inside.
+            devices: The JAX device count that computes the run, when not this process's
+                (the workers' of a Dask sweep): recorded and compared in its place.
 
         Raises:
             ValueError: The folder cannot be written, or holds another kind of run, another
@@ -234,6 +237,8 @@ class RunFolder:
         try:
             record = json.loads(json.dumps({"kind": kind} | dict(config)))
             record[ENVIRONMENT_KEY] = run_environment()
+            if devices is not None:
+                record[ENVIRONMENT_KEY]["device_count"] = int(devices)
             previous = self.read_config()
             if previous is not None:
                 self._check_resumable(previous, record, compared, extendable)
@@ -331,7 +336,7 @@ class RunFolder:
         )
         raise ValueError(
             f"results folder {str(self.path)!r} was written on {count} {was[0]} device(s) and "
-            f"this process has {now['device_count']} {now['jax_backend']} device(s); a resume "
+            f"this run computes on {now['device_count']} {now['jax_backend']} device(s); a resume "
             f"is bit for bit only on the same devices: {how}, or choose another folder"
         )
 

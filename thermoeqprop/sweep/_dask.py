@@ -20,7 +20,11 @@ in grid order, so the gathered Dataset is identical, bit for bit, to a serial sw
 same seeds (wall times aside) when the workers run the same JAX programs as this process: the
 same precision (checked: a worker with another ``jax_enable_x64`` refuses the task) and the
 same CPU device count (the embedded cluster gives each worker one device; a serial sweep in a
-process with several devices shards its chains, which XLA may round differently).
+process with several devices shards its chains, which XLA may round differently). So the
+folder of a sweep on Dask records the workers' device count, not this process's
+(:func:`worker_device_count`, asked before the folder is opened; a worker with another count
+refuses its task): a serial resume is refused unless it runs on as many devices, and then
+gives the same bits.
 
 A task that raises is retried (``retries``); a task whose worker dies (killed, out of memory)
 is rescheduled by Dask on another worker, up to ``distributed.scheduler.allowed-failures``
@@ -49,7 +53,14 @@ from thermoeqprop.results import CheckpointError, RunFolder, read_arrays
 from thermoeqprop.sweep._folder import unit_files
 from thermoeqprop.sweep._grid import Plan, assemble_unit, task_records
 
-__all__ = ["DEFAULT_RETRIES", "parse_cluster", "run_units", "sweep_client", "worker_environment"]
+__all__ = [
+    "DEFAULT_RETRIES",
+    "parse_cluster",
+    "run_units",
+    "sweep_client",
+    "worker_device_count",
+    "worker_environment",
+]
 
 #: How often a task that raised is retried (worker deaths: Dask's ``allowed-failures``).
 DEFAULT_RETRIES = 2
@@ -153,9 +164,30 @@ def _hold(plan: Plan) -> Plan:
     return plan
 
 
-def compute_task(plan: Plan, e: int, s: int, t_idx, x64: bool, version: str) -> bytes:
+def _device_count() -> int:
+    return jax.device_count()
+
+
+def worker_device_count(client) -> int:
+    """The JAX device count of every worker of ``client``'s cluster, which the sweep's folder
+    records (its estimates shard their chains over those devices); ``ValueError`` if the
+    workers differ or there are none."""
+    counts = client.run(_device_count)
+    if len(set(counts.values())) != 1:
+        raise ValueError(
+            f"the Dask workers have different JAX device counts ({counts or 'no workers'}); "
+            "a sweep's estimates must all shard alike: give every worker the same "
+            "THERMOEQPROP_CPU_DEVICES"
+        )
+    return next(iter(counts.values()))
+
+
+def compute_task(
+    plan: Plan, e: int, s: int, t_idx, x64: bool, version: str, devices: int | None = None
+) -> bytes:
     """A task, on a worker: :func:`task_records` after checking that the worker computes as
-    this process would, as the bytes of its file ``tasks/NAME.npz``."""
+    this process would (version, precision, and ``devices``, the device count the results
+    folder records), as the bytes of its file ``tasks/NAME.npz``."""
     if thermoeqprop.__version__ != version:
         raise RuntimeError(
             f"this Dask worker has thermoeqprop {thermoeqprop.__version__}, the sweep "
@@ -165,6 +197,11 @@ def compute_task(plan: Plan, e: int, s: int, t_idx, x64: bool, version: str) -> 
         raise RuntimeError(
             f"this Dask worker computes in {'float64' if not x64 else 'float32'}, the sweep "
             f"in {'float64' if x64 else 'float32'}; set THERMOEQPROP_X64 alike on the workers"
+        )
+    if devices is not None and jax.device_count() != devices:
+        raise RuntimeError(
+            f"this Dask worker has {jax.device_count()} JAX device(s), the sweep's folder "
+            f"records {devices}; set THERMOEQPROP_CPU_DEVICES={devices} on every worker"
         )
     return arrays_bytes(_task_arrays(*task_records(plan, e, s, list(t_idx))))
 
@@ -231,11 +268,13 @@ def run_units(
     finish: Callable[[str, Any], None],
     meanwhile: Callable[[], Any] | None = None,
     retries: int = DEFAULT_RETRIES,
+    devices: int | None = None,
 ) -> None:
     """Run ``units`` on ``client``'s cluster: each task, then each unit's part and files, on
     the workers; here the files are written as they arrive and ``finish(unit, part)`` is
     called once each unit is saved (in the order units complete). ``meanwhile()`` runs here
-    while the cluster computes (the sweep's exact references)."""
+    while the cluster computes (the sweep's exact references). A worker whose device count
+    is not ``devices`` (the folder's) refuses its tasks."""
     from distributed import as_completed
 
     tasks = plan_tasks(plan, units)
@@ -257,7 +296,7 @@ def run_units(
             if saved is None:
                 future = client.submit(
                     compute_task, held, task.e, task.s, task.t_idx,
-                    bool(jax.config.jax_enable_x64), thermoeqprop.__version__,
+                    bool(jax.config.jax_enable_x64), thermoeqprop.__version__, devices,
                     key=f"thermoeqprop-sweep-{token}-{task.name}", retries=retries, pure=False,
                 )  # fmt: skip
                 futures[future] = task

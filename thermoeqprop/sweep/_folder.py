@@ -47,12 +47,14 @@ def load_sweep(path: str | os.PathLike) -> xr.Dataset:
     return read_dataset(path, REMEDY_SWEEP)
 
 
-def open_folder(path, record: dict[str, Any], compared) -> RunFolder:
+def open_folder(path, record: dict[str, Any], compared, devices: int | None = None) -> RunFolder:
     """Create (or check) and lock the sweep's folder; ``record`` is its ``config.json``, of
-    which the keys ``compared`` must match on resume."""
+    which the keys ``compared`` must match on resume; ``devices``: the device count that
+    computes the estimates, if not this process's (a Dask cluster's workers')."""
     return RunFolder(path).create(
-        "temperature_sweep", record, compared=compared, subfolders=("parts", "series")
-    )
+        "temperature_sweep", record, compared=compared, subfolders=("parts", "series"),
+        devices=devices,
+    )  # fmt: skip
 
 
 def finished_part(folder: RunFolder, unit: str) -> xr.Dataset | None:

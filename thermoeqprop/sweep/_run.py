@@ -168,25 +168,32 @@ def temperature_sweep(
         "config": json.dumps(record),
     }
 
-    if client is not None:
-        from thermoeqprop.sweep._dask import parse_cluster
+    if client is None:
+        return _in_folder(results_dir, record, checked, plan, attrs, progress, callback)
+    from thermoeqprop.sweep._dask import parse_cluster, sweep_client, worker_device_count
 
-        if isinstance(client, str):
-            parse_cluster(client)  # a bad address is refused before the folder is touched
-    folder = None if results_dir is None else open_folder(results_dir, record, checked)
+    if isinstance(client, str):
+        parse_cluster(client)  # a bad address is refused before the folder is touched
+    with sweep_client(client) as dask_client:
+        # The folder records the workers' device count, which shards the estimates.
+        devices = worker_device_count(dask_client)
+        return _in_folder(results_dir, record, checked, plan, attrs, progress, callback,
+                          dask_client, devices)  # fmt: skip
+
+
+def _in_folder(results_dir, record, checked, plan, attrs, progress, callback, client=None,
+               devices=None) -> xr.Dataset:  # fmt: skip
+    """:func:`_run` in the results folder (if any), opened for ``devices`` (None: this
+    process's), and released after."""
+    folder = None if results_dir is None else open_folder(results_dir, record, checked, devices)
     try:
-        if client is None:
-            return _run(plan, folder, attrs, progress, callback, None)
-        from thermoeqprop.sweep._dask import sweep_client
-
-        with sweep_client(client) as dask_client:
-            return _run(plan, folder, attrs, progress, callback, dask_client)
+        return _run(plan, folder, attrs, progress, callback, client, devices)
     finally:
         if folder is not None:
             folder.release()
 
 
-def _run(plan: Plan, folder, attrs, progress: bool, callback, client) -> xr.Dataset:
+def _run(plan: Plan, folder, attrs, progress: bool, callback, client, devices) -> xr.Dataset:
     """The units not yet finished in ``folder`` (if any), here one by one or as tasks on
     ``client``'s cluster, then the joined Dataset.
 
@@ -237,7 +244,7 @@ def _run(plan: Plan, folder, attrs, progress: bool, callback, client) -> xr.Data
             from thermoeqprop.sweep._dask import run_units
 
             run_units(client, plan, folder, [unit for unit, _ in todo], advance, finish,
-                      meanwhile=reference)  # fmt: skip
+                      meanwhile=reference, devices=devices)  # fmt: skip
         dataset = joined()
         if folder is not None:
             folder.write_dataset("sweep.nc", dataset)
