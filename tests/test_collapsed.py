@@ -7,7 +7,8 @@ three-layer quadratic network by its Gaussian closed form).
 False-failure budget: the deterministic checks (table, marginal energy, options) cannot fail by
 chance. The estimator checks compare 5–35 components at 4.5 MCSE (P(|z| > 4.5) = 6.8e-6 each
 for honest MCSEs: about 0.1 % for the module) and bound the RMS z-score over the 35 (quadratic)
-components to [0.5, 1.6] (outside with probability < 0.1 % for honest MCSEs). Seeds are fixed;
+components by the law their effective number sets (tests/pooled_z.py: at most 7e-4 per side;
+the former fixed [0.5, 1.6] assumed 35 independent components). Seeds are fixed;
 the problems, and the fields and states of the deterministic checks, are built under
 seed_offset.fixed: the budget is about the draws.
 """
@@ -39,9 +40,9 @@ from thermoeqprop.estimators._unit_tables import field_bound, unit_free_energy
 from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork
 from thermoeqprop.models.layered import ACTIVATIONS
 
-#: The false-failure budget per run of this module, as stated above (0.1 % for the components, 0.1 %
-#: for the RMS z-score); tests/false_failure_budget.py measures it on fresh seeds.
-FALSE_FAILURE_BUDGET = 2e-3
+#: The false-failure budget per run of this module, as stated above (0.1 % for the components,
+#: 0.14 % for the RMS z-score); tests/false_failure_budget.py measures it on fresh seeds.
+FALSE_FAILURE_BUDGET = 2.5e-3
 
 K = 4.5
 
@@ -152,8 +153,7 @@ def test_collapsed_estimators_match_the_gaussian_closed_form():
     sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=300, num_warmup=100)
     covariance = ThermalCovariance(net, temperature, sampling)
     assert collapses(covariance) and classes(net) == ((1, 3), (2,))
-    estimate = covariance(params, x, targets, jax.random.key(7))
-    check_against(estimate, exact.grad)
+    estimate = check_against(covariance, (params, x, targets), jax.random.key(7), exact.grad)
     assert abs(float(estimate.loss) - float(exact.loss)) < K * float(estimate.loss_stderr)
 
 

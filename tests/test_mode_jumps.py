@@ -7,9 +7,12 @@ marginal is bimodal (barrier about 10 T; two-dimensional quadrature of ⟨C⟩ a
 Mutation checks: a one-sided move (always ``+d``, no longer symmetric) must fail both.
 
 False-failure budget: the estimates are compared at 4.5 MCSE (6.8e-6 per component for honest
-MCSEs; 5 + 1 components); the coverage test counts 400 independent 95 % intervals and accepts
-330–396 of them (binomial: outside with probability below 1e-4 for coverage in 0.90–0.97).
-The mutation tests must fail by far more than the tolerance (checked |z| > 8). Seeds are fixed.
+MCSEs; 5 + 1 components), and the bimodal gradient's RMS z lies within the bounds of its law
+(tests/pooled_z.py, at most 7e-4 per side; the former fixed bound 2.5 assumed 5 independent
+components and failed at a fresh seed set, where all 5 moved together); the coverage test
+counts 400 independent 95 % intervals and accepts 330–396 of them (binomial: outside with
+probability below 1e-4 for coverage in 0.90–0.97). The mutation tests must fail by far more
+than the tolerance (checked |z| > 8). Seeds are fixed.
 """
 
 import jax
@@ -24,9 +27,10 @@ from thermoeqprop.estimators._collapsed import draw_collapsed, kept_units
 from thermoeqprop.estimators._mode_jumps import jump_vectors, with_jumps
 from thermoeqprop.models import LayeredNetwork
 
-#: The false-failure budget per run of this module, as stated above (the coverage count, and 6
-#: components at 4.5 MCSE); tests/false_failure_budget.py measures it on fresh seeds.
-FALSE_FAILURE_BUDGET = 1.5e-4
+#: The false-failure budget per run of this module, as stated above (the coverage count, 6
+#: components at 4.5 MCSE, and the RMS z); tests/false_failure_budget.py measures it on fresh
+#: seeds.
+FALSE_FAILURE_BUDGET = 1.6e-3
 
 K = 4.5
 
@@ -175,10 +179,11 @@ def test_bimodal_network_with_jumps_matches_quadrature():
     draws visit both modes. Without jumps the chains stay in their mode: they change sides
     less than a tenth as often."""
     loss, exact = bimodal_exact()
-    estimate = ThermalCovariance(BIMODAL, BIMODAL_T, bimodal_sampling())(
-        BIMODAL_PARAMS, BIMODAL_X, BIMODAL_Y, jax.random.key(11)
-    )
-    check_against(estimate, exact, rms_range=(0.0, 2.5))  # 5 components: the extremes count
+    # The 5 components' errors move nearly as one (at seed set 20 of the false-failure
+    # measurement every z lay between −2.8 and −2.5): their RMS is bounded by its law.
+    estimator = ThermalCovariance(BIMODAL, BIMODAL_T, bimodal_sampling())
+    problem = (BIMODAL_PARAMS, BIMODAL_X, BIMODAL_Y)
+    estimate = check_against(estimator, problem, jax.random.key(11), exact)
     assert abs(float(estimate.loss) - float(loss)) < K * float(estimate.loss_stderr)
     assert 0.005 < float(estimate.diagnostics["jump_rate"]) < 0.9
     # Changes of side of x = 0.4 along the chains, with and without jumps, from the same key:
