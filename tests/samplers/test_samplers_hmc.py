@@ -52,8 +52,10 @@ def check_moments(samples, a, b, what):
     mean, exact = exact_statistics(a, b, TEMPERATURE)
     stats = gaussian_statistics(samples, mean)
     assert_within_mcse(stats, exact, K, what)
-    # Power: the covariance at 1.25 T must be rejected by the same test.
-    _, wrong = exact_statistics(a, b, 1.25 * TEMPERATURE)
+    # Power: the covariance at 1.5 T must be rejected by the same test. (At 1.25 T, 2 chains
+    # of 1,000 NUTS draws left one target's wrong covariance within 5 MCSE at 3 of 20 fresh
+    # seed sets of tests/false_failure_budget.py.)
+    _, wrong = exact_statistics(a, b, 1.5 * TEMPERATURE)
     with pytest.raises(AssertionError):
         assert_within_mcse(stats, wrong, K, what)
 
@@ -150,10 +152,14 @@ def test_fixed_length_hmc_resonates_and_jitter_breaks_it():
         stats = gaussian_statistics(trace.samples, np.zeros(10))
         ess_per_draw = samplers.ess_bulk(stats) / (8 * 500)
         results[jitter] = (trace, float(np.min(ess_per_draw)), float(np.max(samplers.rhat(stats))))
-    _, ess_off, rhat_off = results[0.0]
+    _, ess_off, _ = results[0.0]
     trace, ess_on, rhat_on = results[0.5]
-    assert ess_off < 0.05 and rhat_off > 1.03, (ess_off, rhat_off)
-    assert ess_on > 0.15 and rhat_on < 1.03, (ess_on, rhat_on)
+    # How near resonance the adapted step comes depends on the draws: over seed sets 0–20
+    # (keys 13 + k × 1,000,003) the smallest ESS per draw was 0.004–0.022 without jitter
+    # but 0.084 at one set, and 0.24–0.30 with it but 0.146 at another; jitter raised it
+    # 3.5- to 68-fold, and R-hat with jitter stayed below 1.019.
+    assert ess_on > 2 * ess_off, (ess_off, ess_on)
+    assert ess_on > 0.1 and rhat_on < 1.05, (ess_on, rhat_on)
     check_moments(trace.samples, DIAGONAL_A, DIAGONAL_B, "jittered HMC, 10-D")
 
 
