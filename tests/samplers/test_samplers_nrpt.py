@@ -309,10 +309,13 @@ def test_schedule_optimisation_finds_the_geometric_ladder_of_a_gaussian(gaussian
     geometric = np.geomspace(T_MIN, T_MAX, RUNGS)
     np.testing.assert_allclose(result.temperatures, geometric, rtol=0.01)
     assert rounds[0].rejection[0] > 2 * rounds[0].rejection[-1]
-    # Equalised: ~33k independent swap probabilities per pair in the last rounds give each
-    # rejection a standard error of about 0.002 (the ladder's own noise adds as much).
+    # Equalised, up to noise that shrinks like 1/√(steps): the spread (max − min) of the 7
+    # rejections is held below 0.02 √(4096 / steps) in the last three rounds (1,024, 2,048 and
+    # 4,096 steps). Over 221 seed sets (keys 9 + k × 1,000,003) the spreads reached 0.027,
+    # 0.019 and 0.014, at most 0.70 of those bounds; a flat 0.02 was missed in the 1,024-step
+    # round at 1 seed set of 20 (0.021).
     for r in rounds[-3:]:
-        assert np.ptp(r.rejection) < 0.02, r.rejection
+        assert np.ptp(r.rejection) < 0.02 * np.sqrt(4096 / r.num_steps), r.rejection
     # Λ̂ is stable over the rounds on near-optimal ladders and equals the exact barrier of the
     # geometric ladder, 7 r(ρ) ≈ 2.88 (standard error of the estimates: below 0.005).
     exact = (RUNGS - 1) * exact_geometric_rejection()
