@@ -111,9 +111,8 @@ class Interrupt(Exception):
     pass
 
 
-def test_an_interrupted_sweep_resumes_without_redoing_finished_tasks(client, problem, serial,
-                                                                       tmp_path):  # fmt: skip
-    folder = tmp_path / "sweep"
+def interrupted_sweep(client, problem, folder):
+    """``folder`` after a sweep on ``client`` stopped once its first unit was saved."""
 
     def stop(unit, part):
         raise Interrupt(unit)
@@ -121,6 +120,12 @@ def test_an_interrupted_sweep_resumes_without_redoing_finished_tasks(client, pro
     with pytest.raises(Interrupt):
         temperature_sweep(*problem, GRID, **KWARGS, client=client, results_dir=folder,
                           callback=stop)  # fmt: skip
+    return folder
+
+
+def test_an_interrupted_sweep_resumes_without_redoing_finished_tasks(client, problem, serial,
+                                                                       tmp_path):  # fmt: skip
+    folder = interrupted_sweep(client, problem, tmp_path / "sweep")
     parts = {p.stem for p in (folder / "parts").iterdir()}
     tasks = {p.stem for p in (folder / "tasks").iterdir()}
     assert len(parts) == 1 and all(not name.startswith(tuple(parts)) for name in tasks)
@@ -187,14 +192,7 @@ def test_the_folder_records_the_workers_device_count(client, problem, tmp_path):
     """A Dask sweep's estimates shard over the workers' devices: its folder records their
     count, and a resume that would compute on another count is refused, naming both."""
     assert worker_device_count(client) == 1  # the embedded cluster: one device per worker
-    folder = tmp_path / "sweep"
-
-    def stop(unit, part):
-        raise Interrupt(unit)
-
-    with pytest.raises(Interrupt):
-        temperature_sweep(*problem, GRID, **KWARGS, client=client, results_dir=folder,
-                          callback=stop)  # fmt: skip
+    folder = interrupted_sweep(client, problem, tmp_path / "sweep")
     config = json.loads((folder / "config.json").read_text())
     assert config["environment"]["device_count"] == 1
     config["environment"]["device_count"] = 2  # as if written by workers with 2 devices each
