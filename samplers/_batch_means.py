@@ -28,8 +28,9 @@ def effective_components(x) -> float:
     disagreement between chains counts as error; the result is ``P² / ‖R‖²_F`` over the ``P``
     elements that change. ``R`` is never formed: with ``m`` batch means of unit-norm columns
     ``Z`` (m, P), ``R = ZᵀZ`` and ``‖ZᵀZ‖_F = ‖ZZᵀ‖_F``, an m × m product, so 10,000 elements
-    cost what m² · 10,000 multiplications do. The estimate is biased low by the noise of
-    ``R``'s off-diagonal elements, about ``(1 − ρ²)² / m`` added to each ``ρ²``.
+    cost what m² · 10,000 multiplications do. The noise of ``R``'s off-diagonal elements adds,
+    to first order, ``(1 − ρ²)(1 − 2ρ²) / (m − 1)`` to each ``ρ²``: ``ν`` is biased low for
+    weakly correlated elements and slightly high for strongly correlated ones.
 
     Args:
         x: Array of shape (chain, draw, *event), at least 4 draws per chain; NumPy or JAX.
