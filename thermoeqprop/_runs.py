@@ -40,16 +40,15 @@ from thermoeqprop.results import (
 
 __all__ = [
     "OpenedRun",
+    "RunUnit",
     "TrainResult",
     "check_finite_losses",
     "keep_latest",
     "latest_checkpoint",
     "open_run",
-    "raise_fault",
     "read_checkpoint",
     "restore_tree",
     "save_unit",
-    "stop_if_broken",
     "summarise_diagnostics",
     "write_checkpoint",
 ]
@@ -244,30 +243,50 @@ def check_finite_losses(losses: np.ndarray, where: str, first: int = 0) -> None:
         )
 
 
-def stop_if_broken(unit: str, first: bool, saved: str | None, check: Callable, *args) -> Any:
-    """``check(*args)``'s value; a fault it raises becomes
-    :class:`~thermoeqprop._health.RunStopped` naming ``unit`` (``"epoch 3"``, ``"steps
-    11–20"``) and what the results folder keeps (``saved``; the bad unit is never saved). In
-    a run's first unit a ``ValueError`` is bad input and passes unchanged. ``check`` may be
-    :func:`raise_fault` with a reason from :func:`thermoeqprop._health.epoch_faults`."""
-    from thermoeqprop._health import RunStopped
+class RunUnit(NamedTuple):
+    """An epoch, or the steps between two records, as a stop names it.
 
-    try:
-        return check(*args)
-    except (RunStopped, ValueError) as error:
-        if isinstance(error, ValueError) and first:  # bad input, before any update
-            raise
-        reason = str(error)
-        prefix = f"{unit}: "
-        reason = reason if reason.startswith(prefix) else prefix + reason
-        if saved is not None:
-            reason += f" ({saved})"
-        raise RunStopped(reason) from None
+    Attributes:
+        name: ``"epoch 3"``, ``"steps 11–20"``.
+        first: Whether it is the run's first unit (a ``ValueError`` there is bad input).
+        saved: What the results folder keeps before it (None: nothing to say).
+    """
 
+    name: str
+    first: bool
+    saved: str | None
 
-def raise_fault(reason: str | None) -> None:
-    """Raise :class:`~thermoeqprop._health.RunStopped` with ``reason`` unless it is None."""
-    if reason is not None:
+    def check(self, check: Callable, *args) -> Any:
+        """``check(*args)``'s value; a fault it raises becomes
+        :class:`~thermoeqprop._health.RunStopped` naming the unit and what the folder keeps
+        (the bad unit is never saved). In the first unit a ``ValueError`` is bad input and
+        passes unchanged."""
         from thermoeqprop._health import RunStopped
 
-        raise RunStopped(reason)
+        try:
+            return check(*args)
+        except (RunStopped, ValueError) as error:
+            if isinstance(error, ValueError) and self.first:  # bad input, before any update
+                raise
+            reason = str(error)
+            prefix = f"{self.name}: "
+            reason = reason if reason.startswith(prefix) else prefix + reason
+            if self.saved is not None:
+                reason += f" ({self.saved})"
+            raise RunStopped(reason) from None
+
+    def stop_on_faults(self, record: dict, log: Callable[[str], None] | None) -> None:
+        """Stop on what :func:`thermoeqprop._health.epoch_faults` finds broken in the unit's
+        metrics ``record``; pass its notes to ``log`` as warnings naming the unit."""
+        from thermoeqprop._health import RunStopped, epoch_faults
+
+        fault, notes = epoch_faults(record)
+        if fault is not None:
+            self.check(_raise, RunStopped(fault))
+        if log is not None:
+            for note in notes:
+                log(f"warning: {self.name}: {note}")
+
+
+def _raise(error: Exception) -> None:
+    raise error

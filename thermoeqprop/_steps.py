@@ -40,17 +40,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from thermoeqprop._health import check_parameters_after, epoch_faults
+from thermoeqprop._health import check_parameters_after
 from thermoeqprop._optim import build_optimizer, check_optimizer_settings
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._runs import (
+    RunUnit,
     TrainResult,
     check_finite_losses,
     open_run,
-    raise_fault,
     restore_tree,
     save_unit,
-    stop_if_broken,
     summarise_diagnostics,
 )
 from thermoeqprop._validation import (
@@ -337,19 +336,13 @@ def train_steps(
             seconds = time.perf_counter() - tic
             # Broken steps stop the run before they are saved (as train's epochs do).
             begun = step - len(estimates) + 1
-            unit = f"steps {begun}–{step}"
             saved = None
             if folder is not None and begun > 1:
                 saved = f"steps 1–{begun - 1} are saved in {folder.path}"
-            record = stop_if_broken(unit, begun == 1, saved, _record, step, estimates, seconds,
-                                    estimator, source, params)  # fmt: skip
-            scale = stop_if_broken(unit, begun == 1, saved, check_parameters_after, params, scale,
-                                   estimator)  # fmt: skip
-            fault, notes = epoch_faults(record)
-            stop_if_broken(unit, begun == 1, saved, raise_fault, fault)
-            for note in notes:
-                if log is not None:
-                    log(f"warning: {unit}: {note}")
+            unit = RunUnit(f"steps {begun}–{step}", begun == 1, saved)
+            record = unit.check(_record, step, estimates, seconds, estimator, source, params)
+            scale = unit.check(check_parameters_after, params, scale, estimator)
+            unit.stop_on_faults(record, log)
             if evaluate is not None:
                 record |= evaluate(estimator, params, jax.random.fold_in(key_eval, step))
             history.append(record)

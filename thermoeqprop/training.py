@@ -34,19 +34,18 @@ import jax
 import numpy as np
 import optax
 
-from thermoeqprop._health import RunStopped, check_parameters_after, epoch_faults
+from thermoeqprop._health import RunStopped, check_parameters_after
 from thermoeqprop._optim import add_penalty, build_optimizer, check_optimizer_settings, project
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._resources import check_run_memory
 from thermoeqprop._runs import (
+    RunUnit,
     TrainResult,
     check_finite_losses,
     open_run,
-    raise_fault,
     read_checkpoint,
     restore_tree,
     save_unit,
-    stop_if_broken,
     summarise_diagnostics,
     write_checkpoint,
 )
@@ -260,7 +259,8 @@ def train(
         for epoch in epochs:
             tic = time.perf_counter()
             current = schedule(estimator, epoch) if schedule is not None else estimator
-            scale_before = _stop_if_broken(epoch, folder, check_temperature_of, current, params)
+            unit = _epoch_unit(epoch, folder)
+            scale_before = unit.check(check_temperature_of, current, params)
             key_epoch = jax.random.fold_in(key_epochs, epoch)
             key_steps, key_eval = jax.random.split(key_epoch)
             order = np.random.default_rng([config.seed, epoch]).permutation(num_train)
@@ -298,8 +298,8 @@ def train(
                 config.eval_batch_size,
             )
             losses = np.asarray([float(e.loss) for e in estimates])
-            _stop_if_broken(epoch, folder, check_finite_losses, losses, f"epoch {epoch}")
-            _stop_if_broken(epoch, folder, check_parameters_after, params, scale_before, current)
+            unit.check(check_finite_losses, losses, f"epoch {epoch}")
+            unit.check(check_parameters_after, params, scale_before, current)
             grad_norm = np.mean([float(optax.tree.norm(e.grad)) for e in estimates])
             record = {
                 "epoch": epoch,
@@ -326,11 +326,7 @@ def train(
                 record |= _last_batch_rank_rhat(series)
             if current.temperature is not None:
                 record["temperature"] = float(current.temperature)
-            fault, notes = epoch_faults(record)
-            _stop_if_broken(epoch, folder, raise_fault, fault)
-            for note in notes:
-                if log is not None:
-                    log(f"warning: epoch {epoch}: {note}")
+            unit.stop_on_faults(record, log)
             history.append(record)
             if series is not None and keep_series:
                 _save_series(folder, f"epoch_{epoch:04d}", series, current, config,
@@ -366,11 +362,9 @@ def _last_batch_rank_rhat(series) -> dict[str, float]:
     }
 
 
-def _stop_if_broken(epoch: int, folder: RunFolder | None, check: Callable, *args) -> Any:
-    """``check(*args)``'s value; a fault becomes :class:`RunStopped` naming the epoch and the
-    epochs the results folder keeps (:func:`thermoeqprop._runs.stop_if_broken`); at epoch 1 a
-    ``ValueError`` is bad input and passes unchanged."""
+def _epoch_unit(epoch: int, folder: RunFolder | None) -> RunUnit:
+    """Epoch ``epoch`` as a stop names it, with the epochs the results folder keeps."""
     saved = None
     if folder is not None and epoch > 1:
         saved = f"epochs 1–{epoch - 1} are saved in {folder.path}"
-    return stop_if_broken(f"epoch {epoch}", epoch == 1, saved, check, *args)
+    return RunUnit(f"epoch {epoch}", epoch == 1, saved)
