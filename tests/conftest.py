@@ -29,6 +29,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     # process could read an entry that another is still writing.
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 
+# XLA's CPU backend at optimisation level 1 (LLVM's lighter pipeline; the default is 2) for
+# everything the suite compiles, subprocesses and notebook kernels included. Compilation is most
+# of the suite's time (tests/test_thermal.py alone: 122 s from an empty compilation cache, 37 s
+# from a full one) and level 1 cut that file to 102 s; the programs compute the same operations,
+# without fast-math at either level, so only the rounding of reassociated sums can differ, which
+# every tolerance here is far above. Benchmarks and users compile at the default level. Level 0
+# was slower overall (its programs run slowly) and is not used. A level the user set is kept.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
+    ).strip()
+
 # One CPU device per process (thermoeqprop's import would otherwise split the CPU into one per
 # core): pytest-xdist already runs a worker on every core, and one device more per worker would
 # oversubscribe them. Subprocesses inherit it; tests/test_cpu_devices.py checks the default in
