@@ -24,6 +24,9 @@ Sections (``--sections spin main``; each appends its tables to one report):
 - ``coupled`` (``benchmarks/_vr_coupled.py``, not run by default): coupled nudged phases
   (docs/mathematics.md, "Coupled phases") against the plain covariance estimator, on the main
   job at EP-trained parameters and on the 9-spin network, with the β bias against the MCSE.
+- ``examples`` (``benchmarks/_vr_examples.py``, not run by default): the main job's gradient
+  noise digit by digit at EP-trained parameters, and what allocating draws by it, or a Stein
+  control that keeps the cost exact, would gain.
 - ``main`` (``benchmarks/_vr_main.py``): the main job's per-batch covariance gradient, plain
   against conditional expectations (docs/mathematics.md, "Conditional expectations"), at equal
   draws and at equal wall time, at the initial and at EP-trained parameters.
@@ -61,6 +64,7 @@ from _report import append_run
 THREAD_ENV = _threads.apply(sys.argv[1:], x64=True)
 
 import _vr_coupled  # noqa: E402
+import _vr_examples  # noqa: E402
 import _vr_main  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -465,6 +469,7 @@ SECTIONS = {
     "wide": section_wide,
     "main": _vr_main.section_main,
     "coupled": lambda args: _vr_coupled.section_coupled(args, sys.modules[__name__]),
+    "examples": _vr_examples.section_examples,
 }
 
 
