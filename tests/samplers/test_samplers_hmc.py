@@ -22,7 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from compile_counting import COMPILES
-from samplers_testing import GAUSSIAN_A, GAUSSIAN_B, assert_within_mcse, gaussian_energy
+from samplers_testing import (
+    GAUSSIAN_A,
+    GAUSSIAN_B,
+    assert_within_mcse,
+    batched_gaussian_nuts,
+    gaussian_energy,
+)
 
 import samplers
 
@@ -97,9 +103,13 @@ def test_hmc_gaussian_moments():
 
 
 def test_nuts_new_temperature_and_data_reuse_the_compiled_call(nuts_gaussian):
-    # The session's NUTS run compiled the driver; a new temperature, new targets (context
-    # values), new starts and a new key must run without any XLA compilation.
+    # Once the session's NUTS run has compiled the driver, a new temperature, new targets
+    # (context values), new starts and a new key must run without any XLA compilation. That run
+    # may have been made in another module, and a module that ends above 3 GiB makes its worker
+    # forget its compiled programs (tests/conftest.py), which failed this test in a full run: so
+    # the run is made again here first (from memory, or compiled again).
     trace, a, b = nuts_gaussian
+    batched_gaussian_nuts()
     key, start = jax.random.key(99), jnp.ones((4, 2, 3))  # made before counting
     COMPILES["events"].clear()
     COMPILES["active"] = True
