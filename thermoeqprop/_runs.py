@@ -256,11 +256,30 @@ class RunUnit(NamedTuple):
     first: bool
     saved: str | None
 
+    @classmethod
+    def starting(cls, name: str, units: str, start: int, folder) -> RunUnit:
+        """The unit ``name`` whose first epoch or step is ``start``; ``units`` (``"epochs"``,
+        ``"steps"``) names the earlier ones, which ``folder`` (a results folder, or None)
+        keeps."""
+        saved = None
+        if folder is not None and start > 1:
+            saved = f"{units} 1–{start - 1} are saved in {folder.path}"
+        return cls(name, start == 1, saved)
+
+    def stopped(self, reason: str):
+        """:class:`~thermoeqprop._health.RunStopped` naming the unit and what the folder keeps
+        (the bad unit is never saved)."""
+        from thermoeqprop._health import RunStopped
+
+        prefix = f"{self.name}: "
+        reason = reason if reason.startswith(prefix) else prefix + reason
+        if self.saved is not None:
+            reason += f" ({self.saved})"
+        return RunStopped(reason)
+
     def check(self, check: Callable, *args) -> Any:
-        """``check(*args)``'s value; a fault it raises becomes
-        :class:`~thermoeqprop._health.RunStopped` naming the unit and what the folder keeps
-        (the bad unit is never saved). In the first unit a ``ValueError`` is bad input and
-        passes unchanged."""
+        """``check(*args)``'s value; a fault it raises becomes :meth:`stopped`. In the first
+        unit a ``ValueError`` is bad input and passes unchanged."""
         from thermoeqprop._health import RunStopped
 
         try:
@@ -268,25 +287,16 @@ class RunUnit(NamedTuple):
         except (RunStopped, ValueError) as error:
             if isinstance(error, ValueError) and self.first:  # bad input, before any update
                 raise
-            reason = str(error)
-            prefix = f"{self.name}: "
-            reason = reason if reason.startswith(prefix) else prefix + reason
-            if self.saved is not None:
-                reason += f" ({self.saved})"
-            raise RunStopped(reason) from None
+            raise self.stopped(str(error)) from None
 
     def stop_on_faults(self, record: dict, log: Callable[[str], None] | None) -> None:
         """Stop on what :func:`thermoeqprop._health.epoch_faults` finds broken in the unit's
         metrics ``record``; pass its notes to ``log`` as warnings naming the unit."""
-        from thermoeqprop._health import RunStopped, epoch_faults
+        from thermoeqprop._health import epoch_faults
 
         fault, notes = epoch_faults(record)
         if fault is not None:
-            self.check(_raise, RunStopped(fault))
+            raise self.stopped(fault)
         if log is not None:
             for note in notes:
                 log(f"warning: {self.name}: {note}")
-
-
-def _raise(error: Exception) -> None:
-    raise error

@@ -336,10 +336,7 @@ def train_steps(
             seconds = time.perf_counter() - tic
             # Broken steps stop the run before they are saved (as train's epochs do).
             begun = step - len(estimates) + 1
-            saved = None
-            if folder is not None and begun > 1:
-                saved = f"steps 1–{begun - 1} are saved in {folder.path}"
-            unit = RunUnit(f"steps {begun}–{step}", begun == 1, saved)
+            unit = RunUnit.starting(f"steps {begun}–{step}", "steps", begun, folder)
             record = unit.check(_record, step, estimates, seconds, estimator, source, params)
             scale = unit.check(check_parameters_after, params, scale, estimator)
             unit.stop_on_faults(record, log)

@@ -259,7 +259,7 @@ def train(
         for epoch in epochs:
             tic = time.perf_counter()
             current = schedule(estimator, epoch) if schedule is not None else estimator
-            unit = _epoch_unit(epoch, folder)
+            unit = RunUnit.starting(f"epoch {epoch}", "epochs", epoch, folder)
             scale_before = unit.check(check_temperature_of, current, params)
             key_epoch = jax.random.fold_in(key_epochs, epoch)
             key_steps, key_eval = jax.random.split(key_epoch)
@@ -360,11 +360,3 @@ def _last_batch_rank_rhat(series) -> dict[str, float]:
         "rank_rhat_max_last_batch": float(rank.max()),
         "rank_rhat_median_last_batch": float(np.median(rank)),
     }
-
-
-def _epoch_unit(epoch: int, folder: RunFolder | None) -> RunUnit:
-    """Epoch ``epoch`` as a stop names it, with the epochs the results folder keeps."""
-    saved = None
-    if folder is not None and epoch > 1:
-        saved = f"epochs 1–{epoch - 1} are saved in {folder.path}"
-    return RunUnit(f"epoch {epoch}", epoch == 1, saved)
