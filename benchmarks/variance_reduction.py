@@ -27,6 +27,9 @@ Sections (``--sections spin main``; each appends its tables to one report):
 - ``examples`` (``benchmarks/_vr_examples.py``, not run by default): the main job's gradient
   noise digit by digit at EP-trained parameters, and what allocating draws by it, or a Stein
   control that keeps the cost exact, would gain.
+- ``collapsed-spins`` (``benchmarks/_vr_collapsed_spins.py``, not run by default): what
+  sampling one parity class of a layered spin network from its exact marginal would gain, by
+  exact asymptotic variances, and the cost of its sweep against block Gibbs (minimal loops).
 - ``main`` (``benchmarks/_vr_main.py``): the main job's per-batch covariance gradient, plain
   against conditional expectations (docs/mathematics.md, "Conditional expectations"), at equal
   draws and at equal wall time, at the initial and at EP-trained parameters.
@@ -63,13 +66,20 @@ from _report import append_run
 
 THREAD_ENV = _threads.apply(sys.argv[1:], x64=True)
 
+import _vr_collapsed_spins  # noqa: E402
 import _vr_coupled  # noqa: E402
 import _vr_examples  # noqa: E402
 import _vr_main  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.flatten_util import ravel_pytree  # noqa: E402
+from _vr_exact import (  # noqa: E402
+    block_kernels,
+    chain_variance,
+    conditional,
+    example_terms,
+    groups,
+)
 
 import samplers  # noqa: E402
 from thermoeqprop.estimators import (  # noqa: E402
@@ -199,82 +209,26 @@ def table(rows: dict[str, dict[str, float]], settings: dict[str, Sampling], base
 # Exact asymptotic variances of the per-draw series along the block-Gibbs chain.
 
 
-def _groups(states: np.ndarray, columns) -> np.ndarray:
-    """An integer label per state: equal labels ⇔ equal spins on ``columns``."""
-    bits = (states[:, list(columns)] > 0).astype(np.int64)
-    return bits @ (2 ** np.arange(bits.shape[1])) if bits.shape[1] else np.zeros(len(states), int)
-
-
-def _conditional(f, weights, labels):
-    """E[f | label] at every state, under ``weights``."""
-    totals = np.zeros((labels.max() + 1,) + f.shape[1:])
-    mass = np.bincount(labels, weights, minlength=labels.max() + 1)
-    np.add.at(totals, labels, weights[:, None] * f)
-    return (totals / mass[:, None])[labels]
-
-
-def _chain_variance(functions, kernels, pi):
-    """Asymptotic variance (× N) of the mean over sweeps of ``S_t = Σ_a f_a(x_{t,a})``, where
-    ``x_{t,a}`` is the state after the ``a``-th layer update of sweep ``t`` (``kernels`` are
-    the layer updates, in order; ``functions`` maps a position 1…L to f_a (2ⁿ, P))."""
-    size, layers = len(pi), len(kernels)
-
-    def product(first, last):  # kernels first+1 … last, as one matrix
-        out = np.eye(size)
-        for kernel in kernels[first:last]:
-            out = out @ kernel
-        return out
-
-    sweep = product(0, layers)
-    fundamental = np.linalg.inv(np.eye(size) - sweep + np.outer(np.ones(size), pi))
-    centred = {a: f - pi @ f for a, f in functions.items()}
-    total = 0.0
-    for a, fa in centred.items():
-        for b, fb in centred.items():
-            if a == b:
-                total = total + pi @ (fa * fa)
-            elif a < b:  # within a sweep, both orders
-                total = total + 2 * pi @ (fa * (product(a, b) @ fb))
-            # across sweeps: Σ_{h ≥ 1} Cov(f_a(x_{0,a}), f_b(x_{h,b}))
-            later = product(a, layers) @ fundamental @ product(0, b) @ fb
-            total = total + 2 * pi @ (fa * later)
-    return total
-
-
 def exact_asymptotic_variances(net, params, x, targets, temperature):
     """Σ over parameters and examples of the asymptotic variance of each series' mean (× N),
     per independent draw (``iid``) and along the chain of layered block-Gibbs sweeps."""
     n = net.num_spins
     states = np.asarray(samplers.spin_states(jnp.arange(2**n), n, dtype=float))
-    flat_params, unravel = ravel_pytree(params)
     classes = independent_classes(net)
     shares = parameter_shares(net)  # (K, P): the estimator's mixture of the conditionings
     layers = len(net.blocks)
     out: dict[tuple[str, str, str], float] = {}
     for x_b, y_b in zip(np.asarray(x), np.asarray(targets), strict=True):
-        energy = np.asarray(jax.vmap(lambda s, x_b=x_b: net.energy(params, s, x_b))(states))
-        cost = np.asarray(jax.vmap(lambda s, y_b=y_b: net.cost_fn(s, y_b))(states))
-        grads = np.asarray(jax.vmap(
-            lambda s, x_b=x_b: jax.grad(lambda p: net.energy(unravel(p), s, x_b))(flat_params)
-        )(states))  # fmt: skip
-        pi = np.exp(-(energy - energy.min()) / temperature)
-        pi /= pi.sum()
-        kernels = []
-        for layer in net.blocks:  # one sweep redraws the layers in order
-            labels = _groups(states, [i for i in range(n) if i not in layer])
-            kernel = np.zeros((2**n, 2**n))
-            for label in np.unique(labels):
-                members = np.flatnonzero(labels == label)
-                kernel[np.ix_(members, members)] = pi[members] / pi[members].sum()
-            kernels.append(kernel)
+        pi, cost, grads = example_terms(net, params, states, x_b, y_b, temperature)
+        kernels = block_kernels(states, pi, net.blocks)  # one sweep redraws the layers in order
         series = {
             "covariance": (cost - pi @ cost)[:, None] * (grads - pi @ grads),
             "energy_grad": grads,
         }
         for kind, f in series.items():
-            given = [_conditional(f, pi, _groups(states, c)) for c in classes]
+            given = [conditional(f, pi, groups(states, c)) for c in classes]
             # shares[k] weighs the conditioning that averages class k (given all the others).
-            averaging = [_conditional(f, pi, _groups(states, np.setdiff1d(np.arange(n), c)))
+            averaging = [conditional(f, pi, groups(states, np.setdiff1d(np.arange(n), c)))
                          for c in classes]  # fmt: skip
             mixed = sum(w * g for w, g in zip(shares, averaging, strict=True))
             variants = {"plain": f, **{f"given class {k} only": g for k, g in enumerate(given)},
@@ -283,12 +237,12 @@ def exact_asymptotic_variances(net, params, x, targets, temperature):
             for name, g in variants.items():
                 g = g - pi @ g
                 iid = pi @ (g * g)
-                chain = _chain_variance({layers: g}, kernels, pi)
+                chain = chain_variance({layers: g}, kernels, pi)
                 for label, value in (("iid", iid), ("chain", chain)):
                     out[kind, name, label] = out.get((kind, name, label), 0.0) + value.sum()
             # Every half-sweep: after layer a is redrawn, its class is new; condition on it.
             half = {a + 1: given[a % 2] / layers for a in range(layers)}
-            value = _chain_variance(half, kernels, pi).sum()
+            value = chain_variance(half, kernels, pi).sum()
             key = (kind, "each layer update, given its class", "chain")
             out[key] = out.get(key, 0.0) + value
     return out
@@ -470,6 +424,7 @@ SECTIONS = {
     "main": _vr_main.section_main,
     "coupled": lambda args: _vr_coupled.section_coupled(args, sys.modules[__name__]),
     "examples": _vr_examples.section_examples,
+    "collapsed-spins": _vr_collapsed_spins.section_collapsed_spins,
 }
 
 
