@@ -6,7 +6,9 @@ and start positions in; samples of shape ``(chain, draw, ...)`` and per-step dia
 - kernels (``init(position, context, temperature)``, ``step(rng_key, state, context)``):
   :func:`nuts` (whose chains :func:`sample` runs asynchronously: each starts its next
   trajectory as soon as its last one ends), :func:`hmc` (NumPyro's), :func:`block_gibbs`,
-  :func:`layered_gibbs` (layered Ising energies as matrix products), :func:`metropolis`,
+  :func:`layered_gibbs` (layered Ising energies as matrix products),
+  :func:`layered_collapsed_gibbs` (one parity class of layers from its exact marginal),
+  :func:`metropolis`,
   :func:`parallel_tempering` around any of them (non-reversible by default), its ladder tuned
   by :func:`optimise_schedule` and continued by :func:`resume_tempering`;
 - drivers: :func:`sample` (many chains and targets, one compiled call, sharded over devices),
@@ -38,6 +40,7 @@ from samplers._arviz import (
 from samplers._arviz_plots import save_rank_plot, save_trace_plot
 from samplers._base import Kernel, NonFiniteEnergyError
 from samplers._batch_means import effective_components
+from samplers._collapsed_spins import CollapsedSpinState, layered_collapsed_gibbs
 from samplers._driver import Trace, check_finite, sample
 from samplers._exact import (
     GaussianReference,
@@ -83,6 +86,7 @@ from samplers._tempering import (
 )
 
 __all__ = [
+    "CollapsedSpinState",
     "GaussianReference",
     "GibbsInfo",
     "HMCInfo",
@@ -116,6 +120,7 @@ __all__ = [
     "geometric_schedule",
     "gradient_inference_data",
     "hmc",
+    "layered_collapsed_gibbs",
     "layered_gibbs",
     "layered_ising_energy",
     "linear_schedule",

@@ -94,6 +94,8 @@ def kept_units(model) -> np.ndarray:
 
 def _blockers(estimator) -> list[str]:
     """Why ``estimator`` cannot sample collapsed (empty if it can)."""
+    if estimator.model.is_spin:
+        return _spin_blockers(estimator)
     sampling, reasons = estimator.sampling, []
     if classes(estimator.model) is None:
         reasons.append(
@@ -111,6 +113,31 @@ def _blockers(estimator) -> list[str]:
     return reasons
 
 
+def _spin_blockers(estimator) -> list[str]:
+    """Why a spin network's ``estimator`` cannot sample one class from its marginal
+    (``samplers.layered_collapsed_gibbs``)."""
+    model, sampling, reasons = estimator.model, estimator.sampling, []
+    sizes = model.ising_layer_sizes
+    if sizes is None or len(sizes) < 2 or not model.multilinear:
+        reasons.append(
+            "a layered spin network (SpinNetwork.layered or LayeredSpinNetwork) with at least "
+            f"two free layers and the squared-error cost (got {type(model).__name__}"
+            + (f" with free layers {tuple(sizes)}" if sizes is not None else "")
+            + ")"
+        )
+    if estimator.rao_blackwell is False:
+        reasons.append("conditional expectations (got rao_blackwell=False)")
+    if sampling.method not in ("auto", "gibbs"):
+        reasons.append(f"method 'auto' or 'gibbs' (got {sampling.method!r})")
+    if sampling.tempering:
+        reasons.append(f"one temperature (got tempering={sampling.tempering})")
+    if sampling.start == "annealed":
+        reasons.append("start 'auto' or 'dispersed' (got 'annealed')")
+    if estimator.coupled:
+        reasons.append("independent phases (got coupled=True)")
+    return reasons
+
+
 def check_sampling(estimator) -> None:
     """The estimators' check of their :class:`Sampling`: the method against the model, and
     ``collapse`` (None, True or False; True only where :func:`collapses` can hold)."""
@@ -125,8 +152,12 @@ def check_sampling(estimator) -> None:
 
 def collapses(estimator) -> bool:
     """Whether ``estimator`` samples the kept class from its marginal: ``collapse=True``, or
-    None (the default) wherever it can (:func:`check_sampling` names what it needs)."""
-    return estimator.sampling.collapse is not False and not _blockers(estimator)
+    None (the default) wherever it can for a continuous network (:func:`check_sampling` names
+    what it needs); spin networks only with ``collapse=True``."""
+    collapse = estimator.sampling.collapse
+    if estimator.model.is_spin:
+        return collapse is True and not _blockers(estimator)
+    return collapse is not False and not _blockers(estimator)
 
 
 def _rho(model):

@@ -31,6 +31,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from thermoeqprop.estimators._conditional import check_rao_blackwell
+from thermoeqprop.estimators._sampling import collapsed_spin_parity
 from thermoeqprop.estimators._statistics import DrawStatistics, point_statistics, wanted_series
 from thermoeqprop.models._base import EnergyModel
 from thermoeqprop.models.layered import split_layers
@@ -46,6 +47,8 @@ __all__ = [
     "rao_blackwell_statistics",
     "resolve_rao_blackwell",
     "spin_statistics",
+    "summed_class",
+    "summed_means",
     "supports_rao_blackwell",
 ]
 
@@ -203,16 +206,39 @@ def conditional_moments(model, params, state, x, target, beta, temperature, aver
     return cost, grad_at(jnp.asarray(u, flat.dtype)), grad_at(alpha)
 
 
-def spin_statistics(estimator, params, states, x, targets, beta, window):
+def spin_statistics(estimator, params, states, x, targets, beta, window, collapsed=False):
     """A sampled estimator's Rao–Blackwellised statistics of a phase at nudge ``beta`` if
-    its model is a spin network and its ``rao_blackwell`` option resolves on, else None."""
+    its model is a spin network and its ``rao_blackwell`` option resolves on, else None.
+    ``collapsed``: the states hold one class only (``samplers.layered_collapsed_gibbs``), so
+    only the conditioning given that class applies."""
     model = estimator.model
     if not (model.is_spin and resolve_rao_blackwell(estimator.rao_blackwell, model)):
         return None
     return rao_blackwell_statistics(
         model, params, states, x, targets, beta, estimator.temperature,
-        estimator.needed_series, window,
+        estimator.needed_series, window, summed_class(model) if collapsed else None,
     )  # fmt: skip
+
+
+def summed_class(model: EnergyModel) -> int:
+    """The index in :func:`independent_classes` of the class that collapsed sampling of a
+    layered spin network sums out (the other parity than ``collapsed_spin_parity``)."""
+    return 1 - collapsed_spin_parity(model)
+
+
+def summed_means(model, params, states, x, temperature):
+    """States (…, n) of collapsed sampling (the summed class's entries 0) with the summed
+    class replaced by its conditional means ``tanh(φ/T)`` given the drawn class, free phase."""
+    target = jnp.zeros(model.num_outputs, states.dtype)
+    k = summed_class(model)
+
+    def filled(state, x_b):
+        return class_points(model, params, state, x_b, target, 0.0, temperature)[0][k]
+
+    lead = states.shape[1:-1]
+    flat = states.reshape(states.shape[0], -1, states.shape[-1])
+    out = jax.vmap(jax.vmap(filled, in_axes=(0, None)))(flat, x)
+    return out.reshape(states.shape[:1] + lead + states.shape[-1:])
 
 
 def rao_blackwell_statistics(
@@ -225,6 +251,7 @@ def rao_blackwell_statistics(
     temperature,
     series: tuple[str, ...],
     draws_per_entry: int = 1,
+    averaged: int | None = None,
 ) -> DrawStatistics:
     """:class:`DrawStatistics` from conditional expectations, on device.
 
@@ -246,6 +273,9 @@ def rao_blackwell_statistics(
         temperature: T > 0 of the law the states were drawn from.
         series: Which of ``"energy_grad"`` and ``"covariance"`` to compute.
         draws_per_entry: Consecutive draws averaged into one entry; must divide the draws.
+        averaged: None mixes every class's conditioning (above); a class index uses only the
+            conditioning that averages that class (given the others), as collapsed sampling
+            needs: its states hold the other classes only.
 
     Cost: one gradient of ``F_β`` in the state per draw for the means, and one energy
     gradient per class and draw (two for a class holding outputs: 3 for a layered network)
@@ -257,7 +287,7 @@ def rao_blackwell_statistics(
     dtype = states.dtype
     out = _rao_blackwell_statistics(
         model, params, states, x, targets, jnp.asarray(beta, dtype),
-        jnp.asarray(temperature, dtype), wanted, draws_per_entry,
+        jnp.asarray(temperature, dtype), wanted, draws_per_entry, averaged,
     )  # fmt: skip
     return DrawStatistics(*out, draws_per_entry=draws_per_entry)
 
@@ -307,9 +337,9 @@ def _grad_sums(model, params, shares):
     return None
 
 
-@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+@functools.partial(jax.jit, static_argnums=(0, 7, 8, 9))
 def _rao_blackwell_statistics(model, params, states, x, targets, beta, temperature, wanted,
-                              window):  # fmt: skip
+                              window, averaged=None):  # fmt: skip
     def one(state, x_b, y_b):
         return class_points(model, params, state, x_b, y_b, beta, temperature)
 
@@ -321,8 +351,15 @@ def _rao_blackwell_statistics(model, params, states, x, targets, beta, temperatu
     # The cost and outputs from the classes that average them (each output from its own).
     output_class = masks[:, np.asarray(model.output_units)]  # (K, outputs)
     cost_share = output_class.mean(axis=1)
+    if averaged is not None:  # one conditioning: every parameter, the cost and outputs
+        shares = np.zeros_like(shares)
+        shares[averaged] = 1.0
+        output_class = np.zeros_like(output_class)
+        output_class[averaged] = True
+        cost_share = np.zeros_like(cost_share)
+        cost_share[averaged] = 1.0
     energy_grad = covariance = cost = output = 0.0
-    for k in range(masks.shape[0]):
+    for k in range(masks.shape[0]) if averaged is None else (averaged,):
         points, u, alpha, b = class_view(model, k, *views)
         if not wanted[1]:  # the shifted point serves only the covariance (its u is 0)
             points, u, alpha = points[..., :1, :], u[:1], alpha[..., :1]

@@ -66,7 +66,11 @@ class Sampling:
             default): wherever the estimator allows it (a hidden layer, a 'sigmoid', 'tanh'
             or 'linear' activation, ``rao_blackwell`` not False, no control variates, no
             tempering, no annealed start); ``True``: required (an error names what is
-            missing); ``False``: every unit is sampled.
+            missing); ``False``: every unit is sampled. For a layered spin network
+            (docs/mathematics.md, "Collapsed spin sampling"), ``True`` draws the parity class
+            with fewer spins from its exact marginal by single-spin heat bath
+            (``samplers.layered_collapsed_gibbs``) and averages the other by conditional
+            expectations; ``None`` keeps block Gibbs there.
         mode_jumps: With collapsed sampling, a Metropolis translation between the two T = 0
             minima of the outputs' marginal after every HMC/NUTS transition
             (docs/mathematics.md, "Mode jumps"; exact for any jump vector); ignored when every
@@ -259,6 +263,16 @@ def _free_energy_fn(model: EnergyModel):
     return energy_fn
 
 
+def collapsed_spin_parity(model: EnergyModel) -> int:
+    """The parity (0: layers 1, 3, …; 1: layers 2, 4, …) of the layers that collapsed
+    sampling of a layered spin network draws: the class with fewer spins (on a tie, the one
+    holding the first layer). The other class is summed out exactly: its conditional
+    expectations are what the estimators use, and the smaller the kept class, the fewer
+    sequential updates a sweep takes (docs/mathematics.md, "Collapsed spin sampling")."""
+    sizes = model.ising_layer_sizes
+    return int(sum(sizes[1::2]) < sum(sizes[0::2]))
+
+
 @functools.lru_cache(maxsize=64)
 def _ising_form(model):
     """``context -> (couplings, fields)`` of a layered spin network (one object per model)."""
@@ -293,6 +307,11 @@ def _local_kernel(model: EnergyModel, sampling: Sampling, nudged: bool = True) -
             num_steps=sampling.hmc_steps,
             trajectory_length=None,
             jitter=float(sampling.hmc_jitter),
+        )
+    elif method == "gibbs" and sampling.collapse is True and model.ising_layer_sizes is not None:
+        # One parity class of layers from its exact marginal, the other summed out.
+        kernel = samplers.layered_collapsed_gibbs(
+            _ising_form(model), model.ising_layer_sizes, collapsed_spin_parity(model)
         )
     elif method == "gibbs" and model.ising_layer_sizes is not None:
         # Dense layers: fields and energies as matrix products, one layer per block.

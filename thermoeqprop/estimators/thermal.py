@@ -35,7 +35,7 @@ from thermoeqprop.estimators import _control_variates, _coupled
 from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._coupled import flat_pairs, pair_betas, pair_positions, paired
-from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics
+from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics, summed_means
 from thermoeqprop.estimators._sampling import (
     CONTEXT_AXES,
     SAMPLING_METHODS,
@@ -247,7 +247,7 @@ class _SampledEstimator(Estimator):
         return self._series(params, states, x, targets, beta, window)
 
     def _series(self, params, states, x, targets, beta, window) -> DrawStatistics:
-        spins = spin_statistics(self, params, states, x, targets, beta, window)
+        spins = spin_statistics(self, params, states, x, targets, beta, window, collapses(self))
         if spins is not None:
             return spins
         if self._conditional(beta):
@@ -265,6 +265,12 @@ class _SampledEstimator(Estimator):
 
     #: Phases sampled as coupled pairs with common random numbers (nudged estimator only).
     coupled: bool = False
+
+    def _drawer(self):
+        """The draw function: continuous collapsed sampling (:func:`draw_collapsed`), or
+        :func:`draw_states` (whose kernel samples one class of a spin network's layers from
+        its marginal when ``collapse=True``)."""
+        return draw_collapsed if collapses(self) and not self.model.is_spin else draw_states
 
     def _conditional(self, beta) -> bool:
         """Whether the statistics of a phase at ``beta`` use conditional expectations."""
@@ -306,9 +312,8 @@ class _SampledEstimator(Estimator):
         reached = False
         for round_index in range(rounds):
             round_key = jax.random.fold_in(rng_key, round_index)
-            draw = functools.partial(
-                draw_collapsed if collapses(self) else draw_states, self.model, self.sampling,
-                params, x, targets, nudged=self.nudges)  # fmt: skip
+            draw = functools.partial(self._drawer(), self.model, self.sampling, params, x,
+                                     targets, nudged=self.nudges)  # fmt: skip
             if self.coupled:  # one joint chain of pairs, one key (docs: "Coupled phases")
                 drawn = draw(phases, self.temperature, round_key, positions[0])
                 positions[0] = drawn.final_positions
@@ -358,7 +363,7 @@ class _SampledEstimator(Estimator):
         self.model.validate_params(params)
         x, _ = self.model.validate_inputs(x)
         dummy = jnp.zeros((x.shape[0], self.model.num_outputs), x.dtype)
-        drawn = (draw_collapsed if collapses(self) else draw_states)(
+        drawn = self._drawer()(
             self.model,
             self.sampling,
             params,
@@ -369,7 +374,10 @@ class _SampledEstimator(Estimator):
             rng_key,
             nudged=self.nudges,
         )
-        return jnp.mean(jax.vmap(jax.vmap(jax.vmap(self.model.output)))(drawn.states), axis=(1, 2))
+        states = drawn.states
+        if self.model.is_spin and collapses(self):  # the summed spins by their means
+            states = summed_means(self.model, params, states, x, self.temperature)
+        return jnp.mean(jax.vmap(jax.vmap(jax.vmap(self.model.output)))(states), axis=(1, 2))
 
 
 @dataclasses.dataclass(frozen=True)
