@@ -17,10 +17,14 @@ Sections (``--sections spin main``; each appends its tables to one report):
   3. why: the exact asymptotic variances of the per-draw series from the block-Gibbs sweep's
      512 × 512 transition matrix (per example, summed over parameters and examples), for the
      plain series and the conditional expectations given each class alone and averaged, per
-     independent draw and along the chain.
+     independent draw and along the chain;
+  4. collapsed sampling (docs/mathematics.md, "Collapsed spin sampling": the 3-spin class
+     drawn from its exact marginal, the 6 others averaged): the same sampling, its sweeps
+     scaled to the plain call's time, and 16 chains at that time.
 
 - ``wide`` (not run by default): ``benchmarks/thermal_scale.py``'s 2,010-spin network
-  (64, 2000, 10) on its first batch, plain against Rao–Blackwellised covariance gradients.
+  (64, 2000, 10) on its first batch, plain against Rao–Blackwellised covariance gradients and
+  collapsed sampling (the 10 outputs drawn, the 2,000 hidden spins averaged).
 - ``coupled`` (``benchmarks/_vr_coupled.py``, not run by default): coupled nudged phases
   (docs/mathematics.md, "Coupled phases") against the plain covariance estimator, on the main
   job at EP-trained parameters and on the 9-spin network, with the β bias against the MCSE.
@@ -53,6 +57,7 @@ this shared machine hit every route alike. float64 (the package's default).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -160,6 +165,7 @@ def scaled(sampling: Sampling, factor: float, num_chains: int | None = None) -> 
         num_chains=num_chains or sampling.num_chains,
         num_samples=draws,
         num_warmup=sampling.num_warmup,
+        collapse=sampling.collapse,
     )
 
 
@@ -285,11 +291,13 @@ def section_spin(args) -> list[str]:
     for kind, build in kinds.items():
         print(f"spin, {kind}: calibration", flush=True)
         trial = Sampling(num_chains=MORE_CHAINS, num_samples=1000, num_warmup=BASE.num_warmup)
+        collapsed, trial_collapsed = (dataclasses.replace(s, collapse=True) for s in (BASE, trial))
         calibration_settings = {
             "plain": BASE, "rb": BASE, "plain 16": trial, "rb 16": trial,
+            "collapsed": collapsed, "collapsed 16": trial_collapsed,
         }  # fmt: skip
         calibration = run_routes(
-            {name: build(s, name.startswith("rb")) for name, s in calibration_settings.items()},
+            {n: build(s, not n.startswith("plain")) for n, s in calibration_settings.items()},
             problem, 4, 1000,
         )  # fmt: skip
         # The fastest of interleaved calls: the route's own cost, least disturbed by others.
@@ -302,9 +310,16 @@ def section_spin(args) -> list[str]:
             f"Rao-Blackwellised, {MORE_CHAINS} chains, same time": scaled(
                 trial, t["plain"] / t["rb 16"]
             ),
+            "collapsed": collapsed,
+            "collapsed, sweeps scaled to plain's time": scaled(
+                collapsed, t["plain"] / t["collapsed"]
+            ),
+            f"collapsed, {MORE_CHAINS} chains, same time": scaled(
+                trial_collapsed, t["plain"] / t["collapsed 16"]
+            ),
         }
         print(f"spin, {kind}: measurement", flush=True)
-        routes = {name: build(s, name.startswith("Rao")) for name, s in settings.items()}
+        routes = {name: build(s, not name.startswith("plain")) for name, s in settings.items()}
         results = run_routes(routes, problem, args.reps, 2000)
         rows = {name: summary(result, exact) for name, result in results.items()}
         label = "covariance" if kind == "covariance" else f"nudged, β = {BETA:g} (symmetric)"
@@ -383,6 +398,9 @@ def section_wide(args) -> list[str]:
     routes = {
         "plain": ThermalCovariance(net, 1.0, sampling, rao_blackwell=False),
         "Rao-Blackwellised": ThermalCovariance(net, 1.0, sampling, rao_blackwell=True),
+        "collapsed (the 10 outputs drawn)": ThermalCovariance(
+            net, 1.0, dataclasses.replace(sampling, collapse=True)
+        ),
     }
     print("wide: measurement", flush=True)
     results = run_routes(routes, problem, max(2, args.reps // 2), 3000)

@@ -33,7 +33,13 @@ import pytest
 import seed_offset
 from jax.flatten_util import ravel_pytree
 
-from thermoeqprop.estimators import Sampling, ThermalCovariance, ThermalExact, ThermalNudged
+from thermoeqprop.estimators import (
+    Sampling,
+    ThermalCovariance,
+    ThermalExact,
+    ThermalNudged,
+    _rao_blackwell,
+)
 from thermoeqprop.estimators._rao_blackwell import (
     class_points,
     class_view,
@@ -296,9 +302,13 @@ def test_coverage_of_the_reported_mcse():
         assert 0.90 <= coverage <= 0.99, (type(estimator).__name__, coverage)
 
 
-def test_matrix_product_sums_equal_automatic_differentiation(nine_spins):
-    """The layered network's weighted gradient sums (matrix products) against the energy's
-    automatic differentiation, on the conditional points of sampled states, window 2."""
+@pytest.mark.parametrize("small_block", [_rao_blackwell.SMALL_BLOCK, 0])
+def test_matrix_product_sums_equal_automatic_differentiation(nine_spins, small_block,
+                                                             monkeypatch):  # fmt: skip
+    """The layered network's weighted gradient sums (broadcast products for small blocks,
+    matrix products for large ones: ``small_block`` 0 makes every block large) against the
+    energy's automatic differentiation, on the conditional points of sampled states, window 2."""
+    monkeypatch.setattr(_rao_blackwell, "SMALL_BLOCK", small_block)
     net, params, x, targets = nine_spins
     sampling = Sampling(num_chains=2, num_samples=8, num_warmup=4)
     states = draw_states(net, sampling, params, x, targets, 0.0, T, jax.random.key(6)).states

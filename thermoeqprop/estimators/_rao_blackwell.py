@@ -310,11 +310,10 @@ def layered_grad_sums(model: LayeredSpinNetwork, params, needed=None):
         weighted = [weights[..., None] * layer for layer in layers]
         # One maker per leaf, in ravel order (couplings J_1 …, fields, input weights).
         makers = [
-            (lambda k=k: -jnp.einsum("ebpi,ebpl->eil", weighted[k], layers[k + 1]))
-            for k in range(len(layers) - 1)
+            (lambda k=k: -_outer_sums(weighted[k], layers[k + 1])) for k in range(len(layers) - 1)
         ] + [
             lambda: -jnp.concatenate([jnp.sum(w, axis=(1, 2)) for w in weighted], axis=-1),
-            lambda: -jnp.einsum("ba,ebi->eai", x, jnp.sum(weighted[0], axis=2)),
+            lambda: -_outer_sums(x[None, :, None, :], jnp.sum(weighted[0], axis=2)[:, :, None]),
         ]
         out = [
             make() if keep else jnp.zeros((points.shape[0], *np.shape(leaf)), points.dtype)
@@ -323,6 +322,22 @@ def layered_grad_sums(model: LayeredSpinNetwork, params, needed=None):
         return jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in out], axis=1)
 
     return grad_sums
+
+
+#: Largest ``a × b`` block summed by broadcasting instead of a batched matrix product: for
+#: blocks this small XLA's CPU batched products are slower than a fused multiply-and-reduce
+#: (the 9-spin network's statistics: 12 ms against 25 ms for 4 × 4000 draws of 4 examples).
+SMALL_BLOCK = 1024
+
+
+def _outer_sums(left, right):
+    """``Σ_{b,p} left ⊗ right``: (E, B, P, a), (E, B, P, c) → (E, a, c) (``B`` or ``P`` may
+    be 1 in ``left``, broadcast)."""
+    if left.shape[-1] * right.shape[-1] <= SMALL_BLOCK:
+        return jnp.sum(left[..., :, None] * right[..., None, :], axis=(1, 2))
+    if left.shape[0] == 1 and left.shape[2] == 1:  # the inputs: one per example
+        return jnp.einsum("ba,ebpi->eai", left[0, :, 0], right)
+    return jnp.einsum("ebpi,ebpl->eil", left, right)
 
 
 def _grad_sums(model, params, shares):
