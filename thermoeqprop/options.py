@@ -125,7 +125,8 @@ class SamplingOptions:
     collapse: Literal["auto", "on", "off"] = option(
         "auto",
         "collapsed sampling of a layered network: HMC on the outputs' exact marginal, the other "
-        "layers averaged (auto: wherever possible; off: sample every unit)",
+        "layers averaged (auto: wherever possible; off: sample every unit); for a spin network, "
+        "on draws the smaller parity class of layers from its exact marginal (auto: block Gibbs)",
     )
     mode_jumps: Literal["on", "off"] = option(
         "off",
