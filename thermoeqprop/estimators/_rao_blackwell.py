@@ -226,6 +226,7 @@ def summed_class(model: EnergyModel) -> int:
     return 1 - collapsed_spin_parity(model)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def summed_means(model, params, states, x, temperature):
     """States (…, n) of collapsed sampling (the summed class's entries 0) with the summed
     class replaced by its conditional means ``tanh(φ/T)`` given the drawn class, free phase."""
