@@ -20,8 +20,11 @@ Two measurements:
    parameters and examples, by enumeration of all states: the plain series along the block-
    Gibbs sweep of the layers (the package's sampler), the conditional expectations given each
    class along that same chain, and the same conditional expectations along the collapsed
-   chain of that class (one sweep = every spin of the class once) and for independent draws
-   of it. Ratios are plain over variant, at equal sweeps.
+   chain of that class (one sweep = every spin of the class once), with "site averages" on
+   top (each draw replaced by the mean over the class's spins j of ``E[· | s_{−j}]``, the
+   heat-bath law of spin j given the others: a variant of the estimator tried on 2026-12-05
+   and not kept, since its ``1 + |K|`` evaluations per draw cost more than it gained), and
+   for independent draws of it. Ratios are plain over variant, at equal sweeps.
 2. **Cost of a sweep**: minimal jitted loops (``lax.scan`` over sweeps, all examples × chains
    vectorised, states of the sampled spins recorded every sweep) of the block-Gibbs sweep and
    of the collapsed sweep of the smaller class, interleaved, steady medians. The estimators'
@@ -107,6 +110,12 @@ def collapsed_variances(net, params, x, targets, temperature) -> dict[str, float
             site = _site_kernels(len(c), pi_c)
             add(f"given class {k}, collapsed chain", chain_variance({len(site): g}, site, pi_c))
             add(f"given class {k}, independent draws", pi_c @ (g * g))
+            # Site averages: mean over the class's spins j of E[g | s_{−j}] (the heat-bath
+            # update of spin j applied to g).
+            averaged = sum(kernel @ g for kernel in site) / len(site)
+            add(
+                f"given class {k}, site averages", chain_variance({len(site): averaged}, site, pi_c)
+            )
     return out
 
 
@@ -242,9 +251,9 @@ def section_collapsed_spins(args) -> list[str]:
         "conditional expectations given that class.",
         "",
         "| layers | T | classes (spins) | plain, independent draws | given class 0: block "
-        "Gibbs | collapsed chain | independent | given class 1: block Gibbs | collapsed chain "
-        "| independent |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Gibbs | collapsed chain | + site averages | independent | given class 1: block Gibbs "
+        "| collapsed chain | + site averages | independent |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for sizes, temperature in SHAPES:
         net, params, x, targets = problem(sizes)
@@ -254,7 +263,12 @@ def section_collapsed_spins(args) -> list[str]:
         for k in range(2):
             cells += [
                 base / v[f"given class {k}, {route}"]
-                for route in ("block Gibbs", "collapsed chain", "independent draws")
+                for route in (
+                    "block Gibbs",
+                    "collapsed chain",
+                    "site averages",
+                    "independent draws",
+                )
             ]
         sizes_text = " / ".join(str(len(c)) for c in independent_classes(net))
         lines.append(
