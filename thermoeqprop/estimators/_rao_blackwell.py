@@ -144,7 +144,7 @@ def parameter_shares(model: EnergyModel) -> np.ndarray:
     return shares
 
 
-def class_points(model, params, state, x, target, beta, temperature):
+def class_points(model, params, state, x, target, beta, temperature, classes=None):
     """The conditional-mean states of one state, one per class.
 
     Args:
@@ -155,6 +155,7 @@ def class_points(model, params, state, x, target, beta, temperature):
         target: (num_outputs,) target.
         beta: Nudge of the law the state was drawn from.
         temperature: T > 0.
+        classes: Indices of the classes to average (default: all, in order).
 
     Returns:
         ``(s̃ (K, n), C(s̃) (K,), s̃ + v (K, n))``: class κ replaced by its means
@@ -163,6 +164,7 @@ def class_points(model, params, state, x, target, beta, temperature):
         without outputs).
     """
     masks, _ = _masks(model)
+    masks = masks if classes is None else masks[list(classes)]
     outputs = np.asarray(model.output_units)
     # φ = −∂F_β/∂s: for a multilinear F_β, spin i's field depends only on the other classes,
     # so one gradient at the state gives every class's conditional fields.
@@ -175,19 +177,23 @@ def class_points(model, params, state, x, target, beta, temperature):
     return tilde, costs, tilde + masks * spread
 
 
-def class_view(model, k: int, tilde, costs, shifted):
+def class_view(model, k: int, tilde, costs, shifted, row: int | None = None):
     """Class ``k``'s evaluation points and weights (any leading axes ``…``): ``g = Σ_j u_j
     ∂θE(z_j)``, ``a = Σ_j α_j ∂θE(z_j)`` are ``E[∂θE | ·]`` and ``E[C ∂θE | ·]``.
+
+    ``row``: where class ``k`` sits in the views (default ``k``; 0 for views of
+    ``class_points(..., classes=(k,))``).
 
     Returns:
         ``(points (…, m, n), u (m,), α (…, m), b (…))``: ``m = 1`` (``s̃``, ``α = b``) for a
         class without outputs, ``m = 2`` (``s̃`` and ``s̃ + v``, ``α = (b − 1, 1)``) with them.
     """
     _, holds_outputs = _masks(model)
-    point, cost = tilde[..., k, :], costs[..., k]
+    row = k if row is None else row
+    point, cost = tilde[..., row, :], costs[..., row]
     if not holds_outputs[k]:
         return point[..., None, :], np.ones(1), cost[..., None], cost
-    points = jnp.stack([point, shifted[..., k, :]], axis=-2)
+    points = jnp.stack([point, shifted[..., row, :]], axis=-2)
     return points, np.array([1.0, 0.0]), jnp.stack([cost - 1.0, jnp.ones_like(cost)], -1), cost
 
 
@@ -356,8 +362,10 @@ def _grad_sums(model, params, shares):
 @functools.partial(jax.jit, static_argnums=(0, 7, 8, 9))
 def _rao_blackwell_statistics(model, params, states, x, targets, beta, temperature, wanted,
                               window, averaged=None):  # fmt: skip
+    classes = None if averaged is None else (averaged,)  # collapsed: that class's views only
+
     def one(state, x_b, y_b):
-        return class_points(model, params, state, x_b, y_b, beta, temperature)
+        return class_points(model, params, state, x_b, y_b, beta, temperature, classes)
 
     per_example = jax.vmap(jax.vmap(one, in_axes=(0, None, None)), in_axes=(0, None, None))
     # Computed once and kept: fused into each consumer they were recomputed (1.8 times slower).
@@ -376,7 +384,7 @@ def _rao_blackwell_statistics(model, params, states, x, targets, beta, temperatu
         cost_share[averaged] = 1.0
     energy_grad = covariance = cost = output = 0.0
     for k in range(masks.shape[0]) if averaged is None else (averaged,):
-        points, u, alpha, b = class_view(model, k, *views)
+        points, u, alpha, b = class_view(model, k, *views, row=None if averaged is None else 0)
         if not wanted[1]:  # the shifted point serves only the covariance (its u is 0)
             points, u, alpha = points[..., :1, :], u[:1], alpha[..., :1]
         series = point_statistics(
