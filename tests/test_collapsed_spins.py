@@ -9,12 +9,13 @@ enumeration (``ThermalExact``), and for the nudged estimator its exact finite-β
 False-failure budget. ``test_marginal_matches_enumeration`` checks 64 + 4 configuration
 frequencies at K = 4.5 MCSE (P(|z| > 4.5) = 6.8e-6 each: 0.05 %);
 ``test_estimates_match_enumeration`` 2 seeds × 2 estimators × (39 + 35) = 296 components at
-K = 4 (6.3e-5 each: 1.9 %); ``test_coverage_of_the_reported_mcse`` 200 independent runs, whose
-coverage has binomial standard deviation at most 1.5 %, against [0.90, 0.99] (below 0.5 %, as in
-tests/test_rao_blackwell.py); ``test_smaller_mcse_than_block_gibbs`` rests on the exact
-asymptotic variances of ``benchmarks/_vr_collapsed_spins.py`` (MCSE ratio 2.8 against plain
-block Gibbs, 2.0 against its conditional expectations on the 9-spin network at T = 0.5),
-tested at 2.0 and 1.4 with MCSE norms from 8 × 1500 draws per example, good to a few per cent.
+K = 4 (6.3e-5 each: 1.9 %); ``test_coverage_of_the_reported_mcse`` 200 independent runs per
+estimator, whose coverage has binomial standard deviation at most 1.5 %, against [0.90, 0.99]
+(below 0.5 % each, as in tests/test_rao_blackwell.py); ``test_smaller_mcse_than_block_gibbs``
+rests on the exact asymptotic variances of ``benchmarks/_vr_collapsed_spins.py`` (MCSE ratio
+2.8 against plain block Gibbs, 2.0 against its conditional expectations on the 9-spin network
+at T = 0.5), tested at 2.0 and 1.4 with MCSE norms from 8 × 1500 draws per example, good to a
+few per cent.
 The problems are built under seed_offset.fixed: the budget is about the samplers' draws.
 """
 
@@ -32,7 +33,7 @@ from thermoeqprop.estimators.thermal import draw_states
 from thermoeqprop.models import LayeredNetwork, SpinNetwork
 
 #: Measured on fresh seeds by tests/false_failure_budget.py (module docstring).
-FALSE_FAILURE_BUDGET = 2.5e-2
+FALSE_FAILURE_BUDGET = 3.0e-2
 
 T = 0.5
 BETA = 0.05
@@ -136,24 +137,36 @@ def test_estimates_match_enumeration(which, request):
             assert np.max(np.abs(z)) < 4.0, (type(estimator).__name__, seed, z)
 
 
-def test_coverage_of_the_reported_mcse(nine_spins):
-    """200 independent runs of 4 chains × 200 draws (disjoint chains of one sampler call): the
-    fraction of |estimate − exact| < 1.96 MCSE over runs and components."""
+@pytest.mark.parametrize("kind", ["covariance", "nudged"])
+def test_coverage_of_the_reported_mcse(nine_spins, kind):
+    """200 independent runs of 4 chains × 200 draws (disjoint chains of one sampler call per
+    phase): the fraction of |estimate − exact| < 1.96 MCSE over runs and components (the
+    nudged estimator against its exact finite-β expectation)."""
     net, params, x, targets = nine_spins
     runs, chains = 200, 4
     sampling = Sampling(num_chains=runs * chains, num_samples=200, num_warmup=100, collapse=True)
-    estimator = ThermalCovariance(net, T, Sampling(collapse=True))
-    exact = flat(ThermalExact(net, T)(params, x, targets).grad)
-    states = draw_states(net, sampling, params, x, targets, 0.0, T, jax.random.key(77)).states
-    grouped = jnp.moveaxis(states.reshape(states.shape[0], runs, chains, *states.shape[2:]), 1, 0)
+    if kind == "covariance":
+        estimator, betas = ThermalCovariance(net, T, Sampling(collapse=True)), (0.0,)
+        exact = flat(ThermalExact(net, T)(params, x, targets).grad)
+    else:
+        estimator = ThermalNudged(net, T, BETA, sampling=Sampling(collapse=True))
+        betas, exact = (BETA, -BETA), exact_nudged(net, params, x, targets, BETA)
+    grouped = []
+    for i, beta in enumerate(betas):
+        states = draw_states(net, sampling, params, x, targets, beta, T,
+                             jax.random.fold_in(jax.random.key(77), i)).states  # fmt: skip
+        grouped.append(jnp.moveaxis(states.reshape(states.shape[0], runs, chains,
+                                                   *states.shape[2:]), 1, 0))  # fmt: skip
 
-    def one_run(run_states):
-        combined = estimator.combine([estimator.statistics(params, run_states, x, targets)])
+    def one_run(*run_states):
+        stats = [estimator.statistics(params, s, x, targets, b)
+                 for s, b in zip(run_states, betas, strict=True)]  # fmt: skip
+        combined = estimator.combine(stats)
         return combined.grad, combined.stderr
 
-    grads, stderrs = jax.vmap(one_run)(grouped)
+    grads, stderrs = jax.vmap(one_run)(*grouped)
     coverage = float(np.mean(np.abs(np.asarray(grads) - exact) < 1.96 * np.asarray(stderrs)))
-    assert 0.90 <= coverage <= 0.99, coverage
+    assert 0.90 <= coverage <= 0.99, (kind, coverage)
 
 
 def test_smaller_mcse_than_block_gibbs(nine_spins):
