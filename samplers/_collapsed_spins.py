@@ -106,10 +106,8 @@ def _collapsed_gibbs(interaction_fn: Callable, layer_sizes: tuple[int, ...],
     # Starts and shapes are those of block Gibbs on the same layers.
     validate = _layered_gibbs(interaction_fn, layer_sizes).validate
 
-    def marginal_energy(position, fields, cross, temperature):
-        u = fields[summed] + cross @ position[kept]
-        energy = -fields[kept] @ position[kept] - temperature * jnp.sum(_log_2cosh(u / temperature))
-        return energy, u
+    def marginal_energy(h_kept, spins, u, temperature):
+        return -h_kept @ spins - temperature * jnp.sum(_log_2cosh(u / temperature))
 
     def init(position: jax.Array, context: Any, temperature: Any) -> CollapsedSpinState:
         couplings, fields = interaction_fn(context)
@@ -119,7 +117,8 @@ def _collapsed_gibbs(interaction_fn: Callable, layer_sizes: tuple[int, ...],
         temperature = jnp.asarray(temperature, dtype=dtype)
         position = jnp.zeros_like(position).at[kept].set(position[kept])
         cross = _cross_couplings(couplings, layer_sizes, kept_parity).astype(dtype)
-        energy, u = marginal_energy(position, fields, cross, temperature)
+        u = fields[summed] + cross @ position[kept]
+        energy = marginal_energy(fields[kept], position[kept], u, temperature)
         return CollapsedSpinState(position, energy, temperature, fields, u)
 
     def step(rng_key: jax.Array, state: CollapsedSpinState, context: Any):
@@ -143,7 +142,7 @@ def _collapsed_gibbs(interaction_fn: Callable, layer_sizes: tuple[int, ...],
         spins, u = jax.lax.fori_loop(0, kept.size, update, (state.position[kept],
                                                             state.summed_fields))  # fmt: skip
         position = state.position.at[kept].set(spins)
-        energy = -h_kept @ spins - t * jnp.sum(_log_2cosh(u / t))
+        energy = marginal_energy(h_kept, spins, u, t)
         flip_rate = jnp.mean(spins != state.position[kept], dtype=dtype)
         info = GibbsInfo(energy=energy, flip_rate=flip_rate)
         return state._replace(position=position, energy=energy, summed_fields=u), info

@@ -112,20 +112,13 @@ def test_marginal_matches_enumeration(parity):
         np.testing.assert_allclose(float(trace.final_state.energy[chain]), free, rtol=1e-10)
 
 
-def exact_nudged(net, params, x, targets, beta):
-    exact = ThermalExact(net, T)
-    high = flat(exact.nudged_energy_grad(params, x, targets, beta))
-    low = flat(exact.nudged_energy_grad(params, x, targets, -beta))
-    return (high - low) / (2 * beta)
-
-
 @pytest.mark.parametrize("which", ["nine_spins", "one_output"])
 def test_estimates_match_enumeration(which, request):
     net, params, x, targets = request.getfixturevalue(which)
     cases = (
         (ThermalCovariance(net, T, COLLAPSED), flat(ThermalExact(net, T)(params, x, targets).grad)),
         (ThermalNudged(net, T, BETA, sampling=COLLAPSED),
-         exact_nudged(net, params, x, targets, BETA)),
+         flat(ThermalExact(net, T).nudged_gradient(params, x, targets, BETA))),
     )  # fmt: skip
     for seed in range(2):
         for estimator, want in cases:
@@ -150,7 +143,8 @@ def test_coverage_of_the_reported_mcse(nine_spins, kind):
         exact = flat(ThermalExact(net, T)(params, x, targets).grad)
     else:
         estimator = ThermalNudged(net, T, BETA, sampling=Sampling(collapse=True))
-        betas, exact = (BETA, -BETA), exact_nudged(net, params, x, targets, BETA)
+        betas = (BETA, -BETA)
+        exact = flat(ThermalExact(net, T).nudged_gradient(params, x, targets, BETA))
     grouped = []
     for i, beta in enumerate(betas):
         states = draw_states(net, sampling, params, x, targets, beta, T,

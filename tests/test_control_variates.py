@@ -193,9 +193,8 @@ def exact_answers(problem, two_unit_exact):
         return {name: np.asarray(two_unit_exact[name]) for name in ("covariance", "nudged")}
     exact = ThermalExact(problem.model, problem.temperature)
     args = (problem.params, problem.x, problem.targets)
-    high = flat(exact.nudged_energy_grad(*args, problem.beta))
-    low = flat(exact.nudged_energy_grad(*args, -problem.beta))
-    return {"covariance": flat(exact(*args).grad), "nudged": (high - low) / (2 * problem.beta)}
+    nudged = flat(exact.nudged_gradient(*args, problem.beta))
+    return {"covariance": flat(exact(*args).grad), "nudged": nudged}
 
 
 # ---------------------------------------------------------------------------------------------

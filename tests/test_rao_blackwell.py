@@ -150,18 +150,11 @@ def test_conditional_expectations_are_exact(which, beta, request):
                 assert np.all(np.abs(a[output_fields] - cost * g[output_fields]) > 1e-3)
 
 
-def exact_nudged(net, params, x, targets, beta):
-    exact = ThermalExact(net, T)
-    high = flat(exact.nudged_energy_grad(params, x, targets, beta))
-    low = flat(exact.nudged_energy_grad(params, x, targets, -beta))
-    return (high - low) / (2 * beta)
-
-
 @pytest.mark.parametrize("which", ["nine_spins", "one_output"])
 def test_estimates_match_enumeration(which, request):
     net, params, x, targets = request.getfixturevalue(which)
     exact = flat(ThermalExact(net, T)(params, x, targets).grad)
-    expected_nudged = exact_nudged(net, params, x, targets, BETA)
+    expected_nudged = flat(ThermalExact(net, T).nudged_gradient(params, x, targets, BETA))
     covariance = ThermalCovariance(net, T, SAMPLING, rao_blackwell=True)
     nudged = ThermalNudged(net, T, BETA, sampling=SAMPLING, rao_blackwell=True)
     for seed in range(3):
@@ -280,7 +273,7 @@ def test_coverage_of_the_reported_mcse():
         (
             ThermalNudged(net, T, BETA, rao_blackwell=True),
             (BETA, -BETA),
-            exact_nudged(net, params, x, targets, BETA),
+            flat(ThermalExact(net, T).nudged_gradient(params, x, targets, BETA)),
         ),
     )
     for estimator, betas, want in cases:

@@ -69,7 +69,7 @@ class ThermalExact(Estimator):
     def nudged_energy_grad(self, params, x, targets, beta) -> Any:
         r"""Exact :math:`⟨∂_θE⟩_β = ∂_θ A(β)` (batch mean), a pytree like ``params``.
 
-        ``(nudged_energy_grad(β) − nudged_energy_grad(−β)) / 2β`` is exactly what
+        Its difference quotient (:meth:`nudged_gradient`) is exactly what
         :class:`ThermalNudged` estimates: comparing the two isolates its Monte Carlo error
         from its O(β²) bias.
         """
@@ -77,6 +77,15 @@ class ThermalExact(Estimator):
         x, targets = self.model.validate_inputs(x, targets)
         temperature = float(self.temperature)
         return _exact_free_energy_grad(self.model, params, x, targets, temperature, beta)
+
+    def nudged_gradient(self, params, x, targets, beta, symmetric: bool = True) -> Any:
+        """The exact expectation of :class:`ThermalNudged`'s estimate at this finite ``beta``:
+        ``[∂θA(β) − ∂θA(−β)] / 2β`` (``symmetric``) or ``[∂θA(β) − ∂θA(0)] / β``, from
+        :meth:`nudged_energy_grad`; only the sampler's Monte Carlo error separates the two."""
+        low = -beta if symmetric else 0.0
+        high = self.nudged_energy_grad(params, x, targets, beta)
+        lower = self.nudged_energy_grad(params, x, targets, low)
+        return jax.tree_util.tree_map(lambda a, b: (a - b) / (beta - low), high, lower)
 
     def expected(self, params, x, observable, temperature=None):
         """Exact ``⟨observable(s)⟩`` (batch, …) under the free Gibbs law (spins only)."""

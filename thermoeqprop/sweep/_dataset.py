@@ -63,11 +63,9 @@ def _classical_exact(plan: Plan, temperature: float):
         if spec.kind == "covariance":
             expected[e] = grad
         elif spec.kind is not None:
-            high = exact.nudged_energy_grad(plan.params, plan.x, plan.targets, spec.beta)
-            low_beta = -spec.beta if spec.symmetric else 0.0
-            low = exact.nudged_energy_grad(plan.params, plan.x, plan.targets, low_beta)
-            scale = 2 * spec.beta if spec.symmetric else spec.beta
-            expected[e] = (ravel_pytree(high)[0] - ravel_pytree(low)[0]) / scale
+            nudged = exact.nudged_gradient(plan.params, plan.x, plan.targets, spec.beta,
+                                           spec.symmetric)  # fmt: skip
+            expected[e] = ravel_pytree(nudged)[0]
     return grad, float(result.loss), expected
 
 
