@@ -240,7 +240,7 @@ def summed_means(model, params, states, x, temperature):
     k = summed_class(model)
 
     def filled(state, x_b):
-        return class_points(model, params, state, x_b, target, 0.0, temperature)[0][k]
+        return class_points(model, params, state, x_b, target, 0.0, temperature, (k,))[0][0]
 
     lead = states.shape[1:-1]
     flat = states.reshape(states.shape[0], -1, states.shape[-1])
