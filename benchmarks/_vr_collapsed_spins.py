@@ -23,8 +23,10 @@ Two measurements:
    chain of that class (one sweep = every spin of the class once), with "site averages" on
    top (each draw replaced by the mean over the class's spins j of ``E[· | s_{−j}]``, the
    heat-bath law of spin j given the others: a variant of the estimator tried on 2026-12-05
-   and not kept, since its ``1 + |K|`` evaluations per draw cost more than it gained), and
-   for independent draws of it. Ratios are plain over variant, at equal sweeps.
+   and not kept, since its ``1 + |K|`` evaluations per draw cost more than it gained), with
+   the heat-bath control variates (``control_variates="heat_bath"``: the sweep's innovations
+   ``s_j − E[s_j | s_{−j}]`` with their regression coefficients; :func:`heat_bath_variance`),
+   and for independent draws of it. Ratios are plain over variant, at equal sweeps.
 2. **Cost of a sweep**: minimal jitted loops (``lax.scan`` over sweeps, all examples × chains
    vectorised, states of the sampled spins recorded every sweep) of the block-Gibbs sweep and
    of the collapsed sweep of the smaller class, interleaved, steady medians. The estimators'
@@ -116,7 +118,28 @@ def collapsed_variances(net, params, x, targets, temperature) -> dict[str, float
             add(
                 f"given class {k}, site averages", chain_variance({len(site): averaged}, site, pi_c)
             )
+            add(f"given class {k}, heat-bath controls", heat_bath_variance(g, site, pi_c))
     return out
+
+
+def heat_bath_variance(g, site, pi_c) -> np.ndarray:
+    """Asymptotic variance (× N) of the mean of ``g`` along the collapsed chain minus its
+    heat-bath controls: each update's innovation ``d_j = s_j − E[s_j | s_{−j}]`` (a function of
+    the state right after update ``j``), times the regression coefficient of the sweep's final
+    ``g`` on it, ``Cov(d_j, g) / Var(d_j)`` (the innovations of one sweep are uncorrelated),
+    which is what ``control_variates="heat_bath"`` fits."""
+    size = len(pi_c)
+    labels = np.arange(size)
+    functions = {len(site): g}
+    for j, kernel in enumerate(site):
+        spin = np.where(labels >> j & 1, 1.0, -1.0)
+        innovation = spin - kernel @ spin
+        later = np.eye(size)
+        for following in site[j + 1 :]:
+            later = later @ following
+        coefficient = ((pi_c * innovation) @ (later @ g)) / (pi_c @ innovation**2)
+        functions[j + 1] = -innovation[:, None] * coefficient[None, :]
+    return chain_variance(functions, site, pi_c)
 
 
 # ------------------------------------------------------------------------------------------
@@ -251,9 +274,10 @@ def section_collapsed_spins(args) -> list[str]:
         "conditional expectations given that class.",
         "",
         "| layers | T | classes (spins) | plain, independent draws | given class 0: block "
-        "Gibbs | collapsed chain | + site averages | independent | given class 1: block Gibbs "
-        "| collapsed chain | + site averages | independent |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Gibbs | collapsed chain | + site averages | + heat-bath controls | independent | "
+        "given class 1: block Gibbs | collapsed chain | + site averages | + heat-bath controls "
+        "| independent |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for sizes, temperature in SHAPES:
         net, params, x, targets = problem(sizes)
@@ -267,6 +291,7 @@ def section_collapsed_spins(args) -> list[str]:
                     "block Gibbs",
                     "collapsed chain",
                     "site averages",
+                    "heat-bath controls",
                     "independent draws",
                 )
             ]

@@ -20,7 +20,10 @@ Sections (``--sections spin main``; each appends its tables to one report):
      independent draw and along the chain;
   4. collapsed sampling (docs/mathematics.md, "Collapsed spin sampling": the 3-spin class
      drawn from its exact marginal, the 6 others averaged): the same sampling, its sweeps
-     scaled to the plain call's time, and 16 chains at that time.
+     scaled to the plain call's time, and 16 chains at that time;
+  5. collapsed sampling with heat-bath control variates (docs/mathematics.md, "Heat-bath
+     control variates": the series regressed on the sweeps' innovations, cross-fitted): the
+     same sampling, and its sweeps scaled to the plain call's time.
 
 - ``wide`` (not run by default): ``benchmarks/thermal_scale.py``'s 2,010-spin network
   (64, 2000, 10) on its first batch, plain against Rao–Blackwellised covariance gradients and
@@ -281,9 +284,18 @@ def section_spin(args) -> list[str]:
     net, params, x, targets = problem
     exact = flat(ThermalExact(net, TEMPERATURE)(params, x, targets).grad)
     kinds = {
-        "covariance": lambda s, rb: ThermalCovariance(net, TEMPERATURE, s, rao_blackwell=rb),
-        "nudged": lambda s, rb: ThermalNudged(net, TEMPERATURE, BETA, sampling=s, rao_blackwell=rb),
+        "covariance": lambda s, rb, cv=None: ThermalCovariance(
+            net, TEMPERATURE, s, rao_blackwell=rb, control_variates=cv
+        ),
+        "nudged": lambda s, rb, cv=None: ThermalNudged(
+            net, TEMPERATURE, BETA, sampling=s, rao_blackwell=rb, control_variates=cv
+        ),
     }
+
+    def route(build, name, s):
+        cv = "heat_bath" if "heat-bath" in name else None
+        return build(s, not name.startswith("plain"), cv)
+
     body = [
         "### spin: SpinNetwork.layered((3, 4, 3, 2)), T = 0.5, 4 examples",
         "",
@@ -295,11 +307,11 @@ def section_spin(args) -> list[str]:
         calibration_settings = {
             "plain": BASE, "rb": BASE, "plain 16": trial, "rb 16": trial,
             "collapsed": collapsed, "collapsed 16": trial_collapsed,
+            "collapsed + heat-bath": collapsed,
         }  # fmt: skip
         calibration = run_routes(
-            {n: build(s, not n.startswith("plain")) for n, s in calibration_settings.items()},
-            problem, 4, 1000,
-        )  # fmt: skip
+            {n: route(build, n, s) for n, s in calibration_settings.items()}, problem, 4, 1000
+        )
         # The fastest of interleaved calls: the route's own cost, least disturbed by others.
         t = {name: min(r["seconds"]) for name, r in calibration.items()}
         settings = {
@@ -317,9 +329,13 @@ def section_spin(args) -> list[str]:
             f"collapsed, {MORE_CHAINS} chains, same time": scaled(
                 trial_collapsed, t["plain"] / t["collapsed 16"]
             ),
+            "collapsed + heat-bath controls": collapsed,
+            "collapsed + heat-bath controls, sweeps scaled to plain's time": scaled(
+                collapsed, t["plain"] / t["collapsed + heat-bath"]
+            ),
         }
         print(f"spin, {kind}: measurement", flush=True)
-        routes = {name: build(s, not name.startswith("plain")) for name, s in settings.items()}
+        routes = {name: route(build, name, s) for name, s in settings.items()}
         results = run_routes(routes, problem, args.reps, 2000)
         rows = {name: summary(result, exact) for name, result in results.items()}
         label = "covariance" if kind == "covariance" else f"nudged, β = {BETA:g} (symmetric)"

@@ -40,7 +40,11 @@ from samplers._arviz import (
 from samplers._arviz_plots import save_rank_plot, save_trace_plot
 from samplers._base import Kernel, NonFiniteEnergyError
 from samplers._batch_means import effective_components
-from samplers._collapsed_spins import CollapsedSpinState, layered_collapsed_gibbs
+from samplers._collapsed_spins import (
+    CollapsedGibbsInfo,
+    CollapsedSpinState,
+    layered_collapsed_gibbs,
+)
 from samplers._driver import Trace, check_finite, sample
 from samplers._exact import (
     GaussianReference,
@@ -86,6 +90,7 @@ from samplers._tempering import (
 )
 
 __all__ = [
+    "CollapsedGibbsInfo",
     "CollapsedSpinState",
     "GaussianReference",
     "GibbsInfo",

@@ -27,6 +27,12 @@ The summed spins are never drawn: their entries of ``position`` are 0. An estima
 them by their conditional expectations given the kept spins (``tanh(u/T)``), which are exact
 and remove their noise; the slow modes of block Gibbs, in which both classes move together,
 do not exist on the marginal.
+
+Every update also reports its *innovation*, the new spin minus its conditional mean,
+:math:`d_j = s_j − \tanh(\mathrm{logit}_j / 2)` (:class:`CollapsedGibbsInfo`). Given
+everything before the update, :math:`d_j` has mean exactly 0, so any multiple of it fixed
+independently of the chain is a control variate with mean zero, from the start of the chain
+on (docs/mathematics.md, "Heat-bath control variates").
 """
 
 from __future__ import annotations
@@ -41,9 +47,8 @@ import numpy as np
 
 from samplers._base import Kernel
 from samplers._layered import _layered_gibbs
-from samplers._spins import GibbsInfo
 
-__all__ = ["CollapsedSpinState", "layered_collapsed_gibbs"]
+__all__ = ["CollapsedGibbsInfo", "CollapsedSpinState", "layered_collapsed_gibbs"]
 
 
 class CollapsedSpinState(NamedTuple):
@@ -63,6 +68,22 @@ class CollapsedSpinState(NamedTuple):
     temperature: jax.Array
     fields: jax.Array
     summed_fields: jax.Array
+
+
+class CollapsedGibbsInfo(NamedTuple):
+    """Facts about one sweep of :func:`layered_collapsed_gibbs`.
+
+    Attributes:
+        energy: The marginal free energy after the sweep.
+        flip_rate: Fraction of the kept spins whose value changed during the sweep.
+        innovations: (k,) for the k kept spins, in their order in ``position``: each update's
+            new spin minus its conditional mean given the other kept spins at that moment,
+            ``s_j − tanh(logit_j / 2)``; mean exactly 0 given the chain's past.
+    """
+
+    energy: jax.Array
+    flip_rate: jax.Array
+    innovations: jax.Array
 
 
 def _log_2cosh(z):
@@ -130,21 +151,22 @@ def _collapsed_gibbs(interaction_fn: Callable, layer_sizes: tuple[int, ...],
         h_kept = state.fields[kept]
 
         def update(j, carry):
-            spins, u = carry
+            spins, u, innovations = carry
             column = cross[:, j]
             rest = u - column * spins[j]
             logit = 2.0 * h_kept[j] / t + jnp.sum(
                 _log_2cosh((rest + column) / t) - _log_2cosh((rest - column) / t)
             )
             spin = jnp.where(uniforms[j] < jax.nn.sigmoid(logit), 1.0, -1.0).astype(dtype)
-            return spins.at[j].set(spin), rest + column * spin
+            innovations = innovations.at[j].set(spin - jnp.tanh(0.5 * logit))
+            return spins.at[j].set(spin), rest + column * spin, innovations
 
-        spins, u = jax.lax.fori_loop(0, kept.size, update, (state.position[kept],
-                                                            state.summed_fields))  # fmt: skip
+        start = (state.position[kept], state.summed_fields, jnp.zeros(kept.size, dtype))
+        spins, u, innovations = jax.lax.fori_loop(0, kept.size, update, start)
         position = state.position.at[kept].set(spins)
         energy = marginal_energy(h_kept, spins, u, t)
         flip_rate = jnp.mean(spins != state.position[kept], dtype=dtype)
-        info = GibbsInfo(energy=energy, flip_rate=flip_rate)
+        info = CollapsedGibbsInfo(energy=energy, flip_rate=flip_rate, innovations=innovations)
         return state._replace(position=position, energy=energy, summed_fields=u), info
 
     return Kernel(
@@ -171,8 +193,9 @@ def layered_collapsed_gibbs(
             keep layers 2, 4, ….
 
     Returns:
-        A :class:`Kernel` with :class:`CollapsedSpinState` states and ``GibbsInfo`` infos
-        (``flip_rate`` over the kept spins). Positions hold 0 for the summed spins; starts
+        A :class:`Kernel` with :class:`CollapsedSpinState` states and
+        :class:`CollapsedGibbsInfo` infos (``flip_rate`` over the kept spins, the updates'
+        innovations). Positions hold 0 for the summed spins; starts
         are ±1 for every spin, as for block Gibbs (the summed ones are ignored).
 
     Example:

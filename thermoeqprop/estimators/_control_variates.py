@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from thermoeqprop.estimators._sampling import collapsed_spin_count
 from thermoeqprop.estimators._statistics import SERIES, DrawStatistics
 from thermoeqprop.estimators.zero_temperature import Relaxation, relax
 
@@ -54,7 +55,7 @@ __all__ = [
     "stein_controls",
 ]
 
-CONTROL_VARIATES = ("zv1", "zv2", "laplace")
+CONTROL_VARIATES = ("zv1", "zv2", "laplace", "heat_bath")
 
 # Least squares with K coefficients fitted on N series entries inflates the residual variance
 # out of sample by about K/N_eff (N_eff the effective entries); 10 entries per coefficient keep
@@ -71,10 +72,11 @@ RIDGE = 64
 
 
 def num_controls(kind: str, state_size: int) -> int:
-    """Controls per example: n for ``"zv1"``, n(n+3)/2 for ``"zv2"``; ``"laplace"`` fits one
-    coefficient per parameter for the whole batch (counted as 1)."""
+    """Controls per example: n for ``"zv1"`` and for ``"heat_bath"`` (n the sampled spins),
+    n(n+3)/2 for ``"zv2"``; ``"laplace"`` fits one coefficient per parameter for the whole
+    batch (counted as 1)."""
     n = state_size
-    return {"zv1": n, "zv2": n * (n + 3) // 2, "laplace": 1}[kind]
+    return {"zv1": n, "zv2": n * (n + 3) // 2, "laplace": 1, "heat_bath": n}[kind]
 
 
 def chain_folds(num_chains: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -98,6 +100,19 @@ def check(kind, model, sampling) -> None:
         valid = ", ".join(repr(k) for k in CONTROL_VARIATES)
         raise ValueError(f"unknown control_variates {kind!r}; valid: None (off), {valid}")
     name = type(model).__name__
+    if kind == "heat_bath":
+        if not model.is_spin or sampling.collapse is not True:
+            raise ValueError(
+                "control_variates='heat_bath' takes its controls from the heat-bath updates of "
+                "collapsed spin sampling, so it needs a layered spin network and "
+                f"Sampling(collapse=True); got {name} with collapse={sampling.collapse!r}"
+                + (
+                    "" if model.is_spin else ": for continuous states use 'zv1', 'zv2' or 'laplace'"
+                )  # fmt: skip
+            )
+        half = (sampling.num_chains // 2) * sampling.num_samples
+        _check_draws(kind, collapsed_spin_count(model), 1, half, "draws")
+        return
     if model.is_spin or model.state_bounds is not None:
         raise ValueError(
             f"control_variates={kind!r} needs continuous states in R^n (Stein's identity "
@@ -110,21 +125,27 @@ def check(kind, model, sampling) -> None:
 
 
 def _check_draws(kind, state_size, batch, available, unit) -> None:
-    """Refuse ``"zv1"``/``"zv2"`` with fewer than ``MIN_DRAWS_PER_COEFFICIENT`` series
-    entries per fitted coefficient (B·K and the intercept) in the smaller fold."""
+    """Refuse ``"zv1"``/``"zv2"``/``"heat_bath"`` with fewer than
+    ``MIN_DRAWS_PER_COEFFICIENT`` series entries per fitted coefficient (B·K and the
+    intercept) in the smaller fold."""
     if kind == "laplace":
         return
     per_example = num_controls(kind, state_size)
     k = batch * per_example
     needed = MIN_DRAWS_PER_COEFFICIENT * (k + 1)
+    instead = {
+        "zv1": "'laplace' (one coefficient per parameter)",
+        "zv2": "zv1 or 'laplace' (one coefficient per parameter)",
+        "heat_bath": "control_variates=None",
+    }[kind]
     if available < needed:
         raise ValueError(
             f"control_variates={kind!r} fits {k} coefficients per parameter ({per_example} "
-            f"controls × {batch} example{'s' * (batch > 1)}, n = {state_size} units) on each "
+            f"controls × {batch} example{'s' * (batch > 1)}, n = {state_size} "
+            f"{'sampled spins' if kind == 'heat_bath' else 'units'}) on each "
             f"half of the chains, which needs at least {needed} {unit} per half "
             f"({MIN_DRAWS_PER_COEFFICIENT} per coefficient and intercept); got {available}: "
-            "draw more (chains or samples), use smaller batches, or use "
-            f"{'zv1 or ' if kind == 'zv2' else ''}'laplace' (one coefficient per parameter)"
+            f"draw more (chains or samples), use smaller batches, or use {instead}"
         )
 
 
@@ -177,7 +198,9 @@ def stein_controls(kind: str, grads, delta, temperature) -> jax.Array:
     return jnp.concatenate([first, second], axis=1)
 
 
-def corrected(estimator, params, states, x, targets, beta, window) -> DrawStatistics:
+def corrected(
+    estimator, params, states, x, targets, beta, window, innovations=None
+) -> DrawStatistics:
     """The estimator's :class:`DrawStatistics` of states (batch, chain, draw, n) drawn at nudge
     ``beta``, each series corrected by its ``control_variates``.
 
@@ -194,6 +217,8 @@ def corrected(estimator, params, states, x, targets, beta, window) -> DrawStatis
         targets: Targets (batch, num_outputs).
         beta: The nudge the states were drawn at.
         window: Draws per series entry (:func:`series_window`).
+        innovations: ``"heat_bath"`` only: the sampler's innovations (batch, chain, draw, k)
+            (``samplers.CollapsedGibbsInfo.innovations`` of the draws' trace).
 
     Returns:
         :class:`DrawStatistics` whose series are the corrected ones.
@@ -201,25 +226,37 @@ def corrected(estimator, params, states, x, targets, beta, window) -> DrawStatis
     folds = chain_folds(states.shape[1])
     smaller = (folds[1][1] - folds[1][0]) * (states.shape[2] // window)
     kind, n = estimator.control_variates, states.shape[3]
+    if kind == "heat_bath":
+        if innovations is None or np.shape(innovations)[:3] != states.shape[:3]:
+            raise ValueError(
+                "control_variates='heat_bath' needs the sampler's innovations of these draws, "
+                f"shape {states.shape[:3]} + (k,); got "
+                f"{None if innovations is None else np.shape(innovations)}: pass "
+                "innovations=trace.info.innovations of a collapsed spin run"
+            )
+        n = innovations.shape[3]
     _check_draws(kind, n, states.shape[0], smaller, "series entries")
     parts = [estimator._series(params, states[:, a:b], x, targets, beta, window) for a, b in folds]
     wanted = tuple(name for name in SERIES if name in estimator.needed_series)
     plain = {name: jnp.concatenate([getattr(p, name) for p in parts]) for name in wanted}
     dtype = states.dtype
-    out = _corrected(
-        estimator.control_variates,
-        estimator.model,
-        wanted,
-        window,
-        folds,
-        params,
-        states,
-        x,
-        targets,
-        jnp.asarray(beta, dtype),
-        jnp.asarray(estimator.temperature, dtype),
-        plain,
-    )
+    if kind == "heat_bath":
+        out = _innovations_corrected(wanted, window, folds, innovations.astype(dtype), plain)
+    else:
+        out = _corrected(
+            kind,
+            estimator.model,
+            wanted,
+            window,
+            folds,
+            params,
+            states,
+            x,
+            targets,
+            jnp.asarray(beta, dtype),
+            jnp.asarray(estimator.temperature, dtype),
+            plain,
+        )
     sizes = [b - a for a, b in folds]
     output = sum(n * p.output for n, p in zip(sizes, parts, strict=True)) / sum(sizes)
     return DrawStatistics(
@@ -384,18 +421,43 @@ def _zv_corrected(
         per_example = per_example.reshape(b, z - a, d // window, window, -1).mean(axis=3)
         return jnp.moveaxis(per_example, 0, 3).reshape(z - a, d // window, -1)
 
+    def entries(fit_fold, use_fold):  # each example's zv2 controls centred on the fit fold
+        centre = jnp.mean(states[:, slice(*fit_fold)], axis=(1, 2))  # (B, n)
+        return control_entries(centre, *fit_fold), control_entries(centre, *use_fold)
+
+    return _regressed(wanted, folds, plain, entries)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _innovations_corrected(wanted, window, folds, innovations, plain):
+    """``"heat_bath"``: the batch-mean series regressed on every example's innovations
+    (B·k controls), cross-fitted between the folds of chains as for ``"zv1"``."""
+    b, c, d, k = innovations.shape
+    windowed = innovations.reshape(b, c, d // window, window, k).mean(axis=3)
+    controls = jnp.moveaxis(windowed, 0, 2).reshape(c, d // window, b * k)
+
+    def entries(fit_fold, use_fold):
+        return controls[slice(*fit_fold)], controls[slice(*use_fold)]
+
+    return _regressed(wanted, folds, plain, entries)
+
+
+def _regressed(wanted, folds, plain, entries):
+    """Each series of ``plain`` (chain, entry, P) minus its least-squares fit (intercept, on
+    standardised controls) on controls of mean exactly zero, fitted on one fold of chains and
+    applied to the other: ``entries(fit_fold, use_fold)`` gives the controls (chains, entry,
+    M) of both folds."""
     out = {name: [] for name in wanted}
-    for (fit_a, fit_z), (use_a, use_z) in ((folds[1], folds[0]), (folds[0], folds[1])):
-        centre = jnp.mean(states[:, fit_a:fit_z], axis=(1, 2))  # (B, n)
-        fit = control_entries(centre, fit_a, fit_z).reshape(-1, b * num_controls(kind, n))
-        use = control_entries(centre, use_a, use_z)
+    for fit_fold, (use_a, use_z) in ((folds[1], folds[0]), (folds[0], folds[1])):
+        fit, use = entries(fit_fold, (use_a, use_z))
+        fit = fit.reshape(-1, fit.shape[-1])
         scale = jnp.std(fit, axis=0)
         scale = jnp.where(scale > 0, scale, 1.0)
         z = (fit - jnp.mean(fit, axis=0)) / scale
         ridge = RIDGE * jnp.finfo(z.dtype).eps * z.shape[0]
         inverse = spd_inverse(z.T @ z + ridge * jnp.eye(z.shape[1], dtype=z.dtype))
         for name in wanted:
-            y = plain[name][fit_a:fit_z].reshape(z.shape[0], -1)
+            y = plain[name][slice(*fit_fold)].reshape(z.shape[0], -1)
             coef = inverse @ (z.T @ (y - jnp.mean(y, axis=0))) / scale[:, None]
             out[name].append(plain[name][use_a:use_z] - use @ coef)  # controls' mean is 0
     return {name: jnp.concatenate(pieces) for name, pieces in out.items()}

@@ -273,6 +273,12 @@ def collapsed_spin_parity(model: EnergyModel) -> int:
     return int(sum(sizes[1::2]) < sum(sizes[0::2]))
 
 
+def collapsed_spin_count(model: EnergyModel) -> int:
+    """The number of spins collapsed sampling draws (the class of
+    :func:`collapsed_spin_parity`)."""
+    return int(sum(model.ising_layer_sizes[collapsed_spin_parity(model) :: 2]))
+
+
 @functools.lru_cache(maxsize=64)
 def _ising_form(model):
     """``context -> (couplings, fields)`` of a layered spin network (one object per model)."""
