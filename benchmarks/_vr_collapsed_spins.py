@@ -138,7 +138,7 @@ def heat_bath_variance(g, site, pi_c) -> np.ndarray:
         for following in site[j + 1 :]:
             later = later @ following
         coefficient = ((pi_c * innovation) @ (later @ g)) / (pi_c @ innovation**2)
-        functions[j + 1] = -innovation[:, None] * coefficient[None, :]
+        functions[j + 1] = functions.get(j + 1, 0.0) - innovation[:, None] * coefficient[None, :]
     return chain_variance(functions, site, pi_c)
 
 
