@@ -217,6 +217,17 @@ CLI_CASES = {
         None,
         "'gibbs' needs spins",
     ),
+    "train heat-bath controls without collapsed spin sampling": (
+        TRAIN + ["--estimator", "covariance", "--control-variates", "heat_bath"],
+        None,
+        "needs a layered spin network and Sampling(collapse=True); got LayeredNetwork",
+    ),
+    "train heat-bath controls with too few draws": (
+        TRAIN
+        + "--estimator covariance --model spin --collapse on --control-variates heat_bath".split(),
+        None,
+        "needs at least 110 draws per half (10 per coefficient and intercept); got 50",
+    ),
     "train exact without a reference": (
         TRAIN + ["--estimator", "exact"],
         None,

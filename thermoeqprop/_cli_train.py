@@ -37,6 +37,8 @@ def build_estimator(options: TrainOptions, num_inputs: int, num_classes: int):
         settings["temperature"] = options.temperature
     if "beta" in reads:
         settings["beta"] = options.beta
+    if "control_variates" in reads:
+        settings["control_variates"] = options.control_variates
     if "sampling" in reads:
         replicas = 0
         if options.tempering:

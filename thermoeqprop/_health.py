@@ -75,8 +75,9 @@ LEVERS = {
     "(--hmc-jitter 0.5), NUTS (--sampler nuts), or more draws",
     # The same for spins (block Gibbs, Metropolis): no trajectory to lengthen.
     "ess_spins": "draws are strongly correlated: more draws (--num-samples) or chains "
-    "(--num-chains), or parallel tempering (--tempering --replicas R) where chains rarely cross "
-    "between modes",
+    "(--num-chains), parallel tempering (--tempering --replicas R) where chains rarely cross "
+    "between modes, or for a layered spin network collapsed sampling (--collapse on) and its "
+    "heat-bath control variates (--control-variates heat_bath)",
     "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "
     "smaller step size; a lower temperature sharpens the target",
 }

@@ -81,6 +81,9 @@ class EstimatorOptions:
         shots: Shots per basis setting (quantum; ``None``: exact expectations).
         shot_model: ``"projective"`` or ``"gaussian"`` (quantum, with shots).
         error_signal: ``"noisy"`` or ``"exact"`` free outputs (quantum, with shots).
+        control_variates: Control variates of the sampled thermal estimators (``"zv1"``,
+            ``"zv2"``, ``"laplace"``, ``"heat_bath"``; ``thermoeqprop train
+            --control-variates``).
     """
 
     temperature: float | None = None
@@ -92,6 +95,7 @@ class EstimatorOptions:
     shots: int | None = None
     shot_model: str | None = None
     error_signal: str | None = None
+    control_variates: str | None = None
 
     def given(self, names: Iterable[str]) -> dict[str, Any]:
         """The settings among ``names`` that are not ``None``, as keyword arguments."""
@@ -234,18 +238,21 @@ def choices(family: str) -> NameChoices:
 # The estimators of this package. Each factory imports its class when called, so reading the
 # names (to build the command line) imports no estimator and no quantum code.
 
+#: The settings the sampled thermal estimators read.
+_SAMPLED = ("temperature", "sampling", "control_variates")
+
 
 def _covariance(model, o):
     from thermoeqprop.estimators import ThermalCovariance
 
-    return ThermalCovariance(model, **o.given(("temperature", "sampling")))
+    return ThermalCovariance(model, **o.given(_SAMPLED))
 
 
 def _nudged(symmetric: bool) -> Factory:
     def factory(model, o):
         from thermoeqprop.estimators import ThermalNudged
 
-        chosen = o.given(("temperature", "beta", "sampling"))
+        chosen = o.given((*_SAMPLED, "beta"))
         return ThermalNudged(model, symmetric=symmetric, **chosen)
 
     return factory
@@ -310,7 +317,6 @@ def _quantum_thermal(nudged: bool) -> Factory:
     return factory
 
 
-_SAMPLED = ("temperature", "sampling")
 for _args in (
     ("covariance", "classical", _covariance, _SAMPLED,
      "thermal, unclamped −Cov(C, ∂θE)/T"),
