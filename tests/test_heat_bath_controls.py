@@ -7,7 +7,9 @@ other kept spins]``; ``control_variates="heat_bath"`` regresses the estimators' 
 conditional means of the kept class's marginal (enumeration of all states); the gradients by
 enumeration (``ThermalExact``), the nudged one against its exact finite-β expectation.
 
-False-failure budget. ``test_innovations_are_exact`` is deterministic given the draws (1e-10).
+False-failure budget. ``test_innovations_are_exact`` is deterministic given the draws (1e-10),
+at T = 2, where a fifth of the updates being uncertain holds for any start (at T = 0.7 a chain
+of the 2-spin class could sit in one configuration: 2 failures in seed sets 1–20).
 ``test_estimates_match_enumeration`` checks 2 seeds × 2 estimators × (39 + 35) = 296
 components at K = 4 (P(|z| > 4) = 6.3e-5 each: 1.9 %); ``test_coverage_of_the_reported_mcse``
 200 independent runs per estimator, binomial standard deviation of the coverage at most

@@ -76,8 +76,9 @@ LEVERS = {
     # The same for spins (block Gibbs, Metropolis): no trajectory to lengthen.
     "ess_spins": "draws are strongly correlated: more draws (--num-samples) or chains "
     "(--num-chains), parallel tempering (--tempering --replicas R) where chains rarely cross "
-    "between modes, or for a layered spin network collapsed sampling (--collapse on) and its "
-    "heat-bath control variates (--control-variates heat_bath)",
+    "between modes, or for a layered spin network (where not on yet) collapsed sampling "
+    "(--collapse on) and, once its chains mix, its heat-bath control variates "
+    "(--control-variates heat_bath)",
     "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "
     "smaller step size; a lower temperature sharpens the target",
 }
