@@ -156,6 +156,7 @@ def run(options: SweepOptions) -> int:
         seeds=options.seeds,
         beta=options.beta,
         sampling=sampling,
+        control_variates=options.control_variates,
         tempering=options.tempering,
         series_parameters=options.series_parameters,
         results_dir=results_dir,

@@ -134,6 +134,13 @@ class SamplingOptions:
         "every HMC transition (exact; helps inputs with two competing outputs)",
     )
     tempering: bool = option(False, "parallel tempering", deprecated_int=True)
+    # None rather than "off": runs recorded before this option resume (absent key = null).
+    control_variates: Literal["zv1", "zv2", "laplace", "heat_bath"] | None = option(
+        None,
+        "control variates of the covariance and nudged estimators (default: none): zv1, zv2, "
+        "laplace (Stein, continuous states), heat_bath (the innovations of collapsed spin "
+        "sampling, with --model spin --collapse on)",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -176,13 +183,6 @@ class TrainOptions(
         "--temperature (last epoch)",
     )
     beta: float = option(0.5, "nudging strength (nudged, ep)")
-    # None rather than "off": runs recorded before this option resume (absent key = null).
-    control_variates: Literal["zv1", "zv2", "laplace", "heat_bath"] | None = option(
-        None,
-        "control variates of the covariance and nudged estimators (default: none): zv1, zv2, "
-        "laplace (Stein, continuous states), heat_bath (the innovations of collapsed spin "
-        "sampling, with --model spin --collapse on)",
-    )
     num_chains: int = _like(SamplingOptions, "num_chains", 2)
     num_samples: int = _like(SamplingOptions, "num_samples", 50)
     num_warmup: int = _like(SamplingOptions, "num_warmup", 50)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -53,6 +54,7 @@ def temperature_sweep(
     seeds: Sequence[int] | int = (0, 1),
     beta: float = 0.1,
     sampling: Sampling | Mapping[str, Sampling] = DEFAULT_SAMPLING,
+    control_variates: str | None = None,
     tempering: bool = False,
     series_parameters: int | Sequence[str | int] | None = None,
     results_dir: str | os.PathLike | None = None,
@@ -86,6 +88,9 @@ def temperature_sweep(
             ``estimators`` to settings (for example twice the draws for the covariance
             estimator, which samples one phase where the symmetric nudged one samples two).
             ``target_relative_stderr`` must be None: a sweep runs at a fixed budget.
+        control_variates: ``control_variates`` of the estimators given by name (``"zv1"``,
+            ``"zv2"``, ``"laplace"``, ``"heat_bath"``; docs/mathematics.md, "Control
+            variates" and "Heat-bath control variates"); None: off.
         tempering: Run ONE parallel-tempering chain per seed (and nudge sign) whose ladder is
             the temperature grid, and read every temperature's estimate from its rung (needs
             at least two temperatures and ``sampling.tempering == 0``).
@@ -126,6 +131,12 @@ def temperature_sweep(
     temps = check_temperatures(temperatures)
     seed_list = check_seeds(seeds)
     specs, raw = estimator_specs(estimators, beta, float(temps[0]))
+    if control_variates is not None:
+        specs = [
+            spec if isinstance(spec, GivenEstimator)
+            else dataclasses.replace(spec, control_variates=control_variates)
+            for spec in specs
+        ]  # fmt: skip
     labels = [s.label for s in specs]
     chosen = check_sampling(sampling, specs, raw)
     check_tempering(tempering, temps, chosen, specs, model)
@@ -151,6 +162,7 @@ def temperature_sweep(
         "seeds": seed_list,
         "sampling": {label: describe(value) for label, value in chosen.items()},
         "tempering": bool(tempering),
+        **({} if control_variates is None else {"control_variates": control_variates}),
         "series_parameters": [names[i] for i in plan.series_indices],
         "data_sha256": fingerprint(flat, x, targets),
     }

@@ -42,11 +42,13 @@ class EstimatorSpec:
             ``"nudged:0.1"`` (symmetric, β = 0.1) or ``"nudged-one-sided:0.1"``.
         kind: One of :data:`ESTIMATOR_KINDS`.
         beta: Nudging strength (NaN for the covariance estimator).
+        control_variates: The estimator's ``control_variates`` (None: off).
     """
 
     label: str
     kind: str
     beta: float
+    control_variates: str | None = None
 
     @property
     def symmetric(self) -> bool:
@@ -55,7 +57,17 @@ class EstimatorSpec:
     def build(self, model: Model, temperature: float, sampling: Sampling | None):
         # The kinds are names of thermoeqprop.registry (covariance reads no β), so a quantum
         # model gets its own covariance (Kubo–Mori) and nudged estimators.
-        options = registry.EstimatorOptions(temperature, self.beta, sampling)
+        options = registry.EstimatorOptions(
+            temperature, self.beta, sampling, control_variates=self.control_variates
+        )
+        if (
+            self.control_variates is not None
+            and "control_variates" not in registry.entry(self.kind, model.family).options
+        ):
+            raise ValueError(
+                f"control_variates={self.control_variates!r}: the {model.family} "
+                f"{self.kind!r} estimator takes no control variates; pass control_variates=None"
+            )
         return registry.build(self.kind, model, options)
 
 
