@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
-from test_collapsed_spins import problem
+
+# The problems and sampling of the collapsed-spin tests (the same networks).
+from test_collapsed_spins import BETA, COLLAPSED, T, flat, problem
 
 import samplers
 from thermoeqprop.estimators import Sampling, ThermalCovariance, ThermalExact, ThermalNudged
@@ -42,23 +43,15 @@ from thermoeqprop.sweep import temperature_sweep
 #: Measured on fresh seeds by tests/false_failure_budget.py (module docstring).
 FALSE_FAILURE_BUDGET = 3.0e-2
 
-T = 0.5
-BETA = 0.05
-COLLAPSED = Sampling(num_chains=8, num_samples=1500, num_warmup=200, collapse=True)
-
-
-def flat(tree):
-    return np.asarray(ravel_pytree(tree)[0])
-
 
 @pytest.fixture(scope="module")
 def nine_spins():
-    return problem((3, 4, 3, 2))  # 9 spins (classes of 6 and 3), 39 parameters
+    return problem((3, 4, 3, 2))
 
 
 @pytest.fixture(scope="module")
 def one_output():
-    return problem((3, 4, 3, 1))  # 8 spins (classes of 5 and 3), one output spin
+    return problem((3, 4, 3, 1))
 
 
 @pytest.mark.parametrize("parity", [0, 1])
