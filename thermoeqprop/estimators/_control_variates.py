@@ -1,5 +1,6 @@
-r"""Control variates for the thermal estimators of continuous states
-(docs/mathematics.md#control-variates).
+r"""Control variates for the thermal estimators: Stein's for continuous states
+(docs/mathematics.md#control-variates), and the heat-bath innovations of collapsed spin
+sampling (docs/mathematics.md, "Heat-bath control variates").
 
 For the Gibbs law :math:`π(s) ∝ \exp(-F_β(s)/T)` of a smooth energy on Rⁿ, the Langevin–Stein
 operator :math:`𝒜φ = T\,∇·φ − ∇F_β·φ` has :math:`E_π[𝒜φ] = 0` for every polynomial vector
@@ -18,16 +19,20 @@ of such functions keeps its expectation, and the right multiple removes most of 
   series when the law is Gaussian; for ``∂θE`` (the nudged series), φ_p = H⁻¹b_p and
   v = H⁻¹e. One n-vector per draw serves every parameter: the controls of all P parameters
   are one reverse pass, the pullback of :math:`θ ↦ ∇_sE(s^*; θ)` applied to v.
+- ``"heat_bath"`` (layered spin networks with collapsed sampling): the k innovations
+  :math:`d_j = s_j − E[s_j \mid \text{other kept spins}]` of each sweep's heat-bath updates,
+  recorded by the sampler (``samplers.CollapsedGibbsInfo``); each has mean exactly 0 given the
+  chain's past, and nothing is recomputed from the draws.
 
 Coefficients are cross-fitted: the chains are split in two folds, each fold's series come
 from the estimator's own statistics (plain or conditional expectations) on that fold alone,
 centred by the fold's means, and the coefficients fitted on one fold are applied to the other.
 They are then independent of the draws they multiply and the controls have mean exactly zero,
 so the corrected series has exactly the expectation of the uncorrected fold-centred one.
-``"zv1"``/``"zv2"`` regress the batch-mean series on every example's controls at once (B·K
-regressors per parameter: the examples' laws differ, so each example's controls get their own
-coefficients), by least squares on standardised controls; ``"laplace"`` fits one scalar per
-parameter. The estimator's MCSE, ESS and R-hat are then those of the corrected series.
+``"zv1"``/``"zv2"``/``"heat_bath"`` regress the batch-mean series on every example's
+controls at once (B·K regressors per parameter: the examples' laws differ, so each example's
+controls get their own coefficients), by least squares on standardised controls;
+``"laplace"`` fits one scalar per parameter. The estimator's MCSE, ESS and R-hat are then those of the corrected series.
 """
 
 from __future__ import annotations
@@ -92,8 +97,9 @@ def chain_folds(num_chains: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 def check(kind, model, sampling) -> None:
     """Raise a ``ValueError`` that names the problem unless ``kind`` can serve ``model`` with
-    ``sampling``: None, or one of :data:`CONTROL_VARIATES` on continuous states in Rⁿ, with
-    enough draws for one example (the batch size is checked when it is known)."""
+    ``sampling``: None, or one of :data:`CONTROL_VARIATES` (``"heat_bath"`` on a spin network
+    with ``collapse=True``, the others on continuous states in Rⁿ), with enough draws for one
+    example (the batch size is checked when it is known)."""
     if kind is None:
         return
     if not isinstance(kind, str) or kind not in CONTROL_VARIATES:
