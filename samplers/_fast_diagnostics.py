@@ -75,28 +75,53 @@ def _checked(x) -> jax.Array:
 DFT_MAX_DRAWS = 128
 
 
+def _transform_size(n: int) -> int:
+    """The smallest 5-smooth length (2ᵃ3ᵇ5ᶜ) of at least 2n − 1 points: enough zero padding for
+    the circular correlation to be the linear one, and a length XLA's FFT handles fast. The
+    next power of two, used before, can be almost twice as long: 8192 points for 2,262 draws
+    per split chain, whose FFTs took 20 ms against 3.9 ms at 4,608 (39 × 8 series, float64,
+    2 cores; 1.1–1.9× at the other lengths measured, 150–5,000 draws).
+
+    Example:
+        >>> [_transform_size(n) for n in (3, 2000, 2262)]
+        [5, 4000, 4608]
+    """
+    size = 2 * n - 1
+    while True:
+        rest = size
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return size
+        size += 1
+
+
 def _mean_autocovariance(centred: jax.Array) -> jax.Array:
     """The chains' mean biased autocovariance (k, n) of centred series (k, m, n), all lags.
 
-    Zero-padded to a power of two of at least 2n − 1 points, so that the circular correlation
-    is the linear one. The transform is linear, so the chains' power spectra are averaged
-    before the one inverse transform per element (instead of one per chain).
+    Zero-padded to :func:`_transform_size` points (at least 2n − 1), so that the circular
+    correlation is the linear one. The transform is linear, so the chains' power spectra are
+    averaged before the one inverse transform per element (instead of one per chain).
     """
     _, _, n = centred.shape
-    size = 1 << (2 * n - 2).bit_length()
+    size = _transform_size(n)
     if n > DFT_MAX_DRAWS:
         spectrum = jnp.fft.rfft(centred, n=size, axis=2)
         power = (spectrum * jnp.conj(spectrum)).real.mean(axis=1)
         return jnp.fft.irfft(power, n=size, axis=1)[:, :n] / n
     # The real DFT of the padded series as products with (n, size/2 + 1) tables; the inverse
-    # of the real, even power spectrum as a cosine sum with the Hermitian weights (1, 2, …, 2, 1).
+    # of the real, even power spectrum as a cosine sum with the Hermitian weights (1, 2, …, 2, 1)
+    # for an even size, (1, 2, …, 2) for an odd one.
     angle = 2.0 * np.pi * np.outer(np.arange(n), np.arange(size // 2 + 1)) / size
     cos, sin = (jnp.asarray(table, centred.dtype) for table in (np.cos(angle), np.sin(angle)))
     power = (
         jnp.einsum("kmi,if->kmf", centred, cos) ** 2 + jnp.einsum("kmi,if->kmf", centred, sin) ** 2
     ).mean(axis=1)
-    weights = np.full(size // 2 + 1, 2.0)
-    weights[[0, -1]] = 1.0
+    weights = np.full(size // 2 + 1, 2.0)  # the Hermitian weights; Nyquist once if size is even
+    weights[0] = 1.0
+    if size % 2 == 0:
+        weights[-1] = 1.0
     inverse = jnp.asarray(weights[:, None] * np.cos(angle).T / size, centred.dtype)
     return power @ inverse / n
 

@@ -54,7 +54,8 @@ def check_against_arviz(x, rtol):
 # down to the minimum of 4 and to 5 (where the odd middle draw is dropped by the split).
 @pytest.mark.parametrize("phi", [0.0, 0.5, 0.9, 0.99, 0.999, -0.5, -0.95])
 @pytest.mark.parametrize(
-    ("chains", "draws"), [(4, 200), (2, 51), (8, 1000), (3, 9), (2, 4), (8, 5), (4, 6)]
+    ("chains", "draws"),
+    [(4, 200), (2, 51), (8, 1000), (3, 9), (2, 4), (8, 5), (4, 6), (2, 26), (2, 376)],
 )
 def test_agrees_with_arviz(phi, chains, draws):
     x = ar1(np.random.default_rng(7), phi, chains, draws, 6)
@@ -64,6 +65,22 @@ def test_agrees_with_arviz(phi, chains, draws):
     np.testing.assert_array_equal(ess_mean_many(x), ours.ess)
     np.testing.assert_array_equal(mcse_mean_many(x), ours.mcse)
     np.testing.assert_array_equal(rhat_split_many(x), ours.rhat)
+
+
+def test_autocovariance_is_the_linear_one_at_every_length():
+    """Both transforms (tables up to DFT_MAX_DRAWS, FFT beyond), padded to odd and even
+    5-smooth lengths, against the direct sum over lags."""
+    from samplers._fast_diagnostics import _mean_autocovariance
+
+    rng = np.random.default_rng(3)
+    for n in [*range(2, 140), 188, 2262]:
+        x = rng.normal(size=(2, 3, n))
+        x -= x.mean(axis=2, keepdims=True)
+        got = np.asarray(_mean_autocovariance(jnp.asarray(x)))
+        lagged = [[np.dot(x[k, m, : n - lag], x[k, m, lag:]) for lag in range(n)]
+                  for k in range(2) for m in range(3)]  # fmt: skip
+        want = np.reshape(lagged, (2, 3, n)).mean(axis=1) / n
+        np.testing.assert_allclose(got, want, atol=1e-12, err_msg=f"n = {n}")
 
 
 @pytest.mark.parametrize("event", [(), (5,), (2, 3), (2, 1, 3)])
