@@ -136,8 +136,6 @@ def test_coverage_of_the_reported_mcse(nine_spins, kind):
     phase): the fraction of |estimate − exact| < 1.96 MCSE over runs and components (the
     nudged estimator against its exact finite-β expectation)."""
     net, params, x, targets = nine_spins
-    runs, chains = 200, 4
-    sampling = Sampling(num_chains=runs * chains, num_samples=200, num_warmup=100, collapse=True)
     if kind == "covariance":
         estimator, betas = ThermalCovariance(net, T, Sampling(collapse=True)), (0.0,)
         exact = flat(ThermalExact(net, T)(params, x, targets).grad)
@@ -145,38 +143,58 @@ def test_coverage_of_the_reported_mcse(nine_spins, kind):
         estimator = ThermalNudged(net, T, BETA, sampling=Sampling(collapse=True))
         betas = (BETA, -BETA)
         exact = flat(ThermalExact(net, T).nudged_gradient(params, x, targets, BETA))
-    grouped = []
-    for i, beta in enumerate(betas):
-        states = draw_states(net, sampling, params, x, targets, beta, T,
-                             jax.random.fold_in(jax.random.key(77), i)).states  # fmt: skip
-        grouped.append(jnp.moveaxis(states.reshape(states.shape[0], runs, chains,
-                                                   *states.shape[2:]), 1, 0))  # fmt: skip
+    coverage = coverage_over_runs(estimator, nine_spins, betas, exact, jax.random.key(77))
+    assert 0.90 <= coverage <= 0.99, (kind, coverage)
 
-    def one_run(*run_states):
-        stats = [estimator.statistics(params, s, x, targets, b)
-                 for s, b in zip(run_states, betas, strict=True)]  # fmt: skip
+
+def coverage_over_runs(estimator, problem, betas, exact, rng_key, innovations=False):
+    """The fraction of |estimate − exact| < 1.96 MCSE over 200 independent runs of 4 chains ×
+    200 collapsed draws (disjoint chains of one sampler call per phase, the phase at
+    ``betas[i]`` drawn with ``fold_in(rng_key, i)``) and over components; ``innovations``
+    passes each run's heat-bath innovations to the statistics."""
+    net, params, x, targets = problem
+    runs, chains = 200, 4
+    sampling = Sampling(num_chains=runs * chains, num_samples=200, num_warmup=100, collapse=True)
+
+    def grouped(a):  # (batch, runs·chains, …) -> (runs, batch, chains, …)
+        return jnp.moveaxis(a.reshape(a.shape[0], runs, chains, *a.shape[2:]), 1, 0)
+
+    drawn = []
+    for i, beta in enumerate(betas):
+        run = draw_states(net, sampling, params, x, targets, beta, T,
+                          jax.random.fold_in(rng_key, i))  # fmt: skip
+        drawn.append((grouped(run.states),
+                      grouped(run.trace.info.innovations) if innovations else None))  # fmt: skip
+
+    def one_run(phases):
+        stats = [estimator.statistics(params, s, x, targets, b, innovations=d)
+                 for (s, d), b in zip(phases, betas, strict=True)]  # fmt: skip
         combined = estimator.combine(stats)
         return combined.grad, combined.stderr
 
-    grads, stderrs = jax.vmap(one_run)(*grouped)
-    coverage = float(np.mean(np.abs(np.asarray(grads) - exact) < 1.96 * np.asarray(stderrs)))
-    assert 0.90 <= coverage <= 0.99, (kind, coverage)
+    grads, stderrs = jax.vmap(one_run)(drawn)
+    return float(np.mean(np.abs(np.asarray(grads) - exact) < 1.96 * np.asarray(stderrs)))
 
 
 def test_smaller_mcse_than_block_gibbs(nine_spins):
     """At equal sweeps, against plain block Gibbs and against its conditional expectations."""
-    net, params, x, targets = nine_spins
+    net = nine_spins[0]
     block = Sampling(num_chains=8, num_samples=1500, num_warmup=200)
-    norms = {}
-    for name, estimator in (
-        ("plain", ThermalCovariance(net, T, block, rao_blackwell=False)),
-        ("rao-blackwell", ThermalCovariance(net, T, block)),
-        ("collapsed", ThermalCovariance(net, T, COLLAPSED)),
-    ):
-        estimate = estimator(params, x, targets, jax.random.key(11))
-        norms[name] = np.linalg.norm(flat(estimate.stderr))
+    estimators = {
+        "plain": ThermalCovariance(net, T, block, rao_blackwell=False),
+        "rao-blackwell": ThermalCovariance(net, T, block),
+        "collapsed": ThermalCovariance(net, T, COLLAPSED),
+    }
+    norms = stderr_norms(estimators, nine_spins, jax.random.key(11))
     assert norms["plain"] / norms["collapsed"] > 2.0, norms
     assert norms["rao-blackwell"] / norms["collapsed"] > 1.4, norms
+
+
+def stderr_norms(estimators, problem, rng_key):
+    """‖MCSE‖ of each estimator's estimate (by name) on ``problem``, all with ``rng_key``."""
+    _, params, x, targets = problem
+    return {name: np.linalg.norm(flat(estimator(params, x, targets, rng_key).stderr))
+            for name, estimator in estimators.items()}  # fmt: skip
 
 
 def test_predict_averages_the_summed_class(nine_spins):

@@ -32,7 +32,15 @@ import numpy as np
 import pytest
 
 # The problems and sampling of the collapsed-spin tests (the same networks).
-from test_collapsed_spins import BETA, COLLAPSED, T, flat, problem
+from test_collapsed_spins import (
+    BETA,
+    COLLAPSED,
+    T,
+    coverage_over_runs,
+    flat,
+    problem,
+    stderr_norms,
+)
 
 import samplers
 from thermoeqprop.estimators import Sampling, ThermalCovariance, ThermalExact, ThermalNudged
@@ -123,48 +131,28 @@ def test_coverage_of_the_reported_mcse(nine_spins, kind):
     phase, each run's coefficients fitted on its own two folds of 2 chains): the fraction of
     |estimate − exact| < 1.96 MCSE over runs and components."""
     net, params, x, targets = nine_spins
-    runs, chains = 200, 4
-    sampling = Sampling(num_chains=runs * chains, num_samples=200, num_warmup=100, collapse=True)
     (covariance, exact_cov), (nudged, exact_nudged) = cases(
-        net, params, x, targets, Sampling(num_chains=chains, num_samples=200, collapse=True)
+        net, params, x, targets, Sampling(num_chains=4, num_samples=200, collapse=True)
     )
     if kind == "covariance":
         estimator, betas, exact = covariance, (0.0,), exact_cov
     else:
         estimator, betas, exact = nudged, (BETA, -BETA), exact_nudged
-
-    def grouped(a):  # (batch, runs·chains, …) -> (runs, batch, chains, …)
-        return jnp.moveaxis(a.reshape(a.shape[0], runs, chains, *a.shape[2:]), 1, 0)
-
-    drawn = []
-    for i, beta in enumerate(betas):
-        run = draw_states(net, sampling, params, x, targets, beta, T,
-                          jax.random.fold_in(jax.random.key(78), i))  # fmt: skip
-        drawn += [grouped(run.states), grouped(run.trace.info.innovations)]
-
-    def one_run(*arrays):
-        stats = [estimator.statistics(params, s, x, targets, b, innovations=d)
-                 for s, d, b in zip(arrays[::2], arrays[1::2], betas, strict=True)]  # fmt: skip
-        combined = estimator.combine(stats)
-        return combined.grad, combined.stderr
-
-    grads, stderrs = jax.vmap(one_run)(*drawn)
-    coverage = float(np.mean(np.abs(np.asarray(grads) - exact) < 1.96 * np.asarray(stderrs)))
+    coverage = coverage_over_runs(estimator, nine_spins, betas, exact, jax.random.key(78),
+                                  innovations=True)  # fmt: skip
     assert 0.90 <= coverage <= 0.99, (kind, coverage)
 
 
 def test_smaller_mcse_than_collapsed_alone(nine_spins):
     """At equal sweeps, against collapsed sampling without controls and plain block Gibbs."""
-    net, params, x, targets = nine_spins
+    net = nine_spins[0]
     block = Sampling(num_chains=8, num_samples=1500, num_warmup=200)
-    norms = {}
-    for name, estimator in (
-        ("plain", ThermalCovariance(net, T, block, rao_blackwell=False)),
-        ("collapsed", ThermalCovariance(net, T, COLLAPSED)),
-        ("heat-bath controls", ThermalCovariance(net, T, COLLAPSED, control_variates="heat_bath")),
-    ):
-        estimate = estimator(params, x, targets, jax.random.key(12))
-        norms[name] = np.linalg.norm(flat(estimate.stderr))
+    estimators = {
+        "plain": ThermalCovariance(net, T, block, rao_blackwell=False),
+        "collapsed": ThermalCovariance(net, T, COLLAPSED),
+        "heat-bath controls": ThermalCovariance(net, T, COLLAPSED, control_variates="heat_bath"),
+    }
+    norms = stderr_norms(estimators, nine_spins, jax.random.key(12))
     assert norms["collapsed"] / norms["heat-bath controls"] > 1.4, norms
     assert norms["plain"] / norms["heat-bath controls"] > 3.5, norms
 
