@@ -201,3 +201,5 @@ def test_heat_bath_control_variates_from_the_command_line(tmp_path):
     assert _cli_train.build_estimator(options, 2, 2).control_variates == "heat_bath"
     record = json.loads((folder / "metrics.jsonl").read_text().splitlines()[0])
     assert 0 < record["relative_stderr"] < 0.2, record["relative_stderr"]
+    # The worst batch's MCSE ratio without ÷ with the controls is recorded for the health table.
+    assert np.isfinite(record["diag_control_variate_gain"]), record

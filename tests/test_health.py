@@ -14,6 +14,8 @@ band [2 %, 8.5 %] lies 2.4 standard deviations below and 3.8 above that rate (a 
 below 0.9 %).
 """
 
+import math
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,24 @@ def test_a_healthy_record_passes_and_a_bare_one_is_not_measured():
     bare = gradient_checks({"epoch": 1})
     assert all(c.ok is None and c.verdict == "not recorded" for c in bare)
     assert "to improve" not in format_checks(bare, "h")
+
+
+def test_control_variates_that_add_noise_are_flagged_with_what_to_do():
+    def check(gain):
+        checks = gradient_checks(RECORD | {"diag_control_variate_gain": gain})
+        return next(c for c in checks if c.name.startswith("MCSE without ÷ with control"))
+
+    noisy = check(0.6)
+    assert (noisy.ok, noisy.lever, noisy.verdict) == (
+        False,
+        "controls",
+        "the control variates add noise",
+    )
+    table = format_checks(gradient_checks(RECORD | {"diag_control_variate_gain": 0.6}), "h")
+    assert "leave out --control-variates" in table
+    assert check(2.5).ok and check(math.inf).ok
+    assert check(math.inf).verdict == "ok: the controls leave no noise"
+    assert not any(c.name.startswith("MCSE without") for c in gradient_checks(RECORD))
 
 
 def test_epoch_line_and_plot_limits():

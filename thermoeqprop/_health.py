@@ -81,6 +81,9 @@ LEVERS = {
     "(--control-variates heat_bath)",
     "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "
     "smaller step size; a lower temperature sharpens the target",
+    "controls": "the control variates add noise: leave out --control-variates, or first make "
+    "the chains mix (the levers above); coefficients fitted on one fold of chains that have "
+    "not mixed do not cancel the other fold's noise",
 }
 
 
@@ -206,7 +209,8 @@ def gradient_checks(record: dict) -> list[Check]:
         record: A metrics record of a sampled estimator, as ``train`` writes it:
             ``relative_stderr``; the estimator's ``diag_*`` keys (``num_chains``,
             ``num_draws_per_chain``, ``ess_min``, ``ess_median``, ``rhat_max``,
-            ``rhat_median``, ``divergences``), each the worst case over the epoch's batches;
+            ``rhat_median``, ``divergences``, ``control_variate_gain``), each the worst case
+            over the epoch's batches;
             ``parameters`` (gradient components) and ``batches`` (estimates per epoch).
             Missing keys give unmeasured checks.
 
@@ -267,6 +271,25 @@ def gradient_checks(record: dict) -> list[Check]:
             _check(f"{name} (worst batch)", value, limit, upper=False,
                    bad="few effective draws", lever=ess_lever, digits=3)
         )  # fmt: skip
+    if "diag_control_variate_gain" in record:
+        name, gain = (
+            "MCSE without ÷ with control variates (worst batch)",
+            _finite(record["diag_control_variate_gain"]),
+        )
+        checks.append(
+            # +inf: the controls span every series exactly (a Gaussian law with "zv2").
+            Check(name, gain, "≥ 1.00", True, "ok: the controls leave no noise")
+            if gain == math.inf
+            else _check(
+                name,
+                gain,
+                1.0,
+                upper=False,
+                bad="the control variates add noise",
+                lever="controls",
+                digits=2,
+            )  # fmt: skip
+        )
     if "diag_divergences" in record:
         checks.append(
             _check(

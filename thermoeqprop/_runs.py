@@ -210,18 +210,22 @@ def save_unit(folder: RunFolder, record: dict[str, Any], counter: str, trees: di
 
 def summarise_diagnostics(estimates: Iterable) -> dict[str, float]:
     """The worst case over the estimates since the last record: the smallest converged
-    fraction, minimum and ESS (``ess_min``, ``ess_median``, ``min_gap``,
-    ``min_hessian_eigenvalue``), the largest of the rest; indices of an example within a batch
-    (``worst_example``) and per-example arrays are left out. With standard errors, also the
-    ``relative_stderr`` of the estimates: its mean and median (``relative_stderr_median``;
-    the largest is ``diag_relative_stderr``)."""
+    fraction, minimum, ESS and gain (``ess_min``, ``ess_median``, ``min_gap``,
+    ``min_hessian_eigenvalue``, ``control_variate_gain``), the largest of the rest; indices of
+    an example within a batch (``worst_example``) and per-example arrays are left out. With
+    standard errors, also the ``relative_stderr`` of the estimates: its mean and median
+    (``relative_stderr_median``; the largest is ``diag_relative_stderr``)."""
     estimates = list(estimates)
     out = {}
     for key in estimates[0].diagnostics:
         if key.endswith("_example") or np.ndim(estimates[0].diagnostics[key]) > 0:
             continue  # about one batch's examples: no meaning across batches
         values = np.asarray([float(e.diagnostics[key]) for e in estimates])
-        lowest = "converged" in key or key.startswith(("min_", "ess_")) or key.endswith("_min")
+        lowest = (
+            "converged" in key
+            or key.startswith(("min_", "ess_"))
+            or key.endswith(("_min", "_gain"))
+        )
         reduce = np.min if lowest else np.max
         out[f"diag_{key}"] = float(reduce(values))
     if estimates[0].is_stochastic:

@@ -32,7 +32,10 @@ so the corrected series has exactly the expectation of the uncorrected fold-cent
 ``"zv1"``/``"zv2"``/``"heat_bath"`` regress the batch-mean series on every example's
 controls at once (B·K regressors per parameter: the examples' laws differ, so each example's
 controls get their own coefficients), by least squares on standardised controls;
-``"laplace"`` fits one scalar per parameter. The estimator's MCSE, ESS and R-hat are then those of the corrected series.
+``"laplace"`` fits one scalar per parameter. The estimator's MCSE, ESS and R-hat are then
+those of the corrected series; its diagnostics add ``control_variate_gain``, the MCSE's norm
+without the controls over the norm with them (:func:`gain`), so that controls which add noise
+(chains that do not mix) show.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from thermoeqprop.estimators._sampling import collapsed_spin_count
-from thermoeqprop.estimators._statistics import SERIES, DrawStatistics
+from thermoeqprop.estimators._statistics import SERIES, DrawStatistics, _mcse
 from thermoeqprop.estimators.zero_temperature import Relaxation, relax
 
 __all__ = [
@@ -271,7 +274,30 @@ def corrected(
         jnp.concatenate([p.cost for p in parts]),
         output,
         window,
+        _squared_mcse(wanted, plain, out),
     )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _squared_mcse(wanted, plain, corrected):
+    """(2,): Σ over the wanted series' components of MCSE², without and with the controls."""
+    return jnp.stack([
+        sum(jnp.sum(jnp.nan_to_num(_mcse(series[name])) ** 2) for name in wanted)
+        for series in (plain, corrected)
+    ])  # fmt: skip
+
+
+def gain(merged) -> dict[str, jax.Array]:
+    """``{"control_variate_gain": ‖MCSE‖ without ÷ ‖MCSE‖ with the controls}`` of an
+    estimate from its phases' :class:`DrawStatistics` (each phase's series with its own ESS,
+    the phases' squared MCSEs added, as the symmetric and one-sided nudged differences weight
+    them); below 1 the controls add noise (chains that do not mix: docs/mathematics.md,
+    "Heat-bath control variates"). Empty without controls or after several rounds."""
+    parts = [phase.control_mcse2 for phase in merged]
+    if any(part is None for part in parts):
+        return {}
+    plain, with_controls = sum(parts)
+    return {"control_variate_gain": jnp.sqrt(plain / with_controls)}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
