@@ -25,6 +25,7 @@ TRAIN_COLUMNS = {
     "series_r_hat_max": "rank R-hat max (last batch)",
     "diag_ess_min": "ESS min (worst batch)",
     "series_ess_bulk_min": "bulk ESS min (last batch)",
+    "diag_control_variate_gain": "controls' MCSE gain (worst batch)",
     "series_flags": "last batch",
 }
 
