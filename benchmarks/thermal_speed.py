@@ -27,7 +27,10 @@ thread settings and the machine.
 3. The default ``thermoeqprop train`` epoch (float64, as the command runs) against a T = 0 EP
    epoch of the same network, interleaved one-epoch runs, synchronised epoch times from
    metrics.jsonl, and the thermal epoch's achieved GFLOP/s beside a plain jitted matmul's;
-   ``--draws`` adds thermal routes with other chains and draws, in the same interleaving.
+   ``--draws`` adds thermal routes with other chains and draws, in the same interleaving;
+   ``--baseline REV`` adds the default train of an earlier git revision (its files from
+   ``git archive``, run in a child process with the same threads and cores), so that "no more
+   time per epoch than at REV" is measured side by side.
 4. NUTS and HMC: ``samplers.sample(nuts)`` (asynchronous chains, the default) and
    ``nuts(..., asynchronous=False)`` (NumPyro's transition vmapped over chains and scanned)
    against NumPyro's ``MCMC(NUTS(potential_fn), chain_method="vectorized")`` on a 10-D
@@ -47,6 +50,7 @@ load of this shared machine, recorded with every run. Everything is float32 (x64
 
     python benchmarks/thermal_speed.py [--quick] [--sections 1 2 4] [--reps N]
         [--temperature 0.5] [--threads N] [--[no-]graph] [--draws 2x300 4x150+50,jumps]
+        [--baseline REV]
         [--output benchmarks/results/thermal_speed.md]
 
 Threads: ``--threads N`` (default: every core the process may use) sets XLA_FLAGS
@@ -813,6 +817,42 @@ def _train_run(command: list[str], seed: int, folder: str) -> list[dict[str, flo
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def _baseline_tree(revision: str, root: str) -> str:
+    """The package's files at git ``revision`` (``git archive``), unpacked under ``root``."""
+    import io
+    import subprocess
+    import tarfile
+
+    repository = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(["git", "-C", repository, "archive", "--format=tar", revision],
+                             capture_output=True, check=False)  # fmt: skip
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {revision!r}: {archive.stderr.decode().strip()}")
+    tree = os.path.join(root, "baseline")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def _baseline_run(tree: str, seed: int, folder: str) -> list[dict[str, float]]:
+    """The default ``thermoeqprop train`` of the code in ``tree``, as :func:`_train_run` runs
+    today's, in a child process (same environment, threads and core pinning; its imports come
+    from ``tree``); its metrics lines."""
+    import json
+    import subprocess
+
+    argv = ["train", "--epochs", str(S3_EPOCHS), "--seed", str(seed), "--results-dir", folder]
+    code = ("import sys, thermoeqprop.cli as c; assert c.__file__.startswith(sys.argv[1]); "
+            "sys.exit(c.main(sys.argv[2:]))")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": tree, "THERMOEQPROP_X64": "1"}
+    done = subprocess.run([sys.executable, "-c", code, tree, *argv], cwd=tree, env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"baseline train exited with {done.returncode}: {done.stderr[-2000:]}")
+    with open(os.path.join(folder, "metrics.jsonl")) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def _median_of(records: list[dict], key: str) -> str:
     """The median of ``key`` over the records that have it, formatted ('–' if none has)."""
     values = [r[key] for r in records if key in r]
@@ -853,12 +893,17 @@ def section_train_epoch(args) -> list[str]:
         for spec in args.draws or []:
             routes[_draws_route(spec)] = _draws_command(spec)
         routes["T = 0 EP (--estimator ep)"] = ["--estimator", "ep"]
+        if args.baseline:
+            routes[f"default train at {args.baseline} (child process)"] = None
         first: dict[str, list[float]] = {name: [] for name in routes}
         steady: dict[str, list[dict[str, float]]] = {name: [] for name in routes}
         with tempfile.TemporaryDirectory() as root:
+            tree = _baseline_tree(args.baseline, root) if args.baseline else None
             for seed in range(reps):
                 for i, (name, command) in enumerate(routes.items()):
-                    records = _train_run(command, seed, os.path.join(root, f"{i}-{seed}"))
+                    folder = os.path.join(root, f"{i}-{seed}")
+                    records = (_train_run(command, seed, folder) if command is not None
+                               else _baseline_run(tree, seed, folder))  # fmt: skip
                     first[name].append(records[0]["epoch_seconds"])
                     steady[name].extend(records[1:])
                     times = ", ".join(f"{r['epoch_seconds']:.2f}" for r in records)
@@ -1234,6 +1279,13 @@ def main():
         metavar="CxN[+W][,jumps]",
         help="section 3: also time train with C chains × (W warm-up + N draws), W default 50, "
         "',jumps' for --mode-jumps on; interleaved with the default and T = 0",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REV",
+        help="section 3: also time the default train of git revision REV (its files by git "
+        "archive, run in a child process with the same threads), interleaved with the rest",
     )
     parser.add_argument("--output", default="benchmarks/results/thermal_speed.md")
     args = parser.parse_args()
