@@ -191,27 +191,40 @@ def test_statistics_need_the_innovations(nine_spins):
 
 
 def test_the_reported_gain_is_the_ratio_of_the_mcse_norms(nine_spins):
-    """``control_variate_gain`` is ‖MCSE‖ of the fold-centred series without the controls over
-    ‖MCSE‖ with them (each by samplers.mcse_mean_many), and at T = 0.5 the controls gain
-    (exact asymptotic ratio 1.74 over collapsed sampling alone, module docstring)."""
-    from thermoeqprop.estimators._control_variates import chain_folds, corrected, gain
+    """``control_variate_gain`` is the estimate's ‖MCSE‖ as its ``combine`` would give it
+    from the fold-centred series without the controls, over the ‖MCSE‖ it reports (each by
+    samplers.mcse_mean_many), for the covariance and the symmetric nudged estimator; and at
+    T = 0.5 the controls gain (exact asymptotic ratio 1.74 over collapsed sampling alone,
+    module docstring)."""
+    from thermoeqprop.estimators._control_variates import chain_folds, gain
 
     net, params, x, targets = nine_spins
-    estimator = ThermalCovariance(net, T, COLLAPSED, control_variates="heat_bath")
-    drawn = draw_states(net, COLLAPSED, params, x, targets, 0.0, T, jax.random.key(21))
-    innovations = drawn.trace.info.innovations
-    stats = corrected(estimator, params, drawn.states, x, targets, 0.0, 1, innovations)
-    plain = np.concatenate([
-        np.asarray(estimator._series(params, drawn.states[:, a:b], x, targets, 0.0, 1).covariance)
-        for a, b in chain_folds(drawn.states.shape[1])
-    ])  # fmt: skip
-    want = [np.sum(np.asarray(samplers.mcse_mean_many(s)) ** 2) for s in (plain, stats.covariance)]
-    np.testing.assert_allclose(np.asarray(stats.control_mcse2), want, rtol=1e-10)
-    assert float(gain([stats])["control_variate_gain"]) == pytest.approx(
-        np.sqrt(want[0] / want[1]), rel=1e-10
-    )
+    covariance, nudged = (estimator for estimator, _ in cases(net, params, x, targets, COLLAPSED))
+    checked = ((covariance, (0.0,), 1 / T), (nudged, (BETA, -BETA), 0.5 / BETA))
+    for estimator, betas, scale in checked:
+        merged, plain2, with2 = [], 0.0, 0.0
+        for i, beta in enumerate(betas):
+            drawn = draw_states(net, COLLAPSED, params, x, targets, beta, T, jax.random.key(21 + i))
+            stats = estimator.statistics(params, drawn.states, x, targets, beta,
+                                         drawn.trace.info.innovations)  # fmt: skip
+            name = estimator.needed_series[0]
+            plain = np.concatenate([
+                np.asarray(getattr(estimator._series(params, drawn.states[:, a:b], x, targets,
+                                                     beta, 1), name))
+                for a, b in chain_folds(drawn.states.shape[1])
+            ])  # fmt: skip
+            plain2 += np.sum(np.asarray(samplers.mcse_mean_many(plain)) ** 2)
+            with2 += np.sum(np.asarray(samplers.mcse_mean_many(getattr(stats, name))) ** 2)
+            np.testing.assert_allclose(float(stats.control_mcse2), plain2 if i == 0 else
+                                       plain2 - merged[0].control_mcse2, rtol=1e-10)  # fmt: skip
+            merged.append(stats)
+        combined = estimator.combine(merged)
+        np.testing.assert_allclose(np.linalg.norm(combined.stderr), scale * np.sqrt(with2),
+                                   rtol=1e-8)  # fmt: skip
+        reported = float(gain(estimator, merged, combined)["control_variate_gain"])
+        assert reported == pytest.approx(np.sqrt(plain2 / with2), rel=1e-8)
     # The estimator reports it (from draws of its own keys).
-    estimate = estimator(params, x, targets, jax.random.key(21))
+    estimate = covariance(params, x, targets, jax.random.key(21))
     assert float(estimate.diagnostics["control_variate_gain"]) > 1.2, estimate.diagnostics
     assert (
         "control_variate_gain"

@@ -33,9 +33,7 @@ so the corrected series has exactly the expectation of the uncorrected fold-cent
 controls at once (B·K regressors per parameter: the examples' laws differ, so each example's
 controls get their own coefficients), by least squares on standardised controls;
 ``"laplace"`` fits one scalar per parameter. The estimator's MCSE, ESS and R-hat are then
-those of the corrected series; its diagnostics add ``control_variate_gain``, the MCSE's norm
-without the controls over the norm with them (:func:`gain`), so that controls which add noise
-(chains that do not mix) show.
+those of the corrected series; :func:`gain` adds ``control_variate_gain`` to its diagnostics.
 """
 
 from __future__ import annotations
@@ -274,30 +272,35 @@ def corrected(
         jnp.concatenate([p.cost for p in parts]),
         output,
         window,
-        _squared_mcse(wanted, plain, out),
+        _squared_mcse(wanted, plain),
     )
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _squared_mcse(wanted, plain, corrected):
-    """(2,): Σ over the wanted series' components of MCSE², without and with the controls."""
-    return jnp.stack([
-        sum(jnp.sum(jnp.nan_to_num(_mcse(series[name])) ** 2) for name in wanted)
-        for series in (plain, corrected)
-    ])  # fmt: skip
+def _squared_mcse(wanted, series):
+    """Σ over the wanted series' components of their MCSE², the series without controls."""
+    return sum(jnp.sum(jnp.nan_to_num(_mcse(series[name])) ** 2) for name in wanted)
 
 
-def gain(merged) -> dict[str, jax.Array]:
-    """``{"control_variate_gain": ‖MCSE‖ without ÷ ‖MCSE‖ with the controls}`` of an
-    estimate from its phases' :class:`DrawStatistics` (each phase's series with its own ESS,
-    the phases' squared MCSEs added, as the symmetric and one-sided nudged differences weight
-    them); below 1 the controls add noise (chains that do not mix: docs/mathematics.md,
-    "Heat-bath control variates"). Empty without controls or after several rounds."""
+def _mcse_scale(estimator) -> float:
+    """The factor the estimator's ``combine`` puts on its phases' MCSEs (estimators/thermal.py):
+    ``1/T`` on the covariance series, ``1/(2β)`` (symmetric) or ``1/β`` on the nudged
+    phases' ``∂θE`` series, whose squared MCSEs it adds."""
+    if "covariance" in estimator.needed_series:
+        return 1.0 / estimator.temperature
+    return 1.0 / (2 * estimator.beta if estimator.symmetric else estimator.beta)
+
+
+def gain(estimator, merged, combined) -> dict[str, jax.Array]:
+    """``{"control_variate_gain": ‖MCSE‖ without ÷ ‖MCSE‖ with the controls}``: the phases'
+    ``control_mcse2`` scaled as ``combine`` scales them, over the norm of ``combined.stderr``.
+    Below 1 the controls add noise (chains that do not mix: docs/mathematics.md, "Heat-bath
+    control variates"). Empty without controls or after several rounds."""
     parts = [phase.control_mcse2 for phase in merged]
     if any(part is None for part in parts):
         return {}
-    plain, with_controls = sum(parts)
-    return {"control_variate_gain": jnp.sqrt(plain / with_controls)}
+    plain = _mcse_scale(estimator) * jnp.sqrt(sum(parts))
+    return {"control_variate_gain": plain / jnp.linalg.norm(combined.stderr)}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))

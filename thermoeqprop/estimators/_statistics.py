@@ -97,9 +97,9 @@ class DrawStatistics(NamedTuple):
         cost: (chain, E): ``mean_b C(s_bcd; y_b)``.
         output: (batch, num_outputs): ``⟨output⟩`` per example.
         draws_per_entry: Draws averaged into one entry.
-        control_mcse2: With control variates, (2,): the sum over components of the squared
-            MCSE of the series without and with the controls (one round of draws; None after
-            several rounds are joined, and without controls).
+        control_mcse2: With control variates: the sum over components of the squared MCSE
+            of the series without the controls (one round of draws; None after several rounds
+            are joined, and without controls).
     """
 
     energy_grad: jax.Array | None

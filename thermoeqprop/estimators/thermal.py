@@ -352,7 +352,7 @@ class _SampledEstimator(Estimator):
                 combined.series.shape[1] * merged[0].draws_per_entry
             ),
             **_ess_rhat(combined),
-            **_control_variates.gain(merged),
+            **_control_variates.gain(self, merged, combined),
         }
         if self.sampling.target_relative_stderr is not None:
             diagnostics["precision_reached"] = jnp.asarray(reached)
