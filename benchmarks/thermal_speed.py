@@ -803,7 +803,6 @@ def _train_run(command: list[str], seed: int, folder: str) -> list[dict[str, flo
     metrics lines, one per epoch (``epoch_seconds`` is synchronised: the epoch's work done)."""
     import contextlib
     import io
-    import json
 
     from thermoeqprop.cli import main as cli_main
 
@@ -813,6 +812,13 @@ def _train_run(command: list[str], seed: int, folder: str) -> list[dict[str, flo
         code = cli_main(argv)
     if code != 0:
         raise RuntimeError(f"thermoeqprop {' '.join(argv)} exited with {code}")
+    return _metrics_lines(folder)
+
+
+def _metrics_lines(folder: str) -> list[dict[str, float]]:
+    """The records of a run folder's metrics.jsonl, one per epoch."""
+    import json
+
     with open(os.path.join(folder, "metrics.jsonl")) as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
@@ -838,7 +844,6 @@ def _baseline_run(tree: str, seed: int, folder: str) -> list[dict[str, float]]:
     """The default ``thermoeqprop train`` of the code in ``tree``, as :func:`_train_run` runs
     today's, in a child process (same environment, threads and core pinning; its imports come
     from ``tree``); its metrics lines."""
-    import json
     import subprocess
 
     argv = ["train", "--epochs", str(S3_EPOCHS), "--seed", str(seed), "--results-dir", folder]
@@ -849,8 +854,7 @@ def _baseline_run(tree: str, seed: int, folder: str) -> list[dict[str, float]]:
                           capture_output=True, text=True, check=False)  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"baseline train exited with {done.returncode}: {done.stderr[-2000:]}")
-    with open(os.path.join(folder, "metrics.jsonl")) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return _metrics_lines(folder)
 
 
 def _median_of(records: list[dict], key: str) -> str:

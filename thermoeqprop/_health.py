@@ -272,24 +272,13 @@ def gradient_checks(record: dict) -> list[Check]:
                    bad="few effective draws", lever=ess_lever, digits=3)
         )  # fmt: skip
     if "diag_control_variate_gain" in record:
-        name, gain = (
-            "MCSE without ÷ with control variates (worst batch)",
-            _finite(record["diag_control_variate_gain"]),
-        )
-        checks.append(
-            # +inf: the controls span every series exactly (a Gaussian law with "zv2").
-            Check(name, gain, "≥ 1.00", True, "ok: the controls leave no noise")
-            if gain == math.inf
-            else _check(
-                name,
-                gain,
-                1.0,
-                upper=False,
-                bad="the control variates add noise",
-                lever="controls",
-                digits=2,
-            )  # fmt: skip
-        )
+        name = "MCSE without ÷ with control variates (worst batch)"
+        gain = _finite(record["diag_control_variate_gain"])
+        if gain == math.inf:  # the controls span every series exactly (a Gaussian law, "zv2")
+            checks.append(Check(name, gain, "≥ 1.00", True, "ok: the controls leave no noise"))
+        else:
+            checks.append(_check(name, gain, 1.0, upper=False, lever="controls", digits=2,
+                                 bad="the control variates add noise"))  # fmt: skip
     if "diag_divergences" in record:
         checks.append(
             _check(
