@@ -25,8 +25,10 @@ The shape checks run eagerly in Python, since shapes are static even under traci
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -304,6 +306,70 @@ def _rank_rhat(x: jax.Array) -> jax.Array:
     return jnp.where(constant | (chains < 2), jnp.nan, rhat).reshape(event)
 
 
+def _host_normal_scores(xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_normal_scores` in NumPy: the same ranks, ties and scores."""
+    from scipy.special import ndtri
+
+    k, m, n = xs.shape
+    size = m * n
+    pooled = xs.reshape(k, size)
+    order = np.argsort(pooled, axis=1)
+    ordered = np.take_along_axis(pooled, order, axis=1)
+
+    def score(rank):
+        return ndtri((rank - 0.375) / (size + 0.25))
+
+    # Without ties the scores in sorted order are the same in every row: one table.
+    sorted_scores = np.broadcast_to(score(np.arange(1.0, size + 1.0)), (k, size)).copy()
+    # Ties are few (the folded draws' two middle values, rounded draws): each run of equal
+    # neighbours j, j + 1, … in a row gets the score of the mean of its positions' ranks.
+    row, j = np.nonzero(ordered[:, 1:] == ordered[:, :-1])
+    if row.size:
+        new = np.ones(row.size, bool)
+        new[1:] = (row[1:] != row[:-1]) | (j[1:] != j[:-1] + 1)
+        run = np.cumsum(new) - 1
+        last = np.empty(run[-1] + 1, j.dtype)
+        last[run] = j  # the last pair of each run (j ascends within a row)
+        mean = score((j[new] + last + 1) / 2.0 + 1.0)[run]
+        sorted_scores[row, j] = mean
+        sorted_scores[row, j + 1] = mean
+    scores = np.empty((k, size))
+    np.put_along_axis(scores, order, sorted_scores, axis=1)
+    return scores.reshape(k, m, n), ordered
+
+
+def _host_rank_rhat(x: np.ndarray) -> np.ndarray:
+    """:func:`_rank_rhat` in NumPy, for arrays already on the host, its elements in as many
+    slices as the process may use cores (NumPy's sorts release the GIL): on a CPU several
+    times faster than XLA's sorts (2 × 450 draws of 9,610 elements on 2 cores: 0.9 s against
+    3.5–3.8 s)."""
+    chains, draws, *event = x.shape
+    x = x.reshape(chains, draws, math.prod(event)).transpose(2, 0, 1)
+    n = draws // 2
+    xs = np.concatenate([x[:, :, :n], x[:, :, draws - n :]], axis=1)  # (k, m, n)
+
+    def split_rhat(values):
+        within = values.var(axis=2, ddof=1).mean(axis=1)
+        var_plus = within * (n - 1.0) / n + values.mean(axis=2).var(axis=1, ddof=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.sqrt(var_plus / within)
+
+    def rows(part):
+        constant = np.all(part == part[:, :1, :1], axis=(1, 2))
+        scores, ordered = _host_normal_scores(part)
+        size = ordered.shape[1]
+        median = 0.5 * (ordered[:, (size - 1) // 2] + ordered[:, size // 2])
+        tail = split_rhat(_host_normal_scores(np.abs(part - median[:, None, None]))[0])
+        rhat = np.maximum(split_rhat(scores), tail)
+        return np.where(constant | (chains < 2), np.nan, rhat)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = max(1, min(cores or 1, -(-xs.shape[0] // 256)))  # ≥ 256 elements a slice
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(rows, np.array_split(xs, workers)))
+    return np.concatenate(parts).reshape(event)
+
+
 def rhat_rank_many(x) -> jax.Array:
     """Rank-normalised split R-hat per element: the larger of the bulk and the tail R-hat.
 
@@ -312,7 +378,8 @@ def rhat_rank_many(x) -> jax.Array:
     the draws' distances from their median is the tail value (Vehtari, Gelman, Simpson,
     Carpenter & Bürkner 2021). It agrees with ArviZ's ``rhat(method="rank")`` to rounding.
     Two sorts of every element's draws: on a CPU far dearer than :func:`rhat_split_many`
-    (about 0.2 s for 9,610 elements of 2 × 50 draws, against 8 ms).
+    (about 0.2 s for 9,610 elements of 2 × 50 draws, against 8 ms). A NumPy array is ranked
+    by NumPy's sorts, on the host (faster on a CPU); a JAX array or tracer by XLA's.
 
     Args:
         x: Array of shape (chain, draw, *event), at least 4 draws per chain.
@@ -327,4 +394,7 @@ def rhat_rank_many(x) -> jax.Array:
         >>> bool(jnp.all(rhat_rank_many(x) < 1.02))
         True
     """
-    return _rank_rhat(_checked(x))
+    checked = _checked(x)
+    if isinstance(x, np.ndarray):
+        return jnp.asarray(_host_rank_rhat(np.asarray(x, checked.dtype)), checked.dtype)
+    return _rank_rhat(checked)

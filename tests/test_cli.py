@@ -157,6 +157,8 @@ def test_thermal_training_writes_gradient_uncertainty(tmp_path, capsys):
     # batch's relative MCSE lies between the best and the worst (diag_relative_stderr).
     assert 1.0 < record["rank_rhat_max_last_batch"] < 10.0
     assert record["rank_rhat_median_last_batch"] <= record["rank_rhat_max_last_batch"]
+    assert record["rank_rhat_entries_last_batch"] == 10  # every draw
+    assert record["diag_draws_per_entry"] == 1
     assert 0 < record["relative_stderr_median"] <= record["diag_relative_stderr"]
     assert (record["diag_num_chains"], record["batches"]) == (2, 5)  # 1437 // 256 batches
     # One line per finished epoch, and the health table with limits for this run's size.

@@ -150,6 +150,24 @@ def test_rank_rhat_check_uses_the_limit_of_bulk_and_tail_values():
     assert check.ok is False and check.limit == f"≤ {limit:.3f}"
 
 
+def test_rhat_limits_count_the_entries_of_windowed_series():
+    """A batch whose series averaged windows of 3 draws compared 150 entries per chain, not
+    450: its split R-hat's limit is that of 150 draws (the limit of 450 would flag
+    independent draws); the last batch's rank R-hat, of every draw, keeps the limit of 450."""
+    record = RECORD | {
+        "diag_num_draws_per_chain": 450.0,
+        "diag_draws_per_entry": 3.0,
+        "rank_rhat_max_last_batch": 1.0,
+        "rank_rhat_entries_last_batch": 450,
+    }
+    checks = {c.name.split(" (")[0]: c for c in gradient_checks(record)}
+    windowed = rhat_limit(2, 150, 9610 * 44)
+    assert windowed > rhat_limit(2, 450, 9610 * 44) + 0.005
+    assert checks["split R-hat, worst component"].limit == f"≤ {windowed:.3f}"
+    assert checks["rank R-hat, worst component"].limit == f"≤ {rhat_limit(2, 450, 2 * 9610):.3f}"
+    assert health_limits(record)["diag_rhat_max"][1] == windowed
+
+
 # ---------------------------------------------------------------- runs that go bad midway
 
 GOOD = {"train_loss": 0.3, "grad_norm": 1.2, "diag_acceptance_rate": 0.7,

@@ -205,6 +205,27 @@ def test_sampling_until_a_target_precision(spin_problem):
     assert int(budget.diagnostics["num_draws_per_chain"]) == 200
 
 
+def test_series_for_diagnostics_keep_every_draw(spin_problem, monkeypatch):
+    """Where a call averages windows of draws (its series would pass ``SERIES_BUDGET``),
+    ``estimate_with_series`` keeps every draw: the same draws and gradient, a series of all
+    of them (its R-hat then compares every draw, as ArviZ's), and an MCSE of the same size."""
+    from thermoeqprop.estimators import _statistics
+
+    net, params, x, targets = spin_problem
+    estimator = ThermalCovariance(net, 0.5, Sampling(num_chains=2, num_samples=120, num_warmup=20))
+    monkeypatch.setattr(_statistics, "SERIES_BUDGET", 2 * 60 * 39)  # 39 parameters
+    call = estimator(params, x, targets, jax.random.key(3))
+    estimate, series = estimator.estimate_with_series(params, x, targets, jax.random.key(3))
+    assert int(call.diagnostics["draws_per_entry"]) == 2
+    assert int(estimate.diagnostics["draws_per_entry"]) == 1
+    assert series.gradient.shape[:2] == (2, 120) and series.draws_per_entry == 1
+    assert int(call.diagnostics["num_draws_per_chain"]) == 120
+    np.testing.assert_allclose(flat(estimate.grad), flat(call.grad), rtol=1e-12, atol=1e-14)
+    # Batch means of 2 draws against every draw: two estimates of one MCSE.
+    ratio = np.linalg.norm(flat(estimate.stderr)) / np.linalg.norm(flat(call.stderr))
+    assert 0.8 < ratio < 1.25, ratio
+
+
 @dataclasses.dataclass(frozen=True)
 class CountingQuadratic(QuadraticNetwork):
     def energy(self, params, state, x):

@@ -194,6 +194,15 @@ def rhat_limit(
     return math.sqrt((length - 1) / length + q / length)
 
 
+def _entries(record: dict, draws_per_chain: int) -> int:
+    """Series entries per chain behind the split R-hat of every batch: the draws, or their
+    windows where an estimate averaged ``diag_draws_per_entry`` draws into one (the most of
+    any batch, the largest limit). An R-hat of fewer entries is noisier, and its limit must
+    say so: for 2 chains × 450 independent draws of 9,610 components the largest
+    rank-normalised R-hat is about 1.015, of the same draws in 150 windows of 3 about 1.05."""
+    return max(4, draws_per_chain // int(_finite(record.get("diag_draws_per_entry", 1))))
+
+
 def _finite(value) -> float:
     try:
         value = float(value)
@@ -222,6 +231,7 @@ def gradient_checks(record: dict) -> list[Check]:
     """
     num_chains = int(_finite(record.get("diag_num_chains", 1)))
     draws_per_chain = int(_finite(record.get("diag_num_draws_per_chain", 4)))
+    entries = _entries(record, draws_per_chain)
     num_components = int(record.get("parameters", 1))
     num_batches = int(record.get("batches", 1))
     draws = num_chains * draws_per_chain
@@ -236,7 +246,7 @@ def gradient_checks(record: dict) -> list[Check]:
             digits=3,
         )
     )  # fmt: skip
-    worst = rhat_limit(num_chains, draws_per_chain, num_components * num_batches)
+    worst = rhat_limit(num_chains, entries, num_components * num_batches)
     median = RHAT_MEDIAN_MAX
     checks.append(
         _check(
@@ -246,12 +256,14 @@ def gradient_checks(record: dict) -> list[Check]:
         )
     )  # fmt: skip
     if "rank_rhat_max_last_batch" in record:
-        # Rank-normalised: the bulk and the tail value, so twice the comparisons per batch.
+        # Rank-normalised: the bulk and the tail value, so twice the comparisons per batch;
+        # of every draw unless the record says its series had fewer entries.
+        ranked = int(record.get("rank_rhat_entries_last_batch", draws_per_chain))
         checks.append(
             _check(
                 "rank R-hat, worst component (last batch)",
                 _finite(record["rank_rhat_max_last_batch"]),
-                rhat_limit(num_chains, draws_per_chain, 2 * num_components), upper=True,
+                rhat_limit(num_chains, ranked, 2 * num_components), upper=True,
                 bad="chains disagree in the epoch's last batch", lever="rhat", digits=3,
             )
         )  # fmt: skip
@@ -347,7 +359,7 @@ def health_limits(record: dict) -> dict[str, tuple[str, float | None]]:
     return {
         "diag_rhat_max": (
             "split R-hat, worst component",
-            rhat_limit(chains, draws, values) if sized else None,
+            rhat_limit(chains, _entries(record, draws), values) if sized else None,
         ),
         "diag_ess_min": (
             "bulk ESS, worst component",

@@ -344,7 +344,9 @@ def train(
 def _last_batch_rank_rhat(series) -> dict[str, float]:
     """The largest and the median rank-normalised split R-hat (ArviZ's, bulk and tail) over
     every gradient component of an epoch's last batch (``rank_rhat_max_last_batch``,
-    ``rank_rhat_median_last_batch``); nothing for fewer than two chains or a constant series.
+    ``rank_rhat_median_last_batch``) and the entries per chain of its series
+    (``rank_rhat_entries_last_batch``: every draw, as ``estimate_with_series`` keeps them);
+    nothing for fewer than two chains or a constant series.
     One batch per epoch: on a CPU the two sorts per component cost about what the batch's
     sampling does, too much for every batch."""
     import samplers
@@ -359,4 +361,5 @@ def _last_batch_rank_rhat(series) -> dict[str, float]:
     return {
         "rank_rhat_max_last_batch": float(rank.max()),
         "rank_rhat_median_last_batch": float(np.median(rank)),
+        "rank_rhat_entries_last_batch": gradient.shape[1],
     }

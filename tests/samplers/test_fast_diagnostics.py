@@ -200,28 +200,46 @@ def arviz_rank_rhat(x):
 
 # Heavy tails (Cauchy), ties (rounded draws), odd draw counts and the minimum of 4 draws,
 # chains that disagree in location and in scale (the folded value catches the second).
+# Both routes: NumPy input is ranked by NumPy's sorts on the host, JAX input by XLA's.
+ROUTES = pytest.mark.parametrize("route", [np.asarray, jnp.asarray], ids=["host", "jax"])
+
+
+@ROUTES
 @pytest.mark.parametrize(("chains", "draws"), [(2, 50), (4, 201), (3, 9), (2, 4), (8, 5)])
-def test_rank_rhat_agrees_with_arviz(chains, draws):
+def test_rank_rhat_agrees_with_arviz(chains, draws, route):
     rng = np.random.default_rng(13)
     x = ar1(rng, 0.6, chains, draws, 8)
     x[..., 1] = rng.standard_cauchy(size=(chains, draws))
     x[..., 2] = np.round(x[..., 2])  # ties: average ranks
     x[0, :, 3] += 2.0  # one chain elsewhere
     x[0, :, 4] *= 5.0  # one chain wider: the tail R-hat
-    np.testing.assert_allclose(rhat_rank_many(x), arviz_rank_rhat(x), rtol=1e-10)
-    assert rhat_rank_many(x.astype(np.float32)).dtype == jnp.float32
+    np.testing.assert_allclose(rhat_rank_many(route(x)), arviz_rank_rhat(x), rtol=1e-10)
+    assert rhat_rank_many(route(x.astype(np.float32))).dtype == jnp.float32
 
 
-def test_rank_rhat_flags_disagreement_and_ignores_constants():
+def test_rank_rhat_routes_agree_on_many_elements_with_runs_of_ties():
+    """Enough elements for the host route to rank them in slices on several threads, and
+    runs of ties of every length (draws rounded to a coarse grid), some at a slice's edge."""
+    rng = np.random.default_rng(5)
+    x = ar1(rng, 0.5, 3, 60, 700)
+    x[..., ::2] = np.round(x[..., ::2] * 2.0) / 2.0
+    x[..., 5] = 1.5  # constant: NaN on both routes
+    host = np.asarray(rhat_rank_many(x))
+    np.testing.assert_allclose(host, np.asarray(rhat_rank_many(jnp.asarray(x))), rtol=1e-12)
+    assert np.isnan(host[5]) and np.isfinite(np.delete(host, 5)).all()
+
+
+@ROUTES
+def test_rank_rhat_flags_disagreement_and_ignores_constants(route):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(4, 400, 4))
     x[..., 1] = 0.25  # constant: NaN, as ArviZ
     x[:2, :, 2] *= 4.0  # same centre, different spread: only the tail R-hat sees it
     x[:2, :, 3] += 1.0
-    rank = np.asarray(rhat_rank_many(x))
+    rank = np.asarray(rhat_rank_many(route(x)))
     split = np.asarray(rhat_split_many(x))
     assert rank[0] < 1.02 and np.isnan(rank[1])
     assert rank[2] > 1.1 and split[2] < 1.05
     assert rank[3] > 1.1
     # One chain: no rank-normalised R-hat (ArviZ returns NaN as well).
-    assert np.all(np.isnan(rhat_rank_many(x[:1])))
+    assert np.all(np.isnan(rhat_rank_many(route(x[:1]))))

@@ -20,32 +20,29 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-import samplers
 from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
 from thermoeqprop.estimators import _control_variates, _coupled
 from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
-from thermoeqprop.estimators._coupled import flat_pairs, pair_betas, pair_positions, paired
+from thermoeqprop.estimators._drawing import ThermalSamples, draw_states, on_one_device
 from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics, summed_means
 from thermoeqprop.estimators._sampling import (
-    CONTEXT_AXES,
     SAMPLING_METHODS,
     START_METHODS,
     Sampling,
-    _initial_positions,
-    _kernel,
     _sampler_diagnostics,
 )
 from thermoeqprop.estimators._statistics import (
+    DIAGNOSTIC_SERIES_BUDGET,
     SERIES,
     Combined,
     DrawStatistics,
@@ -78,128 +75,6 @@ __all__ = [
     "parameter_names",
     "series_window",
 ]
-
-
-class ThermalSamples(NamedTuple):
-    """States drawn at one temperature and nudge, with what the sampler reported.
-
-    Attributes:
-        states: (batch, chain, draw, n) states at the target temperature.
-        trace: The ``samplers.Trace`` (with every replica when tempering).
-        final_positions: Where the chains ended, to continue them in another round.
-    """
-
-    states: jax.Array
-    trace: Any
-    final_positions: jax.Array
-
-
-def draw_states(
-    model: EnergyModel,
-    sampling: Sampling,
-    params,
-    x,
-    targets,
-    beta: float,
-    temperature: float,
-    rng_key,
-    initial_positions=None,
-    nudged: bool = True,
-) -> ThermalSamples:
-    """Draw states of ``p_β(s | x) ∝ exp(−(E + βC)/T)`` for every example of a batch.
-
-    Args:
-        model: The energy model.
-        sampling: Sampler settings.
-        params: Parameters.
-        x: Inputs (batch, num_inputs).
-        targets: Targets (batch, num_outputs) (unused when ``beta`` is 0).
-        beta: Nudging strength (0 for the free phase), or a pair ``(β₁, β₂)``: then both
-            phases run as coupled pairs of chains with common random numbers
-            (:func:`~thermoeqprop.estimators._coupled.paired`), ``states`` are
-            (batch, chain, draw, 2, n) and ``initial_positions`` (batch, chain, 2n).
-        temperature: T > 0, or an increasing ladder (R,) of temperatures: then one parallel-
-            tempering run samples every rung (``sampling.tempering`` is set to R), the
-            returned ``states`` are those of the first rung and ``trace.samples`` holds all
-            rungs as (batch, chain, draw, R, n), so one run can serve a temperature sweep.
-        rng_key: PRNG key.
-        initial_positions: Chain starts (batch, chain[, replica], n); default: over-dispersed
-            around the model's initial state (random spins for spin models).
-        nudged: Sample ``E + βC`` (the default); False samples ``E`` alone and needs
-            ``beta == 0``: the same law without evaluating the cost at every sampler step,
-            for estimators that never nudge (a kernel of its own, compiled separately).
-
-    Returns:
-        :class:`ThermalSamples`.
-    """
-    coupled = np.ndim(beta) == 1
-    if not nudged and np.any(np.asarray(beta) != 0):
-        raise ValueError(
-            f"nudged=False samples the free phase only, so beta must be 0, got {beta!r}"
-        )
-    key_init, key_sample = jax.random.split(rng_key)
-    ladder = None
-    if np.ndim(temperature) == 1:
-        ladder = np.asarray(temperature, dtype=float)
-        if ladder.size < 2 or not np.all(np.isfinite(ladder)) or not np.all(ladder > 0):
-            raise ValueError(
-                f"a temperature ladder needs ≥ 2 finite temperatures > 0, got {ladder}"
-            )
-        if not np.all(np.diff(ladder) > 0):
-            raise ValueError(f"a temperature ladder must be strictly increasing, got {ladder}")
-        sampling = dataclasses.replace(sampling, tempering=len(ladder))
-        temperature = float(ladder[0])
-    if coupled and sampling.tempering:
-        raise ValueError("coupled phases (a pair of betas) need one temperature, no tempering")
-    batch = x.shape[0]
-    # The parameters are shared by every example (CONTEXT_AXES): one copy, so the chains'
-    # energies and gradients batch into matrix products over all examples and chains.
-    if coupled:
-        # Both phases start from the same noise (one key) around their own starts.
-        context = (params, x, targets, pair_betas(beta, batch, x.dtype))
-        if initial_positions is None:
-            initial_positions = pair_positions(*(_initial_positions(
-                model, sampling, x, key_init, params, targets, b, temperature,
-                (params, x, targets, jnp.full((batch,), b, dtype=x.dtype)), nudged,
-            ) for b in beta))  # fmt: skip
-    else:
-        context = (params, x, targets, jnp.full((batch,), beta, dtype=x.dtype))
-    if initial_positions is None:
-        initial_positions = _initial_positions(
-            model, sampling, x, key_init, params, targets, beta, temperature, context, nudged
-        )
-    if ladder is None:
-        ladder = temperature
-        if sampling.tempering:
-            ladder = samplers.geometric_ladder(
-                temperature, sampling.tempering_max_ratio * temperature, sampling.tempering
-            )
-    ladder = jnp.asarray(ladder, dtype=x.dtype)
-    kernel = _kernel(model, sampling, nudged)
-    trace = samplers.sample(
-        key_sample,
-        paired(kernel) if coupled else kernel,
-        initial_positions,
-        context,
-        ladder,
-        num_samples=sampling.num_samples,
-        num_warmup=sampling.num_warmup,
-        batched=True,
-        context_axes=CONTEXT_AXES,
-    )
-    states = trace.samples[..., 0, :] if sampling.tempering else trace.samples
-    final = trace.final_state.position
-    return ThermalSamples(_on_one_device(states), trace, flat_pairs(final) if coupled else final)
-
-
-def _on_one_device(states):
-    """States sampled over several devices (``samplers.sample`` shards the examples), gathered
-    on the default one: the statistics reduce over examples, and partitioned they ran at half
-    the speed of one device's (measured on 2 CPU devices: 15 + 30 ms against 9 + 15 ms).
-    Also the heat-bath innovations; None passes through."""
-    if states is None or isinstance(states, jax.core.Tracer) or len(states.sharding.device_set) < 2:
-        return states
-    return jax.device_put(states, jax.local_devices()[0])
 
 
 def _check_model(model, temperature):
@@ -235,16 +110,19 @@ class _SampledEstimator(Estimator):
         estimate: a :class:`Combined` (raveled gradient, MCSE, loss, the series, ESS, R-hat)."""
         raise NotImplementedError
 
-    def statistics(self, params, states, x, targets, beta=0.0, innovations=None) -> DrawStatistics:
+    def statistics(
+        self, params, states, x, targets, beta=0.0, innovations=None, budget=None
+    ) -> DrawStatistics:
         """The :class:`DrawStatistics` this estimator needs, of states (batch, chain, draw,
         n) drawn at nudge ``beta``; long runs average consecutive draws into windows
-        (:func:`series_window`). With :attr:`rao_blackwell` on, every draw's values are
+        (:func:`series_window`, with series of at most ``budget`` elements, or
+        :data:`SERIES_BUDGET`). With :attr:`rao_blackwell` on, every draw's values are
         replaced by their conditional expectations given one parity class of layers; with
         ``control_variates``, two folds of chains are corrected by control variates
-        (``"heat_bath"``: from the sampler's ``innovations`` (batch, chain, draw, k) of
-        these draws, ``trace.info.innovations``)."""
+        (``"heat_bath"``: from the sampler's ``innovations`` (batch, chain, draw, k) of these
+        draws, ``trace.info.innovations``)."""
         num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
-        window = series_window(states.shape[2], states.shape[1], num_params)
+        window = series_window(states.shape[2], states.shape[1], num_params, budget)
         if self.control_variates is not None:
             return _control_variates.corrected(
                 self, params, states, x, targets, beta, window, innovations
@@ -292,8 +170,15 @@ class _SampledEstimator(Estimator):
     def estimate_with_series(
         self, params, x, targets, rng_key
     ) -> tuple[GradientEstimate, GradientSeries]:
-        """The estimate and the per-draw series whose means it is (for ArviZ diagnostics)."""
-        estimate, combined, merged, traces = self._estimate(params, x, targets, rng_key)
+        """The estimate and the per-draw series whose means it is (for ArviZ diagnostics).
+
+        The same draws and gradient as ``self(params, x, targets, rng_key)``; the series keeps
+        every draw up to :data:`DIAGNOSTIC_SERIES_BUDGET` elements (a call averages windows of
+        draws beyond :data:`SERIES_BUDGET`), so its R-hat compares every draw, as ArviZ's, and
+        the MCSE is computed from them."""
+        estimate, combined, merged, traces = self._estimate(
+            params, x, targets, rng_key, DIAGNOSTIC_SERIES_BUDGET
+        )
         cost = np.mean([np.asarray(phase.cost) for phase in merged], axis=0)
         series = GradientSeries(
             np.asarray(combined.series),
@@ -306,7 +191,7 @@ class _SampledEstimator(Estimator):
         )
         return estimate, series
 
-    def _estimate(self, params, x, targets, rng_key):
+    def _estimate(self, params, x, targets, rng_key, budget=None):
         x, targets = self._validated(params, x, targets)
         phases = self.phases()
         _, unravel = ravel_pytree(params)
@@ -325,15 +210,19 @@ class _SampledEstimator(Estimator):
                 traces.append(drawn.trace)
                 for i, beta in enumerate(phases):
                     states = drawn.states[..., i, :]
-                    collected[i].append(self.statistics(params, states, x, targets, beta))
+                    collected[i].append(
+                        self.statistics(params, states, x, targets, beta, budget=budget)
+                    )
             else:
                 for i, beta in enumerate(phases):
                     drawn = draw(beta, self.temperature, jax.random.fold_in(round_key, i),
                                  positions[i])  # fmt: skip
                     positions[i] = drawn.final_positions
                     traces.append(drawn.trace)
-                    innovations = _on_one_device(getattr(drawn.trace.info, "innovations", None))
-                    stats = self.statistics(params, drawn.states, x, targets, beta, innovations)
+                    innovations = on_one_device(getattr(drawn.trace.info, "innovations", None))
+                    stats = self.statistics(
+                        params, drawn.states, x, targets, beta, innovations, budget
+                    )
                     collected[i].append(stats)
             merged = [_merge_rounds(phase) for phase in collected]
             combined = self.combine(merged)
@@ -351,6 +240,7 @@ class _SampledEstimator(Estimator):
             "num_draws_per_chain": jnp.asarray(
                 combined.series.shape[1] * merged[0].draws_per_entry
             ),
+            "draws_per_entry": jnp.asarray(merged[0].draws_per_entry),
             **_ess_rhat(combined),
             **_control_variates.gain(self, merged, combined),
         }
