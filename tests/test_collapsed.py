@@ -63,7 +63,7 @@ def test_unit_free_energy_matches_direct_quadrature(activation, temperature):
     table = unit_free_energy(activation, temperature, bound=5.0)
     with seed_offset.fixed():
         rng = np.random.default_rng(0)
-    nodes = rng.integers(0, table.values.shape[0] - 1, 8)
+    nodes = rng.integers(0, table.coefficients.shape[0], 8)  # intervals of the grid
     fields = np.concatenate([[0.0, -8.0, 8.0], float(table.start) + (nodes + 0.5) *
                              float(table.step), rng.uniform(-8.0, 8.0, 4)])  # fmt: skip
     got = np.asarray(table(jnp.asarray(fields)))

@@ -68,18 +68,17 @@ class UnitMoments(NamedTuple):
     Attributes:
         start: The first field of the grid (a scalar array), or None for the closed form.
         step: The grid step (a scalar array); the closed form keeps the temperature here.
-        values: (G, 3) moments on the grid.
-        slopes: (G, 3) their exact derivatives in u.
+        coefficients: (G − 1, 3, 4) the cubic of each moment on each interval of the grid
+            (:func:`_cubics`), or None.
     """
 
     start: jax.Array | None
     step: jax.Array
-    values: jax.Array | None
-    slopes: jax.Array | None
+    coefficients: jax.Array | None
 
     def __call__(self, u: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """``(m_1, m_2, m_3)`` at fields ``u`` (any shape), each shaped like ``u``."""
-        if self.values is None:  # ρ(s) = s: the law is N(u, T)
+        if self.coefficients is None:  # ρ(s) = s: the law is N(u, T)
             t = self.step
             return u, u**2 + t, u**3 + 3 * t * u
         return tuple(_hermite(self, u, k) for k in range(MOMENT_ORDERS))
@@ -96,33 +95,44 @@ class UnitFreeEnergy(NamedTuple):
     Attributes:
         start: The first field of the grid (a scalar array), or None for the closed form.
         step: The grid step (a scalar array).
-        values: (G, 1) free energies on the grid, or None.
-        slopes: (G, 1) their exact derivatives ``−m₁``, or None.
+        coefficients: (G − 1, 1, 4) the cubic of ``f`` on each interval of the grid
+            (:func:`_cubics`, from the free energies and their exact slopes ``−m₁``), or None.
     """
 
     start: jax.Array | None
     step: jax.Array
-    values: jax.Array | None
-    slopes: jax.Array | None
+    coefficients: jax.Array | None
 
     def __call__(self, u: jax.Array) -> jax.Array:
         """``f(u)`` at fields ``u`` (any shape), shaped like ``u``."""
-        if self.values is None:  # ρ(s) = s: Z(u) = √(2πT) exp(u²/2T)
+        if self.coefficients is None:  # ρ(s) = s: Z(u) = √(2πT) exp(u²/2T)
             return -0.5 * u**2
         return _hermite(self, u, 0)
 
 
+def _cubics(values: jax.Array, slopes: jax.Array, step: float) -> jax.Array:
+    """The cubic Hermite interpolant of (G, k) ``values`` with exact ``slopes`` on a grid of
+    ``step``, as (G − 1, k, 4) coefficients ``c`` of ``Σ_j c_j t^j`` on each interval
+    (``t ∈ [0, 1]`` from its left end): an evaluation reads four numbers of one interval and
+    takes three multiply-adds (Horner), where the Hermite basis read two nodes' values and
+    slopes and weighted them by four cubics. On a CPU the table look-ups are most of a
+    collapsed HMC gradient: 64 chains' gradients of the main job's marginal took 35 µs
+    against 46–59 µs (float64, one device)."""
+    v0, v1 = values[:-1], values[1:]
+    d0, d1 = step * slopes[:-1], step * slopes[1:]
+    return jnp.stack([v0, d0, 3 * (v1 - v0) - 2 * d0 - d1, 2 * (v0 - v1) + d0 + d1], axis=-1)
+
+
 def _hermite(table, u, k):
-    """Column k of a table's cubic Hermite interpolant at ``u`` (clamped to the grid)."""
-    size = table.values.shape[0]
+    """Column k of a table's cubic Hermite interpolant at ``u`` (clamped to the grid). Four
+    scalar look-ups: a gather of the interval's row of four (…, 4) ran slower in XLA on a
+    CPU, and one of all columns at once (…, k, 4) kept the unread ones alive."""
+    size = table.coefficients.shape[0] + 1
     z = jnp.clip((u - table.start) / table.step, 0.0, size - 1.0)
     i = jnp.minimum(jnp.floor(z).astype(jnp.int32), size - 2)
     t = z - i
-    t2, t3 = t * t, t * t * t
-    return ((2 * t3 - 3 * t2 + 1) * table.values[i, k]
-            + (t3 - 2 * t2 + t) * table.step * table.slopes[i, k]
-            + (-2 * t3 + 3 * t2) * table.values[i + 1, k]
-            + (t3 - t2) * table.step * table.slopes[i + 1, k])  # fmt: skip
+    c = table.coefficients
+    return c[i, k, 0] + t * (c[i, k, 1] + t * (c[i, k, 2] + t * c[i, k, 3]))
 
 
 def field_bound(params, x, activation: str) -> float:
@@ -160,7 +170,7 @@ def unit_moments(activation: str, temperature: float, bound: float = 0.0, dtype=
     """
     temperature = float(temperature)
     if activation == "linear":
-        return UnitMoments(None, jnp.asarray(temperature, dtype), None, None)
+        return UnitMoments(None, jnp.asarray(temperature, dtype), None)
     return _tables(activation, temperature, _covered(activation, bound), jnp.dtype(dtype).name)[0]
 
 
@@ -173,7 +183,7 @@ def unit_free_energy(activation: str, temperature: float, bound: float = 0.0, dt
     """
     temperature = float(temperature)
     if activation == "linear":
-        return UnitFreeEnergy(None, jnp.asarray(temperature, dtype), None, None)
+        return UnitFreeEnergy(None, jnp.asarray(temperature, dtype), None)
     return _tables(activation, temperature, _covered(activation, bound), jnp.dtype(dtype).name)[1]
 
 
@@ -208,10 +218,11 @@ def _tables(activation: str, temperature: float, covered: float, dtype: str):
     fields = np.linspace(-covered, covered, size)
     values, slopes, free = _tabulate(rho, temperature, jnp.asarray(fields), jnp.asarray(s))
     dt = jnp.dtype(dtype)
+    moments, energies = _cubics(values, slopes, step), _cubics(free, -values[:, :1], step)
     start, step = jnp.asarray(-covered, dt), jnp.asarray(step, dt)
     return (
-        UnitMoments(start, step, values.astype(dt), slopes.astype(dt)),
-        UnitFreeEnergy(start, step, free.astype(dt), -values[:, :1].astype(dt)),
+        UnitMoments(start, step, moments.astype(dt)),
+        UnitFreeEnergy(start, step, energies.astype(dt)),
     )
 
 
