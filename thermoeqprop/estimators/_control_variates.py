@@ -282,24 +282,16 @@ def _squared_mcse(wanted, series):
     return sum(jnp.sum(jnp.nan_to_num(_mcse(series[name])) ** 2) for name in wanted)
 
 
-def _mcse_scale(estimator) -> float:
-    """The factor the estimator's ``combine`` puts on its phases' MCSEs (estimators/thermal.py):
-    ``1/T`` on the covariance series, ``1/(2β)`` (symmetric) or ``1/β`` on the nudged
-    phases' ``∂θE`` series, whose squared MCSEs it adds."""
-    if "covariance" in estimator.needed_series:
-        return 1.0 / estimator.temperature
-    return 1.0 / (2 * estimator.beta if estimator.symmetric else estimator.beta)
-
-
 def gain(estimator, merged, combined) -> dict[str, jax.Array]:
     """``{"control_variate_gain": ‖MCSE‖ without ÷ ‖MCSE‖ with the controls}``: the phases'
-    ``control_mcse2`` scaled as ``combine`` scales them, over the norm of ``combined.stderr``.
+    ``control_mcse2`` divided as ``combine`` divides them (``estimator.series_divisor()``:
+    T, or 2β or β), over the norm of ``combined.stderr``.
     Below 1 the controls add noise (chains that do not mix: docs/mathematics.md, "Heat-bath
     control variates"). Empty without controls or after several rounds."""
     parts = [phase.control_mcse2 for phase in merged]
     if any(part is None for part in parts):
         return {}
-    plain = _mcse_scale(estimator) * jnp.sqrt(sum(parts))
+    plain = jnp.sqrt(sum(parts)) / estimator.series_divisor()
     return {"control_variate_gain": plain / jnp.linalg.norm(combined.stderr)}
 
 

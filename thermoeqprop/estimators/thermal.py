@@ -105,6 +105,10 @@ class _SampledEstimator(Estimator):
     #: Whether any phase is nudged; if not, the samplers get the energy without the cost term.
     nudges: bool = True
 
+    def series_divisor(self) -> float:
+        """What :meth:`combine` divides its phases' series, and so their MCSEs, by."""
+        raise NotImplementedError
+
     def combine(self, stats: list[DrawStatistics]) -> Combined:
         """Turn the :class:`DrawStatistics` of each phase (in :meth:`phases` order) into the
         estimate: a :class:`Combined` (raveled gradient, MCSE, loss, the series, ESS, R-hat)."""
@@ -326,9 +330,12 @@ class ThermalCovariance(_SampledEstimator):
     def phases(self):
         return (0.0,)
 
+    def series_divisor(self):
+        return self.temperature
+
     def combine(self, merged):
         (free,) = merged
-        series = -free.covariance / jnp.asarray(self.temperature, free.covariance.dtype)
+        series = -free.covariance / jnp.asarray(self.series_divisor(), free.covariance.dtype)
         return _combined(series, None, free.cost, free.draws_per_entry)
 
 
@@ -378,9 +385,12 @@ class ThermalNudged(_SampledEstimator):
     def phases(self):
         return (self.beta, -self.beta) if self.symmetric else (self.beta, 0.0)
 
+    def series_divisor(self):
+        return 2 * self.beta if self.symmetric else self.beta
+
     def combine(self, merged):
         high, low = merged
-        scale = jnp.asarray(2 * self.beta if self.symmetric else self.beta, high.cost.dtype)
+        scale = jnp.asarray(self.series_divisor(), high.cost.dtype)
         g_high, g_low = high.energy_grad, low.energy_grad
         cost = 0.5 * (high.cost + low.cost) if self.symmetric else low.cost
         if self.coupled:  # one joint chain: the MCSE of the paired difference series itself
