@@ -37,6 +37,9 @@ Sections (``--sections spin main``; each appends its tables to one report):
 - ``collapsed-spins`` (``benchmarks/_vr_collapsed_spins.py``, not run by default): what
   sampling one parity class of a layered spin network from its exact marginal would gain, by
   exact asymptotic variances, and the cost of its sweep against block Gibbs (minimal loops).
+- ``rhat`` (``benchmarks/_vr_rhat.py``, not run by default): how the entries of a series (every
+  draw, or windows of draws) set the largest R-hat over many components, for independent draws
+  and on the main job with 2 × (100 + 450) draws.
 - ``main`` (``benchmarks/_vr_main.py``): the main job's per-batch covariance gradient, plain
   against conditional expectations (docs/mathematics.md, "Conditional expectations"), at equal
   draws and at equal wall time, at the initial and at EP-trained parameters.
@@ -78,6 +81,7 @@ import _vr_collapsed_spins  # noqa: E402
 import _vr_coupled  # noqa: E402
 import _vr_examples  # noqa: E402
 import _vr_main  # noqa: E402
+import _vr_rhat  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -459,6 +463,7 @@ SECTIONS = {
     "coupled": lambda args: _vr_coupled.section_coupled(args, sys.modules[__name__]),
     "examples": _vr_examples.section_examples,
     "collapsed-spins": _vr_collapsed_spins.section_collapsed_spins,
+    "rhat": _vr_rhat.section_rhat,
 }
 
 
