@@ -141,13 +141,20 @@ class BarrierTable:
         return out
 
 
+# Variables a sweep's parts gained after sweeps were first saved (besides the barrier's).
+LATER_VARIABLES = ("control_variate_gain",)
+
+
 def joinable_parts(parts: list[xr.Dataset]) -> list[xr.Dataset]:
-    """``parts`` without the barrier variables unless every part has them (parts saved by a
-    version before them, resumed by this one, then still join)."""
-    if all("local_barrier" in part for part in parts):
+    """``parts`` without the barrier variables, or any of :data:`LATER_VARIABLES`, unless
+    every part has them (parts saved by a version before them, resumed by this one, then
+    still join)."""
+    names = [name for name in LATER_VARIABLES if not all(name in part for part in parts)]
+    if not all("local_barrier" in part for part in parts):
+        names += [*BARRIER_DESCRIPTIONS, PAIR_DIM, "pair_temperature_low",
+                  "pair_temperature_high", "pair_inverse_temperature_gap"]  # fmt: skip
+    if not names:
         return parts
-    names = [*BARRIER_DESCRIPTIONS, PAIR_DIM, "pair_temperature_low", "pair_temperature_high",
-             "pair_inverse_temperature_gap"]  # fmt: skip
     return [part.drop_vars(names, errors="ignore") for part in parts]
 
 

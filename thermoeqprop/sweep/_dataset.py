@@ -116,6 +116,8 @@ DESCRIPTIONS = {
     "mean_integration_steps": "mean leapfrog steps per HMC/NUTS draw",
     "swap_rate_min": "smallest mean swap probability over the tempering ladder's pairs",
     "round_trips": "mean completed replica round trips per chain (tempering)",
+    "control_variate_gain": "norm of the gradient's MCSE without the control variates over "
+    "that with them (below 1: the controls add noise; NaN: no control variates)",
     "exact_gradient": "exact dL_T/dθ (enumeration or Gaussian closed form; qubit networks: "
     "jax.grad through expm of the density matrix)",
     "exact_loss": "exact <C>_0",

@@ -28,6 +28,7 @@ SAMPLER_STATISTICS = (
     "mean_integration_steps",
     "swap_rate_min",
     "round_trips",
+    "control_variate_gain",
 )
 
 
