@@ -200,7 +200,8 @@ def _entries(record: dict, draws_per_chain: int) -> int:
     any batch, the largest limit). An R-hat of fewer entries is noisier, and its limit must
     say so: for 2 chains × 450 independent draws of 9,610 components the largest
     rank-normalised R-hat is about 1.015, of the same draws in 150 windows of 3 about 1.05."""
-    return max(4, draws_per_chain // int(_finite(record.get("diag_draws_per_entry", 1))))
+    per_entry = _finite(record.get("diag_draws_per_entry", 1))
+    return max(4, draws_per_chain // int(per_entry if per_entry >= 1 else 1))
 
 
 def _finite(value) -> float:
