@@ -8,11 +8,11 @@ largest R-hat over many components (issue 11, item 4's "largest rank-normalised 
    and the largest R-hat rises with that alone.
 2. The main job at the EP-trained parameters of section ``main``, ``--batches`` batches of 32
    digits, collapsed HMC with 2 chains × (100 warm-up + 450 draws): one estimate per batch,
-   and the largest R-hat of the same draws kept two ways: in windows of 3 draws (a call's
-   series, ``SERIES_BUDGET``) and every draw (``estimate_with_series``,
-   ``DIAGNOSTIC_SERIES_BUDGET``). Also the time of ``samplers.rhat_rank_many`` on the series
-   of every draw on its two routes (NumPy's sorts for a host array, XLA's for a JAX one), the
-   median of 3 calls after a first.
+   and the largest R-hat of the same draws kept two ways: every draw (``estimate_with_series``,
+   ``DIAGNOSTIC_SERIES_BUDGET``) and in windows of 3 draws (a call's series under
+   ``SERIES_BUDGET``: the means of the per-draw entries over each window). Also the time of
+   ``samplers.rhat_rank_many`` on the series of every draw on its two routes (NumPy's sorts
+   for a host array, XLA's for a JAX one), the median of 3 calls after a first.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import samplers
 from thermoeqprop._health import rhat_limit
 from thermoeqprop.data import load_dataset
 from thermoeqprop.estimators import ThermalCovariance
+from thermoeqprop.estimators._statistics import series_window
 from thermoeqprop.models import LayeredNetwork
 
 COMPONENTS = 9610
@@ -82,15 +83,17 @@ def section_rhat(args) -> list[str]:
     for batch in range(args.batches):
         idx = picks.choice(len(dataset.labels_train), BATCH, replace=False)
         x, y = jnp.asarray(dataset.x_train[idx]), model.encode_labels(dataset.labels_train[idx])
-        key = jax.random.key(batch)
-        windowed = estimator._estimate(params, x, y, key)[1]
-        estimate, series = estimator.estimate_with_series(params, x, y, key)
+        estimate, series = estimator.estimate_with_series(params, x, y, jax.random.key(batch))
         every = np.asarray(series.gradient)
+        # A call's series from the same draws: its entries are the means of windows of draws
+        # (the statistics are linear in the draws' terms), so no second sampling is needed.
+        chains, draws, size = every.shape
+        window = series_window(draws, chains, size)
+        windowed = every.reshape(chains, draws // window, window, size).mean(axis=2)
         rows.append((
-            windowed.series.shape[1], every.shape[1],
-            _largest(samplers.rhat_rank_many(np.asarray(windowed.series))),
-            _largest(samplers.rhat_rank_many(every)),
-            _largest(windowed.rhat), _largest(series.rhat),
+            windowed.shape[1], draws,
+            _largest(samplers.rhat_rank_many(windowed)), _largest(samplers.rhat_rank_many(every)),
+            _largest(samplers.rhat_split_many(windowed)), _largest(series.rhat),
             float(estimate.diagnostics["relative_stderr"]),
         ))  # fmt: skip
         if batch == 0:
