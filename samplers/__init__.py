@@ -20,7 +20,8 @@ and start positions in; samples of shape ``(chain, draw, ...)`` and per-step dia
   vectorised in JAX over many quantities:
   :func:`mean_diagnostics_many`, :func:`ess_mean_many`, :func:`mcse_mean_many`,
   :func:`rhat_split_many`, :func:`rhat_rank_many`; how many independent components the
-  error of many means holds: :func:`effective_components`.
+  error of many means holds: :func:`effective_components`; draws per batch mean within a
+  budget of numbers: :func:`batch_window`.
 """
 
 from samplers._annealing import anneal, check_schedule, geometric_schedule, linear_schedule
@@ -39,7 +40,7 @@ from samplers._arviz import (
 )
 from samplers._arviz_plots import save_rank_plot, save_trace_plot
 from samplers._base import Kernel, NonFiniteEnergyError
-from samplers._batch_means import effective_components
+from samplers._batch_means import batch_window, effective_components
 from samplers._collapsed_spins import (
     CollapsedGibbsInfo,
     CollapsedSpinState,
@@ -114,6 +115,7 @@ __all__ = [
     "check_schedule",
     "check_spin_energy",
     "communication_barrier",
+    "batch_window",
     "effective_components",
     "enumerate_spins",
     "equalise_ladder",

@@ -1,4 +1,5 @@
-"""How many independent components the error of many chain means holds, from batch means.
+"""Batch means: how many draws to average per batch (:func:`batch_window`), and how many
+independent components the error of many chain means holds (:func:`effective_components`).
 
 The per-element MCSEs of :mod:`samplers._fast_diagnostics` say how large each mean's error is,
 not how the errors of different elements move together. When they move together, a statistic
@@ -16,7 +17,32 @@ import math
 
 import numpy as np
 
-__all__ = ["effective_components"]
+__all__ = ["batch_window", "effective_components"]
+
+
+def batch_window(
+    num_draws: int, num_chains: int, num_elements: int, budget: int, min_length: int = 64
+) -> int:
+    """Draws per batch mean that keep ``chains × batches × elements`` within ``budget``.
+
+    1 while every draw fits; else the smallest divisor of ``num_draws`` that brings the count
+    within the budget but leaves at least ``min_length`` batches per chain, or 1 if no divisor
+    leaves between half that and the budget (such a series keeps every draw). Batch means have
+    the draws' mean, and the ESS and R-hat of the means stand for the draws' when a batch is
+    longer than the draws' autocorrelation.
+
+    Example:
+        >>> batch_window(450, 2, 9610, 2**22), batch_window(150, 2, 9610, 2**20)
+        (3, 3)
+        >>> batch_window(50, 2, 9610, 2**22), batch_window(211, 8, 15010, 2**22)
+        (1, 1)
+    """
+    longest = max(min_length, budget // max(1, num_chains * num_elements))
+    if num_draws <= longest:
+        return 1
+    window = next(w for w in range(1, num_draws + 1) if num_draws % w == 0 and
+                  num_draws // w <= longest)  # fmt: skip
+    return window if num_draws // window >= min_length // 2 else 1
 
 
 def effective_components(x) -> float:

@@ -67,6 +67,24 @@ def test_agrees_with_arviz(phi, chains, draws):
     np.testing.assert_array_equal(rhat_split_many(x), ours.rhat)
 
 
+@pytest.mark.parametrize("phi", [0.0, 0.9, -0.5])
+def test_ess_budget_takes_ess_and_mcse_from_batch_means_and_rhat_from_every_draw(phi):
+    # 2 chains × 300 draws × 6 elements = 3,600 numbers; a budget of 1,000 leaves at least 64
+    # batches per chain: the smallest divisor of 300 giving at most 83 batches is 4 (75).
+    x = ar1(np.random.default_rng(3), phi, 2, 300, 6)
+    assert samplers.batch_window(300, 2, 6, 1000) == 4
+    ours = mean_diagnostics_many(x, ess_budget=1000)
+    means = x.reshape(2, 75, 4, 6).mean(axis=2)
+    reference = arviz_diagnostics(means)
+    np.testing.assert_allclose(ours.mcse, reference.mcse, rtol=1e-8)
+    np.testing.assert_allclose(ours.ess, 4 * reference.ess, rtol=1e-8)  # counted in draws
+    np.testing.assert_allclose(ours.rhat, arviz_diagnostics(x).rhat, rtol=1e-8)
+    # Within the budget, every draw: the same numbers as without one.
+    for value, whole in zip(mean_diagnostics_many(x, ess_budget=3600), mean_diagnostics_many(x),
+                            strict=True):  # fmt: skip
+        np.testing.assert_array_equal(value, whole)
+
+
 def test_autocovariance_is_the_linear_one_at_odd_and_even_lengths():
     """Both transforms (tables up to DFT_MAX_DRAWS, FFT beyond), padded to odd 5-smooth
     lengths (3, 5, 25, 75, 125, 375 points) and even ones, against the direct sum over lags
