@@ -769,15 +769,18 @@ S3_SIZES = (64, 128, 10)  # the default network of `thermoeqprop train`
 S3_EPOCHS = 3  # per run: the first compiles, the later ones are the steady state
 
 
-def _draws_parts(spec: str) -> tuple[int, int, int, bool]:
-    """``CxN[+W][,jumps]`` (``--draws``): chains, warm-up (default 50), draws, mode jumps."""
-    match = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?(,jumps)?", spec)
+def _draws_parts(spec: str) -> tuple[int, int, int, bool, bool]:
+    """``CxN[+W][,jumps][,f32]`` (``--draws``): chains, warm-up (default 50), draws, mode jumps,
+    float32 sampler arithmetic."""
+    match = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?((?:,jumps|,f32)*)", spec)
     if match is None:
         raise SystemExit(
-            f"--draws {spec!r}: expected CHAINSxDRAWS[+WARMUP][,jumps], e.g. 2x300 or 4x150+50"
+            f"--draws {spec!r}: expected CHAINSxDRAWS[+WARMUP][,jumps][,f32], e.g. 2x300 or "
+            "4x150+50 or 2x450+100,f32"
         )
-    chains, draws, warmup, jumps = match.groups()
-    return int(chains), int(warmup or 50), int(draws), jumps is not None
+    chains, draws, warmup, flags = match.groups()
+    flags = flags.split(",")[1:]
+    return int(chains), int(warmup or 50), int(draws), "jumps" in flags, "f32" in flags
 
 
 def _draws_spec(spec: str) -> str:
@@ -787,15 +790,17 @@ def _draws_spec(spec: str) -> str:
 
 
 def _draws_route(spec: str) -> str:
-    chains, warmup, draws, jumps = _draws_parts(spec)
-    return f"thermal, {chains} × ({warmup} + {draws})" + (", mode jumps" if jumps else "")
+    chains, warmup, draws, jumps, f32 = _draws_parts(spec)
+    return (f"thermal, {chains} × ({warmup} + {draws})" + (", mode jumps" if jumps else "")
+            + (", float32 sampler" if f32 else ""))  # fmt: skip
 
 
 def _draws_command(spec: str) -> list[str]:
-    chains, warmup, draws, jumps = _draws_parts(spec)
+    chains, warmup, draws, jumps, f32 = _draws_parts(spec)
     command = ["--num-chains", str(chains), "--num-warmup", str(warmup),
                "--num-samples", str(draws)]  # fmt: skip
-    return command + (["--mode-jumps", "on"] if jumps else [])
+    return (command + (["--mode-jumps", "on"] if jumps else [])
+            + (["--sampler-dtype", "float32"] if f32 else []))  # fmt: skip
 
 
 def _train_run(command: list[str], seed: int, folder: str) -> list[dict[str, float]]:
@@ -1280,9 +1285,10 @@ def main():
         nargs="+",
         default=None,
         type=_draws_spec,
-        metavar="CxN[+W][,jumps]",
+        metavar="CxN[+W][,jumps][,f32]",
         help="section 3: also time train with C chains × (W warm-up + N draws), W default 50, "
-        "',jumps' for --mode-jumps on; interleaved with the default and T = 0",
+        "',jumps' for --mode-jumps on, ',f32' for --sampler-dtype float32; interleaved with "
+        "the default and T = 0",
     )
     parser.add_argument(
         "--baseline",

@@ -268,6 +268,11 @@ CLI_CASES = {
         None,
         "hmc_jitter must be a number in [0, 1), got 1.0",
     ),
+    "train sampler dtype": (
+        TRAIN + ["--estimator", "covariance", "--sampler-dtype", "float16"],
+        None,
+        "--sampler-dtype has value 'float16'; valid: ['float32']",
+    ),
     "train not a number": (
         TRAIN + ["--temperature", "warm"],
         None,

@@ -112,18 +112,23 @@ def test_marginal_energy_integrates_the_collapsed_units_out(sizes):
     np.testing.assert_allclose(differences, differences[0], rtol=0, atol=1e-9)
 
 
-def test_two_unit_sigmoid_network_against_quadrature():
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_two_unit_sigmoid_network_against_quadrature(dtype):
     """HMC on the output's 1-D marginal, the hidden unit averaged: both estimators agree with
-    the exact gradient (and the covariance estimator's loss with the exact ⟨C⟩)."""
+    the exact gradient (and the covariance estimator's loss with the exact ⟨C⟩); also with
+    the sampler's arithmetic in float32 (the draws come back in float64)."""
     temperature = 0.1
     loss, exact = quadrature_gradient(temperature)
     sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=400, num_warmup=100,
-                        collapse=True)  # fmt: skip
+                        collapse=True, dtype=dtype)  # fmt: skip
     # The draws behind the covariance estimator (its kernel): the kept unit's draws in place,
     # zeros (never read) for the collapsed one.
     drawn = draw_collapsed(TWO_UNITS, sampling, TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, 0.0,
                            temperature, jax.random.key(2), nudged=False)  # fmt: skip
     assert drawn.states.shape == (3, 4, 400, 2) and drawn.final_positions.shape == (3, 4, 1)
+    assert drawn.states.dtype == drawn.final_positions.dtype == jnp.float64
+    ran = jnp.float32 if dtype else jnp.float64  # the chains' own state keeps their dtype
+    assert drawn.trace.final_state.position.dtype == drawn.trace.info.energy.dtype == ran
     np.testing.assert_array_equal(drawn.states[..., 1:], drawn.trace.samples)
     np.testing.assert_array_equal(drawn.states[..., :1], 0.0)
     zs = []
@@ -140,9 +145,11 @@ def test_two_unit_sigmoid_network_against_quadrature():
     assert np.max(np.abs(z)) < K, z
 
 
-def test_collapsed_estimators_match_the_gaussian_closed_form():
+@pytest.mark.parametrize(("collapse", "dtype"), [(None, None), (False, "float32")])
+def test_collapsed_estimators_match_the_gaussian_closed_form(collapse, dtype):
     """A quadratic network with three free layers: the kept class is layers 1 and 3 (the
-    input field enters the marginal), the middle layer is collapsed."""
+    input field enters the marginal), the middle layer is collapsed; and every unit sampled
+    by HMC in float32."""
     net = QuadraticNetwork((3, 4, 3, 2))
     with seed_offset.fixed():
         params = net.init_params(jax.random.key(0))
@@ -150,9 +157,10 @@ def test_collapsed_estimators_match_the_gaussian_closed_form():
         targets = jax.random.normal(jax.random.key(2), (6, 2))
     temperature = 0.5
     exact = ThermalExact(net, temperature)(params, x, targets)
-    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=300, num_warmup=100)
+    sampling = Sampling(method="hmc", hmc_steps=8, num_chains=4, num_samples=300, num_warmup=100,
+                        collapse=collapse, dtype=dtype)  # fmt: skip
     covariance = ThermalCovariance(net, temperature, sampling)
-    assert collapses(covariance) and classes(net) == ((1, 3), (2,))
+    assert collapses(covariance) == (collapse is None) and classes(net) == ((1, 3), (2,))
     estimate = check_against(covariance, (params, x, targets), jax.random.key(7), exact.grad)
     assert abs(float(estimate.loss) - float(exact.loss)) < K * float(estimate.loss_stderr)
 

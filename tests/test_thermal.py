@@ -398,6 +398,8 @@ def test_bad_starts_are_named():
         Sampling(start="hot")
     with pytest.raises(ValueError, match="cannot be combined with tempering"):
         Sampling(start="annealed", tempering=3)
+    with pytest.raises(ValueError, match=r"dtype must be one of \(None, 'float32'\), got 'f16'"):
+        Sampling(dtype="f16")
     with pytest.raises(ValueError, match="needs continuous states"):
         Sampling(start="relaxed").resolve_start(SpinNetwork.layered((2, 3, 1)))
 

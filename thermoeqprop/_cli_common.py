@@ -68,6 +68,7 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
         start=options.start,
         collapse=COLLAPSE[options.collapse],
         mode_jumps=options.mode_jumps == "on",
+        dtype=options.sampler_dtype,
     )
 
 

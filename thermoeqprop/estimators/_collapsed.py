@@ -35,6 +35,7 @@ import numpy as np
 import samplers
 from thermoeqprop.estimators._conditional import conditional_activation
 from thermoeqprop.estimators._coupled import flat_pairs, pair_betas, pair_positions, paired
+from thermoeqprop.estimators._drawing import at_sampler_dtype
 from thermoeqprop.estimators._mode_jumps import jump_vectors, with_jumps
 from thermoeqprop.estimators._unit_tables import field_bound, unit_free_energy
 from thermoeqprop.models.layered import LayeredNetwork
@@ -247,6 +248,17 @@ def draw_collapsed(
     """Draw the kept class of ``p_β(s | x)`` from its marginal, every example of a batch;
     the arguments of ``thermal.draw_states`` (one temperature; ``initial_positions``
     (batch, chain, n_kept))."""
+    kept = _draw_kept(model, sampling, params, x, targets, beta, temperature, rng_key,
+                      initial_positions, nudged)  # fmt: skip
+    # The full states are laid out after the draw, in the inputs' dtype (``sampling.dtype``
+    # casts only the kept units' draws back).
+    return kept._replace(states=_full_states(model, kept.trace.samples))
+
+
+@at_sampler_dtype
+def _draw_kept(model, sampling, params, x, targets, beta, temperature, rng_key,
+               initial_positions=None, nudged=True) -> CollapsedSamples:  # fmt: skip
+    """:func:`draw_collapsed` without the full states (``states`` None)."""
     coupled = np.ndim(beta) == 1
     if not nudged and np.any(np.asarray(beta) != 0):
         raise ValueError(
@@ -292,7 +304,7 @@ def draw_collapsed(
     )
     final = trace.final_state.position
     final = flat_pairs(final) if coupled else final
-    return CollapsedSamples(_full_states(model, trace.samples), trace, final)
+    return CollapsedSamples(None, trace, final)
 
 
 def _full_states(model, kept):

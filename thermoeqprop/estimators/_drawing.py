@@ -8,6 +8,7 @@ where the statistics of :mod:`thermoeqprop.estimators.thermal` reduce over the e
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +20,7 @@ from thermoeqprop.estimators._coupled import flat_pairs, pair_betas, pair_positi
 from thermoeqprop.estimators._sampling import CONTEXT_AXES, Sampling, _initial_positions, _kernel
 from thermoeqprop.models._base import EnergyModel
 
-__all__ = ["ThermalSamples", "draw_states", "on_one_device"]
+__all__ = ["ThermalSamples", "at_sampler_dtype", "draw_states", "on_one_device"]
 
 
 class ThermalSamples(NamedTuple):
@@ -36,6 +37,41 @@ class ThermalSamples(NamedTuple):
     final_positions: jax.Array
 
 
+def at_sampler_dtype(draw):
+    """``draw`` (the signature of :func:`draw_states`), run at ``sampling.dtype``.
+
+    With ``dtype="float32"`` and float64 inputs, the floating inputs (parameters, inputs,
+    targets, chain starts) are cast to float32 and the draw is traced and run with 64-bit
+    types off, so that every array the samplers make (NumPyro's step size and mass matrix
+    among them) is float32; the states, the trace's samples and the final positions come back
+    in the inputs' dtype. Otherwise ``draw`` runs as it is.
+    """
+
+    @functools.wraps(draw)
+    def drawn(model, sampling, params, x, targets, *args, **kwargs):
+        if sampling.dtype is None or jnp.dtype(sampling.dtype) == x.dtype:
+            return draw(model, sampling, params, x, targets, *args, **kwargs)
+        low, back = jnp.dtype(sampling.dtype), x.dtype
+
+        def cast(tree, dtype):
+            return jax.tree.map(
+                lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+            )
+
+        names = ("beta", "temperature", "rng_key", "initial_positions", "nudged")
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        bound["initial_positions"] = cast(bound.get("initial_positions"), low)
+        with jax.enable_x64(False):
+            out = draw(model, sampling, cast(params, low), cast(x, low), cast(targets, low),
+                       **bound)  # fmt: skip
+        trace = out.trace._replace(samples=cast(out.trace.samples, back))
+        return out._replace(states=cast(out.states, back), trace=trace,
+                            final_positions=cast(out.final_positions, back))  # fmt: skip
+
+    return drawn
+
+
+@at_sampler_dtype
 def draw_states(
     model: EnergyModel,
     sampling: Sampling,
