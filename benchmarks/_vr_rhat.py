@@ -9,8 +9,9 @@ largest R-hat over many components (issue 11, item 4's "largest rank-normalised 
 2. The main job at the EP-trained parameters of section ``main``, ``--batches`` batches of 32
    digits, collapsed HMC with 2 chains × (100 warm-up + 450 draws): one estimate per batch,
    and the largest R-hat of the same draws kept two ways: every draw (``estimate_with_series``,
-   ``DIAGNOSTIC_SERIES_BUDGET``) and in windows of 3 draws (a call's series under
-   ``SERIES_BUDGET``: the means of the per-draw entries over each window). Also the time of
+   ``DIAGNOSTIC_SERIES_BUDGET``) and in windows of draws (a call's series under
+   ``SERIES_BUDGET``: the means of the per-draw entries over each window, 3 draws when it was
+   2²², 9 since it is 2²⁰). Also the time of
    ``samplers.rhat_rank_many`` on the series of every draw on its two routes (NumPy's sorts
    for a host array, XLA's for a JAX one), the median of 3 calls after a first.
 """
