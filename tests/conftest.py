@@ -89,24 +89,27 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(4, os.cpu_count() or 1))
 
 
-#: The longest test files, longest first (wall seconds on 2 cores, 2026-12-05: the notebooks
-#: about 90 with two kernels, test_thermal 116 and test_control_variates 89 alone, then 35–60).
-#: ``--dist loadfile`` hands whole files to the workers in collection order, so collecting
-#: these first lets the short files fill the end of the run, where otherwise one worker went on
-#: alone with a long file that happened to sort late (``test_thermal.py``).
+#: The longest test files, longest first (summed test durations on 2 cores, 2026-12-06: the
+#: notebooks 96 s with two kernels of their own, test_thermal 159, test_control_variates 116,
+#: then 45–81). ``--dist loadfile`` hands whole files to the workers in queue order, so
+#: queueing these first lets the short files fill the end of the run, where otherwise one
+#: worker can go on alone with a long file. pytest-xdist reorders its queue by the number of
+#: tests per file unless told not to, which put the notebooks (5 tests) near the end:
+#: pyproject's addopts pass ``--no-loadscope-reorder``.
 LONGEST_FILES = (
     "test_notebooks.py",
     "test_thermal.py",
     "test_control_variates.py",
-    "test_lowtemp.py",
     "test_sweep.py",
-    "test_conditional.py",
-    "samplers/test_samplers_hmc.py",
-    "samplers/test_nuts_async.py",
-    "quantum/test_quantum_shot_distribution.py",
-    "test_distributed.py",
-    "test_sweep_dask.py",
+    "test_cli.py",
+    "test_lowtemp.py",
+    "samplers/test_samplers_api.py",
     "test_collapsed.py",
+    "test_mode_jumps.py",
+    "test_sweep_dask.py",
+    "test_conditional.py",
+    "test_coupled.py",
+    "test_distributed.py",
 )
 
 
