@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, NamedTuple
 
 import jax
@@ -47,23 +48,26 @@ def at_sampler_dtype(draw):
     in the inputs' dtype. Otherwise ``draw`` runs as it is.
     """
 
+    signature = inspect.signature(draw)
+
+    def cast(tree, dtype):
+        return jax.tree.map(
+            lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+        )
+
     @functools.wraps(draw)
-    def drawn(model, sampling, params, x, targets, *args, **kwargs):
-        if sampling.dtype is None or jnp.dtype(sampling.dtype) == x.dtype:
-            return draw(model, sampling, params, x, targets, *args, **kwargs)
-        low, back = jnp.dtype(sampling.dtype), x.dtype
-
-        def cast(tree, dtype):
-            return jax.tree.map(
-                lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
-            )
-
-        names = ("beta", "temperature", "rng_key", "initial_positions", "nudged")
-        bound = dict(zip(names, args, strict=False)) | kwargs
-        bound["initial_positions"] = cast(bound.get("initial_positions"), low)
+    def drawn(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        back = jnp.result_type(given["x"])
+        if given["sampling"].dtype is None or jnp.dtype(given["sampling"].dtype) == back:
+            return draw(*args, **kwargs)
+        low = jnp.dtype(given["sampling"].dtype)
+        for name in ("params", "x", "targets", "initial_positions"):
+            given[name] = cast(given[name], low)
         with jax.enable_x64(False):
-            out = draw(model, sampling, cast(params, low), cast(x, low), cast(targets, low),
-                       **bound)  # fmt: skip
+            out = draw(*bound.args, **bound.kwargs)
         trace = out.trace._replace(samples=cast(out.trace.samples, back))
         return out._replace(states=cast(out.states, back), trace=trace,
                             final_positions=cast(out.final_positions, back))  # fmt: skip
