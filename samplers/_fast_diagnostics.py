@@ -181,8 +181,7 @@ def _compute(x: jax.Array, window: int = 1) -> MeanDiagnostics:
     # constant element exactly zero, so its variances are exactly 0 (and it is flagged) however
     # the means round, and it removes a large offset before float32 sums square it.
     x = x - x[:1, :1]
-    # Batch means over a middle axis, before the transpose: XLA's CPU reductions along the
-    # minor axis ran several times slower.
+    # Batch means of consecutive draws (the ESS and MCSE read them; R-hat reads every draw).
     batched = x if window == 1 else x.reshape(chains, draws // window, window, -1).mean(axis=2)
     # Elements first, draws last: the FFT and the scans then run along contiguous axes (XLA's
     # CPU FFT transforms the minor axis; one transpose here is cheaper than one around it).
@@ -191,7 +190,7 @@ def _compute(x: jax.Array, window: int = 1) -> MeanDiagnostics:
     # ArviZ.
     rhat = _split_rhat(_halves(x))
     x = batched
-    sd = jnp.std(x, axis=(1, 2), ddof=1)  # over all draws, unsplit, as ArviZ
+    sd = jnp.std(x, axis=(1, 2), ddof=1)  # over all (batched) draws, unsplit, as ArviZ
     xs = _halves(x)
     ess = _ess(xs, *_variances(xs))
     mcse = jnp.where(sd > 0, sd / jnp.sqrt(jnp.where(jnp.isnan(ess), 1.0, ess)), 0.0)
