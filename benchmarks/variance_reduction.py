@@ -37,6 +37,9 @@ Sections (``--sections spin main``; each appends its tables to one report):
 - ``collapsed-spins`` (``benchmarks/_vr_collapsed_spins.py``, not run by default): what
   sampling one parity class of a layered spin network from its exact marginal would gain, by
   exact asymptotic variances, and the cost of its sweep against block Gibbs (minimal loops).
+- ``pieces`` (``benchmarks/_vr_pieces.py``, not run by default): the draw, statistics and
+  diagnostics of a batch of the main job at 2 × (100 + 450), timed apart for a call's series
+  of 2²² and of 2²⁰ numbers and for the float32 sampler.
 - ``rhat`` (``benchmarks/_vr_rhat.py``, not run by default): how the entries of a series (every
   draw, or windows of draws) set the largest R-hat over many components, for independent draws
   and on the main job with 2 × (100 + 450) draws.
@@ -81,6 +84,7 @@ import _vr_collapsed_spins  # noqa: E402
 import _vr_coupled  # noqa: E402
 import _vr_examples  # noqa: E402
 import _vr_main  # noqa: E402
+import _vr_pieces  # noqa: E402
 import _vr_rhat  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -464,6 +468,7 @@ SECTIONS = {
     "examples": _vr_examples.section_examples,
     "collapsed-spins": _vr_collapsed_spins.section_collapsed_spins,
     "rhat": _vr_rhat.section_rhat,
+    "pieces": _vr_pieces.section_pieces,
 }
 
 

@@ -33,7 +33,8 @@ __all__ = [
 # estimate and its MCSE but not every draw; never fewer than MIN_SERIES_LENGTH entries. The
 # statistics and diagnostics of a batch cost about one pass over memory per step, so their time
 # follows the series' size: for the main job at 2 × 450 draws of 9,610 parameters, 150 windows
-# of 3 draws (2²² elements) took 59 + 57 ms a batch, 50 windows of 9 (2²⁰) 54 + 14 ms.
+# of 3 draws (2²² elements) took 58 + 56 ms a batch, 50 windows of 9 (2²⁰) 51 + 10.5 ms
+# (benchmarks/variance_reduction.py, section pieces).
 SERIES_BUDGET = 2**20
 MIN_SERIES_LENGTH = 64
 # The same for the series of ``estimate_with_series`` (one batch an epoch in ``train``, saved
