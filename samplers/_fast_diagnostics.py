@@ -181,27 +181,28 @@ def _compute(x: jax.Array, window: int = 1) -> MeanDiagnostics:
     # constant element exactly zero, so its variances are exactly 0 (and it is flagged) however
     # the means round, and it removes a large offset before float32 sums square it.
     x = x - x[:1, :1]
-    # Batch means of consecutive draws (the ESS and MCSE read them; R-hat reads every draw).
-    batched = x if window == 1 else x.reshape(chains, draws // window, window, -1).mean(axis=2)
     # Elements first, draws last: the FFT and the scans then run along contiguous axes (XLA's
     # CPU FFT transforms the minor axis; one transpose here is cheaper than one around it).
-    x, batched = (a.transpose(2, 0, 1) for a in (x, batched))  # (k, chain, draw)
-    # R-hat = sqrt(var+ / W) of the split chains; 0/0 gives NaN for a constant element, as in
-    # ArviZ.
-    rhat = _split_rhat(_halves(x))
-    x = batched
-    sd = jnp.std(x, axis=(1, 2), ddof=1)  # over all (batched) draws, unsplit, as ArviZ
-    xs = _halves(x)
-    ess = _ess(xs, *_variances(xs))
+    xs = _halves(x.transpose(2, 0, 1))  # split chains: (k, 2·chain, draw // 2)
+    within, var_plus = _variances(xs)
+    # R-hat = sqrt(var+ / W) of every draw; 0/0 gives NaN for a constant element, as in ArviZ.
+    rhat = jnp.sqrt(var_plus / within)
+    if window > 1:  # the ESS and MCSE read means of consecutive draws
+        x = x.reshape(chains, draws // window, window, -1).mean(axis=2)
+        xs = _halves(x.transpose(2, 0, 1))
+        within, var_plus = _variances(xs)
+    sd = jnp.std(x, axis=(0, 1), ddof=1)  # over all (batched) draws, unsplit, as ArviZ
+    ess = _ess(xs, within, var_plus)
     mcse = jnp.where(sd > 0, sd / jnp.sqrt(jnp.where(jnp.isnan(ess), 1.0, ess)), 0.0)
     return MeanDiagnostics(*(value.reshape(event) for value in (mcse, ess * window, rhat)))
 
 
-def _halves(x: jax.Array) -> jax.Array:
+def _halves(x, concatenate=jnp.concatenate):
     """Every chain of (k, chain, draw) split into its first and last halves (the middle draw
-    dropped if odd): (k, 2 chain, draw // 2)."""
+    dropped if odd): (k, 2 chain, draw // 2); ``np.concatenate`` keeps a host array on the
+    host."""
     n = x.shape[2] // 2
-    return jnp.concatenate([x[:, :, :n], x[:, :, x.shape[2] - n :]], axis=1)
+    return concatenate([x[:, :, :n], x[:, :, x.shape[2] - n :]], axis=1)
 
 
 # One jit for all four entry points: ``field`` picks one output (XLA then drops the work only
@@ -368,8 +369,7 @@ def _host_rank_rhat(x: np.ndarray) -> np.ndarray:
     3.5–3.8 s)."""
     chains, draws, *event = x.shape
     x = x.reshape(chains, draws, math.prod(event)).transpose(2, 0, 1)
-    n = draws // 2
-    xs = np.concatenate([x[:, :, :n], x[:, :, draws - n :]], axis=1)  # (k, m, n)
+    xs = _halves(x, np.concatenate)  # (k, m, n)
 
     def split_rhat(values):  # the sort is the cost: the variances as the XLA route's
         return np.asarray(_split_rhat(jnp.asarray(values)))
