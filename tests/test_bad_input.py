@@ -900,7 +900,8 @@ API_CASES = {
     ),
     "unknown sampler name": (
         lambda: _sampling(method="slice"),
-        "unknown sampling method 'slice'; valid: ('auto', 'nuts', 'hmc', 'gibbs', 'metropolis')",
+        "unknown sampling method 'slice'; valid: ('auto', 'nuts', 'hmc', 'gibbs', 'metropolis', "
+        "'importance')",
     ),
     "unknown optimizer name": (
         lambda: _training_config(optimizer="rmsprop"),

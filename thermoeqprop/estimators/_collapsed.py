@@ -149,6 +149,20 @@ def check_sampling(estimator) -> None:
             "Sampling(collapse=True) needs " + "; ".join(reasons) + ": pass collapse=None "
             "(collapsed wherever possible) or False"
         )
+    if sampling.method == "importance":
+        reasons = _blockers(estimator)
+        if sampling.collapse is False:
+            reasons.append("collapse None or True (got collapse=False)")
+        if sampling.mode_jumps:
+            reasons.append("no mode jumps, a Markov chain's move (got mode_jumps=True)")
+        if getattr(estimator, "coupled", False):
+            reasons.append("independent phases (got coupled=True)")
+        if reasons:
+            raise ValueError(
+                "Sampling(method='importance') draws collapsed sampling's kept class and needs "
+                + "; ".join(reasons)
+                + ": or use method 'hmc' or 'nuts'"
+            )
 
 
 def collapses(estimator) -> bool:

@@ -129,7 +129,7 @@ def mixing_weights(model, params, conditionings) -> np.ndarray:
 
 
 def conditional_statistics(model, params, states, x, targets, wanted, window, beta, temperature,
-                           collapsed=False):  # fmt: skip
+                           collapsed=False, draw_weights=None):  # fmt: skip
     """The series of :func:`~thermoeqprop.estimators._statistics.draw_statistics`, with every
     draw replaced by its conditional expectations (returns the same tuple of arrays).
 
@@ -146,14 +146,23 @@ def conditional_statistics(model, params, states, x, targets, wanted, window, be
         collapsed: The states hold draws of the output's parity class only (collapsed
             sampling, :mod:`thermoeqprop.estimators._collapsed`): average the other class
             alone, whose entries are never read.
+        draw_weights: (batch, chain, draw) importance weights ``ω`` with mean 1 over each
+            example's draws (:mod:`thermoeqprop.estimators._importance`), collapsed only:
+            the series become the influence functions of the self-normalised estimates
+            (docs/mathematics.md, "Importance sampling"); None weighs every draw alike.
     """
+    if draw_weights is not None and not collapsed:
+        raise ValueError("draw_weights need collapsed draws (the outputs' class kept)")
     activation = conditional_activation(model)
     bound = field_bound(params, x, activation) if activation != "linear" else 0.0
     moments = unit_moments(activation, temperature, bound, states.dtype)
     conditionings = plan(model, beta)[:1] if collapsed else plan(model, beta)
     weights = block_weights(model, conditionings)
+    given = None
+    if draw_weights is not None:  # the collapsed class: hidden layers only
+        given = _hidden_means(model, conditionings[0], moments, params, states, x)
     return _conditional(model, conditionings, tuple(wanted), window, weights, moments, params,
-                        states, x, targets)  # fmt: skip
+                        states, x, targets, draw_weights, given)  # fmt: skip
 
 
 def _layered_series(acts, x, omega, spread, shape, blocks):
@@ -205,26 +214,55 @@ def _layered_series(acts, x, omega, spread, shape, blocks):
     return out
 
 
-def _example_means(acts, x, blocks):
-    """``{block: (B, block size)}`` per-example means over all draws of ``∂θI``."""
+def _example_means(acts, x, blocks, omega=None):
+    """``{block: (B, block size)}`` per-example means over all draws of ``∂θI``, or of
+    ``ω ∂θI`` with weights ``omega`` (B, C, D)."""
     per = [a.reshape(a.shape[0], -1, a.shape[-1]) for a in acts]  # (B, C·D, n_l)
+    w = 1.0 if omega is None else omega.reshape(omega.shape[0], -1, 1)
     depth = len(per)
     out = {}
     for index in blocks:
         if index < depth:
-            mean = jnp.mean(per[index], axis=1)
+            mean = jnp.mean(w * per[index], axis=1)
         elif index == depth:
-            mean = x[:, :, None] * jnp.mean(per[0], axis=1)[:, None, :]
+            mean = x[:, :, None] * jnp.mean(w * per[0], axis=1)[:, None, :]
         else:
             j = index - depth
-            mean = jnp.einsum("bdi,bdj->bij", per[j - 1], per[j]) / per[j].shape[1]
+            mean = jnp.einsum("bdi,bdj->bij", w * per[j - 1], per[j]) / per[j].shape[1]
         out[index] = -mean.reshape(mean.shape[0], -1)
     return out
 
 
+def _entry_sums(values, entries):
+    """(B, C, D) values summed over each entry's draws: (C·K, B)."""
+    b, c, d = values.shape
+    return jnp.swapaxes(values.reshape(b, c * entries, d // entries).sum(axis=2), 0, 1)
+
+
+def _layer_moments(model, moments, params, acts, x, layer):
+    """``(m₁, m₂, m₃)`` of every unit of ``layer`` given its neighbours' activations."""
+    i, depth = layer - 1, len(acts)
+    below = x[:, None, None, :] if i == 0 else acts[i - 1]
+    field = below @ params["weights"][i] + params["biases"][i]
+    if i + 1 < depth:
+        field = field + acts[i + 1] @ params["weights"][i + 1].T
+    return moments(field)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _hidden_means(model, layers, moments, params, states, x):
+    """``{layer: m₁}`` of hidden ``layers``, computed in a call of their own: weighted
+    statistics read each ``m₁`` in several products, and inside one compiled call XLA repeated
+    the table look-ups for each of them (4 × 13 ms a batch on the main job, against one pass
+    here)."""
+    rho = model.rho if isinstance(model, LayeredNetwork) else (lambda s: s)
+    acts = [rho(s) for s in split_layers(states, model.layer_sizes[1:])]
+    return {layer: _layer_moments(model, moments, params, acts, x, layer)[0] for layer in layers}
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _conditional(model, conditionings, wanted, window, weights, moments, params, states, x,
-                 targets):  # fmt: skip
+                 targets, omega=None, given=None):  # fmt: skip
     b, c, d, _ = states.shape
     k = d // window
     sizes = model.layer_sizes[1:]
@@ -248,28 +286,44 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
         cond_acts, spread, cost = list(acts), None, exact_cost
         for layer in averaged:
             i = layer - 1
-            below = x[:, None, None, :] if i == 0 else acts[i - 1]
-            field = below @ params["weights"][i] + params["biases"][i]
-            if i + 1 < depth:
-                field = field + acts[i + 1] @ params["weights"][i + 1].T
-            m1, m2, m3 = moments(field)  # only m1 is kept for hidden layers (the rest is dead)
+            if given is not None and layer in given:
+                cond_acts[i] = given[layer]
+                continue
+            # only m1 is kept for hidden layers (the rest is dead)
+            m1, m2, m3 = _layer_moments(model, moments, params, acts, x, layer)
             cond_acts[i] = m1
             if layer == depth:
                 cost = jnp.sum(0.5 * (m2 - 2 * y * m1 + y**2), axis=-1)
                 spread = 0.5 * ((m3 - m1 * m2) - 2 * y * (m2 - m1**2))
                 outputs = jnp.mean(m1, axis=(1, 2))
-        costs.append(cost)
+        if omega is not None:  # self-normalised: ω C + (1 − ω) C̄_b, C̄_b the weighted mean
+            mean_cost = jnp.mean(omega * cost, axis=(1, 2), keepdims=True)
+            costs.append(omega * cost + (1.0 - omega) * mean_cost)
+        else:
+            mean_cost = jnp.mean(cost, axis=(1, 2), keepdims=True)
+            costs.append(cost)
         if wanted[0]:
-            ones = jnp.ones((b, c, d), states.dtype)
-            accumulate(grads, _layered_series(cond_acts, x, ones, None, shape, share), share)
+            ones = jnp.ones((b, c, d), states.dtype) if omega is None else omega
+            series = _layered_series(cond_acts, x, ones, None, shape, share)
+            if omega is not None:  # plus Σ_{b, d ∈ entry} (1 − ω_bd) ḡ_b
+                means = _example_means(cond_acts, x, share, omega)
+                series = {i: series[i] - _entry_sums(omega - 1.0, k) @ means[i] / (b * window)
+                          for i in share}  # fmt: skip
+            accumulate(grads, series, share)
         if wanted[1]:
-            centred = cost - jnp.mean(cost, axis=(1, 2), keepdims=True)
+            centred = cost - mean_cost
+            if omega is not None:
+                centred = omega * centred
             weighted = _layered_series(cond_acts, x, centred, spread, shape, share)
             # minus Σ_{b, d ∈ entry} (C − C̄_b) ⟨E[∂θE | ·]⟩_b, one product of the weights' sums
-            sums = jnp.swapaxes(centred.reshape(b, c * k, window).sum(axis=2), 0, 1)
-            means = _example_means(cond_acts, x, share)
-            accumulate(covs, {i: weighted[i] - sums @ means[i] / (b * window) for i in share},
-                       share)  # fmt: skip
+            sums = _entry_sums(centred, k)
+            means = _example_means(cond_acts, x, share, omega)
+            series = {i: weighted[i] - sums @ means[i] / (b * window) for i in share}
+            if omega is not None:  # minus Σ_{b, d ∈ entry} (ω_bd − 1) Ĉov_b
+                covariances = _example_means(cond_acts, x, share, centred)
+                series = {i: series[i] - _entry_sums(omega - 1.0, k) @ covariances[i] / (b * window)
+                          for i in share}  # fmt: skip
+            accumulate(covs, series, share)
 
     def joined(series):  # blocks in ravel order, as (C, K, P)
         return jnp.concatenate([series[i] for i in range(num_blocks)], axis=1).reshape(c, k, -1)
@@ -278,6 +332,9 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
     covariance = joined(covs) if covs else None
     cost = costs[-1]  # the last conditioning averages the outputs whenever one does
     if outputs is None:
-        outputs = jnp.mean(jax.vmap(jax.vmap(jax.vmap(model.output)))(states), axis=(1, 2))
+        outputs = jax.vmap(jax.vmap(jax.vmap(model.output)))(states)
+        if omega is not None:
+            outputs = omega[..., None] * outputs
+        outputs = jnp.mean(outputs, axis=(1, 2))
     return (energy_grad, covariance, jnp.mean(cost, axis=0).reshape(c, k, window).mean(axis=2),
             outputs)  # fmt: skip

@@ -17,7 +17,7 @@ __all__ = ["SAMPLER_DTYPES", "SAMPLING_METHODS", "START_METHODS", "Sampling"]
 
 # The sampler context is (params, x, targets, beta): parameters shared by all examples.
 CONTEXT_AXES = (None, 0, 0, 0)
-SAMPLING_METHODS = ("auto", "nuts", "hmc", "gibbs", "metropolis")
+SAMPLING_METHODS = ("auto", "nuts", "hmc", "gibbs", "metropolis", "importance")
 START_METHODS = ("auto", "relaxed", "annealed", "dispersed")
 SAMPLER_DTYPES = (None, "float32")
 
@@ -31,10 +31,16 @@ class Sampling:
             (block heat-bath over the model's blocks) or ``"metropolis"`` (spins, any graph);
             ``"auto"`` picks NUTS for continuous states and block Gibbs for spin networks
             (over the layers of a layered one, by matrix products; over a colouring of a
-            graph), Metropolis only for a spin model without blocks.
+            graph), Metropolis only for a spin model without blocks. ``"importance"``:
+            independent draws of collapsed sampling's kept class from an adapted Student-t
+            proposal, weighted (docs/mathematics.md, "Importance sampling"; continuous
+            layered networks with collapsed sampling only).
         num_chains: Chains per example (≥ 2, so that R-hat exists).
-        num_samples: Recorded draws per chain and round.
-        num_warmup: Discarded steps per round (NUTS/HMC adapt step size and mass during them).
+        num_samples: Recorded draws per chain and round (``"importance"``: per group of
+            independent draws, ``num_chains`` groups).
+        num_warmup: Discarded steps per round (NUTS/HMC adapt step size and mass during them;
+            ``"importance"``: ``num_chains × num_warmup`` pilot draws in each of the rounds that
+            adapt the proposal).
         hmc_steps: Leapfrog steps per HMC trajectory (``"hmc"`` only).
         hmc_jitter: Relative jitter of the HMC step size after warm-up (``"hmc"`` only): each
             transition uses the adapted step size times a uniform factor in
@@ -168,7 +174,7 @@ class Sampling:
             if not model.is_spin:
                 return "nuts"
             return "gibbs" if model.blocks else "metropolis"
-        if model.is_spin and method in ("nuts", "hmc"):
+        if model.is_spin and method in ("nuts", "hmc", "importance"):
             raise ValueError(
                 f"sampling method {method!r} needs continuous states; "
                 f"{type(model).__name__} has spins: use 'gibbs' or 'metropolis'"
@@ -239,6 +245,8 @@ def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
         "num_integration_steps": ("mean_integration_steps", jnp.mean),
         "step_size": ("mean_step_size", jnp.mean),
         "jump_accepted": ("jump_rate", jnp.mean),
+        "ess_fraction": ("importance_ess_min", jnp.min),
+        "pareto_k": ("pareto_k_max", jnp.max),
     }
     out = {}
     for field, (name, reduce) in reductions.items():
@@ -338,6 +346,12 @@ def _local_kernel(model: EnergyModel, sampling: Sampling, nudged: bool = True) -
         # by construction, so the driver need not probe them on every call.
         check = not model.multilinear
         kernel = samplers.block_gibbs(energy_fn, model.blocks, check_energy=check)
+    elif method == "importance":
+        raise ValueError(
+            "sampling method 'importance' draws the outputs' class of collapsed sampling "
+            "(a ThermalCovariance or ThermalNudged estimator's draw); sampling every unit "
+            "needs 'hmc' or 'nuts'"
+        )
     else:
         kernel = samplers.metropolis(energy_fn)
     return kernel

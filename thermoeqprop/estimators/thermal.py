@@ -34,6 +34,7 @@ from thermoeqprop.estimators import _control_variates, _coupled
 from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._drawing import ThermalSamples, draw_states, on_one_device
+from thermoeqprop.estimators._importance import draw_importance, normalised_weights
 from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics, summed_means
 from thermoeqprop.estimators._sampling import (
     SAMPLING_METHODS,
@@ -115,7 +116,7 @@ class _SampledEstimator(Estimator):
         raise NotImplementedError
 
     def statistics(
-        self, params, states, x, targets, beta=0.0, innovations=None, budget=None
+        self, params, states, x, targets, beta=0.0, innovations=None, budget=None, weights=None
     ) -> DrawStatistics:
         """The :class:`DrawStatistics` this estimator needs, of states (batch, chain, draw,
         n) drawn at nudge ``beta``; long runs average consecutive draws into windows
@@ -124,23 +125,25 @@ class _SampledEstimator(Estimator):
         replaced by their conditional expectations given one parity class of layers; with
         ``control_variates``, two folds of chains are corrected by control variates
         (``"heat_bath"``: from the sampler's ``innovations`` (batch, chain, draw, k) of these
-        draws, ``trace.info.innovations``)."""
+        draws, ``trace.info.innovations``). ``weights``: the importance weights (batch,
+        chain, draw) of ``Sampling(method="importance")`` draws, mean 1 per example."""
         num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
         window = series_window(states.shape[2], states.shape[1], num_params, budget)
         if self.control_variates is not None:
             return _control_variates.corrected(
                 self, params, states, x, targets, beta, window, innovations
             )
-        return self._series(params, states, x, targets, beta, window)
+        return self._series(params, states, x, targets, beta, window, weights)
 
-    def _series(self, params, states, x, targets, beta, window) -> DrawStatistics:
+    def _series(self, params, states, x, targets, beta, window, weights=None) -> DrawStatistics:
         spins = spin_statistics(self, params, states, x, targets, beta, window, collapses(self))
         if spins is not None:
             return spins
         if self._conditional(beta):
             wanted = tuple(s in self.needed_series for s in SERIES)
             out = conditional_statistics(self.model, params, states, x, targets, wanted, window,
-                                         beta, self.temperature, collapses(self))  # fmt: skip
+                                         beta, self.temperature, collapses(self),
+                                         weights)  # fmt: skip
             return DrawStatistics(*out, draws_per_entry=window)
         return draw_statistics(self.model, params, states, x, targets, self.needed_series, window)
 
@@ -154,10 +157,13 @@ class _SampledEstimator(Estimator):
     coupled: bool = False
 
     def _drawer(self):
-        """The draw function: continuous collapsed sampling (:func:`draw_collapsed`), or
-        :func:`draw_states` (whose kernel samples one class of a spin network's layers from
-        its marginal when ``collapse=True``)."""
-        return draw_collapsed if collapses(self) and not self.model.is_spin else draw_states
+        """The draw function: continuous collapsed sampling (:func:`draw_collapsed`, or
+        :func:`draw_importance` for ``method="importance"``), or :func:`draw_states` (whose
+        kernel samples one class of a spin network's layers from its marginal when
+        ``collapse=True``)."""
+        if not collapses(self) or self.model.is_spin:
+            return draw_states
+        return draw_importance if self.sampling.method == "importance" else draw_collapsed
 
     def _conditional(self, beta) -> bool:
         """Whether the statistics of a phase at ``beta`` use conditional expectations."""
@@ -224,9 +230,8 @@ class _SampledEstimator(Estimator):
                     positions[i] = drawn.final_positions
                     traces.append(drawn.trace)
                     innovations = on_one_device(getattr(drawn.trace.info, "innovations", None))
-                    stats = self.statistics(
-                        params, drawn.states, x, targets, beta, innovations, budget
-                    )
+                    stats = self.statistics(params, drawn.states, x, targets, beta, innovations,
+                                            budget, _draw_weights(drawn))  # fmt: skip
                     collected[i].append(stats)
             merged = [_merge_rounds(phase) for phase in collected]
             combined = self.combine(merged)
@@ -279,7 +284,17 @@ class _SampledEstimator(Estimator):
         states = drawn.states
         if self.model.is_spin and collapses(self):  # the summed spins by their means
             states = summed_means(self.model, params, states, x, self.temperature)
-        return jnp.mean(jax.vmap(jax.vmap(jax.vmap(self.model.output)))(states), axis=(1, 2))
+        outputs = jax.vmap(jax.vmap(jax.vmap(self.model.output)))(states)
+        if (weights := _draw_weights(drawn)) is not None:
+            outputs = weights[..., None] * outputs
+        return jnp.mean(outputs, axis=(1, 2))
+
+
+def _draw_weights(drawn):
+    """The importance weights ``ω`` (mean 1 per example) of ``method="importance"`` draws;
+    None for a Markov chain's."""
+    log_weights = getattr(drawn.trace.info, "log_weights", None)
+    return None if log_weights is None else normalised_weights(log_weights)
 
 
 @dataclasses.dataclass(frozen=True)

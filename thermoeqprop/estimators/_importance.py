@@ -1,0 +1,330 @@
+r"""Importance sampling of the kept class (docs/mathematics.md, "Importance sampling").
+
+With collapsed sampling the law left to draw is the kept class's exact marginal
+``p(s_K) ∝ exp(−F(s_K)/T)`` (:mod:`thermoeqprop.estimators._collapsed`), ten dimensions for
+the main job, and at low temperature it is close to the Gaussian of its Laplace expansion.
+``Sampling(method="importance")`` draws it by self-normalised importance sampling instead of a
+Markov chain: independent draws from a multivariate Student-t proposal ``q``, each weighted by
+``w ∝ exp(−F(s)/T) / q(s)``. One draw costs one marginal energy, no gradient, and no draw
+depends on another.
+
+The proposal, per example and phase, depends on the parameters, input and target only, never
+on the final draws: its centre and scale start at the Laplace approximation (a few damped
+Newton steps from the T = 0 relaxation's minimum, the Hessian's eigenvalues floored), and
+``IMPORTANCE_ROUNDS`` rounds of ``num_chains × num_warmup`` pilot draws move them to the
+weighted mean and covariance of each round's draws (moment matching; a round whose weights
+carry fewer than ``MIN_PILOT_ESS`` effective draws keeps the previous proposal). The final
+``num_chains × num_samples`` draws are split into ``num_chains`` groups of ``num_samples``,
+so that split R-hat and the batch-means ESS read them as they read chains.
+
+The statistics then weight every draw by ``ω = N w / Σ w`` (mean 1 over an example's draws):
+:func:`~thermoeqprop.estimators._conditional.conditional_statistics` with ``draw_weights``
+builds the influence series of the self-normalised estimates, whose mean is the estimate and
+whose MCSE is its delta-method standard error. Two diagnostics of the weights come with the
+draws: Kish's effective sample size ``(Σw)² / (N Σw²)`` as a fraction of the draws, and the
+Pareto shape ``k̂`` of the largest weights (Vehtari et al., "Pareto smoothed importance
+sampling", 2024): above 0.7 the estimate and its MCSE are not to be trusted.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from thermoeqprop.estimators._collapsed import (
+    CollapsedSamples,
+    _full_states,
+    kept_units,
+    marginal_energy_fn,
+)
+from thermoeqprop.estimators._conditional import conditional_activation
+from thermoeqprop.estimators._drawing import at_sampler_dtype
+from thermoeqprop.estimators._mode_jumps import NUDGE_BETA
+from thermoeqprop.estimators._unit_tables import field_bound, unit_free_energy
+
+__all__ = [
+    "IMPORTANCE_ROUNDS",
+    "ImportanceInfo",
+    "ImportanceTrace",
+    "draw_importance",
+    "normalised_weights",
+    "pareto_khat",
+]
+
+# Pilot rounds that adapt the proposal before the final draws.
+IMPORTANCE_ROUNDS = 3
+# Degrees of freedom of the Student-t proposal: tails heavier than a Gaussian's, so that the
+# weights stay bounded where the target's tails are a little wider than the fitted scale.
+PROPOSAL_DF = 10
+# Damped Newton steps from the T = 0 minimum to the marginal's mode, and their largest length.
+NEWTON_STEPS = 3
+MAX_NEWTON_STEP = 1.0
+# Floor of the Hessian's eigenvalues (the energies' unit curvature is 1): a flat or concave
+# direction gets a wide proposal instead of an infinite or negative variance.
+HESSIAN_FLOOR = 1e-2
+# Outputs towards which a push finds another T = 0 minimum (the largest ones).
+PUSHED_OUTPUTS = 2
+# Smallest share of the draws a mixture component gets (defensive mixture).
+MIN_SHARE = 0.05
+# Draws per example whose energies are evaluated together (see ``weighted``).
+ENERGY_CHUNK = 32
+# A pilot round whose weights carry fewer effective draws than this per kept unit keeps the
+# previous proposal (a covariance is not estimated from a handful of draws).
+MIN_PILOT_ESS = 4
+
+
+class ImportanceInfo(NamedTuple):
+    """The weights of the final draws and their diagnostics.
+
+    Attributes:
+        log_weights: (batch, group, draw) ``log w = −F/T − log q``, up to a constant per example.
+        ess_fraction: (batch,) Kish's ESS of the weights over the draws, ``(Σw)² / (N Σw²)``.
+        pareto_k: (batch,) Pareto shape ``k̂`` of the largest weights (:func:`pareto_khat`).
+    """
+
+    log_weights: jax.Array
+    ess_fraction: jax.Array
+    pareto_k: jax.Array
+
+
+class ImportanceTrace(NamedTuple):
+    """What stands for a sampler's trace: ``samples`` (batch, group, draw, n_kept) and
+    ``info`` (:class:`ImportanceInfo`)."""
+
+    samples: jax.Array
+    info: ImportanceInfo
+
+
+def normalised_weights(log_weights) -> jax.Array:
+    """``ω = N w / Σ w`` over each example's draws (the axes after the first): mean 1."""
+    axes = tuple(range(1, log_weights.ndim))
+    count = np.prod(log_weights.shape[1:])
+    shifted = log_weights - jax.scipy.special.logsumexp(log_weights, axis=axes, keepdims=True)
+    return count * jnp.exp(shifted)
+
+
+def pareto_khat(log_weights) -> jax.Array:
+    """Pareto shape ``k̂`` of the largest importance weights, per row of (…, N) log weights.
+
+    The tail is the ``M = ⌈min(N/5, 3√N)⌉`` largest weights; their exceedances over the
+    next-largest are fitted by a generalised Pareto law with the empirical-Bayes estimate of
+    Zhang and Stephens (2009) and the weakly informative prior on ``k`` of PSIS (Vehtari et
+    al. 2024), as ArviZ's ``psislw``. ``k̂ < 0.5``: the weights have a finite variance and the
+    estimate converges at the usual rate; ``k̂ > 0.7``: it is not to be trusted.
+    """
+    n = log_weights.shape[-1]
+    tail = int(np.ceil(min(0.2 * n, 3 * np.sqrt(n))))
+    if tail < 5:
+        raise ValueError(f"Pareto k̂ needs at least 5 tail weights, got {n} draws")
+    top = jax.lax.top_k(log_weights - jnp.max(log_weights, axis=-1, keepdims=True), tail + 1)[0]
+    exceed = jnp.exp(top[..., :tail]) - jnp.exp(top[..., tail:])  # descending
+    return _gpd_shape(exceed[..., ::-1])
+
+
+def _gpd_shape(x, prior_b=3.0, prior_k=10.0):
+    """The Zhang–Stephens shape of ascending positive exceedances (…, M), with the prior."""
+    m = x.shape[-1]
+    grid = 30 + int(np.sqrt(m))
+    quartile = x[..., int(m / 4 + 0.5) - 1]
+    b = 1.0 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))
+    b = b / (prior_b * quartile[..., None]) + 1.0 / x[..., -1:]  # (…, grid)
+    k = jnp.mean(jnp.log1p(-b[..., :, None] * x[..., None, :]), axis=-1)
+    profile = m * (jnp.log(-b / k) - k - 1.0)
+    weights = jax.nn.softmax(profile, axis=-1)
+    weights = jnp.where(weights >= 10 * jnp.finfo(x.dtype).eps, weights, 0.0)
+    b_post = jnp.sum(b * weights, axis=-1) / jnp.sum(weights, axis=-1)
+    k_post = jnp.mean(jnp.log1p(-b_post[..., None] * x), axis=-1)
+    return (m * k_post + prior_k * 0.5) / (m + prior_k)
+
+
+def _t_log_density(s, centre, chol, df=PROPOSAL_DF):
+    """Log density of the multivariate t (centre, scale ``chol chol^T``) at ``s`` (…, n), up
+    to a constant that depends on ``n`` and ``df`` only."""
+    n = centre.shape[-1]
+    # One product with the inverse factor for all draws (a triangular solve per draw was
+    # slower on a CPU).
+    inverse = jax.scipy.linalg.solve_triangular(chol, jnp.eye(n, dtype=chol.dtype), lower=True)
+    z = (s - centre) @ inverse.T
+    log_det = jnp.sum(jnp.log(jnp.diagonal(chol)))
+    return -0.5 * (df + n) * jnp.log1p(jnp.sum(z**2, axis=-1) / df) - log_det
+
+
+def _mixture_draws(key, mixture, count, df=PROPOSAL_DF):
+    """``count`` draws (count, n) of a mixture of multivariate t laws and the mixture's log
+    density at them; ``mixture = (log_probs (K,), centres (K, n), chols (K, n, n))``."""
+    log_probs, centres, chols = mixture
+    key_pick, key_normal, key_chi = jax.random.split(key, 3)
+    pick = jax.random.categorical(key_pick, log_probs, shape=(count,))
+    z = jax.random.normal(key_normal, (count, centres.shape[-1]), centres.dtype)
+    # χ²_df / df as a mean of squared normals: JAX's gamma sampler is a rejection loop per
+    # element, which cost more than the energies on a CPU.
+    chi = jax.random.normal(key_chi, (count, df), centres.dtype)
+    z = z / jnp.sqrt(jnp.mean(chi**2, axis=-1, keepdims=True))
+    s = centres[pick] + jnp.einsum("cij,cj->ci", chols[pick], z)
+    return s, _mixture_log_density(s, mixture)
+
+
+def _mixture_log_density(s, mixture):
+    log_probs, centres, chols = mixture
+    each = jax.vmap(lambda c, l: _t_log_density(s, c, l), out_axes=-1)(centres, chols)
+    return jax.scipy.special.logsumexp(each + log_probs, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _minima(model, params, x, targets, beta):
+    """(batch, 1 + PUSHED_OUTPUTS, n_kept) T = 0 minima of ``F_β`` that start the proposal's
+    components: the one relaxed from the model's initial state, and those reached by relaxing
+    ``F_β`` again after a push (``E + NUDGE_BETA · C(·; e)``) towards each of the
+    ``PUSHED_OUTPUTS`` largest outputs there, ``e`` its one-hot code (one output: each end of
+    its range). Where a push lands back in the first minimum the components coincide."""
+    from thermoeqprop.estimators.zero_temperature import Relaxation, relax
+
+    relaxation = Relaxation(tolerance=1e-6)
+    kept = kept_units(model)
+    first = relax(model, params, x, targets, beta, model.initial_state(x), relaxation).state
+    outputs = jax.vmap(model.output)(first)
+    if outputs.shape[-1] > 1:
+        order = jnp.argsort(outputs, axis=-1)[:, ::-1]
+        codes = [jax.nn.one_hot(order[:, i], outputs.shape[-1], dtype=x.dtype)
+                 for i in range(min(PUSHED_OUTPUTS, outputs.shape[-1]))]  # fmt: skip
+    else:
+        codes = [jnp.zeros_like(outputs), jnp.ones_like(outputs)]
+    minima = [first[:, kept]]
+    for code in codes:
+        pushed = relax(model, params, x, code, NUDGE_BETA, first, relaxation).state
+        minima.append(relax(model, params, x, targets, beta, pushed, relaxation).state[:, kept])
+    return jnp.stack(minima, axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws: int):
+    """The compiled draw of one batch: every example's proposal and final draws."""
+    energy_fn = marginal_energy_fn(model, nudged)
+
+    def one(params, input_field, target, beta, table, temperature, starts, key):
+        def energy(s):
+            return energy_fn(s, (params, input_field, target, beta, table))
+
+        grad, hess = jax.grad(energy), jax.hessian(energy)
+        n = starts.shape[-1]
+        eye = jnp.eye(n, dtype=starts.dtype)
+
+        def floored(h):
+            values, vectors = jnp.linalg.eigh(h)
+            return jnp.maximum(jnp.abs(values), HESSIAN_FLOOR), vectors
+
+        def newton(s, _):
+            values, vectors = floored(hess(s))
+            step = vectors @ ((vectors.T @ grad(s)) / values)
+            length = jnp.linalg.norm(step)
+            return s - step * jnp.minimum(1.0, MAX_NEWTON_STEP / jnp.maximum(length, 1e-300)), None
+
+        def laplace(start):  # the mode, the Cholesky factor of T H⁻¹, the log Laplace mass
+            mode = jax.lax.scan(newton, start, None, NEWTON_STEPS)[0]
+            values, vectors = floored(hess(mode))
+            chol = jnp.linalg.cholesky(temperature * (vectors / values) @ vectors.T)
+            return mode, chol, -energy(mode) / temperature - 0.5 * jnp.sum(jnp.log(values))
+
+        centres, chols, masses = jax.vmap(laplace)(starts)
+        # Each minimum gets a share of the draws between MIN_SHARE and 1 − MIN_SHARE by its
+        # Laplace mass (two equal starts: one component, whatever the shares).
+        shares = jnp.clip(jax.nn.softmax(masses), MIN_SHARE, 1 - MIN_SHARE)
+        mixture = (jnp.log(shares / jnp.sum(shares)), centres, chols)
+
+        def weighted(key, mixture, count):
+            s, log_q = _mixture_draws(key, mixture, count)
+            # In chunks of draws (all examples at once under the batch's vmap), so that the
+            # table look-ups' intermediates stay in cache: one pass over all draws at once
+            # spent most of its time moving them through memory.
+            chunk = ENERGY_CHUNK if count % ENERGY_CHUNK == 0 else count
+            energies = jax.lax.map(jax.vmap(energy), s.reshape(count // chunk, chunk, n))
+            return s, -energies.reshape(count) / temperature - log_q
+
+        def adapt(carry, key):
+            # One step of mixture population Monte Carlo: every component moves to the
+            # weighted mean and covariance of the draws it is responsible for; the proposal
+            # whose pilot weights had the largest Kish ESS is the one kept.
+            best, best_ess, mixture = carry
+            s, log_w = weighted(key, mixture, pilot)
+            w = jax.nn.softmax(log_w)
+            ess = 1.0 / jnp.sum(w**2)
+            log_probs, centres, chols = mixture
+            each = jax.vmap(lambda c, l: _t_log_density(s, c, l), out_axes=-1)(centres, chols)
+            resp = jax.nn.softmax(each + log_probs, axis=-1) * w[:, None]  # (pilot, K)
+            mass = jnp.sum(resp, axis=0)
+            means = (resp.T @ s) / mass[:, None]
+            dev = s[None] - means[:, None]  # (K, pilot, n)
+            covs = jnp.einsum("kp,kpi,kpj->kij", resp.T, dev, dev) / mass[:, None, None]
+            new_chols = jnp.linalg.cholesky(covs + 1e-10 * temperature * eye)
+            # A component moves only if its own draws carry enough effective weight and its
+            # new covariance is positive definite; the shares follow the responsibilities.
+            own_ess = jnp.sum(resp, axis=0) ** 2 / jnp.sum(resp**2, axis=0)
+            ok = (own_ess >= MIN_PILOT_ESS * n) & jnp.all(jnp.isfinite(new_chols), axis=(1, 2))
+            shares = jnp.clip(mass, MIN_SHARE, 1 - MIN_SHARE)
+            moved = (
+                jnp.log(shares / jnp.sum(shares)),
+                jnp.where(ok[:, None], means, centres),
+                jnp.where(ok[:, None, None], new_chols, chols),
+            )
+            better = ess > best_ess
+            best = jax.tree.map(lambda a, b: jnp.where(better, a, b), mixture, best)
+            mixture = moved
+            return (best, jnp.maximum(ess, best_ess), mixture), None
+
+        keys = jax.random.split(key, rounds + 1)
+        if rounds and pilot:
+            init = (mixture, jnp.asarray(-1.0, starts.dtype), mixture)
+            mixture = jax.lax.scan(adapt, init, keys[:rounds])[0][0]
+        s, log_w = weighted(keys[-1], mixture, groups * draws)
+        w = jax.nn.softmax(log_w)
+        ess = 1.0 / (groups * draws * jnp.sum(w**2))
+        return s.reshape(groups, draws, n), log_w.reshape(groups, draws), ess
+
+    batched = jax.vmap(one, in_axes=(None, 0, 0, 0, None, None, 0, 0))
+
+    @jax.jit
+    def run(params, input_field, targets, betas, table, temperature, starts, key):
+        keys = jax.random.split(key, input_field.shape[0])
+        s, log_w, ess = batched(params, input_field, targets, betas, table, temperature, starts,
+                                keys)  # fmt: skip
+        return s, log_w, ess, pareto_khat(log_w.reshape(log_w.shape[0], -1))
+
+    return run
+
+
+@at_sampler_dtype
+def draw_importance(model, sampling, params, x, targets, beta, temperature, rng_key,
+                    initial_positions=None, nudged=True) -> CollapsedSamples:  # fmt: skip
+    """Draw the kept class of ``p_β(s | x)`` by importance sampling (module docstring), every
+    example of a batch; the arguments of ``thermal.draw_states`` (one temperature, one
+    ``beta``; ``initial_positions`` is not used: the proposal starts at the relaxed minimum).
+
+    Returns a :class:`~thermoeqprop.estimators._collapsed.CollapsedSamples` whose ``trace`` is
+    an :class:`ImportanceTrace`; its ``states`` are the proposal's draws, which only their
+    weights (``trace.info.log_weights``) make draws of ``p_β``.
+    """
+    del initial_positions
+    if np.ndim(beta) != 0:
+        raise ValueError(f"importance sampling draws one phase at a time, got beta={beta!r}")
+    if not nudged and beta != 0:
+        raise ValueError(
+            f"nudged=False samples the free phase only, so beta must be 0, got {beta!r}"
+        )
+    if np.ndim(temperature) != 0:
+        raise ValueError(f"importance sampling needs one temperature, got {temperature!r}")
+    activation = conditional_activation(model)
+    bound = field_bound(params, x, activation) if activation != "linear" else 0.0
+    table = unit_free_energy(activation, temperature, bound, x.dtype)
+    betas = jnp.full((x.shape[0],), beta, dtype=x.dtype)
+    starts = _minima(model, params, x, targets, beta)
+    run = _example_fn(model, bool(nudged), IMPORTANCE_ROUNDS,
+                      sampling.num_chains * sampling.num_warmup, sampling.num_chains,
+                      sampling.num_samples)  # fmt: skip
+    kept, log_w, ess, khat = run(params, x @ params["weights"][0], targets, betas, table,
+                                 jnp.asarray(temperature, x.dtype), starts, rng_key)  # fmt: skip
+    trace = ImportanceTrace(kept, ImportanceInfo(log_w, ess, khat))
+    return CollapsedSamples(_full_states(model, kept), trace, kept[:, :, -1, :])
