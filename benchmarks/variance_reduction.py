@@ -43,6 +43,9 @@ Sections (``--sections spin main``; each appends its tables to one report):
 - ``rhat`` (``benchmarks/_vr_rhat.py``, not run by default): how the entries of a series (every
   draw, or windows of draws) set the largest R-hat over many components, for independent draws
   and on the main job with 2 × (100 + 450) draws.
+- ``importance`` (``benchmarks/_vr_importance.py``, not run by default): importance sampling
+  (docs/mathematics.md, "Importance sampling") on the main job's per-batch gradient against
+  plain and collapsed HMC, at equal wall time, with the weights' Kish ESS and Pareto k̂.
 - ``main`` (``benchmarks/_vr_main.py``): the main job's per-batch covariance gradient, plain
   against conditional expectations (docs/mathematics.md, "Conditional expectations"), at equal
   draws and at equal wall time, at the initial and at EP-trained parameters.
@@ -83,6 +86,7 @@ THREAD_ENV = _threads.apply(sys.argv[1:], x64=True)
 import _vr_collapsed_spins  # noqa: E402
 import _vr_coupled  # noqa: E402
 import _vr_examples  # noqa: E402
+import _vr_importance  # noqa: E402
 import _vr_main  # noqa: E402
 import _vr_pieces  # noqa: E402
 import _vr_rhat  # noqa: E402
@@ -469,6 +473,7 @@ SECTIONS = {
     "collapsed-spins": _vr_collapsed_spins.section_collapsed_spins,
     "rhat": _vr_rhat.section_rhat,
     "pieces": _vr_pieces.section_pieces,
+    "importance": _vr_importance.section_importance,
 }
 
 

@@ -121,6 +121,24 @@ def test_control_variates_that_add_noise_are_flagged_with_what_to_do():
     assert not any(c.name.startswith("MCSE without") for c in gradient_checks(RECORD))
 
 
+def test_heavy_importance_weights_are_flagged_with_what_to_do():
+    importance = {k: v for k, v in RECORD.items() if k not in ("diag_mean_step_size",
+                                                               "diag_divergences")}  # fmt: skip
+
+    def check(k_hat):
+        checks = gradient_checks(importance | {"diag_pareto_k_max": k_hat})
+        return next(c for c in checks if c.name.startswith("Pareto k-hat"))
+
+    heavy = check(0.9)
+    assert (heavy.ok, heavy.lever, heavy.limit) == (False, "importance", "≤ 0.70")
+    assert check(0.4).ok
+    table = format_checks(gradient_checks(importance | {"diag_pareto_k_max": 0.9}), "h")
+    assert "--num-warmup" in table and "--sampler hmc" in table
+    # Few effective draws of an importance run point to its own levers, not to HMC's.
+    assert "--hmc-steps" not in table
+    assert not any(c.name.startswith("Pareto") for c in gradient_checks(RECORD))
+
+
 def test_epoch_line_and_plot_limits():
     line = epoch_line(RECORD, 15)
     for part in ("epoch 15/15", "loss 0.0508", "test accuracy 95.56 %", "rel. MCSE 0.690",

@@ -21,6 +21,10 @@ independent draws. So each limit here is stated for the run at hand:
 - **Relative MCSE of the gradient** (‖MCSE‖ ÷ ‖gradient‖): at most :data:`RELATIVE_MCSE_MAX`;
   above it the step follows mostly Monte Carlo noise.
 - **Divergent transitions** (HMC, NUTS): none.
+- **Pareto k̂ of the importance weights** (``--sampler importance``): at most
+  :data:`PARETO_K_MAX` for the worst example; above it that example's self-normalised
+  estimate and its MCSE are not to be trusted (Vehtari et al. 2024; docs/mathematics.md,
+  "Importance sampling").
 
 Two R-hats appear in this package, and the tables say which: ``train`` records the split R-hat
 (Gelman et al., not rank-normalised: cheap enough for every batch) of every batch's gradient
@@ -48,6 +52,7 @@ __all__ = [
     "ESS_PER_DRAW_MEDIAN",
     "ESS_PER_DRAW_MIN",
     "FAMILY_ALPHA",
+    "PARETO_K_MAX",
     "RELATIVE_MCSE_MAX",
     "RHAT_MEDIAN_MAX",
     "Check",
@@ -66,6 +71,7 @@ ESS_PER_DRAW_MEDIAN = 0.5
 FAMILY_ALPHA = 0.05
 RELATIVE_MCSE_MAX = 0.2
 RHAT_MEDIAN_MAX = 1.01
+PARETO_K_MAX = 0.7
 
 LEVERS = {
     "mcse": "more draws (--num-samples) or chains (--num-chains): the MCSE falls as 1/√(draws)",
@@ -81,6 +87,8 @@ LEVERS = {
     "(--control-variates heat_bath)",
     "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "
     "smaller step size; a lower temperature sharpens the target",
+    "importance": "heavy importance weights: more pilot draws (--num-warmup) adapt the "
+    "proposal; where the Pareto k-hat stays above 0.7, HMC (--sampler hmc) samples that law",
     "controls": "the control variates add noise: leave out --control-variates, or first make "
     "the chains mix (the levers above); coefficients fitted on one fold of chains that have "
     "not mixed do not cancel the other fold's noise",
@@ -236,8 +244,11 @@ def gradient_checks(record: dict) -> list[Check]:
     num_components = int(record.get("parameters", 1))
     num_batches = int(record.get("batches", 1))
     draws = num_chains * draws_per_chain
-    # HMC and NUTS record their step size; block Gibbs and Metropolis (spins) do not.
+    # HMC and NUTS record their step size; block Gibbs and Metropolis (spins) do not;
+    # importance sampling records the Pareto k-hat of its weights.
     ess_lever = "ess" if "diag_mean_step_size" in record else "ess_spins"
+    if "diag_pareto_k_max" in record:
+        ess_lever = "importance"
     checks = []
     mcse = _finite(record.get("relative_stderr"))
     checks.append(
@@ -292,6 +303,15 @@ def gradient_checks(record: dict) -> list[Check]:
         else:
             checks.append(_check(name, gain, 1.0, upper=False, lever="controls", digits=2,
                                  bad="the control variates add noise"))  # fmt: skip
+    if "diag_pareto_k_max" in record:
+        checks.append(
+            _check(
+                "Pareto k-hat of the importance weights, worst example (worst batch)",
+                _finite(record["diag_pareto_k_max"]), PARETO_K_MAX, upper=True,
+                bad="heavy-tailed weights: that example's estimate and MCSE are unreliable",
+                lever="importance", digits=2,
+            )
+        )  # fmt: skip
     if "diag_divergences" in record:
         checks.append(
             _check(

@@ -107,8 +107,12 @@ class ModelOptions:
 class SamplingOptions:
     """How thermal estimators draw states (:class:`thermoeqprop.estimators.Sampling`)."""
 
-    sampler: Literal["auto", "hmc", "nuts", "gibbs", "metropolis"] = option(
-        "auto", "auto: HMC for continuous states, block Gibbs for spins (every command)"
+    sampler: Literal["auto", "hmc", "nuts", "gibbs", "metropolis", "importance"] = option(
+        "auto",
+        "auto: HMC for continuous states, block Gibbs for spins (every command); importance: "
+        "independent weighted draws of the outputs' marginal from an adapted Student-t mixture "
+        "(collapsed sampling of a layered network; --num-warmup: pilot draws per chain and "
+        "adaptation round)",
     )
     num_chains: int = option(4, "chains per example")
     num_samples: int = option(200, "draws per chain and estimate")

@@ -9,13 +9,16 @@ Markov chain: independent draws from a multivariate Student-t proposal ``q``, ea
 depends on another.
 
 The proposal, per example and phase, depends on the parameters, input and target only, never
-on the final draws: its centre and scale start at the Laplace approximation (a few damped
-Newton steps from the T = 0 relaxation's minimum, the Hessian's eigenvalues floored), and
-``IMPORTANCE_ROUNDS`` rounds of ``num_chains × num_warmup`` pilot draws move them to the
-weighted mean and covariance of each round's draws (moment matching; a round whose weights
-carry fewer than ``MIN_PILOT_ESS`` effective draws keeps the previous proposal). The final
-``num_chains × num_samples`` draws are split into ``num_chains`` groups of ``num_samples``,
-so that split R-hat and the batch-means ESS read them as they read chains.
+on the final draws: a mixture of multivariate t laws whose bells start at T = 0 minima (the
+relaxed one, those reached after pushes towards the largest outputs) and at the state with
+every output pushed low, each moved to a mode of the marginal by a few damped Newton steps
+and scaled by its Laplace covariance ``T H⁻¹`` (eigenvalues floored), plus bridges stretched
+between the first mode and the others. ``IMPORTANCE_ROUNDS`` rounds of
+``num_chains × num_warmup`` pilot draws move every component to the weighted mean and
+covariance of the draws it is responsible for (mixture population Monte Carlo); the proposal
+whose pilot weights had the largest Kish ESS is kept. The final ``num_chains × num_samples``
+draws are split into ``num_chains`` groups of ``num_samples``, so that split R-hat and the
+batch-means ESS read them as they read chains.
 
 The statistics then weight every draw by ``ω = N w / Σ w`` (mean 1 over an example's draws):
 :func:`~thermoeqprop.estimators._conditional.conditional_statistics` with ``draw_weights``
@@ -70,6 +73,8 @@ HESSIAN_FLOOR = 1e-2
 PUSHED_OUTPUTS = 2
 # Smallest share of the draws a mixture component gets (defensive mixture).
 MIN_SHARE = 0.05
+# The share of the draws of the bridge components (between the minima), all together.
+BRIDGE_SHARE = 0.2
 # Draws per example whose energies are evaluated together (see ``weighted``).
 ENERGY_CHUNK = 32
 # A pilot round whose weights carry fewer effective draws than this per kept unit keeps the
@@ -197,6 +202,10 @@ def _minima(model, params, x, targets, beta):
     for code in codes:
         pushed = relax(model, params, x, code, NUDGE_BETA, first, relaxation).state
         minima.append(relax(model, params, x, targets, beta, pushed, relaxation).state[:, kept])
+    # Every output pushed low, not relaxed again: where the network hesitates, the law at
+    # T > 0 has a mode there that the T = 0 energy lacks (the hidden layer's entropy).
+    low = relax(model, params, x, jnp.zeros_like(outputs), NUDGE_BETA, first, relaxation)
+    minima.append(low.state[:, kept])
     return jnp.stack(minima, axis=1)
 
 
@@ -231,9 +240,22 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
 
         centres, chols, masses = jax.vmap(laplace)(starts)
         # Each minimum gets a share of the draws between MIN_SHARE and 1 − MIN_SHARE by its
-        # Laplace mass (two equal starts: one component, whatever the shares).
+        # Laplace mass (two equal starts: one component, whatever the shares). Between the
+        # first minimum and each other one, a bridge component, centred half-way and
+        # stretched along the segment (covariance: the first minimum's plus d dᵀ/4, d the
+        # segment), shares BRIDGE_SHARE: where the network hesitates between outputs, the law
+        # has mass on the way from one minimum to the other (all outputs low), which bells
+        # around the minima leave out.
         shares = jnp.clip(jax.nn.softmax(masses), MIN_SHARE, 1 - MIN_SHARE)
-        mixture = (jnp.log(shares / jnp.sum(shares)), centres, chols)
+        others = centres[1:] - centres[:1]
+        spans = jnp.einsum("ki,kj->kij", others, others) / 4
+        bridges = jnp.linalg.cholesky(chols[0] @ chols[0].T + spans + 1e-12 * eye)
+        count = others.shape[0]
+        shares = jnp.concatenate([(1 - BRIDGE_SHARE) * shares / jnp.sum(shares),
+                                  jnp.full((count,), BRIDGE_SHARE / count)])  # fmt: skip
+        centres = jnp.concatenate([centres, centres[:1] + others / 2])
+        chols = jnp.concatenate([chols, bridges])
+        mixture = (jnp.log(shares), centres, chols)
 
         def weighted(key, mixture, count):
             s, log_q = _mixture_draws(key, mixture, count)
