@@ -27,7 +27,8 @@ thread settings and the machine.
 3. The default ``thermoeqprop train`` epoch (float64, as the command runs) against a T = 0 EP
    epoch of the same network, interleaved one-epoch runs, synchronised epoch times from
    metrics.jsonl, and the thermal epoch's achieved GFLOP/s beside a plain jitted matmul's;
-   ``--draws`` adds thermal routes with other chains and draws, in the same interleaving;
+   ``--draws`` adds thermal routes with other chains and draws (or importance sampling), in
+   the same interleaving;
    ``--baseline REV`` adds the default train of an earlier git revision (its files from
    ``git archive``, run in a child process with the same threads and cores), so that "no more
    time per epoch than at REV" is measured side by side.
@@ -49,7 +50,8 @@ for. Ratios are of steady medians and are what a run rests on: absolute times mo
 load of this shared machine, recorded with every run. Everything is float32 (x64 off).
 
     python benchmarks/thermal_speed.py [--quick] [--sections 1 2 4] [--reps N]
-        [--temperature 0.5] [--threads N] [--[no-]graph] [--draws 2x300 4x150+50,jumps]
+        [--temperature 0.5] [--threads N] [--[no-]graph]
+        [--draws 2x300 4x150+50,jumps 2x256+128,is]
         [--baseline REV]
         [--output benchmarks/results/thermal_speed.md]
 
@@ -769,18 +771,18 @@ S3_SIZES = (64, 128, 10)  # the default network of `thermoeqprop train`
 S3_EPOCHS = 3  # per run: the first compiles, the later ones are the steady state
 
 
-def _draws_parts(spec: str) -> tuple[int, int, int, bool, bool]:
-    """``CxN[+W][,jumps][,f32]`` (``--draws``): chains, warm-up (default 50), draws, mode jumps,
-    float32 sampler arithmetic."""
-    match = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?((?:,jumps|,f32)*)", spec)
+def _draws_parts(spec: str) -> tuple[int, int, int, set[str]]:
+    """``CxN[+W][,jumps][,f32][,is]`` (``--draws``): chains, warm-up (default 50), draws, and
+    the flags: mode jumps, float32 sampler arithmetic, importance sampling (``--sampler
+    importance``: C groups of N weighted draws, W pilot draws per group and round)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?((?:,jumps|,f32|,is)*)", spec)
     if match is None:
         raise SystemExit(
-            f"--draws {spec!r}: expected CHAINSxDRAWS[+WARMUP][,jumps][,f32], e.g. 2x300 or "
-            "4x150+50 or 2x450+100,f32"
+            f"--draws {spec!r}: expected CHAINSxDRAWS[+WARMUP][,jumps][,f32][,is], e.g. 2x300 "
+            "or 4x150+50 or 2x450+100,f32 or 2x256+128,is"
         )
     chains, draws, warmup, flags = match.groups()
-    flags = flags.split(",")[1:]
-    return int(chains), int(warmup or 50), int(draws), "jumps" in flags, "f32" in flags
+    return int(chains), int(warmup or 50), int(draws), set(flags.split(",")[1:])
 
 
 def _draws_spec(spec: str) -> str:
@@ -790,17 +792,20 @@ def _draws_spec(spec: str) -> str:
 
 
 def _draws_route(spec: str) -> str:
-    chains, warmup, draws, jumps, f32 = _draws_parts(spec)
-    return (f"thermal, {chains} × ({warmup} + {draws})" + (", mode jumps" if jumps else "")
-            + (", float32 sampler" if f32 else ""))  # fmt: skip
+    chains, warmup, draws, flags = _draws_parts(spec)
+    words = {"jumps": ", mode jumps", "f32": ", float32 sampler", "is": ", importance sampling"}
+    return f"thermal, {chains} × ({warmup} + {draws})" + "".join(
+        words[flag] for flag in ("jumps", "f32", "is") if flag in flags
+    )
 
 
 def _draws_command(spec: str) -> list[str]:
-    chains, warmup, draws, jumps, f32 = _draws_parts(spec)
+    chains, warmup, draws, flags = _draws_parts(spec)
     command = ["--num-chains", str(chains), "--num-warmup", str(warmup),
                "--num-samples", str(draws)]  # fmt: skip
-    return (command + (["--mode-jumps", "on"] if jumps else [])
-            + (["--sampler-dtype", "float32"] if f32 else []))  # fmt: skip
+    return (command + (["--mode-jumps", "on"] if "jumps" in flags else [])
+            + (["--sampler-dtype", "float32"] if "f32" in flags else [])
+            + (["--sampler", "importance"] if "is" in flags else []))  # fmt: skip
 
 
 def _train_run(command: list[str], seed: int, folder: str) -> list[dict[str, float]]:
@@ -962,7 +967,8 @@ def section_train_epoch(args) -> list[str]:
         "per example"
         + (
             ", and the same with other draws (--draws: chains × (warm-up + draws), 'jumps': "
-            "--mode-jumps on)"
+            "--mode-jumps on, 'f32': --sampler-dtype float32, 'is': --sampler importance, "
+            "chains × draws weighted draws after rounds of chains × warm-up pilot draws)"
             if args.draws
             else ""
         )
@@ -1285,10 +1291,10 @@ def main():
         nargs="+",
         default=None,
         type=_draws_spec,
-        metavar="CxN[+W][,jumps][,f32]",
+        metavar="CxN[+W][,jumps][,f32][,is]",
         help="section 3: also time train with C chains × (W warm-up + N draws), W default 50, "
-        "',jumps' for --mode-jumps on, ',f32' for --sampler-dtype float32; interleaved with "
-        "the default and T = 0",
+        "',jumps' for --mode-jumps on, ',f32' for --sampler-dtype float32, ',is' for --sampler "
+        "importance; interleaved with the default and T = 0",
     )
     parser.add_argument(
         "--baseline",

@@ -61,6 +61,11 @@ def test_pareto_khat_matches_arviz(shape, tail):
     np.testing.assert_allclose(ours, theirs, rtol=1e-7, atol=1e-9)
 
 
+def test_pareto_khat_is_not_measured_on_too_few_draws():
+    assert np.all(np.isnan(np.asarray(pareto_khat(jnp.zeros((3, 24))))))
+    assert np.all(np.isfinite(np.asarray(pareto_khat(jnp.arange(50.0).reshape(2, 25)))))
+
+
 def test_normalised_weights_have_mean_one_per_example():
     log_w = jax.random.normal(jax.random.key(0), (3, 2, 50)) * 30.0
     omega = normalised_weights(log_w)

@@ -77,8 +77,8 @@ MIN_SHARE = 0.05
 BRIDGE_SHARE = 0.2
 # Draws per example whose energies are evaluated together (see ``weighted``).
 ENERGY_CHUNK = 32
-# A pilot round whose weights carry fewer effective draws than this per kept unit keeps the
-# previous proposal (a covariance is not estimated from a handful of draws).
+# A component whose pilot draws carry fewer effective draws than this per kept unit keeps
+# its centre and scale in that round (a covariance is not estimated from a handful of draws).
 MIN_PILOT_ESS = 4
 
 
@@ -119,12 +119,13 @@ def pareto_khat(log_weights) -> jax.Array:
     next-largest are fitted by a generalised Pareto law with the empirical-Bayes estimate of
     Zhang and Stephens (2009) and the weakly informative prior on ``k`` of PSIS (Vehtari et
     al. 2024), as ArviZ's ``psislw``. ``k̂ < 0.5``: the weights have a finite variance and the
-    estimate converges at the usual rate; ``k̂ > 0.7``: it is not to be trusted.
+    estimate converges at the usual rate; ``k̂ > 0.7``: it is not to be trusted. NaN (not
+    measured) with fewer than 5 tail weights (under 25 draws).
     """
     n = log_weights.shape[-1]
     tail = int(np.ceil(min(0.2 * n, 3 * np.sqrt(n))))
     if tail < 5:
-        raise ValueError(f"Pareto k̂ needs at least 5 tail weights, got {n} draws")
+        return jnp.full(log_weights.shape[:-1], jnp.nan, log_weights.dtype)
     top = jax.lax.top_k(log_weights - jnp.max(log_weights, axis=-1, keepdims=True), tail + 1)[0]
     exceed = jnp.exp(top[..., :tail]) - jnp.exp(top[..., tail:])  # descending
     return _gpd_shape(exceed[..., ::-1])
