@@ -32,14 +32,18 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from _vr_main import BATCH, MAIN_SAMPLING, TEMPERATURE, equal_time_draws, trained_by_ep
+from _vr_main import (
+    BATCH,
+    MAIN_SAMPLING,
+    TEMPERATURE,
+    equal_time_draws,
+    interleaved,
+    main_job,
+)
 from jax.flatten_util import ravel_pytree
 
-from thermoeqprop.data import load_dataset
 from thermoeqprop.estimators import ThermalCovariance
-from thermoeqprop.models import LayeredNetwork
 
 IMPORTANCE_DRAWS = 256
 
@@ -69,16 +73,7 @@ def _z(a, b):
 
 
 def section_importance(args) -> list[str]:
-    dataset = load_dataset("digits", seed=0)
-    model = LayeredNetwork((64, 128, 10))
-    rng = np.random.default_rng(1)
-    batches = []
-    for _ in range(args.batches):
-        idx = rng.choice(len(dataset.labels_train), BATCH, replace=False)
-        batches.append((jnp.asarray(dataset.x_train[idx]),
-                        model.encode_labels(dataset.labels_train[idx])))  # fmt: skip
-    trained, accuracy = trained_by_ep(model, dataset)
-    settings = {"initial": model.init_params(jax.random.key(0)), "trained": trained}
+    model, batches, settings, accuracy = main_job(args.batches)
     lines = [
         "### Section importance: importance sampling on the main job's per-batch gradient",
         "",
@@ -111,14 +106,7 @@ def section_importance(args) -> list[str]:
                                      jax.random.key(10**6 + 1))[0]  # fmt: skip
         draws = {"plain": 50, "collapsed": 50, "importance": IMPORTANCE_DRAWS,
                  "importance′": matched}  # fmt: skip
-        results = {name: [] for name in routes}
-        seed = 0
-        for rep in range(args.reps):
-            for batch in batches:
-                for name, est in routes.items():
-                    results[name].append(_call(est, params, batch, jax.random.key(seed)))
-                    seed += 1
-            print(f"  {label}: repetition {rep + 1}/{args.reps} done", flush=True)
+        results = interleaved(routes, params, batches, args.reps, label, _call)
         med = {}
         for name, rows in results.items():
             seconds = np.array([r[0] for r in rows])

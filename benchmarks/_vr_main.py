@@ -113,18 +113,41 @@ def _with_draws(num_samples, collapse=False, jumps=False, **changes):
                                mode_jumps=jumps, **changes)  # fmt: skip
 
 
-def section_main(args) -> list[str]:
-    lines: list[str] = []
+def main_job(num_batches):
+    """The main job's network, ``num_batches`` batches of 32 training digits (the same in
+    every section that calls this), its initial and EP-trained parameters by name, and the
+    trained parameters' test accuracy."""
     dataset = load_dataset("digits", seed=0)
     model = LayeredNetwork((64, 128, 10))
     rng = np.random.default_rng(1)
     batches = []
-    for _ in range(args.batches):
+    for _ in range(num_batches):
         idx = rng.choice(len(dataset.labels_train), BATCH, replace=False)
         batches.append((jnp.asarray(dataset.x_train[idx]),
                         model.encode_labels(dataset.labels_train[idx])))  # fmt: skip
     trained, accuracy = trained_by_ep(model, dataset)
     settings = {"initial": model.init_params(jax.random.key(0)), "trained": trained}
+    return model, batches, settings, accuracy
+
+
+def interleaved(routes, params, batches, reps, label, call):
+    """``{route: [call(estimator, params, batch, key), …]}``: every route once per batch, in
+    turn, repetition after repetition (load changes hit every route alike), a fresh key per
+    call."""
+    results = {name: [] for name in routes}
+    seed = 0
+    for rep in range(reps):
+        for batch in batches:
+            for name, est in routes.items():
+                results[name].append(call(est, params, batch, jax.random.key(seed)))
+                seed += 1
+        print(f"  {label}: repetition {rep + 1}/{reps} done", flush=True)
+    return results
+
+
+def section_main(args) -> list[str]:
+    lines: list[str] = []
+    model, batches, settings, accuracy = main_job(args.batches)
     lines += [
         "### Section main: the main job's per-batch covariance gradient",
         "",
@@ -178,14 +201,7 @@ def section_main(args) -> list[str]:
         routes = {"plain": plain, "RB": rb, "RB′": matched["RB′"], "collapsed": collapsed,
                   "collapsed′": matched["collapsed′"], "jumps": jumps,
                   "jumps′": matched["jumps′"], "jumps 4×25": chains4}  # fmt: skip
-        results = {name: [] for name in routes}
-        seed = 0
-        for rep in range(args.reps):
-            for batch in batches:
-                for name, est in routes.items():
-                    results[name].append(run_route(est, params, batch, jax.random.key(seed)))
-                    seed += 1
-            print(f"  {label}: repetition {rep + 1}/{args.reps} done", flush=True)
+        results = interleaved(routes, params, batches, args.reps, label, run_route)
         med = {}
         for name, rows in results.items():
             a = np.array(rows)
