@@ -145,6 +145,8 @@ class _SampledEstimator(Estimator):
                                          beta, self.temperature, collapses(self),
                                          weights)  # fmt: skip
             return DrawStatistics(*out, draws_per_entry=window)
+        if weights is not None:  # importance sampling needs collapsed sampling's statistics
+            raise ValueError("importance weights need conditional expectations (collapsed draws)")
         return draw_statistics(self.model, params, states, x, targets, self.needed_series, window)
 
     #: Conditional expectations (Rao–Blackwell): None = wherever the model supports them.
