@@ -97,3 +97,30 @@ def test_an_interrupt_during_an_import_waits_for_the_import(tmp_path, monkeypatc
         for _ in range(500):
             time.sleep(0.01)
     assert sys.modules["slow_module_for_signals"].FINISHED
+
+
+def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(monkeypatch):
+    """A signal that lands while zipfile has a member open for writing makes closing the
+    archive raise ValueError in the interrupt's place; the writer gives back the interrupt, so
+    the command exits 130, not with an error (seen once in this module's test above)."""
+    import numpy as np
+
+    from thermoeqprop import _files
+
+    def interrupted_savez(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt("signal 2")
+        finally:
+            raise ValueError("Can't close the ZIP file while there is an open writing handle")
+
+    monkeypatch.setattr(_files.np, "savez", interrupted_savez)
+    with pytest.raises(KeyboardInterrupt, match="signal 2"):
+        _files.arrays_bytes({"a": np.ones(3)})
+    monkeypatch.undo()
+
+    def broken_savez(*args, **kwargs):
+        raise ValueError("another error")
+
+    monkeypatch.setattr(_files.np, "savez", broken_savez)
+    with pytest.raises(ValueError, match="another error"):
+        _files.arrays_bytes({"a": np.ones(3)})

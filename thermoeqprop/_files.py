@@ -88,7 +88,16 @@ def arrays_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     arrays = {name: np.asarray(a) for name, a in arrays.items()}
     arrays["checksum"] = np.asarray(_checksum(arrays))
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    try:
+        np.savez(buffer, **arrays)
+    except ValueError as exc:
+        # A signal's KeyboardInterrupt raised while zipfile has a member open for writing
+        # leaves that handle open, and closing the archive then raises "Can't close the ZIP
+        # file while there is an open writing handle" in the interrupt's place: the command
+        # reported an error (exit 2) instead of the interrupt (130; tests/test_signals.py).
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            raise exc.__context__ from None
+        raise
     return buffer.getvalue()
 
 
