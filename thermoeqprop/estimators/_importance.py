@@ -182,11 +182,12 @@ def _mixture_log_density(s, mixture):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _minima(model, params, x, targets, beta):
-    """(batch, 1 + PUSHED_OUTPUTS, n_kept) T = 0 minima of ``F_β`` that start the proposal's
-    components: the one relaxed from the model's initial state, and those reached by relaxing
+    """(batch, 2 + PUSHED_OUTPUTS, n_kept) states that start the proposal's components: the
+    T = 0 minimum of ``F_β`` relaxed from the model's initial state; those reached by relaxing
     ``F_β`` again after a push (``E + NUDGE_BETA · C(·; e)``) towards each of the
     ``PUSHED_OUTPUTS`` largest outputs there, ``e`` its one-hot code (one output: each end of
-    its range). Where a push lands back in the first minimum the components coincide."""
+    its range); and the state pushed towards every output low (``e = 0``), not relaxed again.
+    Where a push lands back in the first minimum the components coincide."""
     from thermoeqprop.estimators.zero_temperature import Relaxation, relax
 
     relaxation = Relaxation(tolerance=1e-6)
@@ -245,8 +246,8 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
         # first minimum and each other one, a bridge component, centred half-way and
         # stretched along the segment (covariance: the first minimum's plus d dᵀ/4, d the
         # segment), shares BRIDGE_SHARE: where the network hesitates between outputs, the law
-        # has mass on the way from one minimum to the other (all outputs low), which bells
-        # around the minima leave out.
+        # has mass on the way from one minimum to another, which bells around the minima
+        # leave out.
         shares = jnp.clip(jax.nn.softmax(masses), MIN_SHARE, 1 - MIN_SHARE)
         others = centres[1:] - centres[:1]
         spans = jnp.einsum("ki,kj->kij", others, others) / 4
