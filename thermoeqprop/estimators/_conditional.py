@@ -275,6 +275,8 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
     shape = (b, c, k, window)
     num_blocks = len(weights)
     grads, covs, costs, outputs = {}, {}, [], None
+    # Σ_{d ∈ entry} (ω_bd − 1) per entry and example: what self-normalising adds (C·K, B)
+    excess = None if omega is None else _entry_sums(omega - 1.0, k)
 
     def accumulate(into, series, share):
         for index, value in series.items():
@@ -307,8 +309,7 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
             series = _layered_series(cond_acts, x, ones, None, shape, share)
             if omega is not None:  # plus Σ_{b, d ∈ entry} (1 − ω_bd) ḡ_b
                 means = _example_means(cond_acts, x, share, omega)
-                series = {i: series[i] - _entry_sums(omega - 1.0, k) @ means[i] / (b * window)
-                          for i in share}  # fmt: skip
+                series = {i: series[i] - excess @ means[i] / (b * window) for i in share}
             accumulate(grads, series, share)
         if wanted[1]:
             centred = cost - mean_cost
@@ -321,7 +322,7 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
             series = {i: weighted[i] - sums @ means[i] / (b * window) for i in share}
             if omega is not None:  # minus Σ_{b, d ∈ entry} (ω_bd − 1) Ĉov_b
                 covariances = _example_means(cond_acts, x, share, centred)
-                series = {i: series[i] - _entry_sums(omega - 1.0, k) @ covariances[i] / (b * window)
+                series = {i: series[i] - excess @ covariances[i] / (b * window)
                           for i in share}  # fmt: skip
             accumulate(covs, series, share)
 

@@ -160,8 +160,9 @@ def _t_log_density(s, centre, chol, df=PROPOSAL_DF):
 
 
 def _mixture_draws(key, mixture, count, df=PROPOSAL_DF):
-    """``count`` draws (count, n) of a mixture of multivariate t laws and the mixture's log
-    density at them; ``mixture = (log_probs (K,), centres (K, n), chols (K, n, n))``."""
+    """``count`` draws (count, n) of a mixture of multivariate t laws and
+    :func:`_component_log_densities` at them; ``mixture = (log_probs (K,), centres (K, n),
+    chols (K, n, n))``."""
     log_probs, centres, chols = mixture
     key_pick, key_normal, key_chi = jax.random.split(key, 3)
     pick = jax.random.categorical(key_pick, log_probs, shape=(count,))
@@ -171,13 +172,15 @@ def _mixture_draws(key, mixture, count, df=PROPOSAL_DF):
     chi = jax.random.normal(key_chi, (count, df), centres.dtype)
     z = z / jnp.sqrt(jnp.mean(chi**2, axis=-1, keepdims=True))
     s = centres[pick] + jnp.einsum("cij,cj->ci", chols[pick], z)
-    return s, _mixture_log_density(s, mixture)
+    return s, _component_log_densities(s, mixture)
 
 
-def _mixture_log_density(s, mixture):
+def _component_log_densities(s, mixture):
+    """(count, K) ``log π_k + log t_k(s)``: their log-sum-exp is the mixture's log density,
+    their softmax the components' responsibilities."""
     log_probs, centres, chols = mixture
     each = jax.vmap(lambda c, l: _t_log_density(s, c, l), out_axes=-1)(centres, chols)
-    return jax.scipy.special.logsumexp(each + log_probs, axis=-1)
+    return each + log_probs
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -259,26 +262,26 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
         chols = jnp.concatenate([chols, bridges])
         mixture = (jnp.log(shares), centres, chols)
 
-        def weighted(key, mixture, count):
-            s, log_q = _mixture_draws(key, mixture, count)
+        def weighted(key, mixture, count):  # draws, log weights, component log densities
+            s, components = _mixture_draws(key, mixture, count)
+            log_q = jax.scipy.special.logsumexp(components, axis=-1)
             # In chunks of draws (all examples at once under the batch's vmap), so that the
             # table look-ups' intermediates stay in cache: one pass over all draws at once
             # spent most of its time moving them through memory.
             chunk = ENERGY_CHUNK if count % ENERGY_CHUNK == 0 else count
             energies = jax.lax.map(jax.vmap(energy), s.reshape(count // chunk, chunk, n))
-            return s, -energies.reshape(count) / temperature - log_q
+            return s, -energies.reshape(count) / temperature - log_q, components
 
         def adapt(carry, key):
             # One step of mixture population Monte Carlo: every component moves to the
             # weighted mean and covariance of the draws it is responsible for; the proposal
             # whose pilot weights had the largest Kish ESS is the one kept.
             best, best_ess, mixture = carry
-            s, log_w = weighted(key, mixture, pilot)
+            s, log_w, components = weighted(key, mixture, pilot)
             w = jax.nn.softmax(log_w)
             ess = 1.0 / jnp.sum(w**2)
-            log_probs, centres, chols = mixture
-            each = jax.vmap(lambda c, l: _t_log_density(s, c, l), out_axes=-1)(centres, chols)
-            resp = jax.nn.softmax(each + log_probs, axis=-1) * w[:, None]  # (pilot, K)
+            _, centres, chols = mixture
+            resp = jax.nn.softmax(components, axis=-1) * w[:, None]  # (pilot, K)
             mass = jnp.sum(resp, axis=0)
             means = (resp.T @ s) / mass[:, None]
             dev = s[None] - means[:, None]  # (K, pilot, n)
@@ -303,7 +306,7 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
         if rounds and pilot:
             init = (mixture, jnp.asarray(-1.0, starts.dtype), mixture)
             mixture = jax.lax.scan(adapt, init, keys[:rounds])[0][0]
-        s, log_w = weighted(keys[-1], mixture, groups * draws)
+        s, log_w, _ = weighted(keys[-1], mixture, groups * draws)
         w = jax.nn.softmax(log_w)
         ess = 1.0 / (groups * draws * jnp.sum(w**2))
         return s.reshape(groups, draws, n), log_w.reshape(groups, draws), ess
