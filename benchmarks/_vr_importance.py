@@ -9,12 +9,12 @@ every call synchronised):
 - ``plain``: ``ThermalCovariance(rao_blackwell=False)``, HMC on every unit, 2 chains × (50
   warm-up + 50 draws), the reference of issue 11's item 3;
 - ``collapsed``: today's default (HMC on the outputs' marginal, the hidden layer averaged);
-- ``importance``: ``Sampling(method="importance")``, 2 groups × 256 weighted draws, 3 rounds of
-  2 × 128 pilot draws;
+- ``importance``: ``Sampling(method="importance")``, 2 groups × 256 weighted draws after 3
+  rounds of 2 × 128 pilot draws, which count in the estimate too (640 draws a group);
 - ``importance′``: the most draws per group (pilot rounds of half as many) whose call takes no
   longer than plain's, by timed bisection (equal wall time, taken literally).
 
-Per route: draws per chain or group, first call (compilation) and median steady seconds per
+Per route: draws per chain or group (``num_samples``), first call (compilation) and median steady seconds per
 call, median and range of the relative MCSE ``‖MCSE‖/‖ĝ‖``, median largest split R-hat; for
 importance sampling the smallest Kish ESS fraction and the largest Pareto k̂ of an example's
 weights over all calls, and the RMS and largest |z| of its estimate against the collapsed

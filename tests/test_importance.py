@@ -38,7 +38,15 @@ from thermoeqprop.estimators import (
 )
 from thermoeqprop.estimators._collapsed import collapses
 from thermoeqprop.estimators._conditional import conditional_statistics
-from thermoeqprop.estimators._importance import draw_importance, normalised_weights, pareto_khat
+from thermoeqprop.estimators._importance import (
+    IMPORTANCE_ROUNDS,
+    _cholesky,
+    _interleaving,
+    _lower_inverse,
+    draw_importance,
+    normalised_weights,
+    pareto_khat,
+)
 from thermoeqprop.models import LayeredNetwork, QuadraticNetwork, SpinNetwork
 
 #: The false-failure budget per run of this module, as stated above.
@@ -75,6 +83,32 @@ def test_normalised_weights_have_mean_one_per_example():
 def _statistics(net, params, states, x, y, weights, temperature=0.1):
     return conditional_statistics(net, params, states, x, y, (True, True), 1, 0.0, temperature,
                                   collapsed=True, draw_weights=weights)  # fmt: skip
+
+
+def test_proposal_factorisations_match_lapack():
+    """The Cholesky factor and triangular inverse written in array operations (jaxlib's
+    batched LAPACK kernels can deadlock side by side, docs/mathematics.md, Traps) equal
+    LAPACK's; a matrix that is not positive definite gives NaN, as LAPACK's does."""
+    with seed_offset.fixed():
+        a = jax.random.normal(jax.random.key(0), (3, 7, 10, 10))
+    a = a @ jnp.swapaxes(a, -1, -2) + 0.1 * jnp.eye(10)
+    factor = _cholesky(a)
+    np.testing.assert_allclose(factor, np.linalg.cholesky(np.asarray(a)), atol=1e-12)
+    np.testing.assert_allclose(_lower_inverse(factor), np.linalg.inv(np.asarray(factor)),
+                               atol=1e-10)  # fmt: skip
+    assert np.all(np.isnan(np.diagonal(np.asarray(_cholesky(-a)), axis1=-2, axis2=-1)))
+
+
+def test_every_group_holds_its_share_of_every_round_spread_along_it():
+    order, total = _interleaving([6, 6, 10], 2)
+    assert total == 22 and sorted(order) == list(range(22))
+    rounds = np.repeat([0, 1, 2], [6, 6, 10])[order].reshape(2, 11)
+    for group in rounds:
+        np.testing.assert_array_equal(np.bincount(group), [3, 3, 5])
+        # each round's draws are spread along the group: none lies in one half only
+        for r in range(3):
+            where = np.flatnonzero(group == r)
+            assert where.min() < 5 and where.max() > 5
 
 
 def test_weighted_series_are_the_influence_functions_of_the_weighted_estimates():
@@ -114,7 +148,8 @@ def test_two_unit_sigmoid_network_against_quadrature():
     loss, exact = quadrature_gradient(temperature)
     drawn = draw_importance(TWO_UNITS, IMPORTANCE, TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, 0.0,
                             temperature, jax.random.key(2), nudged=False)  # fmt: skip
-    assert drawn.states.shape == (3, 4, 500, 2)
+    # Every group holds its share of the pilot rounds' draws besides its final ones.
+    assert drawn.states.shape == (3, 4, 500 + IMPORTANCE_ROUNDS * 100, 2)
     np.testing.assert_array_equal(drawn.states[..., :1], 0.0)
     assert np.all(np.asarray(drawn.trace.info.ess_fraction) > 0.5)
     assert np.all(np.asarray(drawn.trace.info.pareto_k) < 0.5)

@@ -112,7 +112,7 @@ class SamplingOptions:
         "auto: HMC for continuous states, block Gibbs for spins (every command); importance: "
         "independent weighted draws of the outputs' marginal from an adapted Student-t mixture "
         "(collapsed sampling of a layered network; --num-warmup: pilot draws per chain and "
-        "adaptation round)",
+        "adaptation round, kept in the estimate)",
     )
     num_chains: int = option(4, "chains per example")
     num_samples: int = option(200, "draws per chain and estimate")

@@ -16,9 +16,11 @@ and scaled by its Laplace covariance ``T H⁻¹`` (eigenvalues floored), plus br
 between the first mode and the others. ``IMPORTANCE_ROUNDS`` rounds of
 ``num_chains × num_warmup`` pilot draws move every component to the weighted mean and
 covariance of the draws it is responsible for (mixture population Monte Carlo); the proposal
-whose pilot weights had the largest Kish ESS is kept. The final ``num_chains × num_samples``
-draws are split into ``num_chains`` groups of ``num_samples``, so that split R-hat and the
-batch-means ESS read them as they read chains.
+whose pilot weights had the largest Kish ESS is kept for the final ``num_chains ×
+num_samples`` draws. Every draw, pilot or final, is weighted against the deterministic mixture
+of all the proposals used (multiple importance sampling), and the draws are dealt into
+``num_chains`` groups, each holding its share of every round spread along it, so that split
+R-hat and the batch-means ESS read them as they read chains.
 
 The statistics then weight every draw by ``ω = N w / Σ w`` (mean 1 over an example's draws):
 :func:`~thermoeqprop.estimators._conditional.conditional_statistics` with ``draw_weights``
@@ -147,16 +149,49 @@ def _gpd_shape(x, prior_b=3.0, prior_k=10.0):
     return (m * k_post + prior_k * 0.5) / (m + prior_k)
 
 
+# The proposal's small factorisations are written out in array operations rather than
+# LAPACK's: jaxlib's batched LAPACK kernels on a CPU split a large batch into tasks of XLA's
+# thread pool and block that pool's thread until they finish, so that two such kernels running
+# side by side on a two-thread pool wait for each other forever (seen: four batched triangular
+# solves of the deterministic mixture's densities, every pool thread blocked in
+# ``ParallelBatchMap``). Only ``eigh`` is left to LAPACK: its calls depend on one another.
+
+
+def _cholesky(a):
+    """Lower Cholesky factor of symmetric positive definite (…, n, n) matrices; NaN where one
+    is not positive definite (as LAPACK's)."""
+    n = a.shape[-1]
+    factor = jnp.zeros_like(a)
+    for j in range(n):
+        row = factor[..., j, :j]
+        diagonal = jnp.sqrt(a[..., j, j] - jnp.sum(row**2, axis=-1))
+        below = a[..., j + 1 :, j] - jnp.einsum("...ik,...k->...i", factor[..., j + 1 :, :j], row)
+        factor = factor.at[..., j, j].set(diagonal)
+        factor = factor.at[..., j + 1 :, j].set(below / diagonal[..., None])
+    return factor
+
+
+def _lower_inverse(factor):
+    """Inverse of lower-triangular (…, n, n) matrices, row by row by forward substitution."""
+    n = factor.shape[-1]
+    eye = jnp.eye(n, dtype=factor.dtype)
+    rows = []
+    for i in range(n):
+        row = eye[i]
+        if rows:
+            row = row - jnp.einsum("...k,...kj->...j", factor[..., i, :i], jnp.stack(rows, -2))
+        rows.append(row / factor[..., i, i, None])
+    return jnp.stack(rows, axis=-2)
+
+
 def _t_log_density(s, centre, chol, df=PROPOSAL_DF):
     """Log density of the multivariate t (centre, scale ``chol chol^T``) at ``s`` (…, n), up
     to a constant that depends on ``n`` and ``df`` only."""
-    n = centre.shape[-1]
     # One product with the inverse factor for all draws (a triangular solve per draw was
     # slower on a CPU).
-    inverse = jax.scipy.linalg.solve_triangular(chol, jnp.eye(n, dtype=chol.dtype), lower=True)
-    z = (s - centre) @ inverse.T
+    z = (s - centre) @ _lower_inverse(chol).T
     log_det = jnp.sum(jnp.log(jnp.diagonal(chol)))
-    return -0.5 * (df + n) * jnp.log1p(jnp.sum(z**2, axis=-1) / df) - log_det
+    return -0.5 * (df + centre.shape[-1]) * jnp.log1p(jnp.sum(z**2, axis=-1) / df) - log_det
 
 
 def _mixture_draws(key, mixture, count, df=PROPOSAL_DF):
@@ -214,6 +249,21 @@ def _minima(model, params, x, targets, beta):
     return jnp.stack(minima, axis=1)
 
 
+def _interleaving(counts, groups):
+    """The order (total,) that deals the draws of rounds of ``counts`` draws (concatenated)
+    to ``groups`` groups, read group after group, each round's draws spread evenly along every
+    group: windows of a group's series then hold each round in its share, so that split R-hat
+    and the batch-means ESS see no drift from one round's proposal to the next."""
+    keys, index, start = [], [], 0
+    for count in counts:
+        j = np.arange(count)
+        keys.append(np.stack([j % groups, (j // groups + 0.5) / (count // groups)], axis=1))
+        index.append(start + j)
+        start += count
+    keys, index = np.concatenate(keys), np.concatenate(index)
+    return index[np.lexsort((keys[:, 1], keys[:, 0]))], start
+
+
 @functools.lru_cache(maxsize=64)
 def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws: int):
     """The compiled draw of one batch: every example's proposal and final draws."""
@@ -240,7 +290,7 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
         def laplace(start):  # the mode, the Cholesky factor of T H⁻¹, the log Laplace mass
             mode = jax.lax.scan(newton, start, None, NEWTON_STEPS)[0]
             values, vectors = floored(hess(mode))
-            chol = jnp.linalg.cholesky(temperature * (vectors / values) @ vectors.T)
+            chol = _cholesky(temperature * (vectors / values) @ vectors.T)
             return mode, chol, -energy(mode) / temperature - 0.5 * jnp.sum(jnp.log(values))
 
         centres, chols, masses = jax.vmap(laplace)(starts)
@@ -254,7 +304,7 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
         shares = jnp.clip(jax.nn.softmax(masses), MIN_SHARE, 1 - MIN_SHARE)
         others = centres[1:] - centres[:1]
         spans = jnp.einsum("ki,kj->kij", others, others) / 4
-        bridges = jnp.linalg.cholesky(chols[0] @ chols[0].T + spans + 1e-12 * eye)
+        bridges = _cholesky(chols[0] @ chols[0].T + spans + 1e-12 * eye)
         count = others.shape[0]
         shares = jnp.concatenate([(1 - BRIDGE_SHARE) * shares / jnp.sum(shares),
                                   jnp.full((count,), BRIDGE_SHARE / count)])  # fmt: skip
@@ -262,23 +312,22 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
         chols = jnp.concatenate([chols, bridges])
         mixture = (jnp.log(shares), centres, chols)
 
-        def weighted(key, mixture, count):  # draws, log weights, component log densities
+        def weighted(key, mixture, count):  # draws, log targets, component log densities
             s, components = _mixture_draws(key, mixture, count)
-            log_q = jax.scipy.special.logsumexp(components, axis=-1)
             # In chunks of draws (all examples at once under the batch's vmap), so that the
             # table look-ups' intermediates stay in cache: one pass over all draws at once
             # spent most of its time moving them through memory.
             chunk = ENERGY_CHUNK if count % ENERGY_CHUNK == 0 else count
             energies = jax.lax.map(jax.vmap(energy), s.reshape(count // chunk, chunk, n))
-            return s, -energies.reshape(count) / temperature - log_q, components
+            return s, -energies.reshape(count) / temperature, components
 
         def adapt(carry, key):
             # One step of mixture population Monte Carlo: every component moves to the
             # weighted mean and covariance of the draws it is responsible for; the proposal
             # whose pilot weights had the largest Kish ESS is the one kept.
             best, best_ess, mixture = carry
-            s, log_w, components = weighted(key, mixture, pilot)
-            w = jax.nn.softmax(log_w)
+            s, log_p, components = weighted(key, mixture, pilot)
+            w = jax.nn.softmax(log_p - jax.scipy.special.logsumexp(components, axis=-1))
             ess = 1.0 / jnp.sum(w**2)
             _, centres, chols = mixture
             resp = jax.nn.softmax(components, axis=-1) * w[:, None]  # (pilot, K)
@@ -286,7 +335,7 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
             means = (resp.T @ s) / mass[:, None]
             dev = s[None] - means[:, None]  # (K, pilot, n)
             covs = jnp.einsum("kp,kpi,kpj->kij", resp.T, dev, dev) / mass[:, None, None]
-            new_chols = jnp.linalg.cholesky(covs + 1e-10 * temperature * eye)
+            new_chols = _cholesky(covs + 1e-10 * temperature * eye)
             # A component moves only if its own draws carry enough effective weight and its
             # new covariance is positive definite; the shares follow the responsibilities.
             own_ess = jnp.sum(resp, axis=0) ** 2 / jnp.sum(resp**2, axis=0)
@@ -300,17 +349,34 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
             better = ess > best_ess
             best = jax.tree.map(lambda a, b: jnp.where(better, a, b), mixture, best)
             mixture = moved
-            return (best, jnp.maximum(ess, best_ess), mixture), None
+            return (best, jnp.maximum(ess, best_ess), mixture), (s, log_p, carry[2])
 
         keys = jax.random.split(key, rounds + 1)
+        proposals, s, log_p = [], [], []
         if rounds and pilot:
             init = (mixture, jnp.asarray(-1.0, starts.dtype), mixture)
-            mixture = jax.lax.scan(adapt, init, keys[:rounds])[0][0]
-        s, log_w, _ = weighted(keys[-1], mixture, groups * draws)
+            carry, (pilot_s, pilot_p, used) = jax.lax.scan(adapt, init, keys[:rounds])
+            mixture = carry[0]
+            proposals = [jax.tree.map(lambda a, r=r: a[r], used) for r in range(rounds)]
+            s, log_p = list(pilot_s), list(pilot_p)
+        final_s, final_p, _ = weighted(keys[-1], mixture, groups * draws)
+        proposals, s, log_p = proposals + [mixture], s + [final_s], log_p + [final_p]
+        # Every draw, the pilot ones included, is weighted against the deterministic mixture
+        # of all the proposals, each with its share of the draws (multiple importance
+        # sampling's balance heuristic): no draw is thrown away.
+        counts = np.array([pilot] * (len(proposals) - 1) + [groups * draws])
+        s = jnp.concatenate(s)
+        log_q = jax.scipy.special.logsumexp(
+            jnp.stack([jax.scipy.special.logsumexp(_component_log_densities(s, m), axis=-1)
+                       for m in proposals], axis=-1) + np.log(counts / counts.sum()),
+            axis=-1,
+        )  # fmt: skip
+        log_w = (jnp.concatenate(log_p) - log_q)[order]
         w = jax.nn.softmax(log_w)
-        ess = 1.0 / (groups * draws * jnp.sum(w**2))
-        return s.reshape(groups, draws, n), log_w.reshape(groups, draws), ess
+        ess = 1.0 / (total * jnp.sum(w**2))
+        return s[order].reshape(groups, -1, n), log_w.reshape(groups, -1), ess
 
+    order, total = _interleaving([pilot] * (rounds if pilot else 0) + [groups * draws], groups)
     batched = jax.vmap(one, in_axes=(None, 0, 0, 0, None, None, 0, 0))
 
     @jax.jit

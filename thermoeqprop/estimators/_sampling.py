@@ -40,7 +40,8 @@ class Sampling:
             independent draws, ``num_chains`` groups).
         num_warmup: Discarded steps per round (NUTS/HMC adapt step size and mass during them;
             ``"importance"``: ``num_chains × num_warmup`` pilot draws in each of the rounds that
-            adapt the proposal).
+            adapt the proposal, which also enter the estimate: a group holds
+            ``3 num_warmup + num_samples`` weighted draws).
         hmc_steps: Leapfrog steps per HMC trajectory (``"hmc"`` only).
         hmc_jitter: Relative jitter of the HMC step size after warm-up (``"hmc"`` only): each
             transition uses the adapted step size times a uniform factor in
