@@ -85,10 +85,11 @@ MIN_PILOT_ESS = 4
 
 
 class ImportanceInfo(NamedTuple):
-    """The weights of the final draws and their diagnostics.
+    """The weights of every draw (pilot and final) and their diagnostics.
 
     Attributes:
-        log_weights: (batch, group, draw) ``log w = −F/T − log q``, up to a constant per example.
+        log_weights: (batch, group, draw) ``log w = −F/T − log q``, up to a constant per example,
+            ``q`` the deterministic mixture of the rounds' proposals (pilot and final draws).
         ess_fraction: (batch,) Kish's ESS of the weights over the draws, ``(Σw)² / (N Σw²)``.
         pareto_k: (batch,) Pareto shape ``k̂`` of the largest weights (:func:`pareto_khat`).
     """
