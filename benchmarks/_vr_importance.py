@@ -11,8 +11,9 @@ every call synchronised):
 - ``collapsed``: today's default (HMC on the outputs' marginal, the hidden layer averaged);
 - ``importance``: ``Sampling(method="importance")``, 2 groups × 256 weighted draws after 3
   rounds of 2 × 128 pilot draws, which count in the estimate too (640 draws a group);
-- ``importance′``: the most draws per group (pilot rounds of half as many) whose call takes no
-  longer than plain's, by timed bisection (equal wall time, taken literally).
+- ``importance′``: the draws per group (pilot rounds of half as many) whose call takes as long
+  as plain's, from a line fitted to calls timed at 16, 32, 64 and 128 draws in turn with plain
+  calls (equal wall time, taken literally).
 
 Per route: draws per chain or group (``num_samples``), first call (compilation) and median
 steady seconds per call, median and range of the relative MCSE ``‖MCSE‖/‖ĝ‖``, median largest
@@ -39,7 +40,6 @@ from _vr_main import (
     BATCH,
     MAIN_SAMPLING,
     TEMPERATURE,
-    equal_time_draws,
     interleaved,
     main_job,
 )
@@ -48,6 +48,8 @@ from jax.flatten_util import ravel_pytree
 from thermoeqprop.estimators import ThermalCovariance
 
 IMPORTANCE_DRAWS = 256
+# Draws per group at which importance sampling's calls are timed to match plain's time.
+MATCH_GRID = (16, 32, 64, 128)
 
 
 def _importance(model, draws):
@@ -85,6 +87,28 @@ def _observed_spread(rows, num_batches):
     return float(np.median(sd / np.linalg.norm(grads.mean(axis=0), axis=-1)))
 
 
+def _matched_draws(model, plain, params, batches, grid=MATCH_GRID, reps=5):
+    """The draws per group at which a call of ``importance`` takes as long as one of
+    ``plain``: calls at each draw count of ``grid`` timed in turn with plain calls on the same
+    batches (A, B, A, B, …, so that a change of load hits both), the seconds fitted by a line
+    in the draws, solved for plain's median. Near the match the time hardly changes with the
+    draws (fixed costs dominate), so a bisection on a few timed calls wanders (21 and 55 draws
+    in two runs); the fit uses every call."""
+    estimators = {draws: _importance(model, draws) for draws in grid}
+    for draws, est in estimators.items():
+        _call(est, params, batches[0], jax.random.key(10**6 + draws))  # compile
+    plain_seconds, points = [], []
+    for rep in range(reps):
+        for i, (draws, est) in enumerate(estimators.items()):
+            batch = batches[(rep + i) % len(batches)]
+            key = jax.random.key(2 * 10**6 + rep * len(grid) + i)
+            plain_seconds.append(_call(plain, params, batch, key)[0])
+            points.append((draws, _call(est, params, batch, key)[0]))
+    slope, intercept = np.polyfit(*np.array(points).T, 1)
+    draws = (statistics.median(plain_seconds) - intercept) / slope
+    return int(np.clip(np.floor(draws), 10, IMPORTANCE_DRAWS))
+
+
 def section_importance(args) -> list[str]:
     model, batches, settings, accuracy = main_job(args.batches)
     lines = [
@@ -109,12 +133,7 @@ def section_importance(args) -> list[str]:
         first = {}
         for name, est in routes.items():
             first[name] = _call(est, params, batches[0], jax.random.key(10**6))[0]
-        plain_seconds = statistics.median(
-            _call(plain, params, batches[0], jax.random.key(i))[0] for i in range(3)
-        )
-        matched = equal_time_draws(model, params, batches[0], plain_seconds,
-                                   build=lambda draws: _importance(model, draws),
-                                   high=IMPORTANCE_DRAWS)  # fmt: skip
+        matched = _matched_draws(model, plain, params, batches)
         routes["importance′"] = _importance(model, matched)
         first["importance′"] = _call(routes["importance′"], params, batches[0],
                                      jax.random.key(10**6 + 1))[0]  # fmt: skip

@@ -155,34 +155,41 @@ def _gpd_shape(x, prior_b=3.0, prior_k=10.0):
 # thread pool and block that pool's thread until they finish, so that two such kernels running
 # side by side on a two-thread pool wait for each other forever (seen: four batched triangular
 # solves of the deterministic mixture's densities, every pool thread blocked in
-# ``ParallelBatchMap``). Only ``eigh`` is left to LAPACK: its calls depend on one another.
+# ``ParallelBatchMap``). Only ``eigh`` is left to LAPACK: its calls depend on one another. The
+# loops are ``fori_loop``s: unrolled, they took longer to compile and no less to run.
 
 
 def _cholesky(a):
-    """Lower Cholesky factor of symmetric positive definite (…, n, n) matrices; NaN where one
-    is not positive definite (as LAPACK's)."""
+    """Lower Cholesky factor of symmetric positive definite (…, n, n) matrices, column by
+    column in a loop; NaN where one is not positive definite (as LAPACK's)."""
     n = a.shape[-1]
-    factor = jnp.zeros_like(a)
-    for j in range(n):
-        row = factor[..., j, :j]
-        diagonal = jnp.sqrt(a[..., j, j] - jnp.sum(row**2, axis=-1))
-        below = a[..., j + 1 :, j] - jnp.einsum("...ik,...k->...i", factor[..., j + 1 :, :j], row)
-        factor = factor.at[..., j, j].set(diagonal)
-        factor = factor.at[..., j + 1 :, j].set(below / diagonal[..., None])
-    return factor
+    index = jnp.arange(n)
+
+    def column(j, factor):
+        row = jnp.where(index < j, jnp.take(factor, j, axis=-2), 0.0)  # (…, n): L[j, :j]
+        diagonal = jnp.sqrt(jnp.take(jnp.take(a, j, axis=-1), j, axis=-1) - jnp.sum(row**2, -1))
+        below = jnp.take(a, j, axis=-1) - jnp.einsum("...ik,...k->...i", factor, row)
+        below = below / diagonal[..., None]
+        new = jnp.where(index > j, below, jnp.where(index == j, diagonal[..., None], 0.0))
+        return jnp.where(index == j, new[..., :, None], factor)
+
+    return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
 
 
 def _lower_inverse(factor):
-    """Inverse of lower-triangular (…, n, n) matrices, row by row by forward substitution."""
+    """Inverse of lower-triangular (…, n, n) matrices, row by row by forward substitution in
+    a loop."""
     n = factor.shape[-1]
+    index = jnp.arange(n)
     eye = jnp.eye(n, dtype=factor.dtype)
-    rows = []
-    for i in range(n):
-        row = eye[i]
-        if rows:
-            row = row - jnp.einsum("...k,...kj->...j", factor[..., i, :i], jnp.stack(rows, -2))
-        rows.append(row / factor[..., i, i, None])
-    return jnp.stack(rows, axis=-2)
+
+    def row(i, inverse):
+        coefficients = jnp.where(index < i, jnp.take(factor, i, axis=-2), 0.0)
+        new = eye[i] - jnp.einsum("...k,...kj->...j", coefficients, inverse)
+        new = new / jnp.take(jnp.take(factor, i, axis=-2), i, axis=-1)[..., None]
+        return jnp.where((index == i)[:, None], new[..., None, :], inverse)
+
+    return jax.lax.fori_loop(0, n, row, jnp.zeros_like(factor))
 
 
 def _t_log_density(s, centre, chol, df=PROPOSAL_DF):
