@@ -324,10 +324,12 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
             s, components = _mixture_draws(key, mixture, count)
             # In chunks of draws (all examples at once under the batch's vmap), so that the
             # table look-ups' intermediates stay in cache: one pass over all draws at once
-            # spent most of its time moving them through memory.
-            chunk = ENERGY_CHUNK if count % ENERGY_CHUNK == 0 else count
-            energies = jax.lax.map(jax.vmap(energy), s.reshape(count // chunk, chunk, n))
-            return s, -energies.reshape(count) / temperature, components
+            # spent most of its time moving them through memory. A count that is not a
+            # multiple of the chunk is padded with repeats of the first draws.
+            chunks = -(-count // ENERGY_CHUNK)
+            padded = s[np.arange(chunks * ENERGY_CHUNK) % count]
+            energies = jax.lax.map(jax.vmap(energy), padded.reshape(chunks, ENERGY_CHUNK, n))
+            return s, -energies.reshape(-1)[:count] / temperature, components
 
         def adapt(carry, key):
             # One step of mixture population Monte Carlo: every component moves to the
