@@ -13,7 +13,7 @@ every call synchronised):
   rounds of 2 × 128 pilot draws, which count in the estimate too (640 draws a group);
 - ``importance′``: the draws per group (pilot rounds of half as many) whose call takes as long
   as plain's, from a line fitted to calls timed at 16, 32, 64 and 128 draws in turn with plain
-  calls (equal wall time, taken literally).
+  calls, rounded down to a multiple of 8 (equal wall time, taken literally).
 
 Per route: draws per chain or group (``num_samples``), first call (compilation) and median
 steady seconds per call, median and range of the relative MCSE ``‖MCSE‖/‖ĝ‖``, median largest

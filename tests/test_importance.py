@@ -100,6 +100,8 @@ def test_proposal_factorisations_match_lapack():
 
 
 def test_every_group_holds_its_share_of_every_round_spread_along_it():
+    """The pilot rounds' and the final round's draws are dealt evenly into the groups and
+    spread along each, so that split R-hat sees no drift from one round to the next."""
     order, total = _interleaving([6, 6, 10], 2)
     assert total == 22 and sorted(order) == list(range(22))
     rounds = np.repeat([0, 1, 2], [6, 6, 10])[order].reshape(2, 11)
