@@ -85,21 +85,15 @@ def run_route(estimator, params, batch, key):
     )
 
 
-def equal_time_draws(
-    model, params, batch, plain_seconds, reps=3, collapse=False, jumps=False, build=None,
-    high=None,
-) -> int:  # fmt: skip
-    """The most draws per chain (≥ 10; up to the default's, or 4× it when collapsed, or
-    ``high``) at which a call of RB (or collapsed, or ``build(draws)``, an estimator) takes no
-    longer than a plain one, by bisection on timed calls."""
+def equal_time_draws(model, params, batch, plain_seconds, reps=3, collapse=False, jumps=False):
+    """The most draws per chain (≥ 10; up to the default's, or 4× it when collapsed) at which
+    a call of RB (or collapsed) takes no longer than a plain one, by bisection on timed
+    calls."""
     low = 10
-    high = high or MAIN_SAMPLING.num_samples * (4 if collapse else 1)
+    high = MAIN_SAMPLING.num_samples * (4 if collapse else 1)
     while high - low > 2:
         mid = (low + high) // 2
-        if build is not None:
-            est = build(mid)
-        else:
-            est = ThermalCovariance(model, TEMPERATURE, _with_draws(mid, collapse, jumps))
+        est = ThermalCovariance(model, TEMPERATURE, _with_draws(mid, collapse, jumps))
         run_route(est, params, batch, jax.random.key(0))  # compile
         seconds = statistics.median(
             run_route(est, params, batch, jax.random.key(i + 1))[0] for i in range(reps)

@@ -276,6 +276,7 @@ def _interleaving(counts, groups):
 def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws: int):
     """The compiled draw of one batch: every example's proposal and final draws."""
     energy_fn = marginal_energy_fn(model, nudged)
+    pilot_rounds = rounds if pilot else 0
 
     def one(params, input_field, target, beta, table, temperature, starts, key):
         def energy(s):
@@ -362,31 +363,28 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
             return (best, jnp.maximum(ess, best_ess), mixture), (s, log_p, carry[2])
 
         keys = jax.random.split(key, rounds + 1)
-        proposals, s, log_p = [], [], []
-        if rounds and pilot:
+        # the proposals drawn from, stacked (round, …), and the pilot rounds' draws
+        used, pilot_s, pilot_p = jax.tree.map(lambda a: a[None][:0], mixture), [], []
+        if pilot_rounds:
             init = (mixture, jnp.asarray(-1.0, starts.dtype), mixture)
             carry, (pilot_s, pilot_p, used) = jax.lax.scan(adapt, init, keys[:rounds])
-            mixture = carry[0]
-            proposals = [jax.tree.map(lambda a, r=r: a[r], used) for r in range(rounds)]
-            s, log_p = list(pilot_s), list(pilot_p)
-        final_s, final_p, _ = weighted(keys[-1], mixture, groups * draws)
-        proposals, s, log_p = proposals + [mixture], s + [final_s], log_p + [final_p]
+            mixture, pilot_s, pilot_p = carry[0], [pilot_s.reshape(-1, n)], [pilot_p.reshape(-1)]
+        s, log_p, _ = weighted(keys[-1], mixture, groups * draws)
+        s, log_p = jnp.concatenate([*pilot_s, s]), jnp.concatenate([*pilot_p, log_p])
+        proposals = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), used, mixture)
         # Every draw, the pilot ones included, is weighted against the deterministic mixture
         # of all the proposals, each with its share of the draws (multiple importance
         # sampling's balance heuristic): no draw is thrown away.
-        counts = np.array([pilot] * (len(proposals) - 1) + [groups * draws])
-        s = jnp.concatenate(s)
-        log_q = jax.scipy.special.logsumexp(
-            jnp.stack([jax.scipy.special.logsumexp(_component_log_densities(s, m), axis=-1)
-                       for m in proposals], axis=-1) + np.log(counts / counts.sum()),
-            axis=-1,
-        )  # fmt: skip
-        log_w = (jnp.concatenate(log_p) - log_q)[order]
+        each = jax.vmap(lambda m: jax.scipy.special.logsumexp(_component_log_densities(s, m), -1),
+                        out_axes=-1)(proposals)  # fmt: skip
+        log_q = jax.scipy.special.logsumexp(each + np.log(counts / total), axis=-1)
+        log_w = (log_p - log_q)[order]
         w = jax.nn.softmax(log_w)
         ess = 1.0 / (total * jnp.sum(w**2))
         return s[order].reshape(groups, -1, n), log_w.reshape(groups, -1), ess
 
-    order, total = _interleaving([pilot] * (rounds if pilot else 0) + [groups * draws], groups)
+    counts = np.array([pilot] * pilot_rounds + [groups * draws])
+    order, total = _interleaving(counts, groups)
     batched = jax.vmap(one, in_axes=(None, 0, 0, 0, None, None, 0, 0))
 
     @jax.jit
