@@ -13,7 +13,10 @@ every call synchronised):
   rounds of 2 × 128 pilot draws, which count in the estimate too (640 draws a group);
 - ``importance′``: the draws per group (pilot rounds of half as many) whose call takes as long
   as plain's, from a line fitted to calls timed at 16, 32, 64 and 128 draws in turn with plain
-  calls, rounded down to a multiple of 8 (equal wall time, taken literally).
+  calls, rounded down to a multiple of 8 (equal wall time, taken literally);
+- ``neyman′``: the same with ``Sampling(neyman_share=0.25)``: 8 more rows of draws a batch
+  for the digits whose first draws vary most (docs/mathematics.md, "Neyman allocation"), its
+  draws per group matched to plain's time the same way.
 
 Per route: draws per chain or group (``num_samples``), first call (compilation) and median
 steady seconds per call, median and range of the relative MCSE ``‖MCSE‖/‖ĝ‖``, median largest
@@ -24,8 +27,8 @@ MCSE_HMC²)`` per component, median over calls: a check that the two samplers es
 gradient, as far as the collapsed route's short chains allow), and the relative spread of the
 estimates over the repetitions of each batch, ``‖sd‖ / ‖mean‖`` (median over batches; an MCSE
 that is understated shows here as a spread above it). Under the table: the MCSE ratio against
-plain and against collapsed, literally at equal wall time (``importance′``) and by the scaling
-``MCSE ∝ 1/√time``. Imported by ``variance_reduction.py`` after its thread settings.
+plain and against collapsed, literally at equal wall time (``importance′``, ``neyman′``) and
+by the scaling ``MCSE ∝ 1/√time``. Imported by ``variance_reduction.py`` after its thread settings.
 """
 
 from __future__ import annotations
@@ -48,13 +51,16 @@ from jax.flatten_util import ravel_pytree
 from thermoeqprop.estimators import ThermalCovariance
 
 IMPORTANCE_DRAWS = 256
+# The routes matched to plain's time, by their Neyman share (Sampling.neyman_share).
+NEYMAN_SHARE = 0.25
+EQUAL_TIME = {"importance′": 0.0, "neyman′": NEYMAN_SHARE}
 # Draws per group at which importance sampling's calls are timed to match plain's time.
 MATCH_GRID = (16, 32, 64, 128)
 
 
-def _importance(model, draws):
+def _importance(model, draws, neyman_share=0.0):
     sampling = dataclasses.replace(MAIN_SAMPLING, method="importance", num_samples=draws,
-                                   num_warmup=draws // 2)  # fmt: skip
+                                   num_warmup=draws // 2, neyman_share=neyman_share)  # fmt: skip
     return ThermalCovariance(model, TEMPERATURE, sampling)
 
 
@@ -87,14 +93,15 @@ def _observed_spread(rows, num_batches):
     return float(np.median(sd / np.linalg.norm(grads.mean(axis=0), axis=-1)))
 
 
-def _matched_draws(model, plain, params, batches, grid=MATCH_GRID, reps=5):
-    """The draws per group at which a call of ``importance`` takes as long as one of
+def _matched_draws(model, plain, params, batches, neyman_share=0.0, grid=MATCH_GRID, reps=5):
+    """The draws per group at which a call of ``importance`` (with ``neyman_share``) takes as
+    long as one of
     ``plain``: calls at each draw count of ``grid`` timed in turn with plain calls on the same
     batches (A, B, A, B, …, so that a change of load hits both), the seconds fitted by a line
     in the draws, solved for plain's median. Near the match the time hardly changes with the
     draws (fixed costs dominate), so a bisection on a few timed calls wanders (21 and 55 draws
     in two runs); the fit uses every call."""
-    estimators = {draws: _importance(model, draws) for draws in grid}
+    estimators = {draws: _importance(model, draws, neyman_share) for draws in grid}
     for draws, est in estimators.items():
         _call(est, params, batches[0], jax.random.key(10**6 + draws))  # compile
     plain_seconds, points = [], []
@@ -136,12 +143,11 @@ def section_importance(args) -> list[str]:
         first = {}
         for name, est in routes.items():
             first[name] = _call(est, params, batches[0], jax.random.key(10**6))[0]
-        matched = _matched_draws(model, plain, params, batches)
-        routes["importance′"] = _importance(model, matched)
-        first["importance′"] = _call(routes["importance′"], params, batches[0],
-                                     jax.random.key(10**6 + 1))[0]  # fmt: skip
-        draws = {"plain": 50, "collapsed": 50, "importance": IMPORTANCE_DRAWS,
-                 "importance′": matched}  # fmt: skip
+        draws = {"plain": 50, "collapsed": 50, "importance": IMPORTANCE_DRAWS}
+        for name, share in EQUAL_TIME.items():
+            draws[name] = _matched_draws(model, plain, params, batches, share)
+            routes[name] = _importance(model, draws[name], share)
+            first[name] = _call(routes[name], params, batches[0], jax.random.key(10**6 + 1))[0]
         results = interleaved(routes, params, batches, args.reps, label, _call)
         med, spread = {}, {}
         for name, rows in results.items():
@@ -152,7 +158,7 @@ def section_importance(args) -> list[str]:
             spread[name] = _observed_spread(rows, len(batches))
             weights = zs = "–"
             k_hat = "–"
-            if name.startswith("importance"):
+            if name.startswith(("importance", "neyman")):
                 ess = min(r[1]["importance_ess_min"] for r in rows)
                 ks = np.array([r[1]["pareto_k_max"] for r in rows])
                 weights, k_hat = f"{ess:.3f}", f"{np.median(ks):.2f}, {ks.max():.2f}"
@@ -170,24 +176,25 @@ def section_importance(args) -> list[str]:
             t_ref, m_ref = med[reference]
             t_imp, m_imp = med["importance"]
             scaled = m_ref / (m_imp * np.sqrt(t_imp / t_ref))
-            literal = m_ref / med["importance′"][1]
             summary.append(
                 f"- {label} parameters, against {reference}: relative MCSE {reference} "
                 f"{m_ref:.3f}, importance {m_imp:.3f} at {t_imp / t_ref:.2f}× {reference}'s "
-                f"time: **{scaled:.2f}×** lower by the 1/√time scaling"
-                + (
-                    f"; at equal wall time importance′ ({matched} draws per group) "
-                    f"{med['importance′'][1]:.3f} at {med['importance′'][0] / t_ref:.2f}× "
-                    f"plain's time: **{literal:.2f}×** lower."
-                    if reference == "plain"
-                    else "."
-                )
+                f"time: **{scaled:.2f}×** lower by the 1/√time scaling."
             )
-            if reference == "plain" and spread["plain"] is not None:
+            if reference != "plain":
+                continue
+            for name in EQUAL_TIME:
                 summary.append(
-                    f"- {label} parameters, observed spread over the {args.reps} repetitions "
-                    f"(not the reported MCSE): plain {spread['plain']:.3f}, importance′ "
-                    f"{spread['importance′']:.3f}: "
-                    f"**{spread['plain'] / spread['importance′']:.2f}×** lower at equal wall time."
+                    f"- {label} parameters, at equal wall time: {name} ({draws[name]} draws "
+                    f"per group) {med[name][1]:.3f} at {med[name][0] / t_ref:.2f}× plain's "
+                    f"time: **{m_ref / med[name][1]:.2f}×** lower than plain's {m_ref:.3f}"
+                    + (
+                        ""
+                        if spread["plain"] is None
+                        else f"; by the spread observed over the {args.reps} repetitions "
+                        f"(not the reported MCSE), plain {spread['plain']:.3f} and {name} "
+                        f"{spread[name]:.3f}: **{spread['plain'] / spread[name]:.2f}×**"
+                    )
+                    + "."
                 )
     return [*lines, "", *summary, ""]

@@ -69,6 +69,7 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
         collapse=COLLAPSE[options.collapse],
         mode_jumps=options.mode_jumps == "on",
         dtype=options.sampler_dtype,
+        neyman_share=0.0 if options.neyman_share is None else options.neyman_share,
     )
 
 

@@ -137,6 +137,10 @@ class SamplingOptions:
         "with collapsed sampling, Metropolis jumps between the outputs' two T = 0 minima after "
         "every HMC transition (exact; helps inputs with two competing outputs)",
     )
+    # None rather than 0: runs recorded before this option resume (absent key = null).
+    neyman_share: float | None = option(None, "importance sampling: extra rows of draws (a "
+                                        "share of the batch) for the examples whose first "
+                                        "draws vary most (Neyman allocation)")  # fmt: skip
     tempering: bool = option(False, "parallel tempering", deprecated_int=True)
     # None rather than "float64": runs recorded before this option resume (absent key = null).
     sampler_dtype: Literal["float32"] | None = option(

@@ -129,7 +129,7 @@ def mixing_weights(model, params, conditionings) -> np.ndarray:
 
 
 def conditional_statistics(model, params, states, x, targets, wanted, window, beta, temperature,
-                           collapsed=False, draw_weights=None):  # fmt: skip
+                           collapsed=False, draw_weights=None, row_weights=None):  # fmt: skip
     """The series of :func:`~thermoeqprop.estimators._statistics.draw_statistics`, with every
     draw replaced by its conditional expectations (returns the same tuple of arrays).
 
@@ -150,6 +150,11 @@ def conditional_statistics(model, params, states, x, targets, wanted, window, be
             example's draws (:mod:`thermoeqprop.estimators._importance`), collapsed only:
             the series become the influence functions of the self-normalised estimates
             (docs/mathematics.md, "Importance sampling"); None weighs every draw alike.
+        row_weights: (batch,) weight of each row of the batch in its means, mean 1 over the
+            rows: rows that repeat one example with draws of their own, each weighted by
+            ``rows / (examples · copies)``, so that the series' means are the mean over the
+            examples of each one's mean over its copies (docs/mathematics.md, "Neyman
+            allocation"); None weighs every row alike.
     """
     if draw_weights is not None and not collapsed:
         raise ValueError("draw_weights need collapsed draws (the outputs' class kept)")
@@ -162,7 +167,7 @@ def conditional_statistics(model, params, states, x, targets, wanted, window, be
     if draw_weights is not None:  # the collapsed class: hidden layers only
         given = _hidden_means(model, conditionings[0], moments, params, states, x)
     return _conditional(model, conditionings, tuple(wanted), window, weights, moments, params,
-                        states, x, targets, draw_weights, given)  # fmt: skip
+                        states, x, targets, draw_weights, given, row_weights)  # fmt: skip
 
 
 def _layered_series(acts, x, omega, spread, shape, blocks):
@@ -262,8 +267,11 @@ def _hidden_means(model, layers, moments, params, states, x):
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _conditional(model, conditionings, wanted, window, weights, moments, params, states, x,
-                 targets, omega=None, given=None):  # fmt: skip
+                 targets, omega=None, given=None, rows=None):  # fmt: skip
     b, c, d, _ = states.shape
+    # Row weights scale each row's share of every batch sum (the factors that carry a draw's
+    # own values; the per-row means they are centred by are left as they are).
+    r = jnp.ones((b,), states.dtype) if rows is None else rows
     k = d // window
     sizes = model.layer_sizes[1:]
     depth = len(sizes)
@@ -276,7 +284,7 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
     num_blocks = len(weights)
     grads, covs, costs, outputs = {}, {}, [], None
     # Σ_{d ∈ entry} (ω_bd − 1) per entry and example: what self-normalising adds (C·K, B)
-    excess = None if omega is None else _entry_sums(omega - 1.0, k)
+    excess = None if omega is None else _entry_sums(omega - 1.0, k) * r
 
     def accumulate(into, series, share):
         for index, value in series.items():
@@ -306,7 +314,7 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
             costs.append(cost)
         if wanted[0]:
             ones = jnp.ones((b, c, d), states.dtype) if omega is None else omega
-            series = _layered_series(cond_acts, x, ones, None, shape, share)
+            series = _layered_series(cond_acts, x, ones * r[:, None, None], None, shape, share)
             if omega is not None:  # plus Σ_{b, d ∈ entry} (1 − ω_bd) ḡ_b
                 means = _example_means(cond_acts, x, share, omega)
                 series = {i: series[i] - excess @ means[i] / (b * window) for i in share}
@@ -315,9 +323,11 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
             centred = cost - mean_cost
             if omega is not None:
                 centred = omega * centred
-            weighted = _layered_series(cond_acts, x, centred, spread, shape, share)
+            rowed = centred * r[:, None, None]
+            rowed_spread = None if spread is None else spread * r[:, None, None, None]
+            weighted = _layered_series(cond_acts, x, rowed, rowed_spread, shape, share)
             # minus Σ_{b, d ∈ entry} (C − C̄_b) ⟨E[∂θE | ·]⟩_b, one product of the weights' sums
-            sums = _entry_sums(centred, k)
+            sums = _entry_sums(rowed, k)
             means = _example_means(cond_acts, x, share, omega)
             series = {i: weighted[i] - sums @ means[i] / (b * window) for i in share}
             if omega is not None:  # minus Σ_{b, d ∈ entry} (ω_bd − 1) Ĉov_b
@@ -337,5 +347,5 @@ def _conditional(model, conditionings, wanted, window, weights, moments, params,
         if omega is not None:
             outputs = omega[..., None] * outputs
         outputs = jnp.mean(outputs, axis=(1, 2))
-    return (energy_grad, covariance, jnp.mean(cost, axis=0).reshape(c, k, window).mean(axis=2),
-            outputs)  # fmt: skip
+    cost = jnp.mean(r[:, None, None] * cost, axis=0)
+    return energy_grad, covariance, cost.reshape(c, k, window).mean(axis=2), outputs

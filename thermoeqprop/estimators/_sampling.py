@@ -92,6 +92,10 @@ class Sampling:
             sampling"). The chains then target the density as float32 evaluates it (on the
             main job a log-density error of at most about 2e-3, whose bias is far inside the
             Monte Carlo error); on a CPU its collapsed HMC draws about 1.3× faster.
+        neyman_share: ``"importance"`` only: after a batch's draws, ``round(neyman_share ·
+            batch)`` more rows of draws for the examples whose first draws vary most, each
+            row one more independent copy of its example (docs/mathematics.md, "Neyman
+            allocation"); 0 (the default) draws every example once.
     """
 
     method: str = "auto"
@@ -111,6 +115,7 @@ class Sampling:
     collapse: bool | None = None
     mode_jumps: bool = False
     dtype: str | None = None
+    neyman_share: float = 0.0
 
     def __post_init__(self):
         if self.method not in SAMPLING_METHODS:
@@ -159,6 +164,16 @@ class Sampling:
             raise ValueError(f"mode_jumps must be True or False, got {self.mode_jumps!r}")
         if self.dtype not in SAMPLER_DTYPES:
             raise ValueError(f"dtype must be one of {SAMPLER_DTYPES}, got {self.dtype!r}")
+        check_positive("neyman_share", self.neyman_share, allow_zero=True)
+        if self.neyman_share and self.method != "importance":
+            raise ValueError(
+                f"neyman_share needs method='importance' (extra rows of independent draws), "
+                f"got neyman_share={self.neyman_share!r} with method={self.method!r}"
+            )
+
+    def neyman_rows(self, batch: int) -> int:
+        """Extra rows of draws a batch of ``batch`` examples gets (``neyman_share``)."""
+        return int(round(self.neyman_share * batch))
 
     def resolve_start(self, model: EnergyModel) -> str:
         if self.start == "auto":

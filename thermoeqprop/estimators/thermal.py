@@ -31,6 +31,7 @@ from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
 from thermoeqprop.estimators import _control_variates, _coupled
+from thermoeqprop.estimators._allocation import example_means, with_copies
 from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._drawing import ThermalSamples, draw_states, on_one_device
@@ -115,9 +116,8 @@ class _SampledEstimator(Estimator):
         estimate: a :class:`Combined` (raveled gradient, MCSE, loss, the series, ESS, R-hat)."""
         raise NotImplementedError
 
-    def statistics(
-        self, params, states, x, targets, beta=0.0, innovations=None, budget=None, weights=None
-    ) -> DrawStatistics:
+    def statistics(self, params, states, x, targets, beta=0.0, innovations=None, budget=None,
+                   weights=None, row_weights=None) -> DrawStatistics:  # fmt: skip
         """The :class:`DrawStatistics` this estimator needs, of states (batch, chain, draw,
         n) drawn at nudge ``beta``; long runs average consecutive draws into windows
         (:func:`series_window`, with series of at most ``budget`` elements, or
@@ -126,16 +126,19 @@ class _SampledEstimator(Estimator):
         ``control_variates``, two folds of chains are corrected by control variates
         (``"heat_bath"``: from the sampler's ``innovations`` (batch, chain, draw, k) of these
         draws, ``trace.info.innovations``). ``weights``: the importance weights (batch,
-        chain, draw) of ``Sampling(method="importance")`` draws, mean 1 per example."""
+        chain, draw) of ``Sampling(method="importance")`` draws, mean 1 per example;
+        ``row_weights`` (batch,): each row's weight in the batch's means (rows that repeat
+        examples, ``Sampling.neyman_share``), None for one row per example."""
         num_params = sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params))
         window = series_window(states.shape[2], states.shape[1], num_params, budget)
         if self.control_variates is not None:
             return _control_variates.corrected(
                 self, params, states, x, targets, beta, window, innovations
             )
-        return self._series(params, states, x, targets, beta, window, weights)
+        return self._series(params, states, x, targets, beta, window, weights, row_weights)
 
-    def _series(self, params, states, x, targets, beta, window, weights=None) -> DrawStatistics:
+    def _series(self, params, states, x, targets, beta, window, weights=None,
+                row_weights=None) -> DrawStatistics:  # fmt: skip
         spins = spin_statistics(self, params, states, x, targets, beta, window, collapses(self))
         if spins is not None:
             return spins
@@ -143,10 +146,11 @@ class _SampledEstimator(Estimator):
             wanted = tuple(s in self.needed_series for s in SERIES)
             out = conditional_statistics(self.model, params, states, x, targets, wanted, window,
                                          beta, self.temperature, collapses(self),
-                                         weights)  # fmt: skip
+                                         weights, row_weights)  # fmt: skip
             return DrawStatistics(*out, draws_per_entry=window)
-        if weights is not None:  # importance sampling needs collapsed sampling's statistics
-            raise ValueError("importance weights need conditional expectations (collapsed draws)")
+        if weights is not None or row_weights is not None:  # collapsed sampling's statistics
+            raise ValueError("importance and row weights need conditional expectations "
+                             "(collapsed draws)")  # fmt: skip
         return draw_statistics(self.model, params, states, x, targets, self.needed_series, window)
 
     #: Conditional expectations (Rao–Blackwell): None = wherever the model supports them.
@@ -166,6 +170,12 @@ class _SampledEstimator(Estimator):
         if not collapses(self) or self.model.is_spin:
             return draw_states
         return draw_importance if self.sampling.method == "importance" else draw_collapsed
+
+    def _row_drawer(self, params, beta):
+        """``draw(x, targets, key)``: draws of rows of examples at ``beta``."""
+        drawer = functools.partial(self._drawer(), self.model, self.sampling, params)
+        return lambda x, targets, key: drawer(x, targets, beta, self.temperature, key,
+                                              nudged=self.nudges)  # fmt: skip
 
     def _conditional(self, beta) -> bool:
         """Whether the statistics of a phase at ``beta`` use conditional expectations."""
@@ -227,13 +237,21 @@ class _SampledEstimator(Estimator):
                     )
             else:
                 for i, beta in enumerate(phases):
-                    drawn = draw(beta, self.temperature, jax.random.fold_in(round_key, i),
-                                 positions[i])  # fmt: skip
+                    phase_key = jax.random.fold_in(round_key, i)
+                    drawn = draw(beta, self.temperature, phase_key, positions[i])
                     positions[i] = drawn.final_positions
+                    # Neyman allocation: extra rows for the examples that vary most
+                    drawn, rows_x, rows_y, row_weights, copies = with_copies(
+                        self._row_drawer(params, beta), self.model,
+                        self.sampling.neyman_rows(x.shape[0]), x, targets, phase_key, drawn,
+                    )  # fmt: skip
                     traces.append(drawn.trace)
                     innovations = on_one_device(getattr(drawn.trace.info, "innovations", None))
-                    stats = self.statistics(params, drawn.states, x, targets, beta, innovations,
-                                            budget, _draw_weights(drawn))  # fmt: skip
+                    stats = self.statistics(params, drawn.states, rows_x, rows_y, beta,
+                                            innovations, budget, _draw_weights(drawn),
+                                            row_weights)  # fmt: skip
+                    if copies is not None:
+                        stats = stats._replace(output=example_means(stats.output, copies))
                     collected[i].append(stats)
             merged = [_merge_rounds(phase) for phase in collected]
             combined = self.combine(merged)
