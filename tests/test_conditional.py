@@ -57,9 +57,12 @@ def direct_moments(activation, temperature, u, half_width=16.0, num_points=160_0
 @pytest.mark.parametrize("temperature", [0.005, 0.02, 0.5])
 def test_unit_moments_match_direct_quadrature(activation, temperature):
     table = unit_moments(activation, temperature, bound=5.0)
+    # The grid reaches beyond the bound (its points are a power of two); linear: no grid.
+    cover = 8.0 if table.start is None else -float(table.start)
+    assert cover >= 5.0
     with seed_offset.fixed():
-        fields = np.random.default_rng(0).uniform(-8.0, 8.0, 12)
-    fields[:3] = (-8.0, 0.0, 8.0)  # the ends of the table (its cover is ±8)
+        fields = np.random.default_rng(0).uniform(-cover, cover, 12)
+    fields[:3] = (-cover, 0.0, cover)  # the ends of the table
     got = np.stack([np.asarray(m) for m in table(jnp.asarray(fields))], axis=1)
     want = np.stack([direct_moments(activation, temperature, u) for u in fields])
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-9)
@@ -80,6 +83,19 @@ def test_tables_of_nearby_temperatures_share_a_shape():
 
 
 @seed_offset.fixed
+def test_a_growing_bound_keeps_its_table_until_it_outgrows_the_grid():
+    """A training run's field bound grows with its couplings: the table (and so the shape the
+    jitted code reading it compiled for) stays the same while the bound is within the grid's
+    reach, which a power of two of points at the fixed step carries beyond the bound."""
+    first = unit_moments("sigmoid", 0.5, bound=9.0)
+    cover = -float(first.start)
+    assert cover > 9.0 and float(first.step) == pytest.approx(0.0125 * np.sqrt(0.5))
+    assert unit_moments("sigmoid", 0.5, bound=cover) is first
+    wider = unit_moments("sigmoid", 0.5, bound=cover * 1.01)
+    assert wider.coefficients.shape[0] > first.coefficients.shape[0]
+    assert -float(wider.start) >= cover * 1.01
+
+
 def test_field_bound_covers_every_field():
     net = LayeredNetwork((5, 7, 6, 3))
     params = net.init_params(jax.random.key(0))

@@ -19,10 +19,11 @@ Hermite polynomials whose slopes are exact:
 .. math::
     \frac{d m_k}{du} = \frac{m_{k+1} − m_k m_1}{T}.
 
-The grid step is at most ``0.0125 √T`` (and 0.05), which keeps the interpolation error below
+The grid step is ``0.0125 √T`` (at most 0.05), which keeps the interpolation error below
 1e-10 for these activations (tested against direct quadrature). The numbers of fields and of
-values of ``s`` are rounded up to powers of two, at least 4,096 and 1,024: the grid only gets
-finer, and tables at nearby temperatures share one shape, so the jitted code that reads them
+values of ``s`` are rounded up to powers of two, at least 4,096 and 1,024: the fields' grid
+then reaches beyond the bound asked for, and tables at nearby temperatures and bounds share
+one shape, so the jitted code that reads them
 (a sampled estimator's statistics, collapsed HMC) compiles once for them, not once per
 temperature (T = 0.002–0.01 covering fields up to 4: two shapes, where the exact counts gave
 five).
@@ -160,9 +161,10 @@ def unit_moments(activation: str, temperature: float, bound: float = 0.0, dtype=
     Args:
         activation: ``"sigmoid"``, ``"tanh"`` or ``"linear"`` (closed form).
         temperature: T > 0.
-        bound: Largest |field| to cover (:func:`field_bound`); rounded up to a power of two
-            (at least 4) so that a training run builds few tables. Fields beyond the table
-            are clamped to its ends, which the bound rules out.
+        bound: Largest |field| to cover (:func:`field_bound`, at least 4); the grid holds a
+            power of two of points and reaches as far as they do (:func:`_covered`), so that
+            a training run builds few tables. Fields beyond the table are clamped to its
+            ends, which the bound rules out.
         dtype: Float dtype of the tables.
 
     Returns:
@@ -171,7 +173,8 @@ def unit_moments(activation: str, temperature: float, bound: float = 0.0, dtype=
     temperature = float(temperature)
     if activation == "linear":
         return UnitMoments(None, jnp.asarray(temperature, dtype), None)
-    return _tables(activation, temperature, _covered(activation, bound), jnp.dtype(dtype).name)[0]
+    return _tables(activation, temperature, _covered(activation, bound, temperature),
+                   jnp.dtype(dtype).name)[0]  # fmt: skip
 
 
 def unit_free_energy(activation: str, temperature: float, bound: float = 0.0, dtype=float):
@@ -184,15 +187,34 @@ def unit_free_energy(activation: str, temperature: float, bound: float = 0.0, dt
     temperature = float(temperature)
     if activation == "linear":
         return UnitFreeEnergy(None, jnp.asarray(temperature, dtype), None)
-    return _tables(activation, temperature, _covered(activation, bound), jnp.dtype(dtype).name)[1]
+    return _tables(activation, temperature, _covered(activation, bound, temperature),
+                   jnp.dtype(dtype).name)[1]  # fmt: skip
 
 
-def _covered(activation, bound):
+def _step(temperature: float) -> float:
+    """The grid step of the fields, ``0.0125 √T`` and at most 0.05."""
+    return min(0.05, 0.0125 * math.sqrt(temperature))
+
+
+def _covered(activation, bound, temperature):
+    """The half-width of the fields' grid for fields up to ``bound`` (at least 4): the grid of
+    step :func:`_step` whose number of points is the power of two that holds ``±bound``, as
+    wide as those points reach. A training run's growing couplings then change the table's
+    shape, and so recompile the code that reads it, only when the bound outgrows the grid
+    (at T = 0.02 a bound of 15.2 gets a grid of 2¹⁵ points covering ±29.0)."""
     if activation not in _BOUNDED:
         raise ValueError(
             f"conditional moments need activation 'sigmoid', 'tanh' or 'linear', got {activation!r}"
         )
-    return 2.0 ** max(2, math.ceil(math.log2(max(bound, 1e-300))))
+    step = _step(temperature)
+    size = int(math.ceil(2 * max(bound, 4.0) / step)) + 1
+    if size > _MAX_POINTS:
+        raise ValueError(
+            f"fields up to {bound:g} at T = {temperature:g} need {size} table points (more "
+            f"than {_MAX_POINTS}); the couplings are too large for conditional expectations: "
+            "pass rao_blackwell=False"
+        )
+    return (_bucketed(size, _LEAST_FIELDS) - 1) * step / 2
 
 
 @functools.lru_cache(maxsize=32)
@@ -200,16 +222,8 @@ def _tables(activation: str, temperature: float, covered: float, dtype: str):
     from thermoeqprop.models.layered import ACTIVATIONS
 
     rho = ACTIVATIONS[activation]
-    step = min(0.05, 0.0125 * math.sqrt(temperature))
-    size = int(math.ceil(2 * covered / step)) + 1
-    if size > _MAX_POINTS:
-        raise ValueError(
-            f"fields up to {covered:g} at T = {temperature:g} need {size} table points (more "
-            f"than {_MAX_POINTS}); the couplings are too large for conditional expectations: "
-            "pass rao_blackwell=False"
-        )
-    size = _bucketed(size, _LEAST_FIELDS)
-    step = 2 * covered / (size - 1)
+    step = _step(temperature)
+    size = int(round(2 * covered / step)) + 1
     # Mass of p(s | u) lies where ½ s² ≤ 2 |u| R + 40 T (|ρ| ≤ R), i.e. |s| ≤ s_max.
     reach = _BOUNDED[activation]
     s_max = math.sqrt(4 * covered * reach + 80 * temperature) + 1.0
