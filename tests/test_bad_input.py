@@ -226,7 +226,7 @@ CLI_CASES = {
         TRAIN
         + "--estimator covariance --model spin --collapse on --control-variates heat_bath".split(),
         None,
-        "needs at least 110 draws per half (10 per coefficient and intercept); got 50",
+        "needs at least 110 draws per half (10 per coefficient and intercept); got 80",
     ),
     "train exact without a reference": (
         TRAIN + ["--estimator", "exact"],

@@ -157,7 +157,8 @@ def test_thermal_training_writes_gradient_uncertainty(tmp_path, capsys):
     # batch's relative MCSE lies between the best and the worst (diag_relative_stderr).
     assert 1.0 < record["rank_rhat_max_last_batch"] < 10.0
     assert record["rank_rhat_median_last_batch"] <= record["rank_rhat_max_last_batch"]
-    assert record["rank_rhat_entries_last_batch"] == 10  # every draw
+    # every draw: the default importance sampling's 3 × 10 pilot and 10 final draws a group
+    assert record["rank_rhat_entries_last_batch"] == 40
     assert record["diag_draws_per_entry"] == 1
     assert 0 < record["relative_stderr_median"] <= record["diag_relative_stderr"]
     assert (record["diag_num_chains"], record["batches"]) == (2, 5)  # 1437 // 256 batches
@@ -165,7 +166,7 @@ def test_thermal_training_writes_gradient_uncertainty(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "epoch 1/1  loss " in out and "gradient rel. MCSE" in out, out
     assert "rank R-hat max" in out and "rank R-hat, worst component (last batch)" in summary
-    assert "gradient health, epoch 1 (2 chains × 10 draws per estimate" in summary
+    assert "gradient health, epoch 1 (2 chains × 40 draws per estimate" in summary
     assert "split R-hat, worst component (worst batch)" in summary
     assert summary.split("gradient health")[1] in out
     # Run again on the finished folder: it says it resumes, and there is nothing left to do.

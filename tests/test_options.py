@@ -100,13 +100,32 @@ def test_init_scale_of_sweep_is_a_deprecated_alias_of_init_gain(tmp_path):
 
 def test_sampler_auto_means_hmc_for_continuous_states_in_every_command(capsys):
     continuous, spins = LayeredNetwork((2, 3, 2)), SpinNetwork.layered((2, 3, 1))
-    for options in (TrainOptions(), SweepOptions()):
+    for options in (TrainOptions(sampler="auto"), SweepOptions()):
         assert build_sampling(options, continuous).method == "hmc"
         assert build_sampling(options, spins).method == "auto"  # block Gibbs, by Sampling
     assert capsys.readouterr().err == ""
     build_sampling(SweepOptions(), continuous, command="sweep")
     assert "--sampler nuts for the old choice" in capsys.readouterr().err
     assert build_sampling(SweepOptions(sampler="nuts"), continuous).method == "nuts"
+
+
+def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
+    """train's default sampler: importance sampling with Neyman allocation for the layered
+    continuous network; auto where the estimator refuses importance sampling (spins,
+    tempering), with ``--neyman-share`` at 0 there."""
+    from thermoeqprop._cli_train import build_estimator
+
+    default = build_estimator(TrainOptions(hidden=[3]), 64, 10).sampling
+    assert (default.method, default.neyman_share) == ("importance", 0.25)
+    assert (default.num_samples, default.num_warmup) == (80, 40)
+    spins = build_estimator(TrainOptions(model="spin", hidden=[3]), 4, 2).sampling
+    assert (spins.method, spins.neyman_share) == ("auto", 0.0)
+    tempered = build_estimator(TrainOptions(hidden=[3], tempering=True), 64, 10).sampling
+    assert (tempered.method, tempered.tempering) == ("hmc", 4)
+    hmc = build_estimator(TrainOptions(hidden=[3], sampler="hmc"), 64, 10).sampling
+    assert (hmc.method, hmc.neyman_share) == ("hmc", 0.0)
+    with pytest.raises(ValueError, match="neyman_share needs method='importance'"):
+        build_estimator(TrainOptions(hidden=[3], sampler="hmc", neyman_share=0.5), 64, 10)
 
 
 def test_train_tempering_builds_the_replica_ladder():

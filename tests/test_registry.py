@@ -106,8 +106,10 @@ def _settings(command, *argv):
 
 def test_train_builds_the_same_estimators_as_before():
     net = LayeredNetwork((2, 128, 2))
-    sampling = Sampling(method="hmc", num_chains=2, num_samples=50, num_warmup=50, hmc_steps=8,
-                        hmc_jitter=0.5, tempering=0, start="auto")  # fmt: skip
+    # train's default sampler where the estimator can use it (docs/cli/train.md)
+    sampling = Sampling(method="importance", num_chains=2, num_samples=80, num_warmup=40,
+                        hmc_steps=8, hmc_jitter=0.5, tempering=0, start="auto",
+                        neyman_share=0.25)  # fmt: skip
     relaxation = Relaxation(tolerance=1e-4, max_iterations=500)
     expected = {
         "covariance": ThermalCovariance(net, 0.02, sampling),
@@ -131,15 +133,19 @@ def test_train_builds_the_same_estimators_as_before():
     )
     spin = _settings("train", "--model", "spin", "--hidden", "4")
     assert _cli_train.build_estimator(spin, 2, 2) == ThermalCovariance(
-        SpinNetwork.layered((2, 4, 1)), 0.02, Sampling(num_chains=2, num_samples=50,
-                                                       num_warmup=50, hmc_steps=8)
+        SpinNetwork.layered((2, 4, 1)), 0.02, Sampling(num_chains=2, num_samples=80,
+                                                       num_warmup=40, hmc_steps=8)
     )  # fmt: skip
-    # --collapse reaches the estimator as the registry's sampling option (Sampling.collapse).
-    for flag, collapse in (("auto", None), ("on", True), ("off", False)):
+    # --collapse reaches the estimator as the registry's sampling option (Sampling.collapse);
+    # off leaves importance sampling out, and the default sampler is then HMC.
+    hmc = dataclasses.replace(sampling, method="hmc", neyman_share=0.0)
+    for flag, expected in (("auto", dataclasses.replace(sampling, collapse=None)),
+                           ("on", dataclasses.replace(sampling, collapse=True)),
+                           ("off", dataclasses.replace(hmc, collapse=False))):  # fmt: skip
         chosen = _settings("train", "--collapse", flag)
-        assert _cli_train.build_estimator(chosen, 2, 2) == ThermalCovariance(
-            net, 0.02, dataclasses.replace(sampling, collapse=collapse)
-        ), flag
+        assert _cli_train.build_estimator(chosen, 2, 2) == ThermalCovariance(net, 0.02, expected), (
+            flag
+        )
     # A T = 0 estimator builds no sampler settings, so it never rejects them.
     bad_sampler = _settings("train", "--estimator", "ep", "--num-chains", "1")
     assert isinstance(_cli_train.build_estimator(bad_sampler, 2, 2), ZeroTemperatureEP)

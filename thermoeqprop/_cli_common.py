@@ -69,8 +69,19 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
         collapse=COLLAPSE[options.collapse],
         mode_jumps=options.mode_jumps == "on",
         dtype=options.sampler_dtype,
-        neyman_share=0.0 if options.neyman_share is None else options.neyman_share,
+        neyman_share=_neyman_share(options.neyman_share, method),
     )
+
+
+#: ``--neyman-share``'s default with ``--sampler importance``.
+NEYMAN_SHARE = 0.25
+
+
+def _neyman_share(share, method: str) -> float:
+    """``--neyman-share``: as given, or :data:`NEYMAN_SHARE` for importance sampling."""
+    if share is not None:
+        return share
+    return NEYMAN_SHARE if method == "importance" else 0.0
 
 
 def write_summary(results_dir: Path, lines: list[str]) -> None:

@@ -1,7 +1,8 @@
 """``thermoeqprop train``: train a network on a bundled data set; write a results folder.
 
 The default is the main job of the project: finite-temperature EP with the unclamped
-covariance estimator, states drawn by HMC, on digits.
+covariance estimator on digits, the outputs' marginal drawn by importance sampling with
+Neyman allocation, the hidden layer averaged by its conditional expectations.
 """
 
 from __future__ import annotations
@@ -26,11 +27,19 @@ def thermal_estimators() -> list[str]:
 def build_estimator(options: TrainOptions, num_inputs: int, num_classes: int):
     """The estimator ``options.estimator`` names (:mod:`thermoeqprop.registry`) on the network
     the options describe; only the settings that estimator reads are built, so a T = 0
-    estimator never validates the sampler flags."""
+    estimator never validates the sampler flags. Without ``--sampler`` (None), importance
+    sampling where the estimator accepts it (collapsed sampling of a layered continuous
+    network: no tempering, no control variates, ``--collapse`` not off), auto elsewhere."""
     from thermoeqprop.estimators import Relaxation
 
     outputs = 1 if (options.model == "spin" and num_classes == 2) else num_classes
     model = build_model(options, (num_inputs, *options.hidden, outputs))
+    if options.sampler is None:  # importance sampling wherever the estimator can use it
+        try:
+            return build_estimator(dataclasses.replace(options, sampler="importance"),
+                                   num_inputs, num_classes)  # fmt: skip
+        except ValueError:
+            options = dataclasses.replace(options, sampler="auto")
     reads = registry.entry(options.estimator, model.family).options
     settings = {}
     if "temperature" in reads:

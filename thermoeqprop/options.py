@@ -46,6 +46,8 @@ __all__ = [
     "recorded",
 ]
 
+SAMPLER = Literal["auto", "hmc", "nuts", "gibbs", "metropolis", "importance"]
+
 #: Options that change what is shown, not what is computed: left out of ``config.json``'s
 #: ``"command_line"`` (a run's identity, compared on resume).
 PRESENTATION = ("results_dir", "no_progress", "quiet", "cluster")
@@ -107,7 +109,7 @@ class ModelOptions:
 class SamplingOptions:
     """How thermal estimators draw states (:class:`thermoeqprop.estimators.Sampling`)."""
 
-    sampler: Literal["auto", "hmc", "nuts", "gibbs", "metropolis", "importance"] = option(
+    sampler: SAMPLER = option(
         "auto",
         "auto: HMC for continuous states, block Gibbs for spins (every command); importance: "
         "independent weighted draws of the outputs' marginal from an adapted Student-t mixture "
@@ -118,11 +120,8 @@ class SamplingOptions:
     num_samples: int = option(200, "draws per chain and estimate")
     num_warmup: int = option(200, "discarded steps per chain")
     hmc_steps: int = option(16, "leapfrog steps per HMC trajectory")
-    hmc_jitter: float = option(
-        0.5,
-        "relative step-size jitter of HMC after warm-up (0: off); breaks the resonances of a "
-        "fixed trajectory length",
-    )
+    hmc_jitter: float = option(0.5, "relative step-size jitter of HMC after warm-up (0: off); "
+                               "breaks the resonances of a fixed trajectory length")  # fmt: skip
     start: Literal["auto", "relaxed", "annealed", "dispersed"] = option(
         "auto", "where chains start (auto: relaxed minimum for continuous states)"
     )
@@ -132,30 +131,26 @@ class SamplingOptions:
         "layers averaged (auto: wherever possible; off: sample every unit); for a spin network, "
         "on draws the smaller parity class of layers from its exact marginal (auto: block Gibbs)",
     )
-    mode_jumps: Literal["on", "off"] = option(
-        "off",
-        "with collapsed sampling, Metropolis jumps between the outputs' two T = 0 minima after "
-        "every HMC transition (exact; helps inputs with two competing outputs)",
-    )
-    # None rather than 0: runs recorded before this option resume (absent key = null).
+    mode_jumps: Literal["on", "off"] = option("off", "with collapsed sampling, Metropolis jumps "
+                                              "between the outputs' two T = 0 minima after every "
+                                              "HMC transition (exact; helps inputs with two "
+                                              "competing outputs)")  # fmt: skip
+    # None rather than 0.25: runs recorded before this option resume (absent key = null).
     neyman_share: float | None = option(None, "importance sampling: extra rows of draws (a "
                                         "share of the batch) for the examples whose first "
-                                        "draws vary most (Neyman allocation)")  # fmt: skip
+                                        "draws vary most (Neyman allocation; default "
+                                        "0.25, 0 for none)")  # fmt: skip
     tempering: bool = option(False, "parallel tempering", deprecated_int=True)
     # None rather than "float64": runs recorded before this option resume (absent key = null).
-    sampler_dtype: Literal["float32"] | None = option(
-        None,
-        "the samplers' arithmetic (default: the run's float64): float32 runs the chains, their "
-        "energies and gradients in float32 and returns the draws in float64, every statistic "
-        "computed as before (about 1.3x faster collapsed HMC on a CPU)",
-    )
+    sampler_dtype: Literal["float32"] | None = option(None, "the samplers' arithmetic (default: "
+        "the run's float64): float32 runs the chains, their energies and gradients in float32 "
+        "and returns the draws in float64, every statistic computed as before (about 1.3x "
+        "faster collapsed HMC on a CPU)")  # fmt: skip
     # None rather than "off": runs recorded before this option resume (absent key = null).
-    control_variates: Literal["zv1", "zv2", "laplace", "heat_bath"] | None = option(
-        None,
+    control_variates: Literal["zv1", "zv2", "laplace", "heat_bath"] | None = option(None,
         "control variates of the covariance and nudged estimators (default: none): zv1, zv2, "
         "laplace (Stein, continuous states), heat_bath (the innovations of collapsed spin "
-        "sampling, with --model spin --collapse on)",
-    )
+        "sampling, with --model spin --collapse on)")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -198,9 +193,14 @@ class TrainOptions(
         "--temperature (last epoch)",
     )
     beta: float = option(0.5, "nudging strength (nudged, ep)")
+    # None: chosen by _cli_train.build_estimator (and a run recorded before resumes).
+    sampler: SAMPLER | None = _like(SamplingOptions, "sampler", None, "default: importance "
+                                    "(independent weighted draws of the outputs' marginal) "
+                                    "where the estimator can use it, auto elsewhere; auto: HMC "
+                                    "for continuous states, block Gibbs for spins")  # fmt: skip
     num_chains: int = _like(SamplingOptions, "num_chains", 2)
-    num_samples: int = _like(SamplingOptions, "num_samples", 50)
-    num_warmup: int = _like(SamplingOptions, "num_warmup", 50)
+    num_samples: int = _like(SamplingOptions, "num_samples", 80)
+    num_warmup: int = _like(SamplingOptions, "num_warmup", 40)
     hmc_steps: int = _like(SamplingOptions, "hmc_steps", 8)
     tempering: bool = _like(
         SamplingOptions,
