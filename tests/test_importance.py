@@ -7,11 +7,14 @@ reported MCSE, and the settings it refuses.
 False-failure budget: the deterministic checks (statistics algebra, k̂, options) cannot fail by
 chance. The estimator checks compare 5–35 components at 4.5 MCSE (6.8e-6 each for honest
 MCSEs) and bound the quadratic network's RMS z-score by tests/pooled_z.py (7e-4 per side):
-about 0.2 % for both. The coverage test counts 300 independent estimates of one component
-inside ±1.96 MCSE and asserts between 90 % and 99 %; for a true coverage of 95 % that fails
-with probability 1.6e-4 (binomial tails; measured: 94.7 %). Seeds are fixed; the problems are
+about 0.2 % for both. The coverage test, with and without Neyman allocation, counts 300
+independent estimates of one component inside ±1.96 MCSE and asserts between 90 % and 99 %;
+for a true coverage of 95 % each fails with probability 1.6e-4 (binomial tails; measured:
+94.7 % without). Seeds are fixed; the problems are
 built under seed_offset.fixed.
 """
+
+import dataclasses
 
 import arviz as az
 import jax
@@ -54,6 +57,7 @@ FALSE_FAILURE_BUDGET = 2.5e-3
 
 K = 4.5
 IMPORTANCE = Sampling(method="importance", num_chains=4, num_samples=500, num_warmup=100)
+NEYMAN = dataclasses.replace(IMPORTANCE, num_samples=300, num_warmup=60, neyman_share=1.0)
 
 
 @pytest.mark.parametrize("shape", [(4, 300), (2, 1000)])
@@ -142,23 +146,26 @@ def test_weighted_series_are_the_influence_functions_of_the_weighted_estimates()
                                atol=1e-13)  # fmt: skip
 
 
-def test_two_unit_sigmoid_network_against_quadrature():
+@pytest.mark.parametrize("sampling", [IMPORTANCE, NEYMAN], ids=["one row each", "neyman"])
+def test_two_unit_sigmoid_network_against_quadrature(sampling):
     """Independent weighted draws of the output's 1-D marginal: both estimators agree with
     the exact gradient, the covariance estimator's loss with the exact ⟨C⟩; the draws'
-    weights are healthy (Kish ESS, k̂) on this smooth law."""
+    weights are healthy (Kish ESS, k̂) on this smooth law. With Neyman allocation
+    (docs/mathematics.md, "Neyman allocation") the three examples get three more rows."""
     temperature = 0.1
     loss, exact = quadrature_gradient(temperature)
-    drawn = draw_importance(TWO_UNITS, IMPORTANCE, TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, 0.0,
+    drawn = draw_importance(TWO_UNITS, sampling, TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, 0.0,
                             temperature, jax.random.key(2), nudged=False)  # fmt: skip
     # Every group holds its share of the pilot rounds' draws besides its final ones.
-    assert drawn.states.shape == (3, 4, 500 + IMPORTANCE_ROUNDS * 100, 2)
+    draws = sampling.num_samples + IMPORTANCE_ROUNDS * sampling.num_warmup
+    assert drawn.states.shape == (3, 4, draws, 2)
     np.testing.assert_array_equal(drawn.states[..., :1], 0.0)
     assert np.all(np.asarray(drawn.trace.info.ess_fraction) > 0.5)
     assert np.all(np.asarray(drawn.trace.info.pareto_k) < 0.5)
     zs = []
     for i, estimator in enumerate([
-        ThermalCovariance(TWO_UNITS, temperature, IMPORTANCE),
-        ThermalNudged(TWO_UNITS, temperature, beta=0.02, sampling=IMPORTANCE),
+        ThermalCovariance(TWO_UNITS, temperature, sampling),
+        ThermalNudged(TWO_UNITS, temperature, beta=0.02, sampling=sampling),
     ]):  # fmt: skip
         assert collapses(estimator)
         estimate = estimator(TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, jax.random.key(60 + i))
@@ -185,19 +192,25 @@ def test_importance_estimators_match_the_gaussian_closed_form():
     assert abs(float(estimate.loss) - float(exact.loss)) < K * float(estimate.loss_stderr)
 
 
-def test_reported_mcse_covers_the_exact_gradient():
+@pytest.mark.parametrize(("neyman_share", "first_key"), [(0.0, 1000), (1.0, 3000)])
+def test_reported_mcse_covers_the_exact_gradient(neyman_share, first_key):
     """300 estimates of the two-unit network's gradient from 2 × 100 weighted draws each: the
     interval ±1.96 MCSE around the estimate holds the exact value of its largest component in
-    90–99 % of them (the delta-method MCSE of a self-normalised estimate is honest)."""
+    90–99 % of them (the delta-method MCSE of a self-normalised estimate is honest). With
+    three extra rows for the three examples (Neyman allocation) as well: the allocation reads
+    the first draws, which stay in the estimate, and its bias, of order 1/N, stays far inside
+    the MCSE."""
     temperature = 0.1
     _, exact = quadrature_gradient(temperature)
-    sampling = Sampling(method="importance", num_chains=2, num_samples=100, num_warmup=50)
+    sampling = Sampling(method="importance", num_chains=2, num_samples=100, num_warmup=50,
+                        neyman_share=neyman_share)  # fmt: skip
     estimator = ThermalCovariance(TWO_UNITS, temperature, sampling)
     target = flat(exact)
     component = int(np.argmax(np.abs(target)))
     inside = []
     for i in range(300):
-        estimate = estimator(TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, jax.random.key(1000 + i))
+        key = jax.random.key(first_key + i)
+        estimate = estimator(TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, key)
         z = (flat(estimate.grad)[component] - target[component]) / flat(estimate.stderr)[component]
         inside.append(abs(z) < 1.96)
     assert 0.90 <= np.mean(inside) <= 0.99, np.mean(inside)
