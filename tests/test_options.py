@@ -112,7 +112,7 @@ def test_sampler_auto_means_hmc_for_continuous_states_in_every_command(capsys):
 def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
     """train's default sampler: importance sampling with Neyman allocation for the layered
     continuous network; auto where the estimator refuses importance sampling (spins,
-    tempering), with ``--neyman-share`` at 0 there."""
+    tempering) or its kept class is large, with ``--neyman-share`` at 0 there."""
     from thermoeqprop._cli_train import build_estimator
 
     default = build_estimator(TrainOptions(hidden=[3]), 64, 10).sampling
@@ -122,6 +122,9 @@ def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
     assert (spins.method, spins.neyman_share) == ("auto", 0.0)
     tempered = build_estimator(TrainOptions(hidden=[3], tempering=True), 64, 10).sampling
     assert (tempered.method, tempered.tempering) == ("hmc", 4)
+    # A second hidden layer keeps 10 + 40 units: too many for the proposal (DEFAULT_MAX_KEPT).
+    deep = build_estimator(TrainOptions(hidden=[40, 8]), 64, 10).sampling
+    assert (deep.method, deep.neyman_share) == ("hmc", 0.0)
     hmc = build_estimator(TrainOptions(hidden=[3], sampler="hmc"), 64, 10).sampling
     assert (hmc.method, hmc.neyman_share) == ("hmc", 0.0)
     with pytest.raises(ValueError, match="neyman_share needs method='importance'"):

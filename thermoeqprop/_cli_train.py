@@ -29,17 +29,23 @@ def build_estimator(options: TrainOptions, num_inputs: int, num_classes: int):
     the options describe; only the settings that estimator reads are built, so a T = 0
     estimator never validates the sampler flags. Without ``--sampler`` (None), importance
     sampling where the estimator accepts it (collapsed sampling of a layered continuous
-    network: no tempering, no control variates, ``--collapse`` not off), auto elsewhere."""
+    network: no tempering, no control variates, ``--collapse`` not off) and the kept class
+    is small (:func:`~thermoeqprop.estimators._importance.suits_by_default`), auto
+    elsewhere."""
     from thermoeqprop.estimators import Relaxation
 
     outputs = 1 if (options.model == "spin" and num_classes == 2) else num_classes
     model = build_model(options, (num_inputs, *options.hidden, outputs))
     if options.sampler is None:  # importance sampling wherever the estimator can use it
-        try:
-            return build_estimator(dataclasses.replace(options, sampler="importance"),
-                                   num_inputs, num_classes)  # fmt: skip
-        except ValueError:
-            options = dataclasses.replace(options, sampler="auto")
+        from thermoeqprop.estimators._importance import suits_by_default
+
+        if suits_by_default(model):
+            try:
+                return build_estimator(dataclasses.replace(options, sampler="importance"),
+                                       num_inputs, num_classes)  # fmt: skip
+            except ValueError:
+                pass
+        options = dataclasses.replace(options, sampler="auto")
     reads = registry.entry(options.estimator, model.family).options
     settings = {}
     if "temperature" in reads:

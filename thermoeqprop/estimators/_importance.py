@@ -43,6 +43,7 @@ import numpy as np
 from thermoeqprop.estimators._collapsed import (
     CollapsedSamples,
     _full_states,
+    classes,
     kept_units,
     marginal_energy_fn,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "draw_importance",
     "normalised_weights",
     "pareto_khat",
+    "suits_by_default",
 ]
 
 # Pilot rounds that adapt the proposal before the final draws.
@@ -79,6 +81,11 @@ MIN_SHARE = 0.05
 BRIDGE_SHARE = 0.2
 # Draws per example whose energies are evaluated together (see ``weighted``).
 ENERGY_CHUNK = 32
+# The most kept units for which ``thermoeqprop train`` picks importance sampling without
+# --sampler: the proposal's Hessians, eigendecompositions and weights degrade with the
+# dimension (the main job keeps 10 outputs; a second hidden layer of 128 units would keep 138,
+# where one epoch did not finish in minutes).
+DEFAULT_MAX_KEPT = 32
 # A component whose pilot draws carry fewer effective draws than this per kept unit keeps
 # its centre and scale in that round (a covariance is not estimated from a handful of draws).
 MIN_PILOT_ESS = 4
@@ -105,6 +112,14 @@ class ImportanceTrace(NamedTuple):
 
     samples: jax.Array
     info: ImportanceInfo
+
+
+def suits_by_default(model) -> bool:
+    """Whether ``thermoeqprop train`` draws ``model``'s states by importance sampling when no
+    sampler is named: a layered continuous network with collapsed sampling whose kept class
+    has at most :data:`DEFAULT_MAX_KEPT` units."""
+    split = classes(model)
+    return split is not None and len(kept_units(model)) <= DEFAULT_MAX_KEPT
 
 
 def normalised_weights(log_weights) -> jax.Array:
