@@ -21,6 +21,7 @@ import pytest
 
 import samplers
 from thermoeqprop._health import (
+    PARETO_K_MAX,
     RELATIVE_MCSE_MAX,
     epoch_line,
     format_checks,
@@ -28,6 +29,7 @@ from thermoeqprop._health import (
     health_limits,
     rhat_limit,
 )
+from thermoeqprop.estimators._sampling import PARETO_K_UNRELIABLE
 
 #: The false-failure budget per run of this module, as stated above (0.6 % per case of the
 #: split R-hat, two cases, and 0.9 % for the rank-normalised one); tests/false_failure_budget.py
@@ -137,6 +139,11 @@ def test_heavy_importance_weights_are_flagged_with_what_to_do():
     # Few effective draws of an importance run point to its own levers, not to HMC's.
     assert "--hmc-steps" not in table
     assert not any(c.name.startswith("Pareto") for c in gradient_checks(RECORD))
+    # With the share of examples above the limit recorded, the verdict says how many.
+    shared = gradient_checks(importance | {"diag_pareto_k_max": 0.9, "diag_pareto_k_share": 0.004})
+    verdict = next(c for c in shared if c.name.startswith("Pareto k-hat")).verdict
+    assert "for 0.4 % of the examples drawn" in verdict
+    assert PARETO_K_MAX == PARETO_K_UNRELIABLE  # the estimators count against the same limit
 
 
 def test_epoch_line_and_plot_limits():

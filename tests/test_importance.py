@@ -178,6 +178,7 @@ def test_two_unit_sigmoid_network_against_quadrature(sampling):
         assert collapses(estimator)
         estimate = estimator(TWO_UNIT_PARAMS, TWO_UNIT_X, TWO_UNIT_Y, jax.random.key(60 + i))
         assert float(estimate.diagnostics["pareto_k_max"]) < 0.5
+        assert float(estimate.diagnostics["pareto_k_share"]) == 0.0  # no row above 0.7
         zs.append((flat(estimate.grad) - flat(exact)) / flat(estimate.stderr))
         if i == 0:
             assert abs(float(estimate.loss) - float(loss)) < K * float(estimate.loss_stderr)

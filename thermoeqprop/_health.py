@@ -24,7 +24,7 @@ independent draws. So each limit here is stated for the run at hand:
 - **Pareto k̂ of the importance weights** (``--sampler importance``): at most
   :data:`PARETO_K_MAX` for the worst example; above it that example's self-normalised
   estimate and its MCSE are not to be trusted (Vehtari et al. 2024; docs/mathematics.md,
-  "Importance sampling").
+  "Importance sampling"); the verdict says for what share of the examples drawn.
 
 Two R-hats appear in this package, and the tables say which: ``train`` records the split R-hat
 (Gelman et al., not rank-normalised: cheap enough for every batch) of every batch's gradient
@@ -304,11 +304,15 @@ def gradient_checks(record: dict) -> list[Check]:
             checks.append(_check(name, gain, 1.0, upper=False, lever="controls", digits=2,
                                  bad="the control variates add noise"))  # fmt: skip
     if "diag_pareto_k_max" in record:
+        share = record.get("diag_pareto_k_share")
+        bad = "heavy-tailed weights: that example's estimate and MCSE are unreliable"
+        if share is not None:
+            bad = (f"heavy-tailed weights for {100 * share:.2g} % of the examples drawn (mean "
+                   "over batches): their estimates and MCSEs are unreliable")  # fmt: skip
         checks.append(
             _check(
                 "Pareto k-hat of the importance weights, worst example (worst batch)",
-                _finite(record["diag_pareto_k_max"]), PARETO_K_MAX, upper=True,
-                bad="heavy-tailed weights: that example's estimate and MCSE are unreliable",
+                _finite(record["diag_pareto_k_max"]), PARETO_K_MAX, upper=True, bad=bad,
                 lever="importance", digits=2,
             )
         )  # fmt: skip

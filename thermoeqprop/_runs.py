@@ -211,7 +211,8 @@ def save_unit(folder: RunFolder, record: dict[str, Any], counter: str, trees: di
 def summarise_diagnostics(estimates: Iterable) -> dict[str, float]:
     """The worst case over the estimates since the last record: the smallest converged
     fraction, minimum, ESS and gain (``ess_min``, ``ess_median``, ``min_gap``,
-    ``min_hessian_eigenvalue``, ``control_variate_gain``), the largest of the rest; indices of
+    ``min_hessian_eigenvalue``, ``control_variate_gain``), the mean of shares (``…_share``),
+    the largest of the rest; indices of
     an example within a batch (``worst_example``) and per-example arrays are left out. With
     standard errors, also the ``relative_stderr`` of the estimates: its mean and median
     (``relative_stderr_median``; the largest is ``diag_relative_stderr``)."""
@@ -226,7 +227,7 @@ def summarise_diagnostics(estimates: Iterable) -> dict[str, float]:
             or key.startswith(("min_", "ess_"))
             or key.endswith(("_min", "_gain"))
         )
-        reduce = np.min if lowest else np.max
+        reduce = np.mean if key.endswith("_share") else np.min if lowest else np.max
         out[f"diag_{key}"] = float(reduce(values))
     if estimates[0].is_stochastic:
         relative = np.asarray([float(e.relative_stderr()) for e in estimates])

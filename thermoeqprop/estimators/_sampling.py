@@ -251,6 +251,11 @@ def _initial_positions(
     return positions
 
 
+#: Pareto k̂ above which an importance-sampling estimate is not to be trusted (PSIS; the
+#: limit of ``thermoeqprop._health.PARETO_K_MAX``).
+PARETO_K_UNRELIABLE = 0.7
+
+
 def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
     """Means (sums for divergences) of the sampler's per-step facts at the target T."""
     info = trace.info.local if tempering else trace.info
@@ -269,6 +274,8 @@ def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
         if hasattr(info, field):
             value = getattr(info, field)
             out[name] = reduce(value[..., 0] if tempering else value)
+    if hasattr(info, "pareto_k"):  # the share of examples (rows) whose weights are unreliable
+        out["pareto_k_share"] = jnp.mean(info.pareto_k > PARETO_K_UNRELIABLE)
     if tempering:
         out["swap_rate_min"] = jnp.min(jnp.mean(trace.info.swap_probability, axis=(0, 1, 2)))
         out["round_trips"] = jnp.mean(trace.info.round_trips[..., -1])
