@@ -37,6 +37,7 @@ __all__ = [
     "example_means",
     "extra_rows",
     "neyman_copies",
+    "row_examples",
     "row_weights",
     "with_copies",
 ]
@@ -71,11 +72,18 @@ def extra_rows(copies) -> np.ndarray:
     return np.repeat(np.arange(copies.shape[0]), copies - 1)
 
 
+def row_examples(copies) -> np.ndarray:
+    """(batch + extra,) the example each row holds: the batch's rows in order, then
+    :func:`extra_rows`."""
+    copies = np.asarray(copies)
+    return np.concatenate([np.arange(copies.shape[0]), extra_rows(copies)])
+
+
 def row_weights(copies) -> np.ndarray:
-    """(batch + extra,) weights of the batch's rows followed by :func:`extra_rows`' rows,
+    """(batch + extra,) weights of the rows of :func:`row_examples`,
     ``(batch + extra) / (batch · k_i)``: mean 1, the copies of one example sharing its weight."""
     copies = np.asarray(copies)
-    rows = np.concatenate([np.arange(copies.shape[0]), extra_rows(copies)])
+    rows = row_examples(copies)
     return rows.shape[0] / (copies.shape[0] * copies[rows].astype(np.float64))
 
 
@@ -92,10 +100,11 @@ def with_copies(draw, model, extra: int, x, targets, rng_key, drawn):
         return drawn, x, targets, None, None
     omega = normalised_weights(drawn.trace.info.log_weights)
     copies = neyman_copies(cost_spread(model, drawn.states, omega, targets), extra)
-    rows = np.concatenate([np.arange(x.shape[0]), extra_rows(copies)])
-    more = draw(x[rows[x.shape[0] :]], targets[rows[x.shape[0] :]], jax.random.fold_in(rng_key, 1))
+    repeated = extra_rows(copies)
+    more = draw(x[repeated], targets[repeated], jax.random.fold_in(rng_key, 1))
     joined = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), drawn, more)
     weights = jnp.asarray(row_weights(copies), x.dtype)
+    rows = row_examples(copies)
     return joined, x[rows], targets[rows], weights, copies
 
 
@@ -103,6 +112,6 @@ def example_means(values, copies):
     """(batch, …) the mean over each example's copies of per-row ``values`` (batch + extra,
     …) laid out as :func:`with_copies` returns them."""
     copies = np.asarray(copies)
-    rows = np.concatenate([np.arange(copies.shape[0]), extra_rows(copies)])
+    rows = row_examples(copies)
     share = (1.0 / copies[rows]).reshape((-1,) + (1,) * (values.ndim - 1))
     return jax.ops.segment_sum(values * share.astype(values.dtype), rows, copies.shape[0])

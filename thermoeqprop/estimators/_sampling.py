@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import samplers
+from thermoeqprop._health import PARETO_K_MAX
 from thermoeqprop._validation import check_positive
 from thermoeqprop.models._base import EnergyModel
 
@@ -251,9 +252,9 @@ def _initial_positions(
     return positions
 
 
-#: Pareto k̂ above which an importance-sampling estimate is not to be trusted (PSIS; the
-#: limit of ``thermoeqprop._health.PARETO_K_MAX``).
-PARETO_K_UNRELIABLE = 0.7
+#: Pareto k̂ above which an importance-sampling estimate is not to be trusted: the health
+#: table's limit, one number for both.
+PARETO_K_UNRELIABLE = PARETO_K_MAX
 
 
 def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
