@@ -772,15 +772,17 @@ S3_EPOCHS = 3  # per run: the first compiles, the later ones are the steady stat
 
 
 def _draws_parts(spec: str) -> tuple[int, int, int, set[str]]:
-    """``CxN[+W][,jumps][,f32][,is]`` (``--draws``): chains, warm-up (default 50), draws, and
-    the flags: mode jumps, float32 sampler arithmetic, importance sampling (``--sampler
-    importance``: C groups of N weighted draws, W pilot draws per group and round, Neyman
-    allocation at its default share); without ``is`` the route is HMC (``--sampler hmc``)."""
-    match = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?((?:,jumps|,f32|,is)*)", spec)
+    """``CxN[+W][,jumps][,f32][,is][,nofb]`` (``--draws``): chains, warm-up (default 50),
+    draws, and the flags: mode jumps, float32 sampler arithmetic, importance sampling
+    (``--sampler importance``: C groups of N weighted draws, W pilot draws per group and round,
+    Neyman allocation at its default share, heavy-tailed rows drawn again by HMC), without that
+    HMC fallback (``nofb``: ``--pareto-fallback inf``); without ``is`` the route is HMC
+    (``--sampler hmc``)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?((?:,jumps|,f32|,is|,nofb)*)", spec)
     if match is None:
         raise SystemExit(
-            f"--draws {spec!r}: expected CHAINSxDRAWS[+WARMUP][,jumps][,f32][,is], e.g. 2x300 "
-            "or 4x150+50 or 2x450+100,f32 or 2x256+128,is"
+            f"--draws {spec!r}: expected CHAINSxDRAWS[+WARMUP][,jumps][,f32][,is][,nofb], e.g. "
+            "2x300 or 4x150+50 or 2x450+100,f32 or 2x256+128,is or 2x80+40,is,nofb"
         )
     chains, draws, warmup, flags = match.groups()
     return int(chains), int(warmup or 50), int(draws), set(flags.split(",")[1:])
@@ -794,11 +796,12 @@ def _draws_spec(spec: str) -> str:
 
 def _draws_route(spec: str) -> str:
     chains, warmup, draws, flags = _draws_parts(spec)
-    words = {"jumps": ", mode jumps", "f32": ", float32 sampler", "is": ", importance sampling"}
+    words = {"jumps": ", mode jumps", "f32": ", float32 sampler", "is": ", importance sampling",
+             "nofb": ", no HMC fallback"}  # fmt: skip
     return (
         f"thermal, {chains} × ({warmup} + {draws})"
         + ("" if "is" in flags else ", HMC")
-        + "".join(words[flag] for flag in ("jumps", "f32", "is") if flag in flags)
+        + "".join(words[flag] for flag in ("jumps", "f32", "is", "nofb") if flag in flags)
     )
 
 
@@ -808,6 +811,7 @@ def _draws_command(spec: str) -> list[str]:
                "--num-samples", str(draws)]  # fmt: skip
     return (command + (["--mode-jumps", "on"] if "jumps" in flags else [])
             + (["--sampler-dtype", "float32"] if "f32" in flags else [])
+            + (["--pareto-fallback", "inf"] if "nofb" in flags else [])
             + ["--sampler", "importance" if "is" in flags else "hmc"])  # fmt: skip
 
 
@@ -1310,10 +1314,10 @@ def main():
         nargs="+",
         default=None,
         type=_draws_spec,
-        metavar="CxN[+W][,jumps][,f32][,is]",
+        metavar="CxN[+W][,jumps][,f32][,is][,nofb]",
         help="section 3: also time train with C chains × (W warm-up + N draws), W default 50, "
         "',jumps' for --mode-jumps on, ',f32' for --sampler-dtype float32, ',is' for --sampler "
-        "importance; interleaved with the default and T = 0",
+        "importance, ',nofb' for --pareto-fallback inf; interleaved with the default and T = 0",
     )
     parser.add_argument(
         "--baseline",

@@ -6,7 +6,9 @@ device count it picks, the variable that sets it and its error, and a thermal es
 chains are sharded over 2 devices, against the Gaussian closed form of the quadratic network
 (tests/README.md) within 4 MCSE per component (26 components, about 6.3e-5 each to fail by
 chance under a normal approximation) and with an RMS z-score within the bounds of
-tests/pooled_z.py (at most 7e-4 per side): a false-failure budget below 4e-3.
+tests/pooled_z.py (at most 7e-4 per side), and an importance estimate whose rows are all drawn
+again by chains sharded likewise (``pareto_fallback``) within 4.5 MCSE per component (26 × 6.8e-6):
+a false-failure budget below 4e-3.
 """
 
 import json
@@ -76,7 +78,18 @@ SHARDED_ESTIMATE = """
     estimate, series = ThermalCovariance(net, 1.0, sampling).estimate_with_series(
         params, x, targets, jax.random.key(20))
     exact = ThermalExact(net, 1.0)(params, x, targets)
+    # Importance sampling with every row drawn again by HMC (pareto_fallback below every k̂):
+    # five rows padded to eight, the chains sharded over the devices, joined with the
+    # importance draws on the device the inputs are committed to (as training puts them).
+    fallback = Sampling(method="importance", num_chains=4, num_samples=500, num_warmup=100,
+                        pareto_fallback=-10.0)
+    x5, targets5 = jnp.concatenate([x, x[:1]]), jnp.concatenate([targets, targets[:1]])
+    committed = jax.device_put((params, x5, targets5), jax.devices()[0])
+    redrawn = ThermalCovariance(net, 1.0, fallback)(*committed, jax.random.key(21))
+    exact5 = ThermalExact(net, 1.0)(params, x5, targets5)
     print(json.dumps(dict(
+        redrawn_share=float(redrawn.diagnostics["redrawn_share"]),
+        z_redrawn=((flat(redrawn.grad) - flat(exact5.grad)) / flat(redrawn.stderr)).tolist(),
         dof=samplers.effective_components(series.gradient),
         trace_devices=len(drawn.trace.samples.sharding.device_set),
         state_devices=len(drawn.states.sharding.device_set),
@@ -97,3 +110,7 @@ def test_thermal_estimate_sharded_over_two_devices_matches_the_closed_form():
     # of the RMS z's law, which the components' correlation sets (tests/pooled_z.py).
     low, high = pooled_z.rms_bounds([z.size], [out["dof"]], tail=1e-4)
     assert low < float(np.sqrt(np.mean(z**2))) < high, (low, z, high, out["dof"])
+    # Every row's importance draws replaced by collapsed HMC chains drawn over both devices.
+    assert out["redrawn_share"] == 1.0
+    z = np.asarray(out["z_redrawn"])
+    assert z.size == 26 and np.max(np.abs(z)) < 4.5, z

@@ -143,6 +143,14 @@ def test_heavy_importance_weights_are_flagged_with_what_to_do():
     shared = gradient_checks(importance | {"diag_pareto_k_max": 0.9, "diag_pareto_k_share": 0.004})
     verdict = next(c for c in shared if c.name.startswith("Pareto k-hat")).verdict
     assert "for 0.4 % of the examples drawn" in verdict
+    assert "--pareto-fallback 0.7" in table
+    # With --pareto-fallback, the rows drawn again by HMC are named beside an ok k-hat.
+    redrawn = gradient_checks(importance | {"diag_pareto_k_max": 0.6, "diag_redrawn_share": 0.02})
+    fallback = next(c for c in redrawn if c.name.startswith("Pareto k-hat"))
+    assert fallback.ok and fallback.verdict == (
+        "ok: 2 % of the examples drawn again by HMC (mean over batches)"
+    )
+    assert check(0.6).verdict == "ok"  # none redrawn: the plain verdict
     assert PARETO_K_MAX == PARETO_K_UNRELIABLE  # the estimators count against the same limit
 
 

@@ -112,12 +112,16 @@ def test_sampler_auto_means_hmc_for_continuous_states_in_every_command(capsys):
 def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
     """train's default sampler: importance sampling with Neyman allocation for the layered
     continuous network; auto where the estimator refuses importance sampling (spins,
-    tempering) or its kept class is large, with ``--neyman-share`` at 0 there."""
+    tempering) or its kept class is large, with ``--neyman-share`` at 0 and no
+    ``--pareto-fallback`` there."""
     from thermoeqprop._cli_train import build_estimator
 
     default = build_estimator(TrainOptions(hidden=[3]), 64, 10).sampling
     assert (default.method, default.neyman_share) == ("importance", 0.25)
     assert (default.num_samples, default.num_warmup) == (80, 40)
+    assert default.pareto_fallback == 0.7  # heavy-tailed rows drawn again by HMC
+    never = build_estimator(TrainOptions(hidden=[3], pareto_fallback=float("inf")), 64, 10)
+    assert never.sampling.pareto_fallback is None
     spins = build_estimator(TrainOptions(model="spin", hidden=[3]), 4, 2).sampling
     assert (spins.method, spins.neyman_share) == ("auto", 0.0)
     tempered = build_estimator(TrainOptions(hidden=[3], tempering=True), 64, 10).sampling
@@ -126,7 +130,9 @@ def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
     deep = build_estimator(TrainOptions(hidden=[40, 8]), 64, 10).sampling
     assert (deep.method, deep.neyman_share) == ("hmc", 0.0)
     hmc = build_estimator(TrainOptions(hidden=[3], sampler="hmc"), 64, 10).sampling
-    assert (hmc.method, hmc.neyman_share) == ("hmc", 0.0)
+    assert (hmc.method, hmc.neyman_share, hmc.pareto_fallback) == ("hmc", 0.0, None)
+    with pytest.raises(ValueError, match="pareto_fallback needs method='importance'"):
+        build_estimator(TrainOptions(hidden=[3], sampler="hmc", pareto_fallback=0.7), 64, 10)
     with pytest.raises(ValueError, match="neyman_share needs method='importance'"):
         build_estimator(TrainOptions(hidden=[3], sampler="hmc", neyman_share=0.5), 64, 10)
 

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from thermoeqprop._health import PARETO_K_MAX
 from thermoeqprop.options import ModelOptions, SamplingOptions
 from thermoeqprop.results import RunFolder
 
@@ -70,6 +71,7 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
         mode_jumps=options.mode_jumps == "on",
         dtype=options.sampler_dtype,
         neyman_share=_neyman_share(options.neyman_share, method),
+        pareto_fallback=_pareto_fallback(options.pareto_fallback, method),
     )
 
 
@@ -82,6 +84,19 @@ def _neyman_share(share, method: str) -> float:
     if share is not None:
         return share
     return NEYMAN_SHARE if method == "importance" else 0.0
+
+
+#: ``--pareto-fallback``'s default with ``--sampler importance``: the k̂ above which importance
+#: weights are not to be trusted.
+PARETO_FALLBACK = PARETO_K_MAX
+
+
+def _pareto_fallback(limit, method: str) -> float | None:
+    """``--pareto-fallback``: as given (``inf``: never, None), or :data:`PARETO_FALLBACK` for
+    importance sampling."""
+    if limit is None:
+        return PARETO_FALLBACK if method == "importance" else None
+    return None if limit == float("inf") else limit
 
 
 def write_summary(results_dir: Path, lines: list[str]) -> None:

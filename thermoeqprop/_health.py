@@ -24,7 +24,8 @@ independent draws. So each limit here is stated for the run at hand:
 - **Pareto k̂ of the importance weights** (``--sampler importance``): at most
   :data:`PARETO_K_MAX` for the worst example; above it that example's self-normalised
   estimate and its MCSE are not to be trusted (Vehtari et al. 2024; docs/mathematics.md,
-  "Importance sampling"); the verdict says for what share of the examples drawn.
+  "Importance sampling"); the verdict says for what share of the examples drawn, or, with
+  ``--pareto-fallback``, what share of them HMC drew again in their place.
 
 Two R-hats appear in this package, and the tables say which: ``train`` records the split R-hat
 (Gelman et al., not rank-normalised: cheap enough for every batch) of every batch's gradient
@@ -88,7 +89,8 @@ LEVERS = {
     "divergences": "HMC trajectories diverged: a longer warm-up (--num-warmup) adapts a "
     "smaller step size; a lower temperature sharpens the target",
     "importance": "heavy importance weights: more pilot draws (--num-warmup) adapt the "
-    "proposal; where the Pareto k-hat stays above 0.7, HMC (--sampler hmc) samples that law",
+    "proposal; --pareto-fallback 0.7 (train's default) draws the examples whose Pareto k-hat "
+    "stays above 0.7 again by HMC, --sampler hmc every example",
     "controls": "the control variates add noise: leave out --control-variates, or first make "
     "the chains mix (the levers above); coefficients fitted on one fold of chains that have "
     "not mixed do not cancel the other fold's noise",
@@ -309,13 +311,16 @@ def gradient_checks(record: dict) -> list[Check]:
         if share is not None:
             bad = (f"heavy-tailed weights for {100 * share:.2g} % of the examples drawn (mean "
                    "over batches): their estimates and MCSEs are unreliable")  # fmt: skip
-        checks.append(
-            _check(
-                "Pareto k-hat of the importance weights, worst example (worst batch)",
-                _finite(record["diag_pareto_k_max"]), PARETO_K_MAX, upper=True, bad=bad,
-                lever="importance", digits=2,
-            )
+        check = _check(
+            "Pareto k-hat of the importance weights, worst example (worst batch)",
+            _finite(record["diag_pareto_k_max"]), PARETO_K_MAX, upper=True, bad=bad,
+            lever="importance", digits=2,
         )  # fmt: skip
+        redrawn = record.get("diag_redrawn_share")
+        if check.ok and redrawn:  # --pareto-fallback: the heavy rows' draws are HMC's
+            check = check._replace(verdict=f"ok: {100 * redrawn:.2g} % of the examples drawn "
+                                           "again by HMC (mean over batches)")  # fmt: skip
+        checks.append(check)
     if "diag_divergences" in record:
         checks.append(
             _check(

@@ -14,12 +14,10 @@ How the command line is built from them (:mod:`thermoeqprop._options_cli`): json
 annotations by :func:`check_config` (no coercion: ``epochs = 1.7``, ``temperature = true``
 or ``hidden = "8"`` are refused with the key, the value and what is valid).
 
-Two meanings changed in 0.2, each with a deprecation message for the old one
-(:func:`deprecations`): ``--tempering`` is a switch in every command (``train --tempering N``,
-a replica count, is now ``--tempering --replicas N``), and ``--sampler auto`` means HMC for
-continuous states and block Gibbs for spins in every command (``sweep`` picked NUTS).
-One option was renamed (one name per concept): ``sweep --init-scale`` is ``--init-gain``,
-as the models name the scale of the initial couplings.
+Changed in 0.2, each old use with a deprecation message (:func:`deprecations`):
+``--tempering`` is a switch (``train --tempering N`` is ``--tempering --replicas N``),
+``--sampler auto`` is HMC or block Gibbs in every command (``sweep`` picked NUTS), and
+``sweep --init-scale`` is ``--init-gain``, as the models name the initial couplings' scale.
 """
 
 from __future__ import annotations
@@ -140,6 +138,10 @@ class SamplingOptions:
                                         "share of the batch) for the examples whose first "
                                         "draws vary most (Neyman allocation; default "
                                         "0.25, 0 for none)")  # fmt: skip
+    # None rather than 0.7: runs recorded before this option resume (absent key = null).
+    pareto_fallback: float | None = option(None, "importance sampling: examples whose weights' "
+                                           "Pareto k-hat exceeds this are drawn again by HMC "
+                                           "(default 0.7; inf: never)")  # fmt: skip
     tempering: bool = option(False, "parallel tempering", deprecated_int=True)
     # None rather than "float64": runs recorded before this option resume (absent key = null).
     sampler_dtype: Literal["float32"] | None = option(None, "the samplers' arithmetic (default: "
@@ -202,12 +204,8 @@ class TrainOptions(
     num_samples: int = _like(SamplingOptions, "num_samples", 80)
     num_warmup: int = _like(SamplingOptions, "num_warmup", 40)
     hmc_steps: int = _like(SamplingOptions, "hmc_steps", 8)
-    tempering: bool = _like(
-        SamplingOptions,
-        "tempering",
-        False,
-        "parallel tempering with --replicas replicas, the ladder geometric from T to 10 T",
-    )
+    tempering: bool = _like(SamplingOptions, "tempering", False, "parallel tempering with "
+                            "--replicas replicas, the ladder geometric from T to 10 T")  # fmt: skip
     # None rather than 4: a folder written before --replicas existed records no replicas, and
     # resumes (config.json compares an absent key equal to null).
     replicas: int | None = option(None, "parallel-tempering replicas with --tempering (default 4)")

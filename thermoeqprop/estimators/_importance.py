@@ -99,11 +99,17 @@ class ImportanceInfo(NamedTuple):
             ``q`` the deterministic mixture of the rounds' proposals (pilot and final draws).
         ess_fraction: (batch,) Kish's ESS of the weights over the draws, ``(Σw)² / (N Σw²)``.
         pareto_k: (batch,) Pareto shape ``k̂`` of the largest weights (:func:`pareto_khat`).
+        redrawn: (batch,) whether the row was drawn again by collapsed HMC because its ``k̂``
+            was too large (``Sampling.pareto_fallback``; its weights are then all 1).
+        divergences: (batch,) divergent transitions of a redrawn row's HMC chains (0 for the
+            others).
     """
 
     log_weights: jax.Array
     ess_fraction: jax.Array
     pareto_k: jax.Array
+    redrawn: jax.Array
+    divergences: jax.Array
 
 
 class ImportanceTrace(NamedTuple):
@@ -442,5 +448,6 @@ def draw_importance(model, sampling, params, x, targets, beta, temperature, rng_
                       sampling.num_samples)  # fmt: skip
     kept, log_w, ess, khat = run(params, x @ params["weights"][0], targets, betas, table,
                                  jnp.asarray(temperature, x.dtype), starts, rng_key)  # fmt: skip
-    trace = ImportanceTrace(kept, ImportanceInfo(log_w, ess, khat))
+    rows = jnp.zeros(x.shape[0], jnp.int32)
+    trace = ImportanceTrace(kept, ImportanceInfo(log_w, ess, khat, rows.astype(bool), rows))
     return CollapsedSamples(_full_states(model, kept), trace, kept[:, :, -1, :])

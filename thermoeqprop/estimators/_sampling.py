@@ -97,6 +97,11 @@ class Sampling:
             batch)`` more rows of draws for the examples whose first draws vary most, each
             row one more independent copy of its example (docs/mathematics.md, "Neyman
             allocation"); 0 (the default) draws every example once.
+        pareto_fallback: ``"importance"`` only: a row (example) whose weights' Pareto ``k̂``
+            exceeds this is drawn again by collapsed HMC, one chain per group, and its
+            importance draws are dropped (docs/mathematics.md, "Heavy-tailed weights: HMC in
+            their place"); 0.7 is the limit above which the weights are not to be trusted.
+            None (the default): never.
     """
 
     method: str = "auto"
@@ -117,6 +122,7 @@ class Sampling:
     mode_jumps: bool = False
     dtype: str | None = None
     neyman_share: float = 0.0
+    pareto_fallback: float | None = None
 
     def __post_init__(self):
         if self.method not in SAMPLING_METHODS:
@@ -171,6 +177,21 @@ class Sampling:
                 f"neyman_share needs method='importance' (extra rows of independent draws), "
                 f"got neyman_share={self.neyman_share!r} with method={self.method!r}"
             )
+        if self.pareto_fallback is not None:
+            fallback = self.pareto_fallback
+            if (
+                isinstance(fallback, bool)
+                or not isinstance(fallback, (int, float))
+                or np.isnan(fallback)
+            ):
+                raise ValueError(f"pareto_fallback must be None or a Pareto k-hat limit (a "
+                                 f"number, e.g. 0.7), got {fallback!r}")  # fmt: skip
+            if self.method != "importance":
+                raise ValueError(
+                    f"pareto_fallback needs method='importance' (it redraws rows whose "
+                    f"importance weights are heavy-tailed), got pareto_fallback={fallback!r} "
+                    f"with method={self.method!r}"
+                )
 
     def neyman_rows(self, batch: int) -> int:
         """Extra rows of draws a batch of ``batch`` examples gets (``neyman_share``)."""
@@ -269,6 +290,8 @@ def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
         "jump_accepted": ("jump_rate", jnp.mean),
         "ess_fraction": ("importance_ess_min", jnp.min),
         "pareto_k": ("pareto_k_max", jnp.max),
+        "redrawn": ("redrawn_share", jnp.mean),
+        "divergences": ("divergences", jnp.sum),
     }
     out = {}
     for field, (name, reduce) in reductions.items():

@@ -35,6 +35,7 @@ from thermoeqprop.estimators._allocation import example_means, with_copies
 from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._drawing import ThermalSamples, draw_states, on_one_device
+from thermoeqprop.estimators._fallback import fallback_sampling, with_fallback
 from thermoeqprop.estimators._importance import draw_importance, normalised_weights
 from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics, summed_means
 from thermoeqprop.estimators._sampling import (
@@ -171,9 +172,14 @@ class _SampledEstimator(Estimator):
             return draw_states
         return draw_importance if self.sampling.method == "importance" else draw_collapsed
 
-    def _row_drawer(self, params, beta):
-        """``draw(x, targets, key)``: draws of rows of examples at ``beta``."""
-        drawer = functools.partial(self._drawer(), self.model, self.sampling, params)
+    def _row_drawer(self, params, beta, fallback=False):
+        """``draw(x, targets, key)``: draws of rows of examples at ``beta``; ``fallback``:
+        collapsed HMC laid out as importance draws (:func:`fallback_sampling`)."""
+        if fallback:
+            drawer = functools.partial(draw_collapsed, self.model,
+                                       fallback_sampling(self.sampling), params)  # fmt: skip
+        else:
+            drawer = functools.partial(self._drawer(), self.model, self.sampling, params)
         return lambda x, targets, key: drawer(x, targets, beta, self.temperature, key,
                                               nudged=self.nudges)  # fmt: skip
 
@@ -245,6 +251,10 @@ class _SampledEstimator(Estimator):
                         self._row_drawer(params, beta), self.model,
                         self.sampling.neyman_rows(x.shape[0]), x, targets, phase_key, drawn,
                     )  # fmt: skip
+                    # rows whose weights are heavy-tailed: collapsed HMC in their place
+                    drawn = with_fallback(self._row_drawer(params, beta, fallback=True), drawn,
+                                          rows_x, rows_y, self.sampling.pareto_fallback,
+                                          jax.random.fold_in(phase_key, 2))  # fmt: skip
                     traces.append(drawn.trace)
                     innovations = on_one_device(getattr(drawn.trace.info, "innovations", None))
                     stats = self.statistics(params, drawn.states, rows_x, rows_y, beta,

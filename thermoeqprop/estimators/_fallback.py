@@ -1,0 +1,98 @@
+r"""Rows whose importance weights are heavy-tailed, drawn again by collapsed HMC
+(docs/mathematics.md, "Heavy-tailed weights: HMC in their place").
+
+Where the Pareto shape ``k̂`` of a row's weights exceeds ``Sampling.pareto_fallback``, that
+row's self-normalised estimate and its MCSE are not to be trusted (Vehtari et al., "Pareto
+smoothed importance sampling", 2024): the proposal leaves thin some region the law weighs. On
+the main job at trained parameters this happens for a few digits in a hundred, where a second
+output is half-high beside the winner, and no change of the proposal tried removed it. Those
+rows are drawn again by the Markov chain of collapsed sampling
+(:func:`~thermoeqprop.estimators._collapsed.draw_collapsed`, HMC on the same marginal), laid
+out as the row was: one chain per group, as many recorded draws as a group holds, after as
+many warm-up steps as a group has pilot draws; every draw of such a row weighs 1.
+
+The choice reads the row's first draws only and the chains are independent of them, so the
+example's estimate given the choice is the chains' (as PSIS-LOO refits the model exactly for
+the observations whose k̂ is high). The batch's series then join independent weighted draws
+and autocorrelated chains; the batch-means MCSE and split R-hat read both, as they read chains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from thermoeqprop.estimators._drawing import on_one_device
+from thermoeqprop.estimators._importance import IMPORTANCE_ROUNDS
+
+__all__ = ["FALLBACK_ROWS", "fallback_sampling", "heavy_rows", "padded_rows", "with_fallback"]
+
+# The rows of one HMC call are padded (by repeats) to this many times a power of two: one
+# compilation per power (4, 8, 16, … rows) instead of one per count of heavy rows.
+FALLBACK_ROWS = 4
+
+
+def heavy_rows(pareto_k, limit: float) -> np.ndarray:
+    """The rows whose ``k̂`` exceeds ``limit`` (a NaN ``k̂``, too few draws to fit a tail, never
+    does)."""
+    return np.flatnonzero(np.asarray(pareto_k) > limit)
+
+
+def padded_rows(count: int) -> int:
+    """The rows of an HMC call for ``count`` heavy rows: the least ``FALLBACK_ROWS · 2^j`` that
+    holds them."""
+    return FALLBACK_ROWS * 2 ** max(0, int(np.ceil(np.log2(count / FALLBACK_ROWS))))
+
+
+def fallback_sampling(sampling):
+    """The collapsed-HMC :class:`~thermoeqprop.estimators.Sampling` that draws a row of
+    importance ``sampling`` again: one chain per group, a group's draws
+    (``IMPORTANCE_ROUNDS · num_warmup + num_samples``) recorded per chain after as many warm-up
+    steps as a group has pilot draws (``IMPORTANCE_ROUNDS · num_warmup``)."""
+    pilot = IMPORTANCE_ROUNDS * sampling.num_warmup
+    return dataclasses.replace(
+        sampling,
+        method="hmc",
+        num_samples=pilot + sampling.num_samples,
+        num_warmup=pilot,
+        neyman_share=0.0,
+        pareto_fallback=None,
+    )
+
+
+def with_fallback(draw, drawn, x, targets, limit, rng_key):
+    """``drawn`` (importance draws of rows ``x``, ``targets``) with every row whose ``k̂``
+    exceeds ``limit`` replaced by ``draw(x, targets, key)``'s chains (collapsed HMC laid out
+    as the importance draws: (rows, group, draw, …)); those rows' log weights become 0, their
+    Kish ESS fraction 1, their ``k̂`` 0 (weights of one value have no tail), ``redrawn``
+    True and ``divergences`` their chains' divergent transitions. ``drawn`` unchanged when no
+    row is heavy or ``limit`` is None."""
+    if limit is None:
+        return drawn
+    rows = heavy_rows(drawn.trace.info.pareto_k, limit)
+    if not rows.size:
+        return drawn
+    padded = np.resize(rows, padded_rows(rows.size))
+    chains = draw(x[padded], targets[padded], rng_key)
+    n = rows.size
+
+    def put(a, b):  # the chains may come sharded over devices (samplers.sample shards rows)
+        return a.at[rows].set(on_one_device(jax.numpy.asarray(b[:n])).astype(a.dtype))
+
+    info = drawn.trace.info
+    divergent = np.sum(np.asarray(chains.trace.info.is_divergent[:n]), axis=(1, 2))
+    info = info._replace(
+        log_weights=put(info.log_weights, jax.numpy.zeros_like(info.log_weights[rows])),
+        ess_fraction=put(info.ess_fraction, np.ones(n)),
+        pareto_k=put(info.pareto_k, np.zeros(n)),
+        redrawn=put(info.redrawn, np.ones(n, bool)),
+        divergences=put(info.divergences, divergent),
+    )
+    trace = drawn.trace._replace(samples=put(drawn.trace.samples, chains.trace.samples), info=info)
+    return drawn._replace(
+        states=put(drawn.states, chains.states),
+        trace=trace,
+        final_positions=put(drawn.final_positions, chains.final_positions),
+    )
