@@ -1,5 +1,6 @@
 """Neyman allocation of importance draws over a batch's examples (docs/mathematics.md, "Neyman
-allocation"): the greedy copies against the exhaustive optimum, the row weights' algebra, the
+allocation"): the greedy copies against the exhaustive optimum and continued in rounds, the
+row weights' algebra, the
 cost spread against its formula, the statistics of repeated rows against the mean of each
 example's copies, and the settings refused. The estimators with extra rows against exact
 gradients (the two-unit network's quadrature, the quadratic network's Gaussian closed form)
@@ -21,9 +22,11 @@ from test_importance import weighted_problem
 
 from thermoeqprop.estimators import Sampling
 from thermoeqprop.estimators._allocation import (
+    RowSet,
     cost_spread,
     example_means,
     extra_rows,
+    more_rows,
     neyman_copies,
     row_weights,
 )
@@ -56,6 +59,51 @@ def test_rows_and_their_weights():
     values = jnp.arange(14.0).reshape(7, 2)
     expected = [[0, 1], [(2 + 8 + 10) / 3, (3 + 9 + 11) / 3], [4, 5], [9, 10]]
     np.testing.assert_allclose(example_means(values, copies), expected)
+
+
+def test_rounds_of_rows_continue_the_greedy_allocation():
+    """Rows added in rounds from the copies so far end where one allocation of all of them
+    ends (greedy steps depend only on the copies); the rounds' rows may come in any order, the
+    weights and the example means follow each row's example."""
+    spread = np.array([4.0, 0.3, 1.7, 0.01])
+    first = neyman_copies(spread, 2)
+    then = neyman_copies(spread, 3, first)
+    np.testing.assert_array_equal(then, neyman_copies(spread, 5))
+    added = extra_rows(then, first)
+    assert added.size == 3 and np.all(then - first == np.bincount(added, minlength=4))
+    copies = np.array([1, 3, 1, 2])
+    examples = np.array([0, 1, 2, 3, 1, 3, 1])  # a later round's rows after the first ones
+    weights = row_weights(copies, examples)
+    np.testing.assert_allclose(weights, 7 / (4 * copies[examples]))
+    values = jnp.arange(14.0).reshape(7, 2)
+    expected = [[0, 1], [(2 + 8 + 12) / 3, (3 + 9 + 13) / 3], [4, 5], [(6 + 10) / 2, (7 + 11) / 2]]
+    np.testing.assert_allclose(example_means(values, copies, examples), expected)
+
+
+def test_more_rows_draws_the_examples_the_allocation_names_and_joins_them():
+    """``more_rows``: the new rows' examples are those the greedy allocation adds, drawn with
+    the key it is given and passed through ``redraw``; the draws are joined after the old."""
+    spread = np.array([4.0, 0.3, 1.7, 0.01])
+    x, targets = jnp.arange(4.0)[:, None], -jnp.arange(4.0)[:, None]
+    calls = []
+
+    def draw(xs, ys, key):
+        calls.append((np.asarray(xs).ravel().tolist(), np.asarray(ys).ravel().tolist()))
+        return {"rows": xs[:, 0]}
+
+    def redraw(drawn, xs, ys, key):
+        return {"rows": drawn["rows"] + 100.0}
+
+    rows = RowSet({"rows": jnp.arange(6.0)}, np.array([0, 1, 2, 3, 0, 2]),
+                  neyman_copies(spread, 2), spread)  # fmt: skip
+    more = more_rows(draw, rows, 3, x, targets, jax.random.key(0), redraw)
+    added = extra_rows(neyman_copies(spread, 5), rows.copies)
+    assert calls == [(added.tolist(), (-added).tolist())]
+    np.testing.assert_array_equal(more.examples, np.concatenate([rows.examples, added]))
+    np.testing.assert_array_equal(more.copies, neyman_copies(spread, 5))
+    np.testing.assert_array_equal(more.drawn["rows"], np.concatenate([np.arange(6.0),
+                                                                      added + 100.0]))  # fmt: skip
+    assert more.spread is spread
 
 
 def test_cost_spread_is_the_delta_method_variance_of_the_mean_cost():

@@ -72,6 +72,7 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
         dtype=options.sampler_dtype,
         neyman_share=_neyman_share(options.neyman_share, method),
         pareto_fallback=_pareto_fallback(options.pareto_fallback, method),
+        **_top_up(options, method),
     )
 
 
@@ -97,6 +98,28 @@ def _pareto_fallback(limit, method: str) -> float | None:
     if limit is None:
         return PARETO_FALLBACK if method == "importance" else None
     return None if limit == float("inf") else limit
+
+
+#: train's ``--target-relative-stderr`` with importance sampling and Neyman allocation, and
+#: the rounds of extra rows it may add.
+TARGET_RELATIVE_STDERR = 0.2
+TOP_UP_ROUNDS = 3
+
+
+def _top_up(options, method: str) -> dict:
+    """``Sampling``'s ``target_relative_stderr`` and ``max_rounds`` for ``train``'s
+    ``--target-relative-stderr`` (other commands have none): as given (``inf``: none), or
+    :data:`TARGET_RELATIVE_STDERR` with importance sampling and Neyman allocation; at most
+    :data:`TOP_UP_ROUNDS` rounds after the first."""
+    if not hasattr(options, "target_relative_stderr"):
+        return {}
+    target = options.target_relative_stderr
+    if target is None and method == "importance":
+        neyman = _neyman_share(options.neyman_share, method)
+        target = TARGET_RELATIVE_STDERR if neyman else None
+    if target is None or target == float("inf"):
+        return {}
+    return {"target_relative_stderr": target, "max_rounds": 1 + TOP_UP_ROUNDS}
 
 
 def write_summary(results_dir: Path, lines: list[str]) -> None:

@@ -25,6 +25,7 @@ estimate's own (the copies' draws are independent of the choice and unbiased giv
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,13 +34,15 @@ import numpy as np
 from thermoeqprop.estimators._importance import normalised_weights
 
 __all__ = [
+    "RowSet",
     "cost_spread",
     "example_means",
     "extra_rows",
+    "first_rows",
+    "more_rows",
     "neyman_copies",
     "row_examples",
     "row_weights",
-    "with_copies",
 ]
 
 
@@ -54,22 +57,25 @@ def cost_spread(model, states, omega, targets):
     return jnp.sum((omega * (cost - mean)) ** 2, axis=(1, 2)) / count**2
 
 
-def neyman_copies(spread, extra: int) -> np.ndarray:
-    """(batch,) copies ``k_i ≥ 1`` of each example, ``Σ k_i = batch + extra``: each extra row
-    to the example whose variance ``spread_i / k_i`` it lowers most."""
+def neyman_copies(spread, extra: int, start=None) -> np.ndarray:
+    """(batch,) copies ``k_i ≥ 1`` of each example, ``Σ k_i = Σ start_i + extra`` (``start``:
+    the copies so far, one each by default): each extra row to the example whose variance
+    ``spread_i / k_i`` it lowers most."""
     spread = np.asarray(spread, dtype=np.float64)
     if not np.all(np.isfinite(spread)):
         raise ValueError(f"the examples' cost spreads must be finite, got {spread!r}")
-    copies = np.ones(spread.shape[0], dtype=np.int64)
+    copies = np.ones(spread.shape[0], np.int64) if start is None else np.array(start, np.int64)
     for _ in range(extra):
         copies[np.argmax(spread / (copies * (copies + 1.0)))] += 1
     return copies
 
 
-def extra_rows(copies) -> np.ndarray:
-    """The examples the extra rows repeat, in order: ``k_i − 1`` rows of example ``i``."""
+def extra_rows(copies, start=None) -> np.ndarray:
+    """The examples the extra rows repeat, in order: ``k_i − start_i`` rows of example ``i``
+    (``start``: one each by default)."""
     copies = np.asarray(copies)
-    return np.repeat(np.arange(copies.shape[0]), copies - 1)
+    before = np.ones_like(copies) if start is None else np.asarray(start)
+    return np.repeat(np.arange(copies.shape[0]), copies - before)
 
 
 def row_examples(copies) -> np.ndarray:
@@ -79,39 +85,74 @@ def row_examples(copies) -> np.ndarray:
     return np.concatenate([np.arange(copies.shape[0]), extra_rows(copies)])
 
 
-def row_weights(copies) -> np.ndarray:
-    """(batch + extra,) weights of the rows of :func:`row_examples`,
-    ``(batch + extra) / (batch · k_i)``: mean 1, the copies of one example sharing its weight."""
+def row_weights(copies, examples=None) -> np.ndarray:
+    """(rows,) weights of the rows holding ``examples`` (default :func:`row_examples`),
+    ``rows / (batch · k_i)``: mean 1, the copies of one example sharing its weight."""
     copies = np.asarray(copies)
-    rows = row_examples(copies)
+    rows = row_examples(copies) if examples is None else np.asarray(examples)
     return rows.shape[0] / (copies.shape[0] * copies[rows].astype(np.float64))
 
 
-def with_copies(draw, model, extra: int, x, targets, rng_key, drawn):
+class RowSet(NamedTuple):
+    """A phase's rows of draws with extra rows (:func:`first_rows`, :func:`more_rows`).
+
+    Attributes:
+        drawn: The draws of every row, joined along the row axis.
+        examples: (rows,) the example each row holds.
+        copies: (batch,) the rows of each example.
+        spread: (batch,) :func:`cost_spread` of each example's first draws (the allocation's
+            proxy for its variance).
+    """
+
+    drawn: Any
+    examples: np.ndarray
+    copies: np.ndarray
+    spread: np.ndarray
+
+    def weights(self, dtype) -> jax.Array:
+        """The rows' :func:`row_weights`."""
+        return jnp.asarray(row_weights(self.copies, self.examples), dtype)
+
+
+def _joined(drawn, more):
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), drawn, more)
+
+
+def first_rows(draw, model, extra: int, x, targets, rng_key, drawn, redraw) -> RowSet:
     """The batch's importance draws ``drawn`` followed by ``extra`` rows for the examples
     whose first draws vary most (:func:`neyman_copies` of :func:`cost_spread`).
 
-    ``draw(x, targets, key)`` draws rows of examples. Returns ``(drawn, x, targets, weights,
-    copies)``: the joined draws (batch + extra rows), the rows' inputs and targets, the
-    :func:`row_weights` and the copies of each example; ``weights`` and ``copies`` are None
-    when ``extra`` is 0 (``drawn``, ``x`` and ``targets`` unchanged).
-    """
-    if not extra:
-        return drawn, x, targets, None, None
+    ``draw(x, targets, key)`` draws rows of examples; ``redraw(drawn, x, targets, key)``
+    returns rows with those whose weights are heavy-tailed drawn again
+    (:func:`~thermoeqprop.estimators._fallback.with_fallback`), applied once to the joined
+    rows."""
     omega = normalised_weights(drawn.trace.info.log_weights)
-    copies = neyman_copies(cost_spread(model, drawn.states, omega, targets), extra)
+    spread = np.asarray(cost_spread(model, drawn.states, omega, targets))
+    copies = neyman_copies(spread, extra)
     repeated = extra_rows(copies)
-    more = draw(x[repeated], targets[repeated], jax.random.fold_in(rng_key, 1))
-    joined = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), drawn, more)
-    weights = jnp.asarray(row_weights(copies), x.dtype)
-    rows = row_examples(copies)
-    return joined, x[rows], targets[rows], weights, copies
+    if repeated.size:
+        drawn = _joined(drawn, draw(x[repeated], targets[repeated], jax.random.fold_in(rng_key, 1)))
+    examples = row_examples(copies)
+    drawn = redraw(drawn, x[examples], targets[examples], rng_key)
+    return RowSet(drawn, examples, copies, spread)
 
 
-def example_means(values, copies):
-    """(batch, …) the mean over each example's copies of per-row ``values`` (batch + extra,
-    …) laid out as :func:`with_copies` returns them."""
+def more_rows(draw, rows: RowSet, extra: int, x, targets, rng_key, redraw) -> RowSet:
+    """``rows`` followed by ``extra`` more rows, each to the example whose variance it lowers
+    most given the copies so far (:func:`neyman_copies` from ``rows.copies``), drawn by
+    ``draw`` with key ``rng_key`` and passed through ``redraw`` (as in :func:`first_rows`)."""
+    copies = neyman_copies(rows.spread, extra, rows.copies)
+    added = extra_rows(copies, rows.copies)
+    more = draw(x[added], targets[added], jax.random.fold_in(rng_key, 1))
+    more = redraw(more, x[added], targets[added], rng_key)
+    return RowSet(_joined(rows.drawn, more), np.concatenate([rows.examples, added]), copies,
+                  rows.spread)  # fmt: skip
+
+
+def example_means(values, copies, examples=None):
+    """(batch, …) the mean over each example's copies of per-row ``values`` (rows, …), the
+    rows holding ``examples`` (default :func:`row_examples`)."""
     copies = np.asarray(copies)
-    rows = row_examples(copies)
+    rows = row_examples(copies) if examples is None else np.asarray(examples)
     share = (1.0 / copies[rows]).reshape((-1,) + (1,) * (values.ndim - 1))
     return jax.ops.segment_sum(values * share.astype(values.dtype), rows, copies.shape[0])

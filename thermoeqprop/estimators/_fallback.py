@@ -76,23 +76,30 @@ def with_fallback(draw, drawn, x, targets, limit, rng_key):
         return drawn
     padded = np.resize(rows, padded_rows(rows.size))
     chains = draw(x[padded], targets[padded], rng_key)
-    n = rows.size
+    # The padding's repeats point past the last row, where the scatter drops them.
+    index = np.where(np.arange(padded.size) < rows.size, padded, drawn.states.shape[0])
+    sharded = (chains.states, chains.trace.samples, chains.final_positions,
+               chains.trace.info.is_divergent)  # fmt: skip
+    return _replaced(drawn, jax.numpy.asarray(index), *map(on_one_device, sharded))
 
-    def put(a, b):  # the chains may come sharded over devices (samplers.sample shards rows)
-        return a.at[rows].set(on_one_device(jax.numpy.asarray(b[:n])).astype(a.dtype))
+
+@jax.jit
+def _replaced(drawn, index, states, samples, final, divergent):
+    """``drawn`` with rows ``index`` (out of range: dropped) replaced by the chains, in one
+    compiled call (one per padded size) instead of a dispatch and a copy per array."""
+
+    def put(a, b):
+        return a.at[index].set(b.astype(a.dtype), mode="drop")
 
     info = drawn.trace.info
-    divergent = np.sum(np.asarray(chains.trace.info.is_divergent[:n]), axis=(1, 2))
+    ones = jax.numpy.ones(index.shape, info.ess_fraction.dtype)
     info = info._replace(
-        log_weights=put(info.log_weights, jax.numpy.zeros_like(info.log_weights[rows])),
-        ess_fraction=put(info.ess_fraction, np.ones(n)),
-        pareto_k=put(info.pareto_k, np.zeros(n)),
-        redrawn=put(info.redrawn, np.ones(n, bool)),
-        divergences=put(info.divergences, divergent),
+        log_weights=put(info.log_weights, jax.numpy.zeros_like(samples[..., 0])),
+        ess_fraction=put(info.ess_fraction, ones),
+        pareto_k=put(info.pareto_k, 0 * ones),
+        redrawn=put(info.redrawn, ones > 0),
+        divergences=put(info.divergences, jax.numpy.sum(divergent, axis=(1, 2))),
     )
-    trace = drawn.trace._replace(samples=put(drawn.trace.samples, chains.trace.samples), info=info)
-    return drawn._replace(
-        states=put(drawn.states, chains.states),
-        trace=trace,
-        final_positions=put(drawn.final_positions, chains.final_positions),
-    )
+    trace = drawn.trace._replace(samples=put(drawn.trace.samples, samples), info=info)
+    return drawn._replace(states=put(drawn.states, states), trace=trace,
+                          final_positions=put(drawn.final_positions, final))  # fmt: skip

@@ -53,7 +53,11 @@ class Sampling:
         tempering_max_ratio: Top of the ladder relative to T.
         target_relative_stderr: If set, keep drawing rounds until the gradient's standard
             error relative to its norm falls under it, or ``max_rounds`` are spent; the
-            diagnostics say which (``precision_reached``) and how many draws were used.
+            diagnostics say which (``precision_reached``) and how many rounds were drawn.
+            With ``method="importance"`` and ``neyman_share`` > 0 a round after the first
+            adds ``neyman_share · batch`` rows for the examples whose variance they lower
+            most (docs/mathematics.md, "Neyman allocation", rounds of rows); otherwise it
+            draws the batch again and joins the draws.
         max_rounds: Budget of rounds for ``target_relative_stderr``.
         init_scale: Spread of the chains' starts: in units of √T around the minimum for
             ``start="relaxed"``, absolute around the model's initial state for
@@ -192,6 +196,14 @@ class Sampling:
                     f"importance weights are heavy-tailed), got pareto_fallback={fallback!r} "
                     f"with method={self.method!r}"
                 )
+
+    @property
+    def tops_up(self) -> bool:
+        """Whether the rounds of ``target_relative_stderr`` after the first add Neyman
+        allocation's extra rows (importance sampling with ``neyman_share`` > 0) instead of
+        a batch of draws."""
+        return bool(self.target_relative_stderr and self.neyman_share
+                    and self.method == "importance")  # fmt: skip
 
     def neyman_rows(self, batch: int) -> int:
         """Extra rows of draws a batch of ``batch`` examples gets (``neyman_share``)."""

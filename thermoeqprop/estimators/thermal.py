@@ -31,7 +31,7 @@ from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
 from thermoeqprop.estimators import _control_variates, _coupled
-from thermoeqprop.estimators._allocation import example_means, with_copies
+from thermoeqprop.estimators._allocation import RowSet, example_means, first_rows, more_rows
 from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._drawing import ThermalSamples, draw_states, on_one_device
@@ -172,6 +172,45 @@ class _SampledEstimator(Estimator):
             return draw_states
         return draw_importance if self.sampling.method == "importance" else draw_collapsed
 
+    def _phase_rows(self, params, x, targets, beta, key, draw, positions, rowsets, i, budget,
+                    traces) -> DrawStatistics:  # fmt: skip
+        """One round of phase ``i``: its draws (with Neyman allocation's extra rows in
+        ``rowsets[i]``, more of them in a round after the first when
+        ``Sampling.tops_up``; heavy-tailed rows drawn again by HMC), their trace appended to
+        ``traces``, and their statistics."""
+        extra = self.sampling.neyman_rows(x.shape[0])
+        draw_rows, redraw = self._row_drawer(params, beta), self._redraw(params, beta)
+        if rowsets[i] is not None and self.sampling.tops_up:
+            rowsets[i] = more_rows(draw_rows, rowsets[i], extra, x, targets, key, redraw)
+        else:
+            drawn = draw(beta, self.temperature, key, positions[i])
+            positions[i] = drawn.final_positions
+            if extra:  # Neyman allocation: extra rows for the examples that vary most
+                rowsets[i] = first_rows(draw_rows, self.model, extra, x, targets, key, drawn,
+                                        redraw)  # fmt: skip
+            else:
+                drawn = redraw(drawn, x, targets, key)
+        rows = rowsets[i]
+        if rows is not None:
+            drawn, x, targets = rows.drawn, x[rows.examples], targets[rows.examples]
+        traces.append(drawn.trace)
+        innovations = on_one_device(getattr(drawn.trace.info, "innovations", None))
+        stats = self.statistics(params, drawn.states, x, targets, beta, innovations, budget,
+                                _draw_weights(drawn),
+                                None if rows is None else rows.weights(x.dtype))  # fmt: skip
+        if rows is not None:
+            stats = stats._replace(output=example_means(stats.output, rows.copies, rows.examples))
+        return stats
+
+    def _redraw(self, params, beta):
+        """``redraw(drawn, x, targets, key)``: importance draws of rows with those whose
+        weights' k̂ exceeds ``Sampling.pareto_fallback`` drawn again by collapsed HMC
+        (:func:`with_fallback`); the draws as they are without a limit."""
+        limit = self.sampling.pareto_fallback
+        hmc = self._row_drawer(params, beta, fallback=True)
+        return lambda drawn, x, targets, key: with_fallback(hmc, drawn, x, targets, limit,
+                                                            jax.random.fold_in(key, 2))  # fmt: skip
+
     def _row_drawer(self, params, beta, fallback=False):
         """``draw(x, targets, key)``: draws of rows of examples at ``beta``; ``fallback``:
         collapsed HMC laid out as importance draws (:func:`fallback_sampling`)."""
@@ -227,6 +266,9 @@ class _SampledEstimator(Estimator):
         positions: list[Any] = [None for _ in phases]
         traces = []
         rounds = self.sampling.max_rounds if self.sampling.target_relative_stderr else 1
+        # importance sampling with Neyman allocation: later rounds add rows, not batches
+        tops_up = self.sampling.tops_up
+        rowsets: list[RowSet | None] = [None for _ in phases]
         reached = False
         for round_index in range(rounds):
             round_key = jax.random.fold_in(rng_key, round_index)
@@ -244,25 +286,10 @@ class _SampledEstimator(Estimator):
             else:
                 for i, beta in enumerate(phases):
                     phase_key = jax.random.fold_in(round_key, i)
-                    drawn = draw(beta, self.temperature, phase_key, positions[i])
-                    positions[i] = drawn.final_positions
-                    # Neyman allocation: extra rows for the examples that vary most
-                    drawn, rows_x, rows_y, row_weights, copies = with_copies(
-                        self._row_drawer(params, beta), self.model,
-                        self.sampling.neyman_rows(x.shape[0]), x, targets, phase_key, drawn,
-                    )  # fmt: skip
-                    # rows whose weights are heavy-tailed: collapsed HMC in their place
-                    drawn = with_fallback(self._row_drawer(params, beta, fallback=True), drawn,
-                                          rows_x, rows_y, self.sampling.pareto_fallback,
-                                          jax.random.fold_in(phase_key, 2))  # fmt: skip
-                    traces.append(drawn.trace)
-                    innovations = on_one_device(getattr(drawn.trace.info, "innovations", None))
-                    stats = self.statistics(params, drawn.states, rows_x, rows_y, beta,
-                                            innovations, budget, _draw_weights(drawn),
-                                            row_weights)  # fmt: skip
-                    if copies is not None:
-                        stats = stats._replace(output=example_means(stats.output, copies))
-                    collected[i].append(stats)
+                    stats = self._phase_rows(params, x, targets, beta, phase_key, draw,
+                                             positions, rowsets, i, budget, traces)  # fmt: skip
+                    # rounds of extra rows replace the phase's statistics; others add theirs
+                    collected[i] = [stats] if tops_up else [*collected[i], stats]
             merged = [_merge_rounds(phase) for phase in collected]
             combined = self.combine(merged)
             relative = jnp.linalg.norm(combined.stderr) / jnp.maximum(
