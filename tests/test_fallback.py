@@ -40,7 +40,6 @@ from thermoeqprop.estimators._fallback import (
     FALLBACK_ROWS,
     fallback_sampling,
     heavy_rows,
-    padded_rows,
     with_fallback,
 )
 from thermoeqprop.estimators._importance import IMPORTANCE_ROUNDS, draw_importance
@@ -72,8 +71,8 @@ def _draws(sampling, key, limit=None):
 
 
 def test_only_the_rows_above_the_limit_are_replaced_by_chains():
-    """The rows whose k̂ exceeds the limit get the HMC chains of their example (padded to
-    FALLBACK_ROWS rows, the same chains as an HMC call on those rows), weights 1, k̂ 0 and the
+    """The rows whose k̂ exceeds the limit get the HMC chains of their example (the same
+    chains as an HMC call on them padded to FALLBACK_ROWS rows), weights 1, k̂ 0 and the
     ``redrawn`` mark; the other rows keep their draws and weights bit for bit."""
     sampling = Sampling(method="importance", num_chains=2, num_samples=100, num_warmup=50)
     drawn, chains = _draws(sampling, jax.random.key(3))
@@ -85,7 +84,7 @@ def test_only_the_rows_above_the_limit_are_replaced_by_chains():
     key = jax.random.key(4)
     replaced = with_fallback(chains, drawn, TWO_UNIT_X, TWO_UNIT_Y, limit, key)
     padded = np.resize(heavy, FALLBACK_ROWS)
-    expected = chains(TWO_UNIT_X[padded], TWO_UNIT_Y[padded], key)
+    expected = chains(TWO_UNIT_X[padded], TWO_UNIT_Y[padded], jax.random.fold_in(key, 0))
     # Chains laid out as the importance draws: a group's draws per chain, one chain per group.
     assert expected.states.shape[1:] == drawn.states.shape[1:]
     assert expected.states.shape[2] == sampling.num_samples + IMPORTANCE_ROUNDS * 50
@@ -105,12 +104,27 @@ def test_only_the_rows_above_the_limit_are_replaced_by_chains():
     assert with_fallback(chains, drawn, TWO_UNIT_X, TWO_UNIT_Y, None, key) is drawn
 
 
-def test_heavy_rows_are_padded_to_four_times_a_power_of_two():
-    """One compilation of the HMC call per power of two, whatever the count of heavy rows."""
-    counts = [1, 3, 4, 5, 8, 9, 16, 17, 40]
-    assert [padded_rows(c) for c in counts] == [4, 4, 4, 8, 8, 16, 16, 32, 64]
-    assert FALLBACK_ROWS == 4
+def test_heavy_rows_go_to_hmc_calls_of_four_rows():
+    """Rows above the limit (never a NaN k̂) go to calls of FALLBACK_ROWS rows, the last
+    padded by repeats, the k-th with key fold_in(key, k): one compilation for any count."""
     assert heavy_rows(np.array([0.2, np.nan, 0.71, 0.7, 1.3]), 0.7).tolist() == [2, 4]
+    sampling = Sampling(method="importance", num_chains=2, num_samples=100, num_warmup=50)
+    drawn, chains = _draws(sampling, jax.random.key(3))
+    rows = np.array([0, 1, 2, 0, 1, 2])  # six rows, three examples each twice
+    six = jax.tree.map(lambda a: a[rows], drawn)
+    calls = []
+
+    def counted(x, targets, key):
+        calls.append(x.shape[0])
+        return chains(x, targets, key)
+
+    replaced = with_fallback(counted, six, TWO_UNIT_X[rows], TWO_UNIT_Y[rows], -10.0,
+                             jax.random.key(4))  # fmt: skip
+    assert calls == [FALLBACK_ROWS, FALLBACK_ROWS] and FALLBACK_ROWS == 4
+    last = np.array([1, 2, 1, 2])  # the examples of rows 4, 5 and their repeats
+    second = chains(TWO_UNIT_X[last], TWO_UNIT_Y[last], jax.random.fold_in(jax.random.key(4), 1))
+    np.testing.assert_array_equal(replaced.states[4:], second.states[:2])
+    np.testing.assert_array_equal(replaced.trace.info.redrawn, True)
 
 
 @pytest.mark.parametrize(

@@ -112,22 +112,23 @@ def test_sampler_auto_means_hmc_for_continuous_states_in_every_command(capsys):
 def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
     """train's default sampler: importance sampling with Neyman allocation for the layered
     continuous network; auto where the estimator refuses importance sampling (spins,
-    tempering) or its kept class is large, with ``--neyman-share`` at 0, no
-    ``--pareto-fallback`` and no ``--target-relative-stderr`` there."""
+    tempering) or its kept class is large, with ``--neyman-share`` at 0 and no
+    ``--pareto-fallback`` there; ``--target-relative-stderr`` adds rounds (of extra rows with
+    importance sampling)."""
     from thermoeqprop._cli_train import build_estimator
 
     default = build_estimator(TrainOptions(hidden=[3]), 64, 10).sampling
     assert (default.method, default.neyman_share) == ("importance", 0.25)
     assert (default.num_samples, default.num_warmup) == (80, 40)
     assert default.pareto_fallback == 0.7  # heavy-tailed rows drawn again by HMC
-    # up to three rounds of extra rows while a batch's relative MCSE is above 0.2
-    assert (default.target_relative_stderr, default.max_rounds, default.tops_up) == (0.2, 4, True)
+    assert (default.target_relative_stderr, default.tops_up) == (None, False)  # one round
     never = build_estimator(TrainOptions(hidden=[3], pareto_fallback=float("inf"),
                                          target_relative_stderr=float("inf")), 64, 10)  # fmt: skip
     assert never.sampling.pareto_fallback is None
     assert never.sampling.target_relative_stderr is None
-    no_rows = build_estimator(TrainOptions(hidden=[3], neyman_share=0.0), 64, 10).sampling
-    assert (no_rows.target_relative_stderr, no_rows.tops_up) == (None, False)
+    # up to three rounds of extra rows while a batch's relative MCSE is above the target
+    rows = build_estimator(TrainOptions(hidden=[3], target_relative_stderr=0.2), 64, 10).sampling
+    assert (rows.target_relative_stderr, rows.max_rounds, rows.tops_up) == (0.2, 4, True)
     spins = build_estimator(TrainOptions(model="spin", hidden=[3]), 4, 2).sampling
     assert (spins.method, spins.neyman_share) == ("auto", 0.0)
     tempered = build_estimator(TrainOptions(hidden=[3], tempering=True), 64, 10).sampling

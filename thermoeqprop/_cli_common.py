@@ -100,23 +100,16 @@ def _pareto_fallback(limit, method: str) -> float | None:
     return None if limit == float("inf") else limit
 
 
-#: train's ``--target-relative-stderr`` with importance sampling and Neyman allocation, and
-#: the rounds of extra rows it may add.
-TARGET_RELATIVE_STDERR = 0.2
+#: The rounds after the first that train's ``--target-relative-stderr`` may add.
 TOP_UP_ROUNDS = 3
 
 
 def _top_up(options, method: str) -> dict:
     """``Sampling``'s ``target_relative_stderr`` and ``max_rounds`` for ``train``'s
-    ``--target-relative-stderr`` (other commands have none): as given (``inf``: none), or
-    :data:`TARGET_RELATIVE_STDERR` with importance sampling and Neyman allocation; at most
-    :data:`TOP_UP_ROUNDS` rounds after the first."""
-    if not hasattr(options, "target_relative_stderr"):
-        return {}
-    target = options.target_relative_stderr
-    if target is None and method == "importance":
-        neyman = _neyman_share(options.neyman_share, method)
-        target = TARGET_RELATIVE_STDERR if neyman else None
+    ``--target-relative-stderr`` (other commands have none; not given or ``inf``: none): at
+    most :data:`TOP_UP_ROUNDS` rounds after the first (with importance sampling and Neyman
+    allocation, rounds of extra rows)."""
+    target = getattr(options, "target_relative_stderr", None)
     if target is None or target == float("inf"):
         return {}
     return {"target_relative_stderr": target, "max_rounds": 1 + TOP_UP_ROUNDS}

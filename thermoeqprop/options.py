@@ -206,11 +206,11 @@ class TrainOptions(
     hmc_steps: int = _like(SamplingOptions, "hmc_steps", 8)
     tempering: bool = _like(SamplingOptions, "tempering", False, "parallel tempering with "
                             "--replicas replicas, the ladder geometric from T to 10 T")  # fmt: skip
-    # None rather than 4 (or 0.2): runs recorded before the option resume (absent key = null).
+    # None rather than 4: runs recorded before the option resume (absent key = null).
     replicas: int | None = option(None, "parallel-tempering replicas with --tempering (default 4)")
-    target_relative_stderr: float | None = option(None, "importance sampling with Neyman "
-        "allocation: up to 3 rounds of extra rows while a batch gradient's relative MCSE "
-        "exceeds this (default 0.2; inf: none)")  # fmt: skip
+    target_relative_stderr: float | None = option(None, "up to 3 more rounds of draws while a "
+        "batch gradient's relative MCSE exceeds this (importance sampling with Neyman "
+        "allocation: rounds of extra rows; default: one round)")  # fmt: skip
     results_dir: str = _like(OutputOptions, "results_dir", "results/train")
 
 

@@ -27,10 +27,11 @@ import numpy as np
 from thermoeqprop.estimators._drawing import on_one_device
 from thermoeqprop.estimators._importance import IMPORTANCE_ROUNDS
 
-__all__ = ["FALLBACK_ROWS", "fallback_sampling", "heavy_rows", "padded_rows", "with_fallback"]
+__all__ = ["FALLBACK_ROWS", "fallback_sampling", "heavy_rows", "with_fallback"]
 
-# The rows of one HMC call are padded (by repeats) to this many times a power of two: one
-# compilation per power (4, 8, 16, … rows) instead of one per count of heavy rows.
+# The heavy rows go to HMC calls of this many rows each (the last padded by repeats): one
+# compilation, whatever the count of heavy rows (several calls of four rows cost about what
+# one call of as many rows does, 20–30 ms each on the main job).
 FALLBACK_ROWS = 4
 
 
@@ -38,12 +39,6 @@ def heavy_rows(pareto_k, limit: float) -> np.ndarray:
     """The rows whose ``k̂`` exceeds ``limit`` (a NaN ``k̂``, too few draws to fit a tail, never
     does)."""
     return np.flatnonzero(np.asarray(pareto_k) > limit)
-
-
-def padded_rows(count: int) -> int:
-    """The rows of an HMC call for ``count`` heavy rows: the least ``FALLBACK_ROWS · 2^j`` that
-    holds them."""
-    return FALLBACK_ROWS * 2 ** max(0, int(np.ceil(np.log2(count / FALLBACK_ROWS))))
 
 
 def fallback_sampling(sampling):
@@ -65,7 +60,8 @@ def fallback_sampling(sampling):
 def with_fallback(draw, drawn, x, targets, limit, rng_key):
     """``drawn`` (importance draws of rows ``x``, ``targets``) with every row whose ``k̂``
     exceeds ``limit`` replaced by ``draw(x, targets, key)``'s chains (collapsed HMC laid out
-    as the importance draws: (rows, group, draw, …)); those rows' log weights become 0, their
+    as the importance draws: (rows, group, draw, …)), :data:`FALLBACK_ROWS` rows a call, the
+    ``k``-th call with key ``fold_in(rng_key, k)``; those rows' log weights become 0, their
     Kish ESS fraction 1, their ``k̂`` 0 (weights of one value have no tail), ``redrawn``
     True and ``divergences`` their chains' divergent transitions. ``drawn`` unchanged when no
     row is heavy or ``limit`` is None."""
@@ -74,13 +70,16 @@ def with_fallback(draw, drawn, x, targets, limit, rng_key):
     rows = heavy_rows(drawn.trace.info.pareto_k, limit)
     if not rows.size:
         return drawn
-    padded = np.resize(rows, padded_rows(rows.size))
-    chains = draw(x[padded], targets[padded], rng_key)
-    # The padding's repeats point past the last row, where the scatter drops them.
-    index = np.where(np.arange(padded.size) < rows.size, padded, drawn.states.shape[0])
-    sharded = (chains.states, chains.trace.samples, chains.final_positions,
-               chains.trace.info.is_divergent)  # fmt: skip
-    return _replaced(drawn, jax.numpy.asarray(index), *map(on_one_device, sharded))
+    for k, start in enumerate(range(0, rows.size, FALLBACK_ROWS)):
+        chunk = rows[start : start + FALLBACK_ROWS]
+        padded = np.resize(chunk, FALLBACK_ROWS)
+        chains = draw(x[padded], targets[padded], jax.random.fold_in(rng_key, k))
+        # The padding's repeats point past the last row, where the scatter drops them.
+        index = np.where(np.arange(FALLBACK_ROWS) < chunk.size, padded, drawn.states.shape[0])
+        sharded = (chains.states, chains.trace.samples, chains.final_positions,
+                   chains.trace.info.is_divergent)  # fmt: skip
+        drawn = _replaced(drawn, jax.numpy.asarray(index), *map(on_one_device, sharded))
+    return drawn
 
 
 @jax.jit
