@@ -72,7 +72,7 @@ def _draws(sampling, key, limit=None):
 
 def test_only_the_rows_above_the_limit_are_replaced_by_chains():
     """The rows whose k̂ exceeds the limit get the HMC chains of their example (the same
-    chains as an HMC call on them padded to FALLBACK_ROWS rows), weights 1, k̂ 0 and the
+    chains as an HMC call on them), weights 1, k̂ 0 and the
     ``redrawn`` mark; the other rows keep their draws and weights bit for bit."""
     sampling = Sampling(method="importance", num_chains=2, num_samples=100, num_warmup=50)
     drawn, chains = _draws(sampling, jax.random.key(3))
@@ -83,11 +83,12 @@ def test_only_the_rows_above_the_limit_are_replaced_by_chains():
     assert heavy.size == 1 and light.size == 2
     key = jax.random.key(4)
     replaced = with_fallback(chains, drawn, TWO_UNIT_X, TWO_UNIT_Y, limit, key)
-    padded = np.resize(heavy, FALLBACK_ROWS)
-    expected = chains(TWO_UNIT_X[padded], TWO_UNIT_Y[padded], jax.random.fold_in(key, 0))
+    # One heavy row: a call of one row.
+    expected = chains(TWO_UNIT_X[heavy], TWO_UNIT_Y[heavy], jax.random.fold_in(key, 0))
     # Chains laid out as the importance draws: a group's draws per chain, one chain per group.
     assert expected.states.shape[1:] == drawn.states.shape[1:]
     assert expected.states.shape[2] == sampling.num_samples + IMPORTANCE_ROUNDS * 50
+    assert fallback_sampling(sampling).num_warmup == sampling.num_warmup
     np.testing.assert_array_equal(replaced.states[heavy], expected.states[:1])
     np.testing.assert_array_equal(replaced.trace.samples[heavy], expected.trace.samples[:1])
     info, before = replaced.trace.info, drawn.trace.info
@@ -106,7 +107,8 @@ def test_only_the_rows_above_the_limit_are_replaced_by_chains():
 
 def test_heavy_rows_go_to_hmc_calls_of_four_rows():
     """Rows above the limit (never a NaN k̂) go to calls of FALLBACK_ROWS rows, the last
-    padded by repeats, the k-th with key fold_in(key, k): one compilation for any count."""
+    padded by repeats, the k-th with key fold_in(key, k) (one row alone: a call of one): two
+    compilations for any count."""
     assert heavy_rows(np.array([0.2, np.nan, 0.71, 0.7, 1.3]), 0.7).tolist() == [2, 4]
     sampling = Sampling(method="importance", num_chains=2, num_samples=100, num_warmup=50)
     drawn, chains = _draws(sampling, jax.random.key(3))

@@ -9,7 +9,7 @@ output is half-high beside the winner, and no change of the proposal tried remov
 rows are drawn again by the Markov chain of collapsed sampling
 (:func:`~thermoeqprop.estimators._collapsed.draw_collapsed`, HMC on the same marginal), laid
 out as the row was: one chain per group, as many recorded draws as a group holds, after as
-many warm-up steps as a group has pilot draws; every draw of such a row weighs 1.
+``num_warmup`` warm-up steps; every draw of such a row weighs 1.
 
 The choice reads the row's first draws only and the chains are independent of them, so the
 example's estimate given the choice is the chains' (as PSIS-LOO refits the model exactly for
@@ -29,9 +29,9 @@ from thermoeqprop.estimators._importance import IMPORTANCE_ROUNDS
 
 __all__ = ["FALLBACK_ROWS", "fallback_sampling", "heavy_rows", "with_fallback"]
 
-# The heavy rows go to HMC calls of this many rows each (the last padded by repeats): one
-# compilation, whatever the count of heavy rows (several calls of four rows cost about what
-# one call of as many rows does, 20–30 ms each on the main job).
+# The heavy rows go to HMC calls of this many rows each (the last padded by repeats), or of
+# one row when only one is heavy: two compilations, whatever the count of heavy rows. On the
+# main job an HMC call took 8 ms for one row, 17 ms for two and 18 ms for four (scratch).
 FALLBACK_ROWS = 4
 
 
@@ -44,14 +44,12 @@ def heavy_rows(pareto_k, limit: float) -> np.ndarray:
 def fallback_sampling(sampling):
     """The collapsed-HMC :class:`~thermoeqprop.estimators.Sampling` that draws a row of
     importance ``sampling`` again: one chain per group, a group's draws
-    (``IMPORTANCE_ROUNDS · num_warmup + num_samples``) recorded per chain after as many warm-up
-    steps as a group has pilot draws (``IMPORTANCE_ROUNDS · num_warmup``)."""
-    pilot = IMPORTANCE_ROUNDS * sampling.num_warmup
+    (``IMPORTANCE_ROUNDS · num_warmup + num_samples``) recorded per chain after ``num_warmup``
+    warm-up steps."""
     return dataclasses.replace(
         sampling,
         method="hmc",
-        num_samples=pilot + sampling.num_samples,
-        num_warmup=pilot,
+        num_samples=IMPORTANCE_ROUNDS * sampling.num_warmup + sampling.num_samples,
         neyman_share=0.0,
         pareto_fallback=None,
     )
@@ -60,7 +58,8 @@ def fallback_sampling(sampling):
 def with_fallback(draw, drawn, x, targets, limit, rng_key):
     """``drawn`` (importance draws of rows ``x``, ``targets``) with every row whose ``k̂``
     exceeds ``limit`` replaced by ``draw(x, targets, key)``'s chains (collapsed HMC laid out
-    as the importance draws: (rows, group, draw, …)), :data:`FALLBACK_ROWS` rows a call, the
+    as the importance draws: (rows, group, draw, …)), :data:`FALLBACK_ROWS` rows a call (one
+    when only one row is heavy), the
     ``k``-th call with key ``fold_in(rng_key, k)``; those rows' log weights become 0, their
     Kish ESS fraction 1, their ``k̂`` 0 (weights of one value have no tail), ``redrawn``
     True and ``divergences`` their chains' divergent transitions. ``drawn`` unchanged when no
@@ -70,12 +69,13 @@ def with_fallback(draw, drawn, x, targets, limit, rng_key):
     rows = heavy_rows(drawn.trace.info.pareto_k, limit)
     if not rows.size:
         return drawn
-    for k, start in enumerate(range(0, rows.size, FALLBACK_ROWS)):
-        chunk = rows[start : start + FALLBACK_ROWS]
-        padded = np.resize(chunk, FALLBACK_ROWS)
+    size = 1 if rows.size == 1 else FALLBACK_ROWS
+    for k, start in enumerate(range(0, rows.size, size)):
+        chunk = rows[start : start + size]
+        padded = np.resize(chunk, size)
         chains = draw(x[padded], targets[padded], jax.random.fold_in(rng_key, k))
         # The padding's repeats point past the last row, where the scatter drops them.
-        index = np.where(np.arange(FALLBACK_ROWS) < chunk.size, padded, drawn.states.shape[0])
+        index = np.where(np.arange(size) < chunk.size, padded, drawn.states.shape[0])
         sharded = (chains.states, chains.trace.samples, chains.final_positions,
                    chains.trace.info.is_divergent)  # fmt: skip
         drawn = _replaced(drawn, jax.numpy.asarray(index), *map(on_one_device, sharded))
