@@ -88,7 +88,7 @@ def test_only_the_rows_above_the_limit_are_replaced_by_chains():
     # Chains laid out as the importance draws: a group's draws per chain, one chain per group.
     assert expected.states.shape[1:] == drawn.states.shape[1:]
     assert expected.states.shape[2] == sampling.num_samples + IMPORTANCE_ROUNDS * 50
-    assert fallback_sampling(sampling).num_warmup == sampling.num_warmup
+    assert fallback_sampling(sampling).num_warmup == IMPORTANCE_ROUNDS * 50
     np.testing.assert_array_equal(replaced.states[heavy], expected.states[:1])
     np.testing.assert_array_equal(replaced.trace.samples[heavy], expected.trace.samples[:1])
     info, before = replaced.trace.info, drawn.trace.info

@@ -12,7 +12,7 @@ from thermoeqprop._provenance import run_environment
 from thermoeqprop.data import Dataset, load_dataset
 from thermoeqprop.estimators import FeedforwardBackprop, Relaxation, ZeroTemperatureEP
 from thermoeqprop.models import LayeredNetwork
-from thermoeqprop.training import CheckpointError, TrainConfig, load_checkpoint, train
+from thermoeqprop.training import CheckpointError, TrainConfig, evaluate, load_checkpoint, train
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,45 @@ def test_results_folder_under_a_file_is_named(small_digits, estimator, tmp_path)
     blocker.write_text("not a folder")
     with pytest.raises(ValueError, match="is not writable"):
         train(estimator, small_digits, TrainConfig(epochs=1), blocker / "run")
+
+
+def test_every_batch_sees_parameters_committed_to_the_default_device(
+    small_digits, estimator, monkeypatch
+):
+    """The first batch gets its parameters as every later one does (updated parameters are
+    committed wherever the states were gathered): a compiled function called with fresh,
+    uncommitted parameters and then with committed ones compiles twice."""
+    seen, call = [], type(estimator).__call__
+
+    def spy(self, params, *args):
+        seen.append({leaf.committed for leaf in jax.tree.leaves(params)})
+        return call(self, params, *args)
+
+    monkeypatch.setattr(type(estimator), "__call__", spy)
+    train(estimator, small_digits, dataclasses.replace(CONFIG, epochs=1))
+    assert len(seen) == len(small_digits.labels_train) // CONFIG.batch_size
+    assert all(committed == {True} for committed in seen), seen[:3]
+
+
+def test_predictions_are_made_in_calls_of_one_size(small_digits, estimator):
+    """evaluate pads its last call to the batch size with repeats (dropped from the count):
+    the same accuracy as one call over every example, and no compilation for 45 examples
+    after a run over 40 (a last call of 5 rows would compile everything again)."""
+    from compile_counting import COMPILES
+
+    params = estimator.model.init_params(jax.random.key(0))
+    x, labels = np.asarray(small_digits.x_test[:45]), np.asarray(small_digits.labels_test[:45])
+    outputs = estimator.predict(params, x, jax.random.key(1))
+    expected = np.mean(np.asarray(estimator.model.decode_outputs(outputs)) == labels)
+    evaluate(estimator, params, x[:40], labels[:40], jax.random.key(2), batch_size=20)
+    COMPILES["events"].clear()
+    COMPILES["active"] = True
+    try:
+        accuracy = evaluate(estimator, params, x, labels, jax.random.key(2), batch_size=20)
+    finally:
+        COMPILES["active"] = False
+    assert accuracy == pytest.approx(expected, abs=1e-12)
+    assert COMPILES["events"] == []
 
 
 def test_backprop_baseline_trains_through_the_same_loop(small_digits):

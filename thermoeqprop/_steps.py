@@ -216,6 +216,15 @@ def _draw(source: Source, rng_key: jax.Array, step: int, model) -> tuple[jax.Arr
     return x, targets
 
 
+def on_default_device(tree):
+    """``tree``'s arrays committed to the default device. The states drawn are gathered there
+    (``estimators._drawing.on_one_device``), so parameters updated from their statistics are
+    committed to it after the first step; parameters fresh from ``init_params`` are not, and
+    a compiled function called with both compiles twice (measured: every function of the
+    first batch, 14 s more for the default ``train``'s first epoch)."""
+    return jax.device_put(tree, jax.local_devices()[0])
+
+
 def _record(step: int, estimates: list, seconds: float, estimator, source, params) -> dict:
     """The metrics line of the steps since the last one (before the evaluation)."""
     losses = np.asarray([float(e.loss) for e in estimates])
@@ -311,6 +320,7 @@ def train_steps(
         if arrays is not None:
             params = restore_tree(arrays, "params_", params, path)
             opt_state = restore_tree(arrays, "opt_", opt_state, path)
+        params, opt_state = on_default_device((params, opt_state))
         scale = check_temperature_of(estimator, params)
         state, first = None, True
         steps = range(start + 1, config.steps + 1)

@@ -9,7 +9,7 @@ output is half-high beside the winner, and no change of the proposal tried remov
 rows are drawn again by the Markov chain of collapsed sampling
 (:func:`~thermoeqprop.estimators._collapsed.draw_collapsed`, HMC on the same marginal), laid
 out as the row was: one chain per group, as many recorded draws as a group holds, after as
-``num_warmup`` warm-up steps; every draw of such a row weighs 1.
+many warm-up steps as a group has pilot draws; every draw of such a row weighs 1.
 
 The choice reads the row's first draws only and the chains are independent of them, so the
 example's estimate given the choice is the chains' (as PSIS-LOO refits the model exactly for
@@ -31,7 +31,8 @@ __all__ = ["FALLBACK_ROWS", "fallback_sampling", "heavy_rows", "with_fallback"]
 
 # The heavy rows go to HMC calls of this many rows each (the last padded by repeats), or of
 # one row when only one is heavy: two compilations, whatever the count of heavy rows. On the
-# main job an HMC call took 8 ms for one row, 17 ms for two and 18 ms for four (scratch).
+# main job an HMC call of 2 × (40 + 200) steps took 8 ms for one row, 17 ms for two and 18 ms
+# for four (scratch); of 2 × (120 + 200) steps, 20–25 ms for four.
 FALLBACK_ROWS = 4
 
 
@@ -44,12 +45,16 @@ def heavy_rows(pareto_k, limit: float) -> np.ndarray:
 def fallback_sampling(sampling):
     """The collapsed-HMC :class:`~thermoeqprop.estimators.Sampling` that draws a row of
     importance ``sampling`` again: one chain per group, a group's draws
-    (``IMPORTANCE_ROUNDS · num_warmup + num_samples``) recorded per chain after ``num_warmup``
-    warm-up steps."""
+    (``IMPORTANCE_ROUNDS · num_warmup + num_samples``) recorded per chain after as many warm-up
+    steps as a group has pilot draws (``IMPORTANCE_ROUNDS · num_warmup``): with ``num_warmup``
+    alone, the step size adapted in 40 steps left up to 80 divergent transitions in a batch of
+    the default ``train`` (its first epochs)."""
+    pilot = IMPORTANCE_ROUNDS * sampling.num_warmup
     return dataclasses.replace(
         sampling,
         method="hmc",
-        num_samples=IMPORTANCE_ROUNDS * sampling.num_warmup + sampling.num_samples,
+        num_samples=pilot + sampling.num_samples,
+        num_warmup=pilot,
         neyman_share=0.0,
         pareto_fallback=None,
     )
