@@ -29,7 +29,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     # file lock around each of many more cache reads and writes).
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     # A size limit (far above the few tens of MB a run writes) turns on JAX's file lock
-    # (the filelock package, in the dev extra) around every cache read and write; without it a
+    # (the filelock package, a dependency) around every cache read and write; without it a
     # process could read an entry that another is still writing.
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
 

@@ -36,6 +36,7 @@ import jsonargparse
 from thermoeqprop import _cli_diagnose, _cli_quantum, _cli_sweep, _cli_train
 from thermoeqprop._health import RunStopped
 from thermoeqprop._provenance import package_version
+from thermoeqprop._xla_cache import use_compilation_cache
 from thermoeqprop.options import (
     check_config,
     check_seeds,
@@ -293,6 +294,7 @@ def _main(argv: list[str] | None) -> int:
         options, messages = deprecations(options, command)
         for message in messages:
             print(message, file=sys.stderr)
+        use_compilation_cache()  # before the first compilation
         return int(run(options) or 0)
     except RunStopped as exc:  # went bad midway: the folder keeps the last good unit
         print(f"thermoeqprop {command}: error: {exc}", file=sys.stderr)
