@@ -33,6 +33,7 @@ from test_conditional import (
     flat,
     quadrature_gradient,
 )
+from test_importance import IMPORTANCE, K
 
 from thermoeqprop.estimators import Sampling, ThermalCovariance, ThermalExact, ThermalNudged
 from thermoeqprop.estimators._collapsed import draw_collapsed
@@ -48,8 +49,6 @@ from thermoeqprop.models import QuadraticNetwork
 #: The false-failure budget per run of this module, as stated above.
 FALSE_FAILURE_BUDGET = 2.1e-3
 
-K = 4.5
-IMPORTANCE = Sampling(method="importance", num_chains=4, num_samples=500, num_warmup=100)
 # The two-unit law's k̂ (its three rows) lie between about −1.6 and −1.1 with 2 × 100 draws,
 # where −1.45 splits them, and between about −1.9 and −1.45 with 4 × 500, where −1.6 does.
 TWO_UNIT_MIDDLE = -1.45
