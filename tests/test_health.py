@@ -11,7 +11,10 @@ every run by a margin of many standard deviations. The rank-normalised R-hat (bu
 two comparisons per component) has no closed form: its check uses ``rhat_limit(C, n, 2K)``,
 measured to be exceeded in 4.5 % of 400 runs of (2 chains × 50 draws, 200 components); the
 band [2 %, 8.5 %] lies 2.4 standard deviations below and 3.8 above that rate (a false failure
-below 0.9 %).
+below 0.9 %). The median component's limit ``median_rhat_limit(C, n, B)`` over B batches
+whose components move as one (the worst case) is exceeded with probability at most 5 % by
+the same Bonferroni bound over the B batches (4.9 %); 400 simulated runs, the same band
+[2 %, 8.5 %] (a false failure below 0.6 %).
 """
 
 import math
@@ -27,14 +30,15 @@ from thermoeqprop._health import (
     format_checks,
     gradient_checks,
     health_limits,
+    median_rhat_limit,
     rhat_limit,
 )
 from thermoeqprop.estimators._sampling import PARETO_K_UNRELIABLE
 
 #: The false-failure budget per run of this module, as stated above (0.6 % per case of the
-#: split R-hat, two cases, and 0.9 % for the rank-normalised one); tests/false_failure_budget.py
-#: measures it on fresh seeds.
-FALSE_FAILURE_BUDGET = 2.1e-2
+#: split R-hat, two cases, 0.9 % for the rank-normalised one and 0.6 % for the median);
+#: tests/false_failure_budget.py measures it on fresh seeds.
+FALSE_FAILURE_BUDGET = 2.7e-2
 
 
 @pytest.mark.parametrize("chains, draws, components", [(2, 50, 200), (4, 200, 10)])
@@ -53,6 +57,27 @@ def test_rhat_limit_is_the_5_percent_point_of_the_worst_of_independent_component
     assert np.all(np.asarray(samplers.rhat_split_many(x)).max(axis=-1) > limit)
 
 
+def test_median_rhat_limit_holds_where_the_components_move_as_one():
+    """The worst of B = 44 batches' median R-hat, every component of a batch one series (the
+    worst case of correlation): the limit is exceeded in about 5 % of runs, 1.01 in nearly
+    all of them (it lies within one standard deviation of one R-hat of 2 × 50 draws); a chain
+    shifted by two standard deviations in one batch is flagged every time."""
+    chains, draws, batches, runs = 2, 50, 44, 400
+    rng = np.random.default_rng(44)
+    x = rng.normal(size=(chains, draws, runs * batches, 1))
+    medians = np.asarray(samplers.rhat_split_many(x))[..., 0].reshape(runs, batches)
+    limit = median_rhat_limit(chains, draws, batches)
+    exceeded = float(np.mean(medians.max(axis=1) > limit))
+    assert 0.02 <= exceeded <= 0.085, (exceeded, limit)
+    assert np.mean(medians.max(axis=1) > 1.01) > 0.9
+    # Power: in one batch a chain two standard deviations away in every component (of 51).
+    y = rng.normal(size=(chains, draws, runs, 51))
+    y[0] += 2.0
+    assert np.all(np.median(np.asarray(samplers.rhat_split_many(y)), axis=-1) > limit)
+    # Long chains keep the textbook limit.
+    assert median_rhat_limit(4, 1000, 1) == 1.01
+
+
 def test_rhat_limit_fits_the_run_size_and_rejects_a_too_short_run():
     assert rhat_limit(2, 50, 9610) > 1.1 > 1.01 > rhat_limit(4, 1000, 10) > 1.0
     assert rhat_limit(2, 50, 9610 * 44) > rhat_limit(2, 50, 9610)
@@ -64,7 +89,7 @@ RECORD = {
     "epoch": 15, "train_loss": 0.0508, "test_accuracy": 0.9556, "relative_stderr": 0.69,
     "epoch_seconds": 3.4, "temperature": 0.02, "diag_num_chains": 2.0,
     "diag_num_draws_per_chain": 50.0, "diag_ess_min": 3.9, "diag_ess_median": 92.0,
-    "diag_rhat_max": 1.58, "diag_rhat_median": 1.014, "diag_divergences": 6.0,
+    "diag_rhat_max": 1.58, "diag_rhat_median": 1.12, "diag_divergences": 6.0,
     "diag_mean_step_size": 0.69, "parameters": 9610, "batches": 44,
 }  # fmt: skip
 
@@ -75,7 +100,11 @@ def test_checks_of_the_default_train_record_name_what_is_wrong_and_the_levers():
     assert (mcse.ok, mcse.lever) == (False, "mcse")
     worst = checks["split R-hat, worst component"]
     assert not worst.ok and worst.limit == f"≤ {rhat_limit(2, 50, 9610 * 44):.3f}"
-    assert checks["split R-hat, median component"].ok is False  # 1.014 > 1.01
+    median = checks["split R-hat, median component"]
+    assert median.ok is False and median.limit == f"≤ {median_rhat_limit(2, 50, 44):.3f}"
+    # The worst of 44 batches' median of 2 × 50 draws: 1.014 is within its noise.
+    assert [c.ok for c in gradient_checks(RECORD | {"diag_rhat_median": 1.014})
+            if c.name.startswith("split R-hat, median")] == [True]  # fmt: skip
     assert checks["bulk ESS per draw, worst component"].value == pytest.approx(0.039)
     assert checks["bulk ESS per draw, median component"].ok  # 0.92 per draw
     assert checks["divergent transitions"].lever == "divergences"
