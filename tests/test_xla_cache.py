@@ -61,5 +61,3 @@ def test_a_second_run_loads_what_the_first_compiled(tmp_path):
     assert {p.name for p in cache.glob("*-cache")} == stored
     assert all(p.read_bytes() != used[p.name] for p in cache.glob("*-atime"))
     assert _metrics(tmp_path / "second") == _metrics(tmp_path / "first")
-    _run(tmp_path / "third", "off")
-    assert _metrics(tmp_path / "third") == _metrics(tmp_path / "first")
