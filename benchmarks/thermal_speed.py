@@ -801,7 +801,7 @@ def _draws_route(spec: str) -> str:
     return (
         f"thermal, {chains} × ({warmup} + {draws})"
         + ("" if "is" in flags else ", HMC")
-        + "".join(words[flag] for flag in ("jumps", "f32", "is", "nofb") if flag in flags)
+        + "".join(word for flag, word in words.items() if flag in flags)
     )
 
 

@@ -448,6 +448,7 @@ def draw_importance(model, sampling, params, x, targets, beta, temperature, rng_
                       sampling.num_samples)  # fmt: skip
     kept, log_w, ess, khat = run(params, x @ params["weights"][0], targets, betas, table,
                                  jnp.asarray(temperature, x.dtype), starts, rng_key)  # fmt: skip
-    rows = jnp.zeros(x.shape[0], jnp.int32)
-    trace = ImportanceTrace(kept, ImportanceInfo(log_w, ess, khat, rows.astype(bool), rows))
+    zeros = jnp.zeros(x.shape[0], jnp.int32)  # no row redrawn, no divergence (_fallback.py)
+    info = ImportanceInfo(log_w, ess, khat, redrawn=zeros.astype(bool), divergences=zeros)
+    trace = ImportanceTrace(kept, info)
     return CollapsedSamples(_full_states(model, kept), trace, kept[:, :, -1, :])
