@@ -10,6 +10,8 @@ import os
 import shutil
 import tempfile
 
+import xla_test_flags
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 # One persistent XLA compilation cache for the whole run, empty at its start and removed at its
@@ -42,10 +44,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # (with LLVM's expensive passes off) ran test_control_variates in 93 s against 72 s, its programs
 # running slowly, and failed one of its tests (not looked into): not used. A level the user set
 # is kept.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1"
-    ).strip()
+#
+# With it, XLA's older loop emitters in place of its MLIR fusion emitters: tests/test_thermal.py,
+# test_control_variates, test_fallback and test_importance, two workers, ran in 197 s instead of
+# 248 s (2026-12-06; their backend compilation alone was 300 of 480 test-seconds). Not for
+# users: a default `thermoeqprop train` at optimisation level 2 compiled its first epoch in 46 s
+# with them instead of 40 s. A choice the user made is kept (tests/xla_test_flags.py).
+os.environ["XLA_FLAGS"] = xla_test_flags.with_flags(os.environ.get("XLA_FLAGS", ""))
 
 # One CPU device per process (thermoeqprop's import would otherwise split the CPU into one per
 # core): pytest-xdist already runs a worker on every core, and one device more per worker would

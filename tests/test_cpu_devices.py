@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pooled_z
+from xla_test_flags import with_flags
 
 #: The false-failure budget per run of this module, as stated above (26 components at 4 MCSE,
 #: and the RMS z); tests/false_failure_budget.py measures it on fresh seeds.
@@ -35,6 +36,7 @@ def run(code: str, **env) -> subprocess.CompletedProcess:
         if k not in ("THERMOEQPROP_CPU_DEVICES", "XLA_FLAGS", "JAX_NUM_CPU_DEVICES")
     }
     clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])
+    clean["XLA_FLAGS"] = with_flags("")  # the suite's compile flags, no device count
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env={**clean, **env},

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 import pooled_z
 import pytest
+from xla_test_flags import with_flags
 
 import samplers
 
@@ -110,7 +111,7 @@ def start(path: Path, **env) -> subprocess.Popen:
         for k, v in os.environ.items()
         if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES") and not k.startswith("THERMOEQPROP_")
     }
-    clean.update(env, JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1")
+    clean.update(env, JAX_PLATFORMS="cpu", OPENBLAS_NUM_THREADS="1", XLA_FLAGS=with_flags(""))
     clean["PYTHONPATH"] = os.pathsep.join([str(ROOT), clean.get("PYTHONPATH", "")])
     script = WORKER.format(tests=str(SAMPLER_TESTS), tests_root=str(SAMPLER_TESTS.parent),
                            ladder=LADDER, path=str(path))  # fmt: skip

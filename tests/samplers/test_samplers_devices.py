@@ -28,6 +28,7 @@ from samplers_testing import (
     ising_energy,
     random_ising,
 )
+from xla_test_flags import with_flags
 
 import samplers
 
@@ -102,7 +103,7 @@ SCRIPT = textwrap.dedent(
 
 def test_four_devices_agree_in_distribution_with_one(tmp_path, nuts_gaussian):
     path = tmp_path / "four_devices.npz"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=with_flags("--xla_force_host_platform_device_count=4"))
     env["JAX_PLATFORMS"] = "cpu"
     here = Path(__file__).parent  # its helpers, and tests/ for the seed_offset they import
     script = SCRIPT.format(root=str(ROOT), tests=str(here), shared=str(here.parent),
