@@ -94,10 +94,10 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(4, os.cpu_count() or 1))
 
 
-#: The longest test files, longest first (summed test durations on 2 cores, 2026-12-06: the
-#: notebooks 96 s with two kernels of their own, test_thermal 159, test_control_variates 116,
-#: then 45–81). ``--dist loadfile`` hands whole files to the workers in queue order, so
-#: queueing these first lets the short files fill the end of the run, where otherwise one
+#: The longest test files, longest first (summed test durations on 2 cores, 2026-12-06 evening:
+#: the notebooks 78 s with two kernels of their own, test_thermal 146, test_control_variates 95,
+#: test_cli 84, then 30–74). ``--dist loadfile`` hands whole files to the workers in queue order,
+#: so queueing these first lets the short files fill the end of the run, where otherwise one
 #: worker can go on alone with a long file. pytest-xdist reorders its queue by the number of
 #: tests per file unless told not to, which put the notebooks (5 tests) near the end:
 #: pyproject's addopts pass ``--no-loadscope-reorder``.
@@ -105,14 +105,20 @@ LONGEST_FILES = (
     "test_notebooks.py",
     "test_thermal.py",
     "test_control_variates.py",
-    "test_sweep.py",
     "test_cli.py",
+    "test_fallback.py",
+    "test_importance.py",
+    "test_sweep.py",
+    "test_sweep_dask.py",
     "test_lowtemp.py",
+    "test_mode_jumps.py",
     "samplers/test_samplers_api.py",
     "test_collapsed.py",
-    "test_mode_jumps.py",
-    "test_sweep_dask.py",
+    "quantum/test_quantum_shot_distribution.py",
     "test_conditional.py",
+    "samplers/test_nuts_async.py",
+    "samplers/test_samplers_hmc.py",
+    "test_cpu_devices.py",
     "test_coupled.py",
     "test_distributed.py",
 )
