@@ -172,35 +172,34 @@ class _SampledEstimator(Estimator):
             return draw_states
         return draw_importance if self.sampling.method == "importance" else draw_collapsed
 
-    def _phase_rows(self, params, x, targets, beta, key, draw, positions, rowsets, i, budget,
-                    traces) -> DrawStatistics:  # fmt: skip
-        """One round of phase ``i``: its draws (with Neyman allocation's extra rows in
-        ``rowsets[i]``, more of them in a round after the first when
-        ``Sampling.tops_up``; heavy-tailed rows drawn again by HMC), their trace appended to
-        ``traces``, and their statistics."""
+    def _phase_rows(self, params, x, targets, phase: _Phase, key, draw, budget):
+        """One round of ``phase``: its draws (with Neyman allocation's extra rows in
+        ``phase.rows``, more of them in a round after the first when ``Sampling.tops_up``;
+        heavy-tailed rows drawn again by HMC), and their statistics and trace. Updates
+        ``phase``'s chain ends and rows."""
+        beta = phase.beta
         extra = self.sampling.neyman_rows(x.shape[0])
         draw_rows, redraw = self._row_drawer(params, beta), self._redraw(params, beta)
-        if rowsets[i] is not None and self.sampling.tops_up:
-            rowsets[i] = more_rows(draw_rows, rowsets[i], extra, x, targets, key, redraw)
+        if phase.rows is not None and self.sampling.tops_up:
+            phase.rows = more_rows(draw_rows, phase.rows, extra, x, targets, key, redraw)
         else:
-            drawn = draw(beta, self.temperature, key, positions[i])
-            positions[i] = drawn.final_positions
+            drawn = draw(beta, self.temperature, key, phase.position)
+            phase.position = drawn.final_positions
             if extra:  # Neyman allocation: extra rows for the examples that vary most
-                rowsets[i] = first_rows(draw_rows, self.model, extra, x, targets, key, drawn,
+                phase.rows = first_rows(draw_rows, self.model, extra, x, targets, key, drawn,
                                         redraw)  # fmt: skip
             else:
                 drawn = redraw(drawn, x, targets, key)
-        rows = rowsets[i]
+        rows = phase.rows
         if rows is not None:
             drawn, x, targets = rows.drawn, x[rows.examples], targets[rows.examples]
-        traces.append(drawn.trace)
         innovations = on_one_device(getattr(drawn.trace.info, "innovations", None))
         stats = self.statistics(params, drawn.states, x, targets, beta, innovations, budget,
                                 _draw_weights(drawn),
                                 None if rows is None else rows.weights(x.dtype))  # fmt: skip
         if rows is not None:
             stats = stats._replace(output=example_means(stats.output, rows.copies, rows.examples))
-        return stats
+        return stats, drawn.trace
 
     def _redraw(self, params, beta):
         """``redraw(drawn, x, targets, key)``: importance draws of rows with those whose
@@ -263,31 +262,29 @@ class _SampledEstimator(Estimator):
         phases = self.phases()
         _, unravel = ravel_pytree(params)
         collected: list[list[DrawStatistics]] = [[] for _ in phases]
-        positions: list[Any] = [None for _ in phases]
+        carried = [_Phase(beta) for beta in phases]
         traces = []
         rounds = self.sampling.max_rounds if self.sampling.target_relative_stderr else 1
         # importance sampling with Neyman allocation: later rounds add rows, not batches
         tops_up = self.sampling.tops_up
-        rowsets: list[RowSet | None] = [None for _ in phases]
         reached = False
         for round_index in range(rounds):
             round_key = jax.random.fold_in(rng_key, round_index)
             draw = functools.partial(self._drawer(), self.model, self.sampling, params, x,
                                      targets, nudged=self.nudges)  # fmt: skip
             if self.coupled:  # one joint chain of pairs, one key (docs: "Coupled phases")
-                drawn = draw(phases, self.temperature, round_key, positions[0])
-                positions[0] = drawn.final_positions
+                drawn = draw(phases, self.temperature, round_key, carried[0].position)
+                carried[0].position = drawn.final_positions
                 traces.append(drawn.trace)
                 for i, beta in enumerate(phases):
-                    states = drawn.states[..., i, :]
-                    collected[i].append(
-                        self.statistics(params, states, x, targets, beta, budget=budget)
-                    )
+                    collected[i].append(self.statistics(params, drawn.states[..., i, :], x,
+                                                        targets, beta, budget=budget))  # fmt: skip
             else:
-                for i, beta in enumerate(phases):
+                for i, phase in enumerate(carried):
                     phase_key = jax.random.fold_in(round_key, i)
-                    stats = self._phase_rows(params, x, targets, beta, phase_key, draw,
-                                             positions, rowsets, i, budget, traces)  # fmt: skip
+                    stats, trace = self._phase_rows(params, x, targets, phase, phase_key, draw,
+                                                    budget)  # fmt: skip
+                    traces.append(trace)
                     # rounds of extra rows replace the phase's statistics; others add theirs
                     collected[i] = [stats] if tops_up else [*collected[i], stats]
             merged = [_merge_rounds(phase) for phase in collected]
@@ -345,6 +342,16 @@ class _SampledEstimator(Estimator):
         if (weights := _draw_weights(drawn)) is not None:
             outputs = weights[..., None] * outputs
         return jnp.mean(outputs, axis=(1, 2))
+
+
+@dataclasses.dataclass
+class _Phase:
+    """What one phase of an estimate carries from round to round: its nudge, where its chains
+    ended (the next round's starts) and its rows of draws (Neyman allocation, else None)."""
+
+    beta: float
+    position: Any = None
+    rows: RowSet | None = None
 
 
 def _draw_weights(drawn):
