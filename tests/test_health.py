@@ -24,7 +24,6 @@ import pytest
 
 import samplers
 from thermoeqprop._health import (
-    PARETO_K_MAX,
     RELATIVE_MCSE_MAX,
     epoch_line,
     format_checks,
@@ -33,7 +32,6 @@ from thermoeqprop._health import (
     median_rhat_limit,
     rhat_limit,
 )
-from thermoeqprop.estimators._sampling import PARETO_K_UNRELIABLE
 
 #: The false-failure budget per run of this module, as stated above (0.6 % per case of the
 #: split R-hat, two cases, 0.9 % for the rank-normalised one and 0.6 % for the median);
@@ -180,7 +178,6 @@ def test_heavy_importance_weights_are_flagged_with_what_to_do():
         "ok: 2 % of the examples drawn again by HMC (mean over batches)"
     )
     assert check(0.6).verdict == "ok"  # none redrawn: the plain verdict
-    assert PARETO_K_MAX == PARETO_K_UNRELIABLE  # the estimators count against the same limit
 
 
 def test_epoch_line_and_plot_limits():

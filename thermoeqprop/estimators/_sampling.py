@@ -285,11 +285,6 @@ def _initial_positions(
     return positions
 
 
-#: Pareto k̂ above which an importance-sampling estimate is not to be trusted: the health
-#: table's limit, one number for both.
-PARETO_K_UNRELIABLE = PARETO_K_MAX
-
-
 def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
     """Means (sums for divergences) of the sampler's per-step facts at the target T."""
     info = trace.info.local if tempering else trace.info
@@ -311,7 +306,7 @@ def _sampler_diagnostics(trace, tempering: bool) -> dict[str, jax.Array]:
             value = getattr(info, field)
             out[name] = reduce(value[..., 0] if tempering else value)
     if hasattr(info, "pareto_k"):  # the share of examples (rows) whose weights are unreliable
-        out["pareto_k_share"] = jnp.mean(info.pareto_k > PARETO_K_UNRELIABLE)
+        out["pareto_k_share"] = jnp.mean(info.pareto_k > PARETO_K_MAX)  # the health table's limit
     if tempering:
         out["swap_rate_min"] = jnp.min(jnp.mean(trace.info.swap_probability, axis=(0, 1, 2)))
         out["round_trips"] = jnp.mean(trace.info.round_trips[..., -1])
