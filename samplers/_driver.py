@@ -1,13 +1,14 @@
 """The chain driver: many chains (and many targets) in one compiled call, sharded over devices.
 
 :func:`sample` validates its inputs on concrete arrays, then runs one ``jax.jit``-compiled
-function: ``vmap`` over targets (optional) of ``vmap`` over chains of ``init`` and two
-``lax.scan`` loops (warm-up, then sampling), or the kernel's own ``run_chains`` where it has
-one (NUTS: asynchronous chains, :mod:`samplers._nuts_async`). The compiled function is cached on
-``(kernel, num_warmup, num_samples, batched)`` and the placement over devices, and takes
-``rng_key``, ``position``, ``context`` and ``temperature`` as traced arguments, so new values of
-any of them reuse it. On several devices each runs the loops of its own block of targets (or
-chains) inside ``jax.shard_map`` (:mod:`samplers._placement`), with no collective between them.
+function: ``vmap`` over targets (optional) of ``vmap`` over chains of ``init`` and one
+``lax.scan`` loop over the warm-up and sampling steps, or the kernel's own ``run_chains``
+where it has one (NUTS: asynchronous chains, :mod:`samplers._nuts_async`). The compiled
+function is cached on ``(kernel, num_warmup, num_samples, batched)`` and the placement over
+devices, and takes ``rng_key``, ``position``, ``context`` and ``temperature`` as traced
+arguments, so new values of any of them reuse it. On several devices each runs the loop of its
+own block of targets (or chains) inside ``jax.shard_map`` (:mod:`samplers._placement`), with
+no collective between them.
 """
 
 from __future__ import annotations
@@ -68,24 +69,32 @@ def _run_chain(
     def track(bad, state, t):
         return jnp.where((bad < 0) & ~_all_finite(state.energy), t, bad)
 
-    def warmup_step(carry, xs):
-        state, bad = carry
-        key, t = xs
-        state, _ = kernel.step(key, state, context)
-        return (state, track(bad, state, t)), None
-
-    def sample_step(carry, xs):
-        state, bad = carry
-        key, t = xs
+    # One loop over warm-up and sampling steps alike (the kernel's step adapts while its own
+    # counter says so), writing each step's draw into row ``t - 1 - num_warmup`` of the trace:
+    # warm-up steps write row 0, which the first sampling step overwrites. Two loops (one per
+    # phase, as before 2026-12-06) compile the kernel's step twice: with one, the same draws
+    # bit for bit, steady calls as fast, and 0-35 % less compilation
+    # (benchmarks/driver_loops.py, results in benchmarks/results/samplers.md).
+    def draw(key, state):
         state, info = kernel.step(key, state, context)
-        return (state, track(bad, state, t)), (state.position, info)
+        return state, (state.position, info)
 
-    carry, _ = jax.lax.scan(
-        warmup_step, (state, first_bad), (keys[:num_warmup], steps[:num_warmup])
+    rows = jax.tree_util.tree_map(
+        lambda a: jnp.zeros((num_samples, *a.shape), a.dtype),
+        jax.eval_shape(draw, keys[0], state)[1],
     )
-    (state, bad), (samples, info) = jax.lax.scan(
-        sample_step, carry, (keys[num_warmup:], steps[num_warmup:])
-    )
+
+    def step(carry, xs):
+        state, bad, rows = carry
+        key, t = xs
+        state, out = draw(key, state)
+        row = jnp.maximum(t - 1 - num_warmup, 0)
+        rows = jax.tree_util.tree_map(
+            lambda r, v: jax.lax.dynamic_update_index_in_dim(r, v, row, 0), rows, out
+        )
+        return (state, track(bad, state, t), rows), None
+
+    (state, bad, (samples, info)), _ = jax.lax.scan(step, (state, first_bad, rows), (keys, steps))
     return samples, info, state, bad
 
 
