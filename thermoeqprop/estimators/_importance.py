@@ -128,6 +128,7 @@ def suits_by_default(model) -> bool:
     return split is not None and len(kept_units(model)) <= DEFAULT_MAX_KEPT
 
 
+@jax.jit
 def normalised_weights(log_weights) -> jax.Array:
     """``ω = N w / Σ w`` over each example's draws (the axes after the first): mean 1."""
     axes = tuple(range(1, log_weights.ndim))
@@ -136,6 +137,7 @@ def normalised_weights(log_weights) -> jax.Array:
     return count * jnp.exp(shifted)
 
 
+@jax.jit
 def pareto_khat(log_weights) -> jax.Array:
     """Pareto shape ``k̂`` of the largest importance weights, per row of (…, N) log weights.
 

@@ -143,7 +143,11 @@ def field_bound(params, x, activation: str) -> float:
     ``|ρ(s_{k−1}) W_{k−1}| + Σ_j |W_k[i, j]| + |b_k|`` with the inputs' exact product in the
     first layer. Host-side (one transfer); only bounded activations need it.
     """
-    weights, biases = params["weights"], params["biases"]
+    return float(_largest_field(params["weights"], params["biases"], x))
+
+
+@jax.jit  # one program per shape, not a dozen single operations run one by one
+def _largest_field(weights, biases, x):
     bound = 0.0
     for k, b in enumerate(biases):
         if k == 0:
@@ -152,7 +156,7 @@ def field_bound(params, x, activation: str) -> float:
             below = jnp.sum(jnp.abs(weights[k]), axis=0)
         above = jnp.sum(jnp.abs(weights[k + 1]), axis=1) if k + 1 < len(weights) else 0.0
         bound = jnp.maximum(bound, jnp.max(below + above + jnp.abs(b)))
-    return float(bound)
+    return bound
 
 
 def unit_moments(activation: str, temperature: float, bound: float = 0.0, dtype=float):
