@@ -73,7 +73,7 @@ def _run_chain(
     # counter says so), writing each step's draw into row ``t - 1 - num_warmup`` of the trace:
     # warm-up steps write row 0, which the first sampling step overwrites. Two loops (one per
     # phase, as before 2026-12-06) compile the kernel's step twice: with one, the same draws
-    # bit for bit, steady calls as fast, and 0-35 % less compilation
+    # bit for bit, steady calls as fast, and 5-26 % less compilation
     # (benchmarks/driver_loops.py, results in benchmarks/results/samplers.md).
     def draw(key, state):
         state, info = kernel.step(key, state, context)
