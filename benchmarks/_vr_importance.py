@@ -16,7 +16,11 @@ every call synchronised):
   calls, rounded down to a multiple of 8 (equal wall time, taken literally);
 - ``neyman′``: the same with ``Sampling(neyman_share=0.25)``: 8 more rows of draws a batch
   for the digits whose first draws vary most (docs/mathematics.md, "Neyman allocation"), its
-  draws per group matched to plain's time the same way.
+  draws per group matched to plain's time the same way;
+- ``neyman′ raw``: ``neyman′`` with ``Sampling(pareto_smoothing=False)``, the raw importance
+  weights (every other importance route weighs its draws by their Pareto-smoothed weights,
+  docs/mathematics.md, "Pareto smoothing"): the same draws per group, so the two differ only
+  in the weights the statistics use.
 
 Per route: draws per chain or group (``num_samples``), first call (compilation) and median
 steady seconds per call, median and range of the relative MCSE ``‖MCSE‖/‖ĝ‖``, median largest
@@ -54,13 +58,16 @@ IMPORTANCE_DRAWS = 256
 # The routes matched to plain's time, by their Neyman share (Sampling.neyman_share).
 NEYMAN_SHARE = 0.25
 EQUAL_TIME = {"importance′": 0.0, "neyman′": NEYMAN_SHARE}
+# neyman′ with the raw importance weights (no Pareto smoothing).
+RAW = "neyman′ raw"
 # Draws per group at which importance sampling's calls are timed to match plain's time.
 MATCH_GRID = (16, 32, 64, 128)
 
 
-def _importance(model, draws, neyman_share=0.0):
+def _importance(model, draws, neyman_share=0.0, smooth=True):
     sampling = dataclasses.replace(MAIN_SAMPLING, method="importance", num_samples=draws,
-                                   num_warmup=draws // 2, neyman_share=neyman_share)  # fmt: skip
+                                   num_warmup=draws // 2, neyman_share=neyman_share,
+                                   pareto_smoothing=smooth)  # fmt: skip
     return ThermalCovariance(model, TEMPERATURE, sampling)
 
 
@@ -148,6 +155,9 @@ def section_importance(args) -> list[str]:
             draws[name] = _matched_draws(model, plain, params, batches, share)
             routes[name] = _importance(model, draws[name], share)
             first[name] = _call(routes[name], params, batches[0], jax.random.key(10**6 + 1))[0]
+        draws[RAW] = draws["neyman′"]
+        routes[RAW] = _importance(model, draws[RAW], NEYMAN_SHARE, smooth=False)
+        first[RAW] = _call(routes[RAW], params, batches[0], jax.random.key(10**6 + 1))[0]
         results = interleaved(routes, params, batches, args.reps, label, _call)
         med, spread = {}, {}
         for name, rows in results.items():
@@ -183,7 +193,7 @@ def section_importance(args) -> list[str]:
             )
             if reference != "plain":
                 continue
-            for name in EQUAL_TIME:
+            for name in (*EQUAL_TIME, RAW):
                 summary.append(
                     f"- {label} parameters, at equal wall time: {name} ({draws[name]} draws "
                     f"per group) {med[name][1]:.3f} at {med[name][0] / t_ref:.2f}× plain's "

@@ -113,7 +113,8 @@ def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
     """train's default sampler: importance sampling with Neyman allocation for the layered
     continuous network; auto where the estimator refuses importance sampling (spins,
     tempering) or its kept class is large, with ``--neyman-share`` at 0 and no
-    ``--pareto-fallback`` there; ``--target-relative-stderr`` adds rounds (of extra rows with
+    ``--pareto-fallback`` there; Pareto-smoothed weights unless ``--pareto-smoothing off``;
+    ``--target-relative-stderr`` adds rounds (of extra rows with
     importance sampling)."""
     from thermoeqprop._cli_train import build_estimator
 
@@ -126,6 +127,9 @@ def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
                                          target_relative_stderr=float("inf")), 64, 10)  # fmt: skip
     assert never.sampling.pareto_fallback is None
     assert never.sampling.target_relative_stderr is None
+    assert default.smooths_weights  # Pareto-smoothed weights unless --pareto-smoothing off
+    raw = build_estimator(TrainOptions(hidden=[3], pareto_smoothing="off"), 64, 10).sampling
+    assert (raw.pareto_smoothing, raw.smooths_weights) == (False, False)
     # up to three rounds of extra rows while a batch's relative MCSE is above the target
     rows = build_estimator(TrainOptions(hidden=[3], target_relative_stderr=0.2), 64, 10).sampling
     assert (rows.target_relative_stderr, rows.max_rounds, rows.tops_up) == (0.2, 4, True)

@@ -72,8 +72,14 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
         dtype=options.sampler_dtype,
         neyman_share=_neyman_share(options.neyman_share, method),
         pareto_fallback=_pareto_fallback(options.pareto_fallback, method),
+        pareto_smoothing=SMOOTHING[options.pareto_smoothing],
         **_top_up(options, method),
     )
+
+
+#: ``--pareto-smoothing``: None (not given) leaves ``Sampling``'s default, on with importance
+#: sampling.
+SMOOTHING = {None: None, "on": True, "off": False}
 
 
 #: ``--neyman-share``'s default with ``--sampler importance``.

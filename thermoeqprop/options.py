@@ -133,22 +133,22 @@ class SamplingOptions:
                                               "between the outputs' two T = 0 minima after every "
                                               "HMC transition (exact; helps inputs with two "
                                               "competing outputs)")  # fmt: skip
-    # None rather than 0.25: runs recorded before this option resume (absent key = null).
+    tempering: bool = option(False, "parallel tempering", deprecated_int=True)
+    # The options below default to None, not to the value they stand for (said in their help),
+    # so that runs recorded before each option existed resume (an absent key reads as null).
     neyman_share: float | None = option(None, "importance sampling: extra rows of draws (a "
                                         "share of the batch) for the examples whose first "
                                         "draws vary most (Neyman allocation; default "
                                         "0.25, 0 for none)")  # fmt: skip
-    # None rather than 0.7: runs recorded before this option resume (absent key = null).
     pareto_fallback: float | None = option(None, "importance sampling: examples whose weights' "
                                            "Pareto k-hat exceeds this are drawn again by HMC "
                                            "(default 0.7; inf: never)")  # fmt: skip
-    tempering: bool = option(False, "parallel tempering", deprecated_int=True)
-    # None rather than "float64": runs recorded before this option resume (absent key = null).
+    pareto_smoothing: Literal["on", "off"] | None = option(None, "importance sampling: weigh "
+        "the draws by their Pareto-smoothed weights (PSIS; default on; off: raw)")  # fmt: skip
     sampler_dtype: Literal["float32"] | None = option(None, "the samplers' arithmetic (default: "
         "the run's float64): float32 runs the chains, their energies and gradients in float32 "
         "and returns the draws in float64, every statistic computed as before (about 1.3x "
         "faster collapsed HMC on a CPU)")  # fmt: skip
-    # None rather than "off": runs recorded before this option resume (absent key = null).
     control_variates: Literal["zv1", "zv2", "laplace", "heat_bath"] | None = option(None,
         "control variates of the covariance and nudged estimators (default: none): zv1, zv2, "
         "laplace (Stein, continuous states), heat_bath (the innovations of collapsed spin "

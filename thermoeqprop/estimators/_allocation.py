@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thermoeqprop.estimators._importance import normalised_weights
+from thermoeqprop.estimators._pareto import weights_of
 
 __all__ = [
     "RowSet",
@@ -118,15 +118,17 @@ def _joined(drawn, more):
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), drawn, more)
 
 
-def first_rows(draw, model, extra: int, x, targets, rng_key, drawn, redraw) -> RowSet:
+def first_rows(draw, model, extra: int, x, targets, rng_key, drawn, redraw,
+               smooth: bool = True) -> RowSet:  # fmt: skip
     """The batch's importance draws ``drawn`` followed by ``extra`` rows for the examples
-    whose first draws vary most (:func:`neyman_copies` of :func:`cost_spread`).
+    whose first draws vary most (:func:`neyman_copies` of :func:`cost_spread`, weighted by the
+    weights the statistics use: Pareto-smoothed if ``smooth``).
 
     ``draw(x, targets, key)`` draws rows of examples; ``redraw(drawn, x, targets, key)``
     returns rows with those whose weights are heavy-tailed drawn again
     (:func:`~thermoeqprop.estimators._fallback.with_fallback`), applied once to the joined
     rows."""
-    omega = normalised_weights(drawn.trace.info.log_weights)
+    omega = weights_of(drawn.trace.info.log_weights, smooth)
     spread = np.asarray(cost_spread(model, drawn.states, omega, targets))
     copies = neyman_copies(spread, extra)
     repeated = extra_rows(copies)

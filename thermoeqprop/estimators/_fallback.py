@@ -57,6 +57,7 @@ def fallback_sampling(sampling):
         num_warmup=pilot,
         neyman_share=0.0,
         pareto_fallback=None,
+        pareto_smoothing=None,
     )
 
 

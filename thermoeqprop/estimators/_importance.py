@@ -50,6 +50,7 @@ from thermoeqprop.estimators._collapsed import (
 from thermoeqprop.estimators._conditional import conditional_activation
 from thermoeqprop.estimators._drawing import at_sampler_dtype
 from thermoeqprop.estimators._mode_jumps import NUDGE_BETA
+from thermoeqprop.estimators._pareto import normalised_weights, pareto_khat
 from thermoeqprop.estimators._unit_tables import field_bound, unit_free_energy
 
 __all__ = [
@@ -126,51 +127,6 @@ def suits_by_default(model) -> bool:
     has at most :data:`DEFAULT_MAX_KEPT` units."""
     split = classes(model)
     return split is not None and len(kept_units(model)) <= DEFAULT_MAX_KEPT
-
-
-@jax.jit
-def normalised_weights(log_weights) -> jax.Array:
-    """``ω = N w / Σ w`` over each example's draws (the axes after the first): mean 1."""
-    axes = tuple(range(1, log_weights.ndim))
-    count = np.prod(log_weights.shape[1:])
-    shifted = log_weights - jax.scipy.special.logsumexp(log_weights, axis=axes, keepdims=True)
-    return count * jnp.exp(shifted)
-
-
-@jax.jit
-def pareto_khat(log_weights) -> jax.Array:
-    """Pareto shape ``k̂`` of the largest importance weights, per row of (…, N) log weights.
-
-    The tail is the ``M = ⌈min(N/5, 3√N)⌉`` largest weights; their exceedances over the
-    next-largest are fitted by a generalised Pareto law with the empirical-Bayes estimate of
-    Zhang and Stephens (2009) and the weakly informative prior on ``k`` of PSIS (Vehtari et
-    al. 2024), as ArviZ's ``psislw``. ``k̂ < 0.5``: the weights have a finite variance and the
-    estimate converges at the usual rate; ``k̂ > 0.7``: it is not to be trusted. NaN (not
-    measured) with fewer than 5 tail weights (under 25 draws).
-    """
-    n = log_weights.shape[-1]
-    tail = int(np.ceil(min(0.2 * n, 3 * np.sqrt(n))))
-    if tail < 5:
-        return jnp.full(log_weights.shape[:-1], jnp.nan, log_weights.dtype)
-    top = jax.lax.top_k(log_weights - jnp.max(log_weights, axis=-1, keepdims=True), tail + 1)[0]
-    exceed = jnp.exp(top[..., :tail]) - jnp.exp(top[..., tail:])  # descending
-    return _gpd_shape(exceed[..., ::-1])
-
-
-def _gpd_shape(x, prior_b=3.0, prior_k=10.0):
-    """The Zhang–Stephens shape of ascending positive exceedances (…, M), with the prior."""
-    m = x.shape[-1]
-    grid = 30 + int(np.sqrt(m))
-    quartile = x[..., int(m / 4 + 0.5) - 1]
-    b = 1.0 - np.sqrt(grid / (np.arange(1, grid + 1) - 0.5))
-    b = b / (prior_b * quartile[..., None]) + 1.0 / x[..., -1:]  # (…, grid)
-    k = jnp.mean(jnp.log1p(-b[..., :, None] * x[..., None, :]), axis=-1)
-    profile = m * (jnp.log(-b / k) - k - 1.0)
-    weights = jax.nn.softmax(profile, axis=-1)
-    weights = jnp.where(weights >= 10 * jnp.finfo(x.dtype).eps, weights, 0.0)
-    b_post = jnp.sum(b * weights, axis=-1) / jnp.sum(weights, axis=-1)
-    k_post = jnp.mean(jnp.log1p(-b_post[..., None] * x), axis=-1)
-    return (m * k_post + prior_k * 0.5) / (m + prior_k)
 
 
 # The proposal's small factorisations are written out in array operations rather than

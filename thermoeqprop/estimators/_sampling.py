@@ -106,6 +106,10 @@ class Sampling:
             importance draws are dropped (docs/mathematics.md, "Heavy-tailed weights: HMC in
             their place"); 0.7 is the limit above which the weights are not to be trusted.
             None (the default): never.
+        pareto_smoothing: ``"importance"`` only: the statistics weight the draws by their
+            Pareto-smoothed weights (PSIS; docs/mathematics.md, "Pareto smoothing"), which
+            bound what a few large weights do to the estimate and its MCSE. None (the
+            default): on with ``"importance"``; False: the raw weights.
     """
 
     method: str = "auto"
@@ -127,6 +131,8 @@ class Sampling:
     dtype: str | None = None
     neyman_share: float = 0.0
     pareto_fallback: float | None = None
+    # None rather than True: runs recorded before this field resume (absent key = null).
+    pareto_smoothing: bool | None = None
 
     def __post_init__(self):
         if self.method not in SAMPLING_METHODS:
@@ -196,6 +202,20 @@ class Sampling:
                     f"importance weights are heavy-tailed), got pareto_fallback={fallback!r} "
                     f"with method={self.method!r}"
                 )
+
+        if self.pareto_smoothing not in (None, True, False):
+            raise ValueError(f"pareto_smoothing must be None, True or False, got "
+                             f"{self.pareto_smoothing!r}")  # fmt: skip
+        if self.pareto_smoothing and self.method != "importance":
+            raise ValueError(
+                f"pareto_smoothing needs method='importance' (it smooths importance weights), "
+                f"got pareto_smoothing=True with method={self.method!r}"
+            )
+
+    @property
+    def smooths_weights(self) -> bool:
+        """Whether the statistics use Pareto-smoothed importance weights."""
+        return self.method == "importance" and self.pareto_smoothing is not False
 
     @property
     def tops_up(self) -> bool:

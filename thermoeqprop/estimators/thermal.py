@@ -36,7 +36,8 @@ from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_c
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._drawing import ThermalSamples, draw_states, on_one_device
 from thermoeqprop.estimators._fallback import fallback_sampling, with_fallback
-from thermoeqprop.estimators._importance import draw_importance, normalised_weights
+from thermoeqprop.estimators._importance import draw_importance
+from thermoeqprop.estimators._pareto import weights_of
 from thermoeqprop.estimators._rao_blackwell import check_option, spin_statistics, summed_means
 from thermoeqprop.estimators._sampling import (
     SAMPLING_METHODS,
@@ -187,7 +188,7 @@ class _SampledEstimator(Estimator):
             phase.position = drawn.final_positions
             if extra:  # Neyman allocation: extra rows for the examples that vary most
                 phase.rows = first_rows(draw_rows, self.model, extra, x, targets, key, drawn,
-                                        redraw)  # fmt: skip
+                                        redraw, self.sampling.smooths_weights)  # fmt: skip
             else:
                 drawn = redraw(drawn, x, targets, key)
         rows = phase.rows
@@ -195,7 +196,7 @@ class _SampledEstimator(Estimator):
             drawn, x, targets = rows.drawn, x[rows.examples], targets[rows.examples]
         innovations = on_one_device(getattr(drawn.trace.info, "innovations", None))
         stats = self.statistics(params, drawn.states, x, targets, beta, innovations, budget,
-                                _draw_weights(drawn),
+                                _draw_weights(drawn, self.sampling.smooths_weights),
                                 None if rows is None else rows.weights(x.dtype))  # fmt: skip
         if rows is not None:
             stats = stats._replace(output=example_means(stats.output, rows.copies, rows.examples))
@@ -339,7 +340,7 @@ class _SampledEstimator(Estimator):
         if self.model.is_spin and collapses(self):  # the summed spins by their means
             states = summed_means(self.model, params, states, x, self.temperature)
         outputs = jax.vmap(jax.vmap(jax.vmap(self.model.output)))(states)
-        if (weights := _draw_weights(drawn)) is not None:
+        if (weights := _draw_weights(drawn, self.sampling.smooths_weights)) is not None:
             outputs = weights[..., None] * outputs
         return jnp.mean(outputs, axis=(1, 2))
 
@@ -354,11 +355,11 @@ class _Phase:
     rows: RowSet | None = None
 
 
-def _draw_weights(drawn):
-    """The importance weights ``ω`` (mean 1 per example) of ``method="importance"`` draws;
-    None for a Markov chain's."""
+def _draw_weights(drawn, smooth: bool):
+    """The importance weights ``ω`` (mean 1 per example) of ``method="importance"`` draws,
+    Pareto-smoothed if ``smooth`` (:func:`weights_of`); None for a Markov chain's."""
     log_weights = getattr(drawn.trace.info, "log_weights", None)
-    return None if log_weights is None else normalised_weights(log_weights)
+    return None if log_weights is None else weights_of(log_weights, smooth)
 
 
 @dataclasses.dataclass(frozen=True)
