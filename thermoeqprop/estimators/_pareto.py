@@ -74,10 +74,10 @@ def pareto_khat(log_weights) -> jax.Array:
 @jax.jit
 def pareto_smoothed(log_weights) -> jax.Array:
     """Pareto-smoothed log weights of (rows, …) log weights, each row's draws being the axes
-    after the first (as :func:`~thermoeqprop.estimators._importance.normalised_weights`
-    reads them): each row's ``M`` largest weights replaced by the fitted tail's quantiles
-    (module docstring). A row whose tail cannot be fitted (weights of one value, as those of
-    a row drawn again by HMC, or fewer than 21 draws) keeps its weights."""
+    after the first (as :func:`normalised_weights` reads them): each row's ``M`` largest
+    weights replaced by the fitted tail's quantiles (module docstring). A row whose tail
+    cannot be fitted (weights of one value, as those of a row drawn again by HMC, a fit
+    without a positive finite scale, or fewer than 21 draws) keeps its weights."""
     shape = log_weights.shape
     flat = log_weights.reshape(shape[0], -1)
     tail = tail_length(flat.shape[-1])
@@ -85,7 +85,7 @@ def pareto_smoothed(log_weights) -> jax.Array:
         return log_weights
     index, exceed, threshold = _tail(flat)
     shape_k, scale = _gpd_fit(exceed)
-    fitted = jnp.isfinite(shape_k) & jnp.isfinite(scale) & (exceed[:, -1] > 0)
+    fitted = jnp.isfinite(shape_k) & (scale > 0) & jnp.isfinite(scale) & (exceed[:, -1] > 0)
     k, sigma = jnp.where(fitted, shape_k, 0.5)[:, None], jnp.where(fitted, scale, 1.0)[:, None]
     p = (np.arange(1, tail + 1) - 0.5) / tail
     quantile = jnp.where(jnp.abs(k) > 1e-8, sigma / k * ((1.0 - p) ** (-k) - 1.0),
