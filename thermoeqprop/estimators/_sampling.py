@@ -203,7 +203,7 @@ class Sampling:
                     f"with method={self.method!r}"
                 )
 
-        if self.pareto_smoothing not in (None, True, False):
+        if not (self.pareto_smoothing is None or isinstance(self.pareto_smoothing, bool)):
             raise ValueError(f"pareto_smoothing must be None, True or False, got "
                              f"{self.pareto_smoothing!r}")  # fmt: skip
         if self.pareto_smoothing and self.method != "importance":
