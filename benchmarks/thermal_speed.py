@@ -772,19 +772,22 @@ S3_EPOCHS = 3  # per run: the first compiles, the later ones are the steady stat
 
 
 def _draws_parts(spec: str) -> tuple[int, int, int, set[str]]:
-    """``CxN[+W][,jumps][,f32][,is][,nofb][,raw][,top]`` (``--draws``): chains, warm-up
+    """``CxN[+W][,jumps][,f32][,is][,nofb][,raw][,top][,one]`` (``--draws``): chains, warm-up
     (default 50), draws, and the flags: mode jumps, float32 sampler arithmetic, importance
     sampling (``--sampler importance``: C groups of N weighted draws, W pilot draws per group
     and round, Neyman allocation at its default share, heavy-tailed rows drawn again by HMC,
     Pareto-smoothed weights), without that HMC fallback (``nofb``: ``--pareto-fallback
-    inf``), with the raw weights (``raw``: ``--pareto-smoothing off``), with up to 3 rounds of
-    extra rows while a batch's relative MCSE exceeds 0.2 (``top``:
-    ``--target-relative-stderr 0.2``); without ``is`` the route is HMC (``--sampler hmc``)."""
-    match = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?((?:,jumps|,f32|,is|,nofb|,raw|,top)*)", spec)
+    inf``), with the raw weights (``raw``: ``--pareto-smoothing off``), with rounds of extra
+    rows while a batch's relative MCSE exceeds 0.2 (``top``: ``--target-relative-stderr 0.2``,
+    train's default with importance sampling since 2026-12-07), with one round (``one``:
+    ``--target-relative-stderr inf``); without ``is`` the route is HMC (``--sampler hmc``)."""
+    match = re.fullmatch(
+        r"(\d+)x(\d+)(?:\+(\d+))?((?:,jumps|,f32|,is|,nofb|,raw|,top|,one)*)", spec
+    )
     if match is None:
         raise SystemExit(
             f"--draws {spec!r}: expected CHAINSxDRAWS[+WARMUP] and flags among ,jumps ,f32 ,is "
-            ",nofb ,raw ,top, e.g. 2x300 or 4x150+50 or 2x450+100,f32 or 2x256+128,is or "
+            ",nofb ,raw ,top ,one, e.g. 2x300 or 4x150+50 or 2x450+100,f32 or 2x256+128,is or "
             "2x80+40,is,nofb"
         )
     chains, draws, warmup, flags = match.groups()
@@ -801,7 +804,7 @@ def _draws_route(spec: str) -> str:
     chains, warmup, draws, flags = _draws_parts(spec)
     words = {"jumps": ", mode jumps", "f32": ", float32 sampler", "is": ", importance sampling",
              "nofb": ", no HMC fallback", "raw": ", raw weights",
-             "top": ", rows added to 0.2"}  # fmt: skip
+             "top": ", rows added to 0.2", "one": ", one round"}  # fmt: skip
     return (
         f"thermal, {chains} × ({warmup} + {draws})"
         + ("" if "is" in flags else ", HMC")
@@ -818,6 +821,7 @@ def _draws_command(spec: str) -> list[str]:
             + (["--pareto-fallback", "inf"] if "nofb" in flags else [])
             + (["--pareto-smoothing", "off"] if "raw" in flags else [])
             + (["--target-relative-stderr", "0.2"] if "top" in flags else [])
+            + (["--target-relative-stderr", "inf"] if "one" in flags else [])
             + ["--sampler", "importance" if "is" in flags else "hmc"])  # fmt: skip
 
 
@@ -1320,11 +1324,12 @@ def main():
         nargs="+",
         default=None,
         type=_draws_spec,
-        metavar="CxN[+W][,jumps][,f32][,is][,nofb][,raw][,top]",
+        metavar="CxN[+W][,jumps][,f32][,is][,nofb][,raw][,top][,one]",
         help="section 3: also time train with C chains × (W warm-up + N draws), W default 50, "
         "',jumps' for --mode-jumps on, ',f32' for --sampler-dtype float32, ',is' for --sampler "
         "importance, ',nofb' for --pareto-fallback inf, ',raw' for --pareto-smoothing off, "
-        "',top' for --target-relative-stderr 0.2; interleaved with the default and T = 0",
+        "',top' for --target-relative-stderr 0.2, ',one' for --target-relative-stderr inf; "
+        "interleaved with the default and T = 0",
     )
     parser.add_argument(
         "--baseline",

@@ -114,15 +114,16 @@ def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
     continuous network; auto where the estimator refuses importance sampling (spins,
     tempering) or its kept class is large, with ``--neyman-share`` at 0 and no
     ``--pareto-fallback`` there; Pareto-smoothed weights unless ``--pareto-smoothing off``;
-    ``--target-relative-stderr`` adds rounds (of extra rows with
-    importance sampling)."""
+    ``--target-relative-stderr`` adds rounds (up to 6 of extra rows with importance sampling,
+    where it is 0.2 unless given; up to 3 of the batch's draws with another sampler)."""
     from thermoeqprop._cli_train import build_estimator
 
     default = build_estimator(TrainOptions(hidden=[3]), 64, 10).sampling
     assert (default.method, default.neyman_share) == ("importance", 0.25)
     assert (default.num_samples, default.num_warmup) == (80, 40)
     assert default.pareto_fallback == 0.7  # heavy-tailed rows drawn again by HMC
-    assert (default.target_relative_stderr, default.tops_up) == (None, False)  # one round
+    # up to six rounds of extra rows while a batch's relative MCSE is above 0.2
+    assert (default.target_relative_stderr, default.max_rounds, default.tops_up) == (0.2, 7, True)
     never = build_estimator(TrainOptions(hidden=[3], pareto_fallback=float("inf"),
                                          target_relative_stderr=float("inf")), 64, 10)  # fmt: skip
     assert never.sampling.pareto_fallback is None
@@ -130,9 +131,10 @@ def test_train_without_a_sampler_draws_by_importance_where_the_estimator_can():
     assert default.smooths_weights  # Pareto-smoothed weights unless --pareto-smoothing off
     raw = build_estimator(TrainOptions(hidden=[3], pareto_smoothing="off"), 64, 10).sampling
     assert (raw.pareto_smoothing, raw.smooths_weights) == (False, False)
-    # up to three rounds of extra rows while a batch's relative MCSE is above the target
-    rows = build_estimator(TrainOptions(hidden=[3], target_relative_stderr=0.2), 64, 10).sampling
-    assert (rows.target_relative_stderr, rows.max_rounds, rows.tops_up) == (0.2, 4, True)
+    rows = build_estimator(TrainOptions(hidden=[3], target_relative_stderr=0.1), 64, 10).sampling
+    assert (rows.target_relative_stderr, rows.max_rounds, rows.tops_up) == (0.1, 7, True)
+    alone = build_estimator(TrainOptions(hidden=[3], neyman_share=0.0), 64, 10).sampling
+    assert (alone.target_relative_stderr, alone.tops_up) == (None, False)  # no rows: one round
     spins = build_estimator(TrainOptions(model="spin", hidden=[3]), 4, 2).sampling
     assert (spins.method, spins.neyman_share) == ("auto", 0.0)
     tempered = build_estimator(TrainOptions(hidden=[3], tempering=True), 64, 10).sampling

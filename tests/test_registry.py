@@ -109,7 +109,8 @@ def test_train_builds_the_same_estimators_as_before():
     # train's default sampler where the estimator can use it (docs/cli/train.md)
     sampling = Sampling(method="importance", num_chains=2, num_samples=80, num_warmup=40,
                         hmc_steps=8, hmc_jitter=0.5, tempering=0, start="auto",
-                        neyman_share=0.25, pareto_fallback=0.7)  # fmt: skip
+                        neyman_share=0.25, pareto_fallback=0.7, target_relative_stderr=0.2,
+                        max_rounds=7)  # fmt: skip
     relaxation = Relaxation(tolerance=1e-4, max_iterations=500)
     expected = {
         "covariance": ThermalCovariance(net, 0.02, sampling),
@@ -138,7 +139,9 @@ def test_train_builds_the_same_estimators_as_before():
     )  # fmt: skip
     # --collapse reaches the estimator as the registry's sampling option (Sampling.collapse);
     # off leaves importance sampling out, and the default sampler is then HMC.
-    hmc = dataclasses.replace(sampling, method="hmc", neyman_share=0.0, pareto_fallback=None)
+    # HMC draws one round unless --target-relative-stderr is given
+    hmc = dataclasses.replace(sampling, method="hmc", neyman_share=0.0, pareto_fallback=None,
+                              target_relative_stderr=None, max_rounds=8)  # fmt: skip
     for flag, expected in (("auto", dataclasses.replace(sampling, collapse=None)),
                            ("on", dataclasses.replace(sampling, collapse=True)),
                            ("off", dataclasses.replace(hmc, collapse=False))):  # fmt: skip

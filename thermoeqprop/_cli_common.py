@@ -58,6 +58,7 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
                 "old choice",
                 file=sys.stderr,
             )
+    share = _neyman_share(options.neyman_share, method)
     return Sampling(
         method=method,
         num_chains=options.num_chains,
@@ -70,10 +71,10 @@ def build_sampling(options: SamplingOptions, model, *, replicas: int = 0, comman
         collapse=COLLAPSE[options.collapse],
         mode_jumps=options.mode_jumps == "on",
         dtype=options.sampler_dtype,
-        neyman_share=_neyman_share(options.neyman_share, method),
+        neyman_share=share,
         pareto_fallback=_pareto_fallback(options.pareto_fallback, method),
         pareto_smoothing=SMOOTHING[options.pareto_smoothing],
-        **_top_up(options, method),
+        **_top_up(options, method, share),
     )
 
 
@@ -106,19 +107,33 @@ def _pareto_fallback(limit, method: str) -> float | None:
     return None if limit == float("inf") else limit
 
 
-#: The rounds after the first that train's ``--target-relative-stderr`` may add.
+#: train's ``--target-relative-stderr`` when not given, with importance sampling and Neyman
+#: allocation (whose later rounds add a few rows, not a batch of draws): a batch gradient's
+#: relative MCSE to reach. Other samplers draw one round unless the flag is given.
+TARGET_RELATIVE_STDERR = 0.2
+
+#: The rounds after the first that train's ``--target-relative-stderr`` may add: rounds of
+#: Neyman allocation's extra rows (:data:`ROW_ROUNDS`), or of the whole batch's draws.
+ROW_ROUNDS = 6
 TOP_UP_ROUNDS = 3
 
 
-def _top_up(options, method: str) -> dict:
+def _top_up(options, method: str, neyman_share: float) -> dict:
     """``Sampling``'s ``target_relative_stderr`` and ``max_rounds`` for ``train``'s
-    ``--target-relative-stderr`` (other commands have none; not given or ``inf``: none): at
-    most :data:`TOP_UP_ROUNDS` rounds after the first (with importance sampling and Neyman
-    allocation, rounds of extra rows)."""
-    target = getattr(options, "target_relative_stderr", None)
+    ``--target-relative-stderr`` (other commands have none; ``inf``: none). Not given: the
+    :data:`TARGET_RELATIVE_STDERR` with importance sampling and Neyman allocation, none
+    otherwise. At most :data:`ROW_ROUNDS` rounds of extra rows after the first, or
+    :data:`TOP_UP_ROUNDS` rounds of the whole batch's draws with another sampler."""
+    if not hasattr(options, "target_relative_stderr"):
+        return {}
+    rows = method == "importance" and neyman_share > 0
+    target = options.target_relative_stderr
+    if target is None and rows:
+        target = TARGET_RELATIVE_STDERR
     if target is None or target == float("inf"):
         return {}
-    return {"target_relative_stderr": target, "max_rounds": 1 + TOP_UP_ROUNDS}
+    return {"target_relative_stderr": target,
+            "max_rounds": 1 + (ROW_ROUNDS if rows else TOP_UP_ROUNDS)}  # fmt: skip
 
 
 def write_summary(results_dir: Path, lines: list[str]) -> None:

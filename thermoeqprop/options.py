@@ -208,9 +208,9 @@ class TrainOptions(
                             "--replicas replicas, the ladder geometric from T to 10 T")  # fmt: skip
     # None rather than 4: runs recorded before the option resume (absent key = null).
     replicas: int | None = option(None, "parallel-tempering replicas with --tempering (default 4)")
-    target_relative_stderr: float | None = option(None, "up to 3 more rounds of draws while a "
-        "batch gradient's relative MCSE exceeds this (importance sampling with Neyman "
-        "allocation: rounds of extra rows; default: one round)")  # fmt: skip
+    target_relative_stderr: float | None = option(None, "while a batch gradient's relative "
+        "MCSE exceeds this, up to 6 rounds of extra rows (importance sampling with Neyman "
+        "allocation; default 0.2) or 3 of the draws (default: none); inf: none")  # fmt: skip
     results_dir: str = _like(OutputOptions, "results_dir", "results/train")
 
 
