@@ -150,6 +150,43 @@ def test_control_variates_that_add_noise_are_flagged_with_what_to_do():
     assert not any(c.name.startswith("MCSE without") for c in gradient_checks(RECORD))
 
 
+def test_the_worst_batch_mcse_is_checked_and_says_when_its_rounds_ran_out():
+    """Beside the mean over batches, the worst batch's relative MCSE (diag_relative_stderr)
+    has the same limit; its verdict says when the rounds of --target-relative-stderr ran out
+    (diag_precision_reached 0: the worst over the epoch's batches, _runs.summarise_diagnostics)
+    and its lever names the rounds."""
+
+    def check(record):
+        return next(c for c in gradient_checks(record) if c.name.endswith(", worst batch"))
+
+    quiet = RECORD | {"relative_stderr": 0.11, "diag_relative_stderr": 0.199}
+    assert check(quiet).ok and check(quiet).limit == f"≤ {RELATIVE_MCSE_MAX:.3f}"
+    noisy = check(quiet | {"diag_relative_stderr": 0.278, "diag_precision_reached": 0.0})
+    assert (noisy.ok, noisy.lever) == (False, "rounds")
+    assert noisy.verdict.endswith("(its rounds of draws ran out)")
+    assert not check(quiet | {"diag_relative_stderr": 0.3}).verdict.endswith("ran out)")
+    table = format_checks(gradient_checks(quiet | {"diag_relative_stderr": 0.3}), "h")
+    assert "--target-relative-stderr 0.2" in table and "--neyman-share" in table
+    assert "(worst batch 0.199)" in epoch_line(quiet, 15)
+    assert not any(c.name.endswith(", worst batch") for c in gradient_checks(RECORD))
+
+
+def test_an_epoch_reached_its_precision_only_if_every_batch_did():
+    from thermoeqprop._result import GradientEstimate
+    from thermoeqprop._runs import summarise_diagnostics
+
+    def estimate(reached, relative):
+        diagnostics = {"precision_reached": reached, "rounds": 7.0 - 6 * reached,
+                       "relative_stderr": relative}  # fmt: skip
+        return GradientEstimate(np.ones(2), 0.0, np.full(2, relative), diagnostics=diagnostics)
+
+    summary = summarise_diagnostics([estimate(1.0, 0.1), estimate(0.0, 0.3), estimate(1.0, 0.2)])
+    assert (summary["diag_precision_reached"], summary["diag_rounds"]) == (0.0, 7.0)
+    assert summary["diag_relative_stderr"] == pytest.approx(0.3)  # the worst batch's
+    assert summary["relative_stderr"] == pytest.approx(0.2)  # the mean over batches'
+    assert summarise_diagnostics([estimate(1.0, 0.1)])["diag_precision_reached"] == 1.0
+
+
 def test_heavy_importance_weights_are_flagged_with_what_to_do():
     importance = {k: v for k, v in RECORD.items() if k not in ("diag_mean_step_size",
                                                                "diag_divergences")}  # fmt: skip

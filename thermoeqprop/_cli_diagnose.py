@@ -20,6 +20,7 @@ TRAIN_COLUMNS = {
     "temperature": "T",
     "relative_stderr": "rel. MCSE (mean of batches)",
     "relative_stderr_median": "rel. MCSE (median batch)",
+    "diag_relative_stderr": "rel. MCSE (worst batch)",
     "diag_rhat_max": "split R-hat max (worst batch)",
     "rank_rhat_max_last_batch": "rank R-hat max (last batch, all components)",
     "series_r_hat_max": "rank R-hat max (last batch)",

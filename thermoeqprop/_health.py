@@ -26,8 +26,10 @@ independent draws. So each limit here is stated for the run at hand:
   lies within one standard deviation (about 0.017) of one R-hat of independent draws, and the
   default train's worst batch exceeded it in 4 of 15 epochs while its last batch's median
   rank-normalised R-hat stayed at 0.999–1.003.
-- **Relative MCSE of the gradient** (‖MCSE‖ ÷ ‖gradient‖): at most :data:`RELATIVE_MCSE_MAX`;
-  above it the step follows mostly Monte Carlo noise.
+- **Relative MCSE of the gradient** (‖MCSE‖ ÷ ‖gradient‖): at most :data:`RELATIVE_MCSE_MAX`
+  in the mean over an epoch's batches and in its worst batch; above it the step follows mostly
+  Monte Carlo noise. ``train``'s rounds of draws (``--target-relative-stderr``, 0.2 by default
+  with importance sampling) aim at the worst batch's; the verdict says when they ran out.
 - **Divergent transitions** (HMC, NUTS): none.
 - **Pareto k̂ of the importance weights** (``--sampler importance``): at most
   :data:`PARETO_K_MAX` for the worst example; above it that example's self-normalised
@@ -85,6 +87,9 @@ PARETO_K_MAX = 0.7
 
 LEVERS = {
     "mcse": "more draws (--num-samples) or chains (--num-chains): the MCSE falls as 1/√(draws)",
+    "rounds": "noisy batches: --target-relative-stderr 0.2 (train's default with importance "
+    "sampling) draws rounds of extra rows for a batch until its MCSE is under 0.2; where the "
+    "rounds run out, a larger --neyman-share or more draws (--num-samples)",
     "rhat": "chains disagree: longer warm-up (--num-warmup), more chains (--num-chains), or "
     "parallel tempering (--tempering --replicas R) if the target has several modes",
     "ess": "draws are strongly correlated: more leapfrog steps (--hmc-steps), step-size jitter "
@@ -280,6 +285,15 @@ def gradient_checks(record: dict) -> list[Check]:
             digits=3,
         )
     )  # fmt: skip
+    if "diag_relative_stderr" in record:  # the worst batch's
+        bad = "noisy batch: its step follows mostly Monte Carlo noise"
+        if record.get("diag_precision_reached", 1) == 0:
+            bad += " (its rounds of draws ran out)"
+        checks.append(
+            _check("relative MCSE of the gradient, worst batch",
+                   _finite(record["diag_relative_stderr"]), RELATIVE_MCSE_MAX, upper=True,
+                   bad=bad, lever="rounds", digits=3)
+        )  # fmt: skip
     worst = rhat_limit(num_chains, entries, num_components * num_batches)
     median = median_rhat_limit(num_chains, entries, num_batches)
     checks.append(
@@ -388,6 +402,8 @@ def epoch_line(record: dict, epochs: int) -> str:
     ]
     if "relative_stderr" in record:
         parts.append(f"gradient rel. MCSE {record['relative_stderr']:.3f}")
+        if "diag_relative_stderr" in record:
+            parts[-1] += f" (worst batch {record['diag_relative_stderr']:.3f})"
     if "diag_rhat_max" in record:
         parts.append(f"split R-hat max {record['diag_rhat_max']:.3f}")
     if "rank_rhat_max_last_batch" in record:

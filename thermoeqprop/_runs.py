@@ -211,7 +211,8 @@ def save_unit(folder: RunFolder, record: dict[str, Any], counter: str, trees: di
 def summarise_diagnostics(estimates: Iterable) -> dict[str, float]:
     """The worst case over the estimates since the last record: the smallest converged
     fraction, minimum, ESS and gain (``ess_min``, ``ess_median``, ``min_gap``,
-    ``min_hessian_eigenvalue``, ``control_variate_gain``), the mean of shares (``…_share``),
+    ``min_hessian_eigenvalue``, ``control_variate_gain``; ``precision_reached``: 0 if any
+    estimate's rounds ran out), the mean of shares (``…_share``),
     the largest of the rest; indices of
     an example within a batch (``worst_example``) and per-example arrays are left out. With
     standard errors, also the ``relative_stderr`` of the estimates: its mean and median
@@ -225,7 +226,7 @@ def summarise_diagnostics(estimates: Iterable) -> dict[str, float]:
         lowest = (
             "converged" in key
             or key.startswith(("min_", "ess_"))
-            or key.endswith(("_min", "_gain"))
+            or key.endswith(("_min", "_gain", "_reached"))
         )
         reduce = np.mean if key.endswith("_share") else np.min if lowest else np.max
         out[f"diag_{key}"] = float(reduce(values))
