@@ -94,16 +94,30 @@ def test_more_rows_draws_the_examples_the_allocation_names_and_joins_them():
     def redraw(drawn, xs, ys, key):
         return {"rows": drawn["rows"] + 100.0}
 
+    def spread_of(drawn, ys):  # each new row's own spread, read after redraw
+        return np.asarray(drawn["rows"]) / 100.0
+
     rows = RowSet({"rows": jnp.arange(6.0)}, np.array([0, 1, 2, 3, 0, 2]),
                   neyman_copies(spread, 2), spread)  # fmt: skip
-    more = more_rows(draw, rows, 3, x, targets, jax.random.key(0), redraw)
+    more = more_rows(draw, spread_of, rows, 3, x, targets, jax.random.key(0), redraw)
     added = extra_rows(neyman_copies(spread, 5), rows.copies)
     assert calls == [(added.tolist(), (-added).tolist())]
     np.testing.assert_array_equal(more.examples, np.concatenate([rows.examples, added]))
     np.testing.assert_array_equal(more.copies, neyman_copies(spread, 5))
     np.testing.assert_array_equal(more.drawn["rows"], np.concatenate([np.arange(6.0),
                                                                       added + 100.0]))  # fmt: skip
-    assert more.spread is spread
+    assert more.spread is spread and more.row_spread is None  # no rows' spreads: kept
+    # With each row's own spread, the proxy is their mean over an example's rows: example 0's
+    # two rows say 0.1 and 0.3, example 2's say 5 and 7; the new rows' spreads join them.
+    pooled = rows._replace(row_spread=np.array([0.1, 0.3, 5.0, 0.01, 0.3, 7.0]))
+    np.testing.assert_allclose(pooled.pooled_spread(), [0.2, 0.3, 6.0, 0.01])
+    calls.clear()
+    more = more_rows(draw, spread_of, pooled, 3, x, targets, jax.random.key(0), redraw)
+    added = extra_rows(neyman_copies([0.2, 0.3, 6.0, 0.01], 3, rows.copies), rows.copies)
+    assert calls == [(added.tolist(), (-added).tolist())] and 2 in added
+    np.testing.assert_allclose(more.spread, [0.2, 0.3, 6.0, 0.01])
+    np.testing.assert_allclose(more.row_spread, np.concatenate([pooled.row_spread,
+                                                                1.0 + added / 100.0]))  # fmt: skip
 
 
 def test_cost_spread_is_the_delta_method_variance_of_the_mean_cost():

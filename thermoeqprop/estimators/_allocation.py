@@ -19,7 +19,9 @@ draw.
 
 The allocation reads the first draws, which stay in the estimate: the weight ``1/k_i`` of an
 example's first row depends on those draws, a bias of order ``1/N`` like the self-normalised
-estimate's own (the copies' draws are independent of the choice and unbiased given it).
+estimate's own (the copies' draws are independent of the choice and unbiased given it). Rounds
+of more rows (:func:`more_rows`) read the proxy averaged over every row of an example so far,
+so their choice depends on the earlier copies' draws too, a bias of the same order.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ __all__ = [
     "more_rows",
     "neyman_copies",
     "row_examples",
+    "row_spreads",
     "row_weights",
 ]
 
@@ -100,14 +103,27 @@ class RowSet(NamedTuple):
         drawn: The draws of every row, joined along the row axis.
         examples: (rows,) the example each row holds.
         copies: (batch,) the rows of each example.
-        spread: (batch,) :func:`cost_spread` of each example's first draws (the allocation's
-            proxy for its variance).
+        spread: (batch,) the allocation's proxy for each example's variance when the rows
+            were allocated: :func:`cost_spread` of its first draws, then (:func:`more_rows`)
+            the mean over its rows of theirs.
+        row_spread: (rows,) :func:`cost_spread` of each row's own draws (after ``redraw``),
+            or None: the proxy is then kept as it is.
     """
 
     drawn: Any
     examples: np.ndarray
     copies: np.ndarray
     spread: np.ndarray
+    row_spread: np.ndarray | None = None
+
+    def pooled_spread(self) -> np.ndarray:
+        """(batch,) each example's :func:`cost_spread` averaged over its rows: each row's
+        is an estimate of the same variance (of one row's mean), so their mean is a better
+        one than the first row's alone (``spread`` where ``row_spread`` is None)."""
+        if self.row_spread is None:
+            return self.spread
+        total = np.bincount(self.examples, self.row_spread, minlength=self.copies.shape[0])
+        return total / self.copies
 
     def weights(self, dtype) -> jax.Array:
         """The rows' :func:`row_weights`."""
@@ -118,37 +134,50 @@ def _joined(drawn, more):
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), drawn, more)
 
 
-def first_rows(draw, model, extra: int, x, targets, rng_key, drawn, redraw,
-               smooth: bool = True) -> RowSet:  # fmt: skip
+def row_spreads(model, smooth: bool, drawn, targets) -> np.ndarray:
+    """(rows,) :func:`cost_spread` of each row of ``drawn`` (importance draws, or a
+    fallback's chains of weight 1), weighted as the statistics weigh them (Pareto-smoothed if
+    ``smooth``)."""
+    omega = weights_of(drawn.trace.info.log_weights, smooth)
+    return np.asarray(cost_spread(model, drawn.states, omega, targets))
+
+
+def first_rows(draw, spread_of, extra: int, x, targets, rng_key, drawn, redraw) -> RowSet:
     """The batch's importance draws ``drawn`` followed by ``extra`` rows for the examples
-    whose first draws vary most (:func:`neyman_copies` of :func:`cost_spread`, weighted by the
-    weights the statistics use: Pareto-smoothed if ``smooth``).
+    whose first draws vary most (:func:`neyman_copies` of their ``spread_of(drawn,
+    targets)``, :func:`row_spreads` in the estimators).
 
     ``draw(x, targets, key)`` draws rows of examples; ``redraw(drawn, x, targets, key)``
     returns rows with those whose weights are heavy-tailed drawn again
     (:func:`~thermoeqprop.estimators._fallback.with_fallback`), applied once to the joined
-    rows."""
-    omega = weights_of(drawn.trace.info.log_weights, smooth)
-    spread = np.asarray(cost_spread(model, drawn.states, omega, targets))
+    rows, whose own spreads the result keeps for :func:`more_rows`."""
+    spread = spread_of(drawn, targets)
     copies = neyman_copies(spread, extra)
     repeated = extra_rows(copies)
     if repeated.size:
         drawn = _joined(drawn, draw(x[repeated], targets[repeated], jax.random.fold_in(rng_key, 1)))
     examples = row_examples(copies)
     drawn = redraw(drawn, x[examples], targets[examples], rng_key)
-    return RowSet(drawn, examples, copies, spread)
+    return RowSet(drawn, examples, copies, spread, spread_of(drawn, targets[examples]))
 
 
-def more_rows(draw, rows: RowSet, extra: int, x, targets, rng_key, redraw) -> RowSet:
+def more_rows(draw, spread_of, rows: RowSet, extra: int, x, targets, rng_key,
+              redraw) -> RowSet:  # fmt: skip
     """``rows`` followed by ``extra`` more rows, each to the example whose variance it lowers
-    most given the copies so far (:func:`neyman_copies` from ``rows.copies``), drawn by
-    ``draw`` with key ``rng_key`` and passed through ``redraw`` (as in :func:`first_rows`)."""
-    copies = neyman_copies(rows.spread, extra, rows.copies)
+    most given the copies so far (:func:`neyman_copies` from ``rows.copies``, the proxy
+    :meth:`RowSet.pooled_spread` over every row drawn so far), drawn by ``draw`` with key
+    ``rng_key`` and passed through ``redraw`` (as in :func:`first_rows`); the new rows' own
+    spreads (``spread_of``) join the old ones'."""
+    spread = rows.pooled_spread()
+    copies = neyman_copies(spread, extra, rows.copies)
     added = extra_rows(copies, rows.copies)
     more = draw(x[added], targets[added], jax.random.fold_in(rng_key, 1))
     more = redraw(more, x[added], targets[added], rng_key)
+    row_spread = None
+    if rows.row_spread is not None:
+        row_spread = np.concatenate([rows.row_spread, spread_of(more, targets[added])])
     return RowSet(_joined(rows.drawn, more), np.concatenate([rows.examples, added]), copies,
-                  rows.spread)  # fmt: skip
+                  spread, row_spread)  # fmt: skip
 
 
 def example_means(values, copies, examples=None):

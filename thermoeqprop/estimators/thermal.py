@@ -31,7 +31,13 @@ from thermoeqprop._protocols import Estimator
 from thermoeqprop._result import GradientEstimate
 from thermoeqprop._validation import check_positive
 from thermoeqprop.estimators import _control_variates, _coupled
-from thermoeqprop.estimators._allocation import RowSet, example_means, first_rows, more_rows
+from thermoeqprop.estimators._allocation import (
+    RowSet,
+    example_means,
+    first_rows,
+    more_rows,
+    row_spreads,
+)
 from thermoeqprop.estimators._collapsed import check_sampling, collapses, draw_collapsed
 from thermoeqprop.estimators._conditional import conditional_statistics, uses_conditional
 from thermoeqprop.estimators._drawing import ThermalSamples, draw_states, on_one_device
@@ -181,14 +187,16 @@ class _SampledEstimator(Estimator):
         beta = phase.beta
         extra = self.sampling.neyman_rows(x.shape[0])
         draw_rows, redraw = self._row_drawer(params, beta), self._redraw(params, beta)
+        spread_of = functools.partial(row_spreads, self.model, self.sampling.smooths_weights)
         if phase.rows is not None and self.sampling.tops_up:
-            phase.rows = more_rows(draw_rows, phase.rows, extra, x, targets, key, redraw)
+            phase.rows = more_rows(draw_rows, spread_of, phase.rows, extra, x, targets, key,
+                                   redraw)  # fmt: skip
         else:
             drawn = draw(beta, self.temperature, key, phase.position)
             phase.position = drawn.final_positions
             if extra:  # Neyman allocation: extra rows for the examples that vary most
-                phase.rows = first_rows(draw_rows, self.model, extra, x, targets, key, drawn,
-                                        redraw, self.sampling.smooths_weights)  # fmt: skip
+                phase.rows = first_rows(draw_rows, spread_of, extra, x, targets, key, drawn,
+                                        redraw)  # fmt: skip
             else:
                 drawn = redraw(drawn, x, targets, key)
         rows = phase.rows
