@@ -8,19 +8,19 @@ Markov chain: independent draws from a multivariate Student-t proposal ``q``, ea
 ``w ∝ exp(−F(s)/T) / q(s)``. One draw costs one marginal energy, no gradient, and no draw
 depends on another.
 
-The proposal, per example and phase, depends on the parameters, input and target only, never
-on the final draws: a mixture of multivariate t laws whose bells start at T = 0 minima (the
+The proposal, per example and phase, depends on the parameters, input and target only, never on
+the final draws: a mixture of multivariate t laws whose bells start at T = 0 minima (the
 relaxed one, those reached after pushes towards the largest outputs), each moved to a mode of
-the marginal by a few damped Newton steps, and at the state with every output pushed low, left
-where the push put it; each scaled by ``T H⁻¹`` there (eigenvalues floored), plus bridges
-stretched between the first mode and the others. ``IMPORTANCE_ROUNDS`` rounds of
-``num_chains × num_warmup`` pilot draws move every component to the weighted mean and
-covariance of the draws it is responsible for (mixture population Monte Carlo); the proposal
-whose pilot weights had the largest Kish ESS is kept for the final ``num_chains ×
-num_samples`` draws. Every draw, pilot or final, is weighted against the deterministic mixture
-of all the proposals used (multiple importance sampling), and the draws are dealt into
-``num_chains`` groups, each holding its share of every round spread along it, so that split
-R-hat and the batch-means ESS read them as they read chains.
+the marginal by a few damped Newton steps, and at the states pushed towards every output low
+and towards each of those outputs, left where the push put them; each scaled by ``T H⁻¹`` there
+(eigenvalues floored), plus bridges stretched between the first mode and the others.
+``IMPORTANCE_ROUNDS`` rounds of ``num_chains × num_warmup`` pilot draws move every component to
+the weighted mean and covariance of the draws it is responsible for (mixture population Monte
+Carlo); the proposal whose pilot weights had the largest Kish ESS is kept for the final
+``num_chains × num_samples`` draws. Every draw, pilot or final, is weighted against the
+deterministic mixture of all the proposals used (multiple importance sampling), and the draws
+are dealt into ``num_chains`` groups, each holding its share of every round spread along it, so
+that split R-hat and the batch-means ESS read them as they read chains.
 
 The statistics then weight every draw by ``ω = N w / Σ w`` (mean 1 over an example's draws):
 :func:`~thermoeqprop.estimators._conditional.conditional_statistics` with ``draw_weights``
@@ -207,12 +207,14 @@ def _component_log_densities(s, mixture):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _minima(model, params, x, targets, beta):
-    """(batch, 2 + PUSHED_OUTPUTS, n_kept) states that start the proposal's components: the
-    T = 0 minimum of ``F_β`` relaxed from the model's initial state; those reached by relaxing
-    ``F_β`` again after a push (``E + NUDGE_BETA · C(·; e)``) towards each of the
-    ``PUSHED_OUTPUTS`` largest outputs there, ``e`` its one-hot code (one output: each end of
-    its range); and the state pushed towards every output low (``e = 0``), not relaxed again.
-    Where a push lands back in the first minimum the components coincide."""
+    """(batch, 2 (1 + P), n_kept) states that start the proposal's components, P =
+    ``PUSHED_OUTPUTS`` (one output: 2). First the T = 0 minima: the one of ``F_β`` relaxed from
+    the model's initial state, and those reached by relaxing ``F_β`` again after a push
+    (``E + NUDGE_BETA · C(·; e)``) towards each of the P largest outputs there, ``e`` its
+    one-hot code (one output: each end of its range). Then states pushed and not relaxed
+    again: towards every output low (``e = 0``), and the pushed states themselves (the
+    output turned on, the others off). Where a push lands back in the first minimum the
+    components coincide."""
     from thermoeqprop.estimators.zero_temperature import Relaxation, relax
 
     relaxation = Relaxation(tolerance=1e-6)
@@ -225,14 +227,16 @@ def _minima(model, params, x, targets, beta):
                  for i in range(min(PUSHED_OUTPUTS, outputs.shape[-1]))]  # fmt: skip
     else:
         codes = [jnp.zeros_like(outputs), jnp.ones_like(outputs)]
-    minima = [first[:, kept]]
+    minima, pushed = [first[:, kept]], []
     for code in codes:
-        pushed = relax(model, params, x, code, NUDGE_BETA, first, relaxation).state
-        minima.append(relax(model, params, x, targets, beta, pushed, relaxation).state[:, kept])
+        pushed.append(relax(model, params, x, code, NUDGE_BETA, first, relaxation).state)
+        relaxed = relax(model, params, x, targets, beta, pushed[-1], relaxation).state
+        minima.append(relaxed[:, kept])
     # Every output pushed low, not relaxed again: where the network hesitates, the law at
-    # T > 0 has a mode there that the T = 0 energy lacks (the hidden layer's entropy).
+    # T > 0 has a mode there that the T = 0 energy lacks (the hidden layer's entropy). The
+    # pushed states likewise: where two outputs are on at the minimum, each on alone.
     low = relax(model, params, x, jnp.zeros_like(outputs), NUDGE_BETA, first, relaxation)
-    minima.append(low.state[:, kept])
+    minima += [low.state[:, kept]] + [state[:, kept] for state in pushed]
     return jnp.stack(minima, axis=1)
 
 
@@ -282,11 +286,12 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
             chol = _cholesky(temperature * (vectors / values) @ vectors.T)
             return mode, chol, -energy(mode) / temperature - 0.5 * jnp.sum(jnp.log(values))
 
-        # The last start (every output pushed low) stays where the push left it: it is no
-        # minimum of F, and Newton steps carried it back to the first one, which left the
-        # excursions it is there for (the winning output off, rare but of large cost) with a
-        # handful of draws; on trained networks they carried most of the gradient's variance.
-        moves = jnp.arange(starts.shape[0]) < starts.shape[0] - 1
+        # The T = 0 minima (the first half of the starts) move to modes; the pushed states
+        # stay where the push left them: they are no minima of F, and Newton steps carried
+        # the low one back to the first minimum, which left the excursions it is there for
+        # (the winning output off, rare but of large cost) with a handful of draws; on
+        # trained networks they carried most of the gradient's variance.
+        moves = jnp.arange(starts.shape[0]) < starts.shape[0] // 2
         centres, chols, masses = jax.vmap(laplace)(starts, moves)
         # Each minimum gets a share of the draws between MIN_SHARE and 1 − MIN_SHARE by its
         # Laplace mass (two equal starts: one component, whatever the shares). Between the
