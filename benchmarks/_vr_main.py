@@ -107,10 +107,9 @@ def _with_draws(num_samples, collapse=False, jumps=False, **changes):
                                mode_jumps=jumps, **changes)  # fmt: skip
 
 
-def main_job(num_batches):
-    """The main job's network, ``num_batches`` batches of 32 training digits (the same in
-    every section that calls this), its initial and EP-trained parameters by name, and the
-    trained parameters' test accuracy."""
+def main_batches(num_batches):
+    """The main job's dataset, network and ``num_batches`` batches of 32 training digits (the
+    same in every section that calls this)."""
     dataset = load_dataset("digits", seed=0)
     model = LayeredNetwork((64, 128, 10))
     rng = np.random.default_rng(1)
@@ -119,6 +118,14 @@ def main_job(num_batches):
         idx = rng.choice(len(dataset.labels_train), BATCH, replace=False)
         batches.append((jnp.asarray(dataset.x_train[idx]),
                         model.encode_labels(dataset.labels_train[idx])))  # fmt: skip
+    return dataset, model, batches
+
+
+def main_job(num_batches):
+    """The main job's network, ``num_batches`` batches of 32 training digits (as
+    :func:`main_batches`), its initial and EP-trained parameters by name, and the trained
+    parameters' test accuracy."""
+    dataset, model, batches = main_batches(num_batches)
     trained, accuracy = trained_by_ep(model, dataset)
     settings = {"initial": model.init_params(jax.random.key(0)), "trained": trained}
     return model, batches, settings, accuracy

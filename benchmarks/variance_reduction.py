@@ -49,6 +49,9 @@ Sections (``--sections spin main``; each appends its tables to one report):
 - ``main`` (``benchmarks/_vr_main.py``): the main job's per-batch covariance gradient, plain
   against conditional expectations (docs/mathematics.md, "Conditional expectations"), at equal
   draws and at equal wall time, at the initial and at EP-trained parameters.
+- ``trajectory`` (``benchmarks/_vr_trajectory.py``, not run by default): the default
+  ``thermoeqprop train``'s estimator against plain HMC at equal wall time, at the parameters
+  of a default training run (run by the section) after the epochs of ``--trajectory-epochs``.
 
 Columns: ``s/call`` = median steady wall time of a call (new key each; first calls, with
 compilation, reported apart); ``rel. MCSE`` = mean over calls of the estimator's
@@ -90,6 +93,7 @@ import _vr_importance  # noqa: E402
 import _vr_main  # noqa: E402
 import _vr_pieces  # noqa: E402
 import _vr_rhat  # noqa: E402
+import _vr_trajectory  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -474,6 +478,7 @@ SECTIONS = {
     "rhat": _vr_rhat.section_rhat,
     "pieces": _vr_pieces.section_pieces,
     "importance": _vr_importance.section_importance,
+    "trajectory": _vr_trajectory.section_trajectory,
 }
 
 
@@ -488,6 +493,13 @@ def main() -> None:
         nargs="+",
         default=[0.05, 0.2],
         help="coupled: nudges β of the coupled routes",
+    )
+    parser.add_argument(
+        "--trajectory-epochs",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3, 5, 10, 15],
+        help="trajectory: epochs of the default train after which the routes are compared",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default all)")
     parser.add_argument("--output", default="benchmarks/results/variance_reduction.md")

@@ -45,9 +45,11 @@ from thermoeqprop.estimators._collapsed import collapses
 from thermoeqprop.estimators._conditional import conditional_statistics
 from thermoeqprop.estimators._importance import (
     IMPORTANCE_ROUNDS,
+    PUSHED_OUTPUTS,
     _cholesky,
     _interleaving,
     _lower_inverse,
+    _minima,
     draw_importance,
     normalised_weights,
     pareto_khat,
@@ -122,6 +124,28 @@ def test_every_group_holds_its_share_of_every_round_spread_along_it():
         for r in range(3):
             where = np.flatnonzero(group == r)
             assert where.min() < 5 and where.max() > 5
+
+
+def test_the_proposal_starts_at_the_minima_then_at_the_pushed_states():
+    """The proposal's starts: the T = 0 minima first (the relaxed one, then one after each
+    push), then the states pushed and not relaxed again: every output low, and each of the
+    largest outputs pushed on (it above its value at the first minimum, every other output
+    below)."""
+    net = LayeredNetwork((4, 8, 3))
+    with seed_offset.fixed():
+        params = net.init_params(jax.random.key(0))
+        x = jax.random.uniform(jax.random.key(1), (5, 4))
+    starts = _minima(net, params, x, jnp.zeros((5, 3)), 0.0)
+    assert starts.shape == (5, 2 * (1 + PUSHED_OUTPUTS), 3)  # the kept class: the outputs
+    outputs = np.asarray(net.rho(starts))
+    first, rows = outputs[:, 0], np.arange(5)
+    assert np.all(outputs[:, 1 + PUSHED_OUTPUTS] < first)
+    largest = np.argsort(-first, axis=-1)
+    for j in range(PUSHED_OUTPUTS):
+        pushed, on = outputs[:, 2 + PUSHED_OUTPUTS + j], largest[:, j]
+        assert np.all(pushed[rows, on] > first[rows, on])
+        others = np.arange(3)[None] != on[:, None]
+        assert np.all(pushed[others] < first[others])
 
 
 def weighted_problem(examples, rows):
