@@ -293,9 +293,10 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
         # trained networks they carried most of the gradient's variance.
         moves = jnp.arange(starts.shape[0]) < starts.shape[0] // 2
         centres, chols, masses = jax.vmap(laplace)(starts, moves)
-        # Each minimum gets a share of the draws between MIN_SHARE and 1 − MIN_SHARE by its
-        # Laplace mass (two equal starts: one component, whatever the shares). Between the
-        # first minimum and each other one, a bridge component, centred half-way and
+        # Each bell gets a share of the draws between MIN_SHARE and 1 − MIN_SHARE by its
+        # Laplace mass (two equal starts: one component, whatever the shares; a pushed state
+        # by the same formula at its centre). Between the first minimum and each other
+        # centre, a bridge component, centred half-way and
         # stretched along the segment (covariance: the first minimum's plus d dᵀ/4, d the
         # segment), shares BRIDGE_SHARE: where the network hesitates between outputs, the law
         # has mass on the way from one minimum to another, which bells around the minima
