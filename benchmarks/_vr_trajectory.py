@@ -78,10 +78,9 @@ def section_trajectory(args) -> list[str]:
     epochs = sorted(set(args.trajectory_epochs))
     points = {"initial": (model.init_params(jax.random.key(0)), None)}
     points |= {f"epoch {e}": v for e, v in trajectory(dataset, set(epochs)).items()}
-    default = build_estimator(TrainOptions(), dataset.num_features, dataset.num_classes)
     routes = {
         "plain": ThermalCovariance(model, TEMPERATURE, MAIN_SAMPLING, rao_blackwell=False),
-        "default": ThermalCovariance(model, TEMPERATURE, default.sampling),
+        "default": build_estimator(TrainOptions(), dataset.num_features, dataset.num_classes),
     }
     lines = [
         "### Section trajectory: the default train's gradient along a default training run",

@@ -279,20 +279,22 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
             length = jnp.linalg.norm(step)
             return s - step * jnp.minimum(1.0, MAX_NEWTON_STEP / jnp.maximum(length, 1e-300)), None
 
-        def laplace(start, moves):  # the centre, the Cholesky factor of T H⁻¹, the log mass
-            mode = jax.lax.scan(newton, start, None, NEWTON_STEPS)[0]
-            mode = jnp.where(moves, mode, start)
-            values, vectors = floored(hess(mode))
-            chol = _cholesky(temperature * (vectors / values) @ vectors.T)
-            return mode, chol, -energy(mode) / temperature - 0.5 * jnp.sum(jnp.log(values))
+        def to_mode(start):
+            return jax.lax.scan(newton, start, None, NEWTON_STEPS)[0]
 
-        # The T = 0 minima (the first half of the starts) move to modes; the pushed states
-        # stay where the push left them: they are no minima of F, and Newton steps carried
-        # the low one back to the first minimum, which left the excursions it is there for
-        # (the winning output off, rare but of large cost) with a handful of draws; on
-        # trained networks they carried most of the gradient's variance.
-        moves = jnp.arange(starts.shape[0]) < starts.shape[0] // 2
-        centres, chols, masses = jax.vmap(laplace)(starts, moves)
+        def laplace(centre):  # the Cholesky factor of T H⁻¹ there, the log Laplace mass
+            values, vectors = floored(hess(centre))
+            chol = _cholesky(temperature * (vectors / values) @ vectors.T)
+            return chol, -energy(centre) / temperature - 0.5 * jnp.sum(jnp.log(values))
+
+        # The T = 0 minima (the first half of the starts, _minima) move to modes; the pushed
+        # states stay where the push left them: they are no minima of F, and Newton steps
+        # carried the low one back to the first minimum, which left the excursions it is
+        # there for (the winning output off, rare but of large cost) with a handful of draws;
+        # on trained networks they carried most of the gradient's variance.
+        half = starts.shape[0] // 2
+        centres = jnp.concatenate([jax.vmap(to_mode)(starts[:half]), starts[half:]])
+        chols, masses = jax.vmap(laplace)(centres)
         # Each bell gets a share of the draws between MIN_SHARE and 1 − MIN_SHARE by its
         # Laplace mass (two equal starts: one component, whatever the shares; a pushed state
         # by the same formula at its centre). Between the first minimum and each other
