@@ -38,6 +38,7 @@ by the scaling ``MCSE ∝ 1/√time``. Imported by ``variance_reduction.py`` aft
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 import time
 
@@ -100,26 +101,32 @@ def _observed_spread(rows, num_batches):
     return float(np.median(sd / np.linalg.norm(grads.mean(axis=0), axis=-1)))
 
 
-def _matched_draws(model, plain, params, batches, neyman_share=0.0, grid=MATCH_GRID, reps=5):
-    """The draws per group at which a call of ``importance`` (with ``neyman_share``) takes as
-    long as one of
-    ``plain``: calls at each draw count of ``grid`` timed in turn with plain calls on the same
-    batches (A, B, A, B, …, so that a change of load hits both), the seconds fitted by a line
-    in the draws, solved for plain's median. Near the match the time hardly changes with the
-    draws (fixed costs dominate), so a bisection on a few timed calls wanders (21 and 55 draws
-    in two runs); the fit uses every call."""
-    estimators = {draws: _importance(model, draws, neyman_share) for draws in grid}
+def fitted_draws(make, reference, params, batches, grid, reps=5):
+    """The draws (a float) at which a call of ``make(draws)`` takes as long as one of
+    ``reference``: calls at each draw count of ``grid`` timed in turn with reference calls on the
+    same batches (A, B, A, B, …, so that a change of load hits both), the seconds fitted by a
+    line in the draws, solved for the reference's median. Near the match the time hardly
+    changes with the draws where fixed costs dominate, so a bisection on a few timed calls
+    wanders (21 and 55 importance draws in two runs); the fit uses every call."""
+    estimators = {draws: make(draws) for draws in grid}
     for draws, est in estimators.items():
         _call(est, params, batches[0], jax.random.key(10**6 + draws))  # compile
-    plain_seconds, points = [], []
+    reference_seconds, points = [], []
     for rep in range(reps):
         for i, (draws, est) in enumerate(estimators.items()):
             batch = batches[(rep + i) % len(batches)]
             key = jax.random.key(2 * 10**6 + rep * len(grid) + i)
-            plain_seconds.append(_call(plain, params, batch, key)[0])
+            reference_seconds.append(_call(reference, params, batch, key)[0])
             points.append((draws, _call(est, params, batch, key)[0]))
     slope, intercept = np.polyfit(*np.array(points).T, 1)
-    draws = (statistics.median(plain_seconds) - intercept) / slope
+    return (statistics.median(reference_seconds) - intercept) / slope
+
+
+def _matched_draws(model, plain, params, batches, neyman_share=0.0, grid=MATCH_GRID, reps=5):
+    """The draws per group at which a call of ``importance`` (with ``neyman_share``) takes as
+    long as one of ``plain`` (:func:`fitted_draws`)."""
+    make = functools.partial(_importance, model, neyman_share=neyman_share)
+    draws = fitted_draws(make, plain, params, batches, grid, reps)
     # A multiple of 8: a group then holds 2.5 × draws, which the series' windows divide (95
     # draws a group, at 38, left windows of one draw, against two at 100, and took twice the
     # statistics' and three times the diagnostics' time of 100).

@@ -50,8 +50,10 @@ Sections (``--sections spin main``; each appends its tables to one report):
   against conditional expectations (docs/mathematics.md, "Conditional expectations"), at equal
   draws and at equal wall time, at the initial and at EP-trained parameters.
 - ``trajectory`` (``benchmarks/_vr_trajectory.py``, not run by default): the default
-  ``thermoeqprop train``'s estimator against plain HMC at equal wall time, at the parameters
-  of a default training run (run by the section) after the epochs of ``--trajectory-epochs``.
+  ``thermoeqprop train``'s estimator against plain HMC at equal wall time (measured against
+  plain with as many draws as fill the default's time, and by ``1/√time`` from plain's
+  default), at the initial and EP-trained parameters and at those of a default training run
+  (run by the section) after the epochs of ``--trajectory-epochs``.
 
 Columns: ``s/call`` = median steady wall time of a call (new key each; first calls, with
 compilation, reported apart); ``rel. MCSE`` = mean over calls of the estimator's
