@@ -148,6 +148,21 @@ def test_the_proposal_starts_at_the_minima_then_at_the_pushed_states():
         assert np.all(pushed[others] < first[others])
 
 
+def test_one_output_starts_at_both_ends_of_its_range():
+    """One output: the minima after a push towards each end of its range, then the states so
+    pushed, the one towards 0 doubling as the every-output-low state (below the first minimum's
+    output; the other above it)."""
+    net = LayeredNetwork((4, 8, 1))
+    with seed_offset.fixed():
+        params = net.init_params(jax.random.key(0))
+        x = jax.random.uniform(jax.random.key(1), (5, 4))
+    starts = _minima(net, params, x, jnp.zeros((5, 1)), 0.0)
+    assert starts.shape == (5, 6, 1)
+    outputs = np.asarray(net.rho(starts))[..., 0]
+    np.testing.assert_array_equal(outputs[:, 3], outputs[:, 4])  # low: the push towards 0
+    assert np.all(outputs[:, 4] < outputs[:, 0]) and np.all(outputs[:, 5] > outputs[:, 0])
+
+
 def weighted_problem(examples, rows):
     """A (3, 4, 2) network, its parameters, ``examples`` inputs and targets, and ``rows`` rows
     of 2 × 40 random states with random importance weights ``ω`` (mean 1 per row)."""

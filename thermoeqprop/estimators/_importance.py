@@ -235,8 +235,13 @@ def _minima(model, params, x, targets, beta):
     # Every output pushed low, not relaxed again: where the network hesitates, the law at
     # T > 0 has a mode there that the T = 0 energy lacks (the hidden layer's entropy). The
     # pushed states likewise: where two outputs are on at the minimum, each on alone.
-    low = relax(model, params, x, jnp.zeros_like(outputs), NUDGE_BETA, first, relaxation)
-    minima += [low.state[:, kept]] + [state[:, kept] for state in pushed]
+    # (One output: its first push, towards 0, is that state already.)
+    low = (
+        pushed[0]
+        if outputs.shape[-1] == 1
+        else relax(model, params, x, jnp.zeros_like(outputs), NUDGE_BETA, first, relaxation).state
+    )
+    minima += [low[:, kept]] + [state[:, kept] for state in pushed]
     return jnp.stack(minima, axis=1)
 
 
