@@ -141,8 +141,10 @@ def section_trajectory(args) -> list[str]:
             med[name] = (statistics.median(r[0] for r in rows), statistics.median(relative))
             ranges[name] = f"{min(relative):.3f}–{max(relative):.3f}"
             spread[name] = _observed_spread(rows, len(batches))
-        counts = {"plain": f"2 × (50 + {MAIN_SAMPLING.num_samples})",
-                  "plain, same time": f"2 × (50 + {draws})", "default": "–"}  # fmt: skip
+        chains, warmup = MAIN_SAMPLING.num_chains, MAIN_SAMPLING.num_warmup
+        counts = {"plain": f"{chains} × ({warmup} + {MAIN_SAMPLING.num_samples})",
+                  "plain, same time": f"{chains} × ({warmup} + {draws})",
+                  "default": "–"}  # fmt: skip
         for name in routes:
             gains = ("– | –" if name != "default" else
                      f"{_gain(med, spread, name, 'plain')} "
