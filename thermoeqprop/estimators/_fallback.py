@@ -27,21 +27,13 @@ import numpy as np
 from thermoeqprop.estimators._drawing import on_one_device
 from thermoeqprop.estimators._importance import IMPORTANCE_ROUNDS
 
-__all__ = ["FALLBACK_JITTER", "FALLBACK_ROWS", "fallback_sampling", "heavy_rows", "with_fallback"]
+__all__ = ["FALLBACK_ROWS", "fallback_sampling", "heavy_rows", "with_fallback"]
 
 # The heavy rows go to HMC calls of this many rows each (the last padded by repeats), or of
 # one row when only one is heavy: two compilations, whatever the count of heavy rows. On the
 # main job an HMC call of 2 × (40 + 200) steps took 8 ms for one row, 17 ms for two and 18 ms
 # for four (scratch); of 2 × (120 + 200) steps, 20–25 ms for four.
 FALLBACK_ROWS = 4
-# The most step-size jitter of the fallback's chains (``Sampling.hmc_jitter``, 0.5 by default).
-# The rows drawn again are the hard ones (two outputs half on), where the step size adapted in
-# the warm-up is near the integrator's stability limit in some region: steps up to 1.5× it
-# diverged. On the three calls that diverged in a default train (seed 3: 6, 5 and 19 divergent
-# transitions at epochs 4, 5, 8), their heavy rows drawn again with 300 keys each: 20 of 900
-# calls diverged with jitter 0.5, none with 0.2, none with 0 and none with twice the warm-up
-# (benchmarks/results/variance_reduction.md, "Divergences of the HMC fallback").
-FALLBACK_JITTER = 0.2
 
 
 def heavy_rows(pareto_k, limit: float) -> np.ndarray:
@@ -56,13 +48,11 @@ def fallback_sampling(sampling):
     (``IMPORTANCE_ROUNDS · num_warmup + num_samples``) recorded per chain after as many warm-up
     steps as a group has pilot draws (``IMPORTANCE_ROUNDS · num_warmup``): with ``num_warmup``
     alone, the step size adapted in 40 steps left up to 80 divergent transitions in a batch of
-    the default ``train`` (its first epochs). The step-size jitter is at most
-    :data:`FALLBACK_JITTER`."""
+    the default ``train`` (its first epochs)."""
     pilot = IMPORTANCE_ROUNDS * sampling.num_warmup
     return dataclasses.replace(
         sampling,
         method="hmc",
-        hmc_jitter=min(sampling.hmc_jitter, FALLBACK_JITTER),
         num_samples=pilot + sampling.num_samples,
         num_warmup=pilot,
         neyman_share=0.0,
