@@ -303,11 +303,10 @@ def _example_fn(model, nudged: bool, rounds: int, pilot: int, groups: int, draws
         # Each bell gets a share of the draws between MIN_SHARE and 1 − MIN_SHARE by its
         # Laplace mass (two equal starts: one component, whatever the shares; a pushed state
         # by the same formula at its centre). Between the first minimum and each other
-        # centre, a bridge component, centred half-way and
-        # stretched along the segment (covariance: the first minimum's plus d dᵀ/4, d the
-        # segment), shares BRIDGE_SHARE: where the network hesitates between outputs, the law
-        # has mass on the way from one minimum to another, which bells around the minima
-        # leave out.
+        # centre, a bridge component, centred half-way and stretched along the segment
+        # (covariance: the first minimum's plus d dᵀ/4, d the segment), shares BRIDGE_SHARE:
+        # where the network hesitates between outputs, the law has mass on the way from one
+        # minimum to another, which bells around the minima leave out.
         shares = jnp.clip(jax.nn.softmax(masses), MIN_SHARE, 1 - MIN_SHARE)
         others = centres[1:] - centres[:1]
         spans = jnp.einsum("ki,kj->kij", others, others) / 4
